@@ -1,0 +1,185 @@
+"""Shared fixtures: a scrubbed environment, a state root in tmp_path, real OpenSSH sshd.
+
+Every network test uses 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from xsbackup import config
+from xsbackup.registry import Registry, write_authorized_keys
+from xsbackup.store import Store, init_root
+
+XSBACKUP = str(Path(sys.executable).with_name("xsbackup"))
+
+
+@pytest.fixture(autouse=True)
+def _scrub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for k in list(os.environ):
+        if k.startswith("XSBACKUP_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("XSBACKUP_ROOT", str(tmp_path / "state"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A state root with helpers to register clients and write its config."""
+
+    root: Path
+    keydir: Path
+    keys: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def store(self) -> Store:
+        return Store(self.root)
+
+    def settings(self) -> config.Settings:
+        return config.load(self.root, environ={})
+
+    def configure(self, text: str) -> None:
+        (self.root / "xsbackup.toml").write_text(text)
+
+    def add_client(self, serial: str, nickname: str = "") -> Path:
+        key = self.keydir / f"id_{serial}"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", serial, "-f",
+                        str(key)], check=True)
+        Registry(self.store).add(serial, (key.with_suffix(".pub")).read_text(), nickname)
+        write_authorized_keys(Registry(self.store), XSBACKUP)
+        self.keys[serial] = key
+        return key
+
+    def xsbackup(self, *args: str, check: bool = True,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([XSBACKUP, "--root", str(self.root), *args], capture_output=True,
+                              text=True, check=check, env=env)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Server:
+    root = tmp_path / "state"
+    init_root(root)
+    keydir = tmp_path / "keys"
+    keydir.mkdir()
+    return Server(root, keydir)
+
+
+@pytest.fixture(scope="session")
+def host_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("hostkey")
+    key = d / "ssh_host_ed25519_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+def _sshd_binary() -> str:
+    for cand in ("/usr/sbin/sshd", shutil.which("sshd") or ""):
+        if cand and os.path.exists(cand):
+            return cand
+    pytest.fail("OpenSSH sshd is not installed (apt-get install openssh-server)")
+
+
+@dataclass
+class Sshd:
+    port: int
+    log: Path
+    user: str
+
+    def ssh_base(self, key: Path, user: str | None = None) -> list[str]:
+        return ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "PasswordAuthentication=no",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-i", str(key),
+                "-p", str(self.port), "-l", user or self.user]
+
+    def rsh(self, key: Path, user: str | None = None) -> str:
+        return " ".join(self.ssh_base(key, user))
+
+    def ssh(self, key: Path, command: str | None, user: str | None = None,
+            timeout: float = 30, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        argv = [*self.ssh_base(key, user), *extra, "127.0.0.1"]
+        if command is not None:
+            argv.append(command)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def rsync(self, key: Path, *args: str, user: str | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["rsync", "-e", self.rsh(key, user), *args],
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def sshd(server: Server, host_key: Path, tmp_path: Path) -> Iterator[Sshd]:
+    """OpenSSH sshd on a loopback port with its own config, host key and the generated
+    authorized_keys of ``server``."""
+    Path("/run/sshd").mkdir(exist_ok=True)
+    port = free_port()
+    d = tmp_path / "sshd"
+    d.mkdir()
+    log = d / "sshd.log"
+    user = pwd.getpwuid(os.getuid()).pw_name
+    cfg = d / "sshd_config"
+    cfg.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
+        f"PidFile {d / 'sshd.pid'}",
+        f"AuthorizedKeysFile {server.root / 'ssh' / 'authorized_keys'}",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+        "PubkeyAuthentication yes", "PermitRootLogin forced-commands-only", "StrictModes no",
+        "UsePAM no", "LogLevel VERBOSE", "Subsystem sftp internal-sftp",
+        "MaxStartups 50", "MaxSessions 50", "",
+    ]))
+    with log.open("wb") as log_fh:
+        proc = subprocess.Popen([_sshd_binary(), "-D", "-e", "-f", str(cfg)],
+                                stderr=log_fh, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"sshd exited: {log.read_text()}")
+            time.sleep(0.05)
+    else:
+        pytest.fail("sshd did not start")
+    try:
+        yield Sshd(port, log, user)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int, int, int, bytes]]:
+    """Every path under root with (mode, size, mtime_ns, inode, content-or-link)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            if p.is_symlink():
+                body = os.readlink(p).encode()
+            elif p.is_file():
+                body = p.read_bytes()
+            else:
+                body = b""
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns,
+                                             st.st_ino, body)
+    return out

@@ -1,0 +1,110 @@
+"""The pure SSH_ORIGINAL_COMMAND parser: refusals, accepted forms, and a fuzz property."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.hostile_cases import DOWN, HOSTILE, SN, UP
+from xsbackup.errors import RequestRefused
+from xsbackup.rsyncargs import parse
+
+
+@pytest.mark.parametrize(("command", "expected"), [(c, e) for _, c, e in HOSTILE],
+                         ids=[i for i, _, _ in HOSTILE])
+def test_hostile_is_refused(command: str, expected: str) -> None:
+    with pytest.raises(RequestRefused) as err:
+        parse(command, SN)
+    assert expected in err.value.message
+    assert "\n" not in err.value.message
+    assert err.value.exit_code == 40
+
+
+def test_interactive_login_is_refused() -> None:
+    with pytest.raises(RequestRefused, match="interactive login"):
+        parse(None, SN)
+
+
+def test_true_is_a_connectivity_check() -> None:
+    assert parse("true", SN).kind == "true"
+
+
+@pytest.mark.parametrize(("command", "volume"), [
+    ("rsync --server -ltrze.iLsfxCIvu --timeout=160 --delete --partial . datastore-current",
+     "datastore"),
+    ("rsync --server -ltrze.iLsfxCIvu --timeout=160 --delete --partial . power-logs", "power-logs"),
+    ("rsync --server -ltrze.iLsfxCIvu --timeout=160 --delete --partial . documents", "documents"),
+    (f"{UP} . documents/", "documents"),
+    ("rsync --server -vlHogDtpAXre.iLsfxCIvu --numeric-ids --stats . photos", "photos"),
+    ("rsync --server -blHogDtprce.iLsfxCIvu --delete --partial-dir .p . documents/",
+     "documents"),
+])
+def test_uploads_accepted(command: str, volume: str) -> None:
+    req = parse(command, SN)
+    assert req.kind == "upload"
+    assert req.volume == volume
+    assert not any(o.startswith(("--partial-dir", "--temp-dir")) for o in req.options)
+
+
+def test_ds_backup_completion_flag() -> None:
+    req = parse("rsync --server -ltrze.iLsfxCIvu --timeout=10 --temp-dir /tmp . "
+                f"/var/lib/ds-backup/completion/{SN}", SN)
+    assert req.kind == "completion"
+    assert req.options == ("-ltrze.iLsfxCIvu", "--timeout=10")
+
+
+@pytest.mark.parametrize(("path", "volume", "snapshot", "sub", "slash"), [
+    ("documents/latest/", "documents", "latest", (), True),
+    ("documents/2026-01-02T030405Z/", "documents", "2026-01-02T030405Z", (), True),
+    ("documents/2026-01-02T030405Z-2/a/b", "documents", "2026-01-02T030405Z-2", ("a", "b"),
+     False),
+    ("datastore-latest/", "datastore", "latest", (), True),
+    ("datastore-2026-01-02_03:04", "datastore", "minute:2026-01-02_03:04", (), False),
+    ("my\\ docs/latest/", "", "", (), True),
+])
+def test_downloads(path: str, volume: str, snapshot: str, sub: tuple[str, ...],
+                   slash: bool) -> None:
+    if not volume:
+        with pytest.raises(RequestRefused):
+            parse(f"{DOWN} . {path}", SN)
+        return
+    req = parse(f"{DOWN} . {path}", SN)
+    assert (req.kind, req.volume, req.snapshot, req.subpath, req.trailing_slash) == \
+        ("download", volume, snapshot, sub, slash)
+
+
+TOKENS = st.sampled_from([
+    "rsync", "--server", "--sender", ".", "..", "/", "documents", "documents/", "latest",
+    "-logDtpre.iLsfxCIvu", "-e.iLsfxCIvu", "--delete", "--inplace", "--temp-dir", "/tmp",
+    "--partial-dir", "-T", "--timeout=10", "--link-dest=/", "-B512", "-@-1", "--", "-s",
+    "datastore-current", "datastore-latest", "/var/lib/ds-backup/completion/SHF00112233",
+    "2026-01-02T030405Z", "\\ ", ";", "$(x)", "--files-from=-", "--info=progress2",
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(TOKENS, st.text(max_size=12)), max_size=12))
+def test_parser_raises_only_refusals(words: list[str]) -> None:
+    command = " ".join(words)
+    try:
+        req = parse(command, SN)
+    except RequestRefused as e:
+        message = e.message
+    else:
+        assert req.kind in {"true", "upload", "completion", "download"}
+        if req.kind == "upload":
+            assert req.volume
+            assert "/" not in req.volume
+        return
+    assert message
+    assert "\n" not in message
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_parser_on_arbitrary_text(command: str) -> None:
+    with contextlib.suppress(RequestRefused):
+        parse(command, SN)

@@ -1,0 +1,434 @@
+"""The ``xsbackup`` command line: parse, call the core, translate errors. No logic here.
+
+Only ``main()`` catches ``XsbackupError``; it prints one line and exits with the error's
+code (see ``xsbackup exit-codes``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from . import config as config_mod
+from .errors import XsbackupError, all_errors
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Ctx:
+    def __init__(self, root: str | None, config_file: str | None) -> None:
+        self.root = root
+        self.config_file = config_file
+        self._settings: config_mod.Settings | None = None
+
+    def settings(self, **overrides: Any) -> config_mod.Settings:
+        if self._settings is None or overrides:
+            self._settings = config_mod.load(self.root, self.config_file, overrides)
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def with_store(fn: F) -> F:
+    """Load settings, require an initialised state root, set up logging."""
+
+    @functools.wraps(fn)
+    @pass_ctx
+    def wrapper(ctx: Ctx, *args: Any, **kwargs: Any) -> Any:
+        from . import logs
+        from .store import Store
+
+        settings = ctx.settings()
+        store = Store(settings.root).require()
+        logs.setup(settings)
+        return fn(settings, store, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="XSBACKUP_ROOT", metavar="DIR",
+              help="State root (default ./xsbackup-state; env XSBACKUP_ROOT).")
+@click.option("--config", "config_file", envvar="XSBACKUP_CONFIG", metavar="FILE",
+              help="Configuration file (default <root>/xsbackup.toml).")
+@click.version_option(package_name="xsbackup")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, config_file: str | None) -> None:
+    """xsbackup: snapshot storage for backups pushed with rsync over SSH."""
+    ctx.obj = Ctx(root, config_file)
+
+
+@cli.command()
+@pass_ctx
+def init(ctx: Ctx) -> None:
+    """Create the state root layout and check that user xattrs work there."""
+    from .store import init_root
+
+    settings = ctx.settings()
+    init_root(settings.root)
+    click.echo(f"initialised {settings.root}")
+
+
+@cli.command("ssh-command")
+@click.option("--client", required=True, metavar="SN", help="The authenticated client's serial.")
+@pass_ctx
+def ssh_command(ctx: Ctx, client: str) -> None:
+    """The forced command: validate SSH_ORIGINAL_COMMAND, admit, lock and run rsync."""
+    from . import dispatch, logs
+
+    settings = ctx.settings()
+    logs.setup(settings)
+    sys.exit(dispatch.run(settings, client))
+
+
+# ---- clients ---------------------------------------------------------------------------
+
+
+@cli.group()
+def clients() -> None:
+    """Register, list and remove client devices."""
+
+
+@clients.command("add")
+@click.argument("serial")
+@click.option("--pubkey", "pubkey_file", type=click.Path(dir_okay=False, exists=True),
+              help="OpenSSH public key file (type blob [comment]).")
+@click.option("--pubkey-blob", metavar="BASE64",
+              help="Bare base64 key blob (the OLPC registration form).")
+@click.option("--nickname", default="", help="A human name for the device.")
+@click.option("--uuid", default="", help="The device's uuid.")
+@click.option("--system-user", is_flag=True,
+              help="Also create a login for SN sharing this account's uid, with no shell "
+                   "(root only; for ds-backup devices that log in as their serial).")
+@with_store
+def clients_add(settings: config_mod.Settings, store: Any, serial: str,
+                pubkey_file: str | None, pubkey_blob: str | None, nickname: str, uuid: str,
+                system_user: bool) -> None:
+    """Register client SERIAL with its public key; regenerates authorized_keys."""
+    from .errors import InvalidKey
+    from .registry import Registry, write_authorized_keys
+
+    if (pubkey_file is None) == (pubkey_blob is None):
+        raise InvalidKey("give exactly one of --pubkey FILE or --pubkey-blob BASE64")
+    key = Path(pubkey_file).read_text() if pubkey_file else pubkey_blob
+    registry = Registry(store)
+    client = registry.add(serial, key, nickname=nickname, uuid=uuid)
+    if system_user:
+        from .sysuser import create_login
+
+        create_login(serial)
+        client.system_user = True
+        registry.save(client)
+    path = write_authorized_keys(registry)
+    key0 = client.keys[0]
+    note = "" if key0.supported else \
+        f" (warning: {key0.type} keys are stored but cannot authenticate transfers)"
+    click.echo(f"added {serial} with a {key0.type} key{note}; updated {path}")
+
+
+@clients.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_store
+def clients_list(settings: config_mod.Settings, store: Any, as_json: bool) -> None:
+    """List registered clients."""
+    from .registry import Registry
+
+    rows = [{"serial": c.serial, "nickname": c.nickname, "uuid": c.uuid,
+             "keys": [{"type": k.type, "status": k.status, "supported": k.supported}
+                      for k in c.keys],
+             "disabled": c.disabled, "aliases": c.aliases, "created": c.created,
+             "volumes": store.volumes(c.serial)}
+            for c in Registry(store).list()]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no clients")
+    for r in rows:
+        keys = ",".join(k["type"] for k in r["keys"]) or "-"
+        state = " (disabled)" if r["disabled"] else ""
+        click.echo(f"{r['serial']:<16} {r['nickname'] or '-':<20} {keys}{state}")
+
+
+@clients.command("remove")
+@click.argument("serial")
+@click.option("--purge", is_flag=True, help="Also delete the client's snapshots.")
+@with_store
+def clients_remove(settings: config_mod.Settings, store: Any, serial: str, purge: bool) -> None:
+    """Remove a client (its data is kept unless --purge); regenerates authorized_keys."""
+    from .registry import Registry, write_authorized_keys
+
+    registry = Registry(store)
+    client = registry.get(serial)
+    if client.system_user:
+        from .sysuser import remove_login
+
+        remove_login(serial)
+    registry.remove(serial, purge=purge)
+    write_authorized_keys(registry)
+    click.echo(f"removed {serial}" + (" and its data" if purge else "; data kept"))
+
+
+def _set_disabled(store: Any, serial: str, disabled: bool) -> None:
+    from .registry import Registry, write_authorized_keys
+
+    registry = Registry(store)
+    client = registry.get(serial)
+    client.disabled = disabled
+    registry.save(client)
+    write_authorized_keys(registry)
+    click.echo(f"{serial} {'disabled' if disabled else 'enabled'}")
+
+
+@clients.command("disable")
+@click.argument("serial")
+@with_store
+def clients_disable(settings: config_mod.Settings, store: Any, serial: str) -> None:
+    """Refuse every transfer of a client (its keys leave authorized_keys; data is kept)."""
+    _set_disabled(store, serial, True)
+
+
+@clients.command("enable")
+@click.argument("serial")
+@with_store
+def clients_enable(settings: config_mod.Settings, store: Any, serial: str) -> None:
+    """Allow a disabled client to transfer again."""
+    _set_disabled(store, serial, False)
+
+
+@cli.command()
+@with_store
+def keys(settings: config_mod.Settings, store: Any) -> None:
+    """Regenerate <root>/ssh/authorized_keys from the registry and print its path."""
+    from .registry import Registry, write_authorized_keys
+
+    click.echo(str(write_authorized_keys(Registry(store))))
+
+
+# ---- post-processing and snapshots ---------------------------------------------------
+
+
+@cli.command()
+@click.option("--once", "mode", flag_value="once", default=True, help="Drain the queue, exit.")
+@click.option("--watch", "mode", flag_value="watch", help="Stay up and process as work arrives.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (--once).")
+@with_store
+def postprocess(settings: config_mod.Settings, store: Any, mode: str, as_json: bool) -> None:
+    """Turn completed transfers into snapshots."""
+    import signal
+    import threading
+
+    from . import postprocess as pp
+
+    if mode == "watch":
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            pp.watch(store, settings, stop)
+        except KeyboardInterrupt:
+            stop.set()
+        return
+    counts = pp.run_once(store, settings)
+    if as_json:
+        emit_json(counts)
+    else:
+        click.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "queue empty")
+
+
+@cli.group()
+def snapshots() -> None:
+    """List and inspect snapshots."""
+
+
+def _snapshot_row(store: Any, client: str, volume: str, sid: str) -> dict[str, Any]:
+    from .snapshot import read_facts
+
+    facts = read_facts(store.snapshots_dir(client, volume) / sid)
+    return {"client": client, "volume": volume, "id": sid,
+            "latest": store.latest_id(client, volume) == sid, **facts}
+
+
+@snapshots.command("list")
+@click.argument("serial")
+@click.option("--volume", help="Only this volume.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_store
+def snapshots_list(settings: config_mod.Settings, store: Any, serial: str,
+                   volume: str | None, as_json: bool) -> None:
+    """List a client's snapshots, oldest first."""
+    from .registry import Registry
+
+    Registry(store).get(serial)
+    vols = [volume] if volume else store.volumes(serial)
+    rows = [_snapshot_row(store, serial, v, s) for v in vols for s in store.snapshot_ids(serial, v)]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no snapshots")
+    for r in rows:
+        flag = " flagged" if isinstance(r.get("cjson"), dict) and \
+            r["cjson"].get("status") == "flagged" else ""
+        click.echo(f"{r['volume']:<12} {r['id']:<22} files={r.get('files', '?'):<7} "
+                   f"bytes={r.get('bytes', '?'):<12} new={r.get('new_bytes', '?')}"
+                   f"{' latest' if r['latest'] else ''}{flag}")
+
+
+@snapshots.command("show")
+@click.argument("serial")
+@click.argument("snapshot_id")
+@click.option("--volume", help="The volume (needed when several have this id).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_store
+def snapshots_show(settings: config_mod.Settings, store: Any, serial: str, snapshot_id: str,
+                   volume: str | None, as_json: bool) -> None:
+    """Show one snapshot's facts."""
+    from .errors import SnapshotNotFound
+    from .store import check_snapshot_id
+
+    check_snapshot_id(snapshot_id)
+    vols = [volume] if volume else store.volumes(serial)
+    rows = [_snapshot_row(store, serial, v, snapshot_id) for v in vols
+            if snapshot_id in store.snapshot_ids(serial, v)]
+    if not rows:
+        raise SnapshotNotFound(f"no snapshot {snapshot_id} for {serial}")
+    if as_json:
+        emit_json(rows[0] if len(rows) == 1 else rows)
+        return
+    for r in rows:
+        for k, v in r.items():
+            text = v if isinstance(v, str) else orjson.dumps(v).decode()
+            click.echo(f"{k:<13} {text}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_store
+def status(settings: config_mod.Settings, store: Any, as_json: bool) -> None:
+    """One row per client from its status xattrs, without walking snapshot trees."""
+    from .status import client_rows
+
+    rows = client_rows(store, dt.datetime.now(dt.UTC))
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no clients")
+    for r in rows:
+        click.echo(f"{r['serial']:<16} last={r['last_success'] or 'never':<26} "
+                   f"age={r['age'] or '-':<10} snapshots={r['snapshot_count']:<5} "
+                   f"flagged={len(r['flagged'])} error={r['last_error'] or '-'}")
+
+
+@cli.command()
+@click.argument("state", type=click.Choice(["on", "off", "status"]), default="status")
+@with_store
+def maintenance(settings: config_mod.Settings, store: Any, state: str) -> None:
+    """Turn maintenance mode on or off (refuses every transfer while on)."""
+    from .admission import maintenance_on
+
+    if state == "on":
+        store.maintenance_flag.write_text("on\n")
+    elif state == "off":
+        store.maintenance_flag.unlink(missing_ok=True)
+    click.echo("maintenance " + ("on" if maintenance_on(settings, store) else "off"))
+
+
+# ---- Canonical JSON --------------------------------------------------------------------
+
+
+@cli.group()
+def cjson() -> None:
+    """OLPC Canonical JSON tools."""
+
+
+@cjson.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--max-bytes", type=int, default=None, help="Report larger files unread.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def cjson_check(ctx: Ctx, files: tuple[str, ...], max_bytes: int | None, as_json: bool) -> None:
+    """Validate FILES as Canonical JSON; exit 1 when any is not canonical."""
+    from . import cjson as cj
+
+    limit = max_bytes if max_bytes is not None else \
+        int(ctx.settings()["postprocess.cjson_max_bytes"])
+    results = [cj.check_file(Path(f), limit) for f in files]
+    if as_json:
+        emit_json(results)
+    else:
+        for r in results:
+            where = f" at line {r['line']}, column {r['column']} (byte {r['offset']})" \
+                if r.get("offset") is not None else ""
+            reason = f": {r['reason']}" if r.get("reason") else ""
+            click.echo(f"{r['path']}: {r['status']}{where}{reason}")
+    if any(r["status"] != "canonical" for r in results):
+        sys.exit(1)
+
+
+# ---- documentation ---------------------------------------------------------------------
+
+
+@cli.command("exit-codes")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def exit_codes(as_json: bool) -> None:
+    """List every exit code and its meaning."""
+    rows = [{"code": 0, "name": "OK", "meaning": "Success."},
+            {"code": 2, "name": "UsageError", "meaning": "The command line is invalid."}]
+    rows += [{"code": c.exit_code, "name": c.__name__, "meaning": c.describe()}
+             for c in all_errors()]
+    rows.sort(key=lambda r: (int(r["code"]), str(r["name"])))
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['code']:>3}  {r['name']:<18} {r['meaning']}")
+
+
+@cli.command("config")
+@click.option("--defaults", is_flag=True, help="Print the documented defaults as TOML.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def config_cmd(ctx: Ctx, defaults: bool, as_json: bool) -> None:
+    """Show the effective configuration (or the defaults)."""
+    if defaults:
+        click.echo(config_mod.example_toml(), nl=False)
+        return
+    settings = ctx.settings()
+    values = {"root": str(settings.root), "config_file": str(settings.config_file or ""),
+              **dict(settings.values)}
+    if as_json:
+        emit_json(values)
+        return
+    for k, v in values.items():
+        click.echo(f"{k} = {v!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="xsbackup", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except XsbackupError as e:
+        click.echo(f"xsbackup: error: {e.message}", err=True)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        os._exit(141)
+    sys.exit(0)

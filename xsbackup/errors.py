@@ -1,0 +1,189 @@
+"""The one exception tree of xsbackup.
+
+Every class carries its exit code, and its docstring is the user-facing meaning of that
+code. Only the CLI's ``main()`` (and the forced-command dispatcher, which is its own
+``main``) catches these and turns them into a one-line message and an exit status.
+
+Exit-code bands:
+
+* 0 success, 1 generic error, 2 usage error (click's own);
+* 3-19 admin-side errors (configuration, state root, registry);
+* rsync's own codes (1-35) pass through ``ssh-command`` unchanged, so everything
+  ``ssh-command`` itself can exit with lives in 40-59, where no rsync code can be
+  confused with it (an admin-side error reaching it becomes 59);
+* 128+n means killed by signal n.
+
+``xsbackup exit-codes`` lists the table below for the README.
+"""
+
+from __future__ import annotations
+
+
+class XsbackupError(Exception):
+    """An error occurred."""
+
+    exit_code = 1
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.describe())
+
+    @classmethod
+    def describe(cls) -> str:
+        return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.describe()
+
+
+class ConfigError(XsbackupError):
+    """The configuration is invalid."""
+
+    exit_code = 3
+
+
+class StateRootError(XsbackupError):
+    """The state root is missing, not initialised, or unusable."""
+
+    exit_code = 4
+
+
+class XattrUnsupported(StateRootError):
+    """The state root's filesystem does not support user extended attributes."""
+
+    exit_code = 5
+
+
+class ClientNotFound(XsbackupError):
+    """No such client in the registry."""
+
+    exit_code = 6
+
+
+class ClientExists(XsbackupError):
+    """The client is already registered."""
+
+    exit_code = 7
+
+
+class InvalidKey(XsbackupError):
+    """The public key is malformed or of an unsupported type."""
+
+    exit_code = 8
+
+
+class InvalidName(XsbackupError):
+    """A serial number, volume or snapshot id is malformed."""
+
+    exit_code = 9
+
+
+class LockBusy(XsbackupError):
+    """Another process holds the lock."""
+
+    exit_code = 11
+
+
+class SystemUserError(XsbackupError):
+    """The system login for a client could not be created or removed."""
+
+    exit_code = 12
+
+
+# ---- refusals of the forced command (40-59) ------------------------------------------
+
+
+class Refused(XsbackupError):
+    """The request was refused."""
+
+    exit_code = 40
+
+
+class RequestRefused(Refused):
+    """The SSH command, an rsync option or a path was refused."""
+
+    exit_code = 40
+
+
+class UnknownClient(Refused):
+    """The client is unknown."""
+
+    exit_code = 41
+
+
+class ClientDisabled(Refused):
+    """The client is disabled."""
+
+    exit_code = 42
+
+
+class Maintenance(Refused):
+    """The server is in maintenance mode."""
+
+    exit_code = 43
+
+
+class LoadTooHigh(Refused):
+    """The server's load average is over the limit."""
+
+    exit_code = 44
+
+
+class DiskFull(Refused):
+    """The state root's disk blocks are used over the limit."""
+
+    exit_code = 45
+
+
+class InodesFull(Refused):
+    """The state root's inodes are used over the limit."""
+
+    exit_code = 46
+
+
+class NoSlot(Refused):
+    """All concurrent transfer slots are taken."""
+
+    exit_code = 47
+
+
+class BackupInProgress(Refused):
+    """A backup of this client is already in progress."""
+
+    exit_code = 48
+
+
+class OverQuota(Refused):
+    """The client is over its disk quota."""
+
+    exit_code = 49
+
+
+class HookVeto(Refused):
+    """A pre-ingest hook vetoed the transfer."""
+
+    exit_code = 50
+
+
+class SnapshotNotFound(Refused):
+    """No such snapshot."""
+
+    exit_code = 51
+
+
+class ServerError(XsbackupError):
+    """The server failed internally; the details are in its log."""
+
+    exit_code = 59
+
+
+def all_errors() -> list[type[XsbackupError]]:
+    """Every error class, ordered by exit code, for documentation."""
+    seen: list[type[XsbackupError]] = []
+    todo: list[type[XsbackupError]] = [XsbackupError]
+    while todo:
+        cls = todo.pop()
+        if cls not in seen:
+            seen.append(cls)
+        todo.extend(cls.__subclasses__())
+    return sorted(seen, key=lambda c: (c.exit_code, c.__name__))

@@ -1,0 +1,48 @@
+"""Logging to ``<root>/log/xsbackup.log`` or syslog; never to an SSH client's stderr.
+
+Every record about a client carries ``client=SN`` (and ``volume=``/``snapshot=`` where
+they apply) in its message, so one grep follows a device through ingest and snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+
+from .config import Settings
+
+LOG = logging.getLogger("xsbackup")
+_state: dict[str, str] = {}
+
+
+def setup(settings: Settings, *, stderr: bool = False) -> None:
+    """Route the ``xsbackup`` logger. Idempotent per target."""
+    target = str(settings["log.target"])
+    key = f"{target}:{settings.root}:{stderr}"
+    if _state.get("configured") == key:
+        return
+    for h in list(LOG.handlers):
+        LOG.removeHandler(h)
+        h.close()
+    LOG.setLevel(str(settings["log.level"]).upper())
+    LOG.propagate = False
+    handler: logging.Handler
+    if target == "syslog" and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.setFormatter(logging.Formatter("xsbackup[%(process)d]: %(levelname)s %(message)s"))
+    else:
+        log_dir = settings.root / "log"
+        if log_dir.is_dir():
+            handler = logging.handlers.WatchedFileHandler(log_dir / "xsbackup.log")
+        else:
+            handler = logging.NullHandler()
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(process)d %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+    LOG.addHandler(handler)
+    if stderr:
+        err = logging.StreamHandler()
+        err.setFormatter(logging.Formatter("xsbackup: %(message)s"))
+        err.setLevel(logging.WARNING)
+        LOG.addHandler(err)
+    _state["configured"] = key

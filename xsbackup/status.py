@@ -1,0 +1,58 @@
+"""Client status from the client-directory xattrs: no snapshot tree is walked."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from .registry import Registry
+from .snapshot import read_facts
+from .store import Store, get_xattrs
+
+
+def _age(since: str | None, now: dt.datetime) -> str | None:
+    if not since:
+        return None
+    try:
+        then = dt.datetime.fromisoformat(since)
+    except ValueError:
+        return None
+    secs = max(0, int((now - then).total_seconds()))
+    if secs < 3600:
+        return f"{secs // 60}m"
+    if secs < 86400 * 2:
+        return f"{secs // 3600}h"
+    return f"{secs // 86400}d"
+
+
+def flagged_snapshots(store: Store, client: str) -> list[str]:
+    """Snapshots whose metadata was flagged: one getxattr per snapshot directory."""
+    out = []
+    for volume in store.volumes(client):
+        for sid in store.snapshot_ids(client, volume):
+            cj = read_facts(store.snapshots_dir(client, volume) / sid).get("cjson")
+            if isinstance(cj, dict) and cj.get("status") == "flagged":
+                out.append(f"{volume}/{sid}")
+    return out
+
+
+def client_rows(store: Store, now: dt.datetime) -> list[dict[str, Any]]:
+    rows = []
+    for client in Registry(store).list():
+        facts = get_xattrs(store.client_dir(client.serial))
+        last = facts.get("last_success")
+        rows.append({
+            "serial": client.serial,
+            "nickname": client.nickname,
+            "disabled": client.disabled,
+            "last_success": last,
+            "age": _age(last, now),
+            "age_seconds": int((now - dt.datetime.fromisoformat(last)).total_seconds())
+            if last else None,
+            "snapshot_count": int(facts.get("snapshot_count", "0") or 0),
+            "last_transfer": facts.get("last_transfer"),
+            "last_completion": facts.get("last_completion"),
+            "last_error": facts.get("last_error"),
+            "flagged": flagged_snapshots(store, client.serial),
+        })
+    return rows

@@ -1,0 +1,250 @@
+"""The storage layout of the state root (DESIGN.md section 2) and its small primitives.
+
+Everything that names a path under the root lives here, so no other module joins a
+client-supplied string onto a path: names are validated first (``check_client``,
+``check_volume``, ``check_snapshot_id``) and only then become path components.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidName, StateRootError, XattrUnsupported
+
+CLIENT_RE = re.compile(r"\w{1,64}", re.ASCII)
+VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SNAPSHOT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{6}Z(?:-\d{1,6})?")
+XATTR_PREFIX = "user.xsbackup."
+LAYOUT_DIRS = ("clients", "queue", "locks", "trash", "ssh", "log")
+
+
+def check_client(name: str) -> str:
+    if not CLIENT_RE.fullmatch(name):
+        raise InvalidName(f"invalid client serial {name!r}: must match ^\\w{{1,64}}$")
+    return name
+
+
+def check_volume(name: str) -> str:
+    if not VOLUME_RE.fullmatch(name) or name in (".", ".."):
+        raise InvalidName(f"invalid volume name {name!r}")
+    return name
+
+
+def check_snapshot_id(name: str) -> str:
+    if not SNAPSHOT_RE.fullmatch(name):
+        raise InvalidName(f"invalid snapshot id {name!r}: expected YYYY-MM-DDTHHMMSSZ[-N]")
+    return name
+
+
+def snapshot_id_for(now: dt.datetime) -> str:
+    """The id of a snapshot completed at ``now`` (server UTC), without collision suffix."""
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
+
+
+def snapshot_time(snapshot_id: str) -> dt.datetime:
+    base = check_snapshot_id(snapshot_id).split("-", 3)
+    stamp = "-".join(base[:3])
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+
+
+def snapshot_sort_key(snapshot_id: str) -> tuple[str, int]:
+    head, _, suffix = snapshot_id.partition("Z")
+    return (head, int(suffix[1:]) if suffix.startswith("-") and suffix[1:].isdigit() else 0)
+
+
+@dataclass(frozen=True)
+class Store:
+    """Paths of one state root. Construct with ``Store(root)``; nothing is touched."""
+
+    root: Path
+
+    @property
+    def clients_dir(self) -> Path:
+        return self.root / "clients"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.root / "queue"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.root / "trash"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.root / "ssh"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def maintenance_flag(self) -> Path:
+        return self.root / "maintenance"
+
+    def client_dir(self, client: str) -> Path:
+        return self.clients_dir / check_client(client)
+
+    def volume_dir(self, client: str, volume: str) -> Path:
+        return self.client_dir(client) / "volumes" / check_volume(volume)
+
+    def snapshots_dir(self, client: str, volume: str) -> Path:
+        return self.volume_dir(client, volume) / "snapshots"
+
+    def incoming_dir(self, client: str, volume: str) -> Path:
+        return self.volume_dir(client, volume) / "incoming"
+
+    def reports_dir(self, client: str) -> Path:
+        return self.client_dir(client) / "reports"
+
+    def volumes(self, client: str) -> list[str]:
+        base = self.client_dir(client) / "volumes"
+        try:
+            names = os.listdir(base)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if VOLUME_RE.fullmatch(n))
+
+    def snapshot_ids(self, client: str, volume: str) -> list[str]:
+        """Visible snapshots of a volume, oldest first."""
+        try:
+            names = os.listdir(self.snapshots_dir(client, volume))
+        except FileNotFoundError:
+            return []
+        return sorted((n for n in names if SNAPSHOT_RE.fullmatch(n)), key=snapshot_sort_key)
+
+    def incoming_ids(self, client: str, volume: str) -> list[str]:
+        try:
+            names = os.listdir(self.incoming_dir(client, volume))
+        except FileNotFoundError:
+            return []
+        return sorted((n for n in names if SNAPSHOT_RE.fullmatch(n)), key=snapshot_sort_key)
+
+    def latest_id(self, client: str, volume: str) -> str | None:
+        """The snapshot ``latest`` names, or None. The link is ours; its target is checked."""
+        try:
+            target = os.readlink(self.volume_dir(client, volume) / "latest")
+        except OSError:
+            return None
+        head, _, name = target.rpartition("/")
+        if head != "snapshots" or not SNAPSHOT_RE.fullmatch(name):
+            return None
+        return name
+
+    def is_initialised(self) -> bool:
+        return all((self.root / d).is_dir() for d in LAYOUT_DIRS)
+
+    def require(self) -> Store:
+        if not self.is_initialised():
+            raise StateRootError(
+                f"{self.root} is not an xsbackup state root (run: xsbackup --root {self.root} init)"
+            )
+        return self
+
+
+def check_xattrs(directory: Path) -> None:
+    """Refuse a filesystem without user xattrs: snapshots and fake-super depend on them."""
+    probe = directory / f".xattr-probe-{secrets.token_hex(4)}"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.xsbackup.probe", b"1")
+        if os.getxattr(probe, "user.xsbackup.probe") != b"1":
+            raise OSError("xattr read back differs")
+    except OSError as e:
+        raise XattrUnsupported(
+            f"{directory}: the filesystem does not support user extended attributes ({e}); "
+            "use ext4, xfs, btrfs or zfs with user xattrs enabled"
+        ) from None
+    finally:
+        probe.unlink()
+
+
+def init_root(root: Path) -> Store:
+    """Create the layout (idempotent) and verify user xattrs work there."""
+    store = Store(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        check_xattrs(root)
+        for d in LAYOUT_DIRS:
+            (root / d).mkdir(mode=0o700 if d in ("ssh", "locks") else 0o755, exist_ok=True)
+    except OSError as e:
+        raise StateRootError(f"cannot create state root {root}: {e.strerror or e}") from None
+    return store
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_symlink(target: str, link: Path) -> None:
+    """Point ``link`` at ``target`` by renaming a temporary symlink over it."""
+    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
+    os.symlink(target, tmp)
+    try:
+        os.rename(tmp, link)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def set_xattrs(path: Path | int, facts: dict[str, str]) -> None:
+    for k, v in facts.items():
+        os.setxattr(path, XATTR_PREFIX + k, v.encode(), follow_symlinks=False)
+
+
+def get_xattrs(path: Path | int) -> dict[str, str]:
+    """Every ``user.xsbackup.*`` xattr of ``path`` (not following a symlink)."""
+    out: dict[str, str] = {}
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if name.startswith(XATTR_PREFIX):
+            with contextlib.suppress(OSError):
+                value = os.getxattr(path, name, follow_symlinks=False)
+                out[name[len(XATTR_PREFIX):]] = value.decode(errors="replace")
+    return out
+
+
+def iter_clients(store: Store) -> Iterator[str]:
+    try:
+        names = sorted(os.listdir(store.clients_dir))
+    except FileNotFoundError:
+        return
+    for n in names:
+        if CLIENT_RE.fullmatch(n):
+            yield n
