@@ -183,3 +183,23 @@ def tree_state(root: Path) -> dict[str, tuple[int, int, int, int, bytes]]:
             out[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns,
                                              st.st_ino, body)
     return out
+
+
+def local_push(server: Server, serial: str, src: Path, volume: str = "documents",
+               *opts: str) -> subprocess.CompletedProcess[str]:
+    """rsync through the real forced command without sshd: a tiny rsh stand-in sets
+    SSH_ORIGINAL_COMMAND the way sshd would and runs the dispatcher."""
+    rsh = server.keydir / "local-rsh"
+    if not rsh.exists():
+        rsh.write_text(
+            "#!/bin/sh\n"
+            'while [ $# -gt 0 ]; do case "$1" in -l) shift 2;; -*) shift;; *) break;; esac; done\n'
+            "shift\n"
+            'SSH_ORIGINAL_COMMAND="$*" exec "$XSB" --root "$XSB_ROOT" '
+            'ssh-command --client "$XSB_SN"\n'
+        )
+        rsh.chmod(0o755)
+    env = {**os.environ, "XSB": XSBACKUP, "XSB_ROOT": str(server.root), "XSB_SN": serial}
+    return subprocess.run(["rsync", "-e", str(rsh), "-a", "--delete", *opts, f"{src}/",
+                           f"{serial}@local:{volume}/"], capture_output=True, text=True,
+                          env=env, timeout=120)

@@ -17,8 +17,8 @@ narrowed:
 Decisions this module takes where the specification is silent:
 
 * **Key order** compares the *unescaped* bytes of the keys (the key's value, as an encoder
-  sorts it), which is what the reference implementations do. It differs from comparing
-  the escaped text only for keys containing ``"`` or ``\\``. Comparing UTF-8 bytes is the
+  that sorts its keys before escaping them writes it). It differs from comparing the
+  escaped text only for keys containing ``"`` or ``\\``. Comparing UTF-8 bytes is the
   same as comparing code points for well-formed text, and differs from UTF-16 order
   (JavaScript's, Java's) for characters above U+FFFF against U+E000..U+FFFF.
 * **Non-UTF-8 bytes inside strings are valid.** The specification says strings are raw
@@ -43,10 +43,15 @@ Decisions this module takes where the specification is silent:
   but not RFC 8259 JSON); otherwise "noncanonical" when orjson parses it and "invalid"
   when orjson does not.
 
+* **decode** raises CanonicalJSONError for an integer longer than Python's
+  ``sys.get_int_max_str_digits()`` (4300 by default), which ``validate`` accepts.
+
 Speed: the common case, a flat object of strings and integers such as a Sugar
-``.metadata`` file, is checked by one compiled regular expression plus one pass over its
-keys; anything else, and every document with a violation, goes through a byte-offset
-scanner that also finds the first violation.
+``.metadata`` file, is checked by one compiled regular expression, whose strings are a
+run of "not a quote" when the document has no backslash at all (``re`` scans that about
+ten times faster than a two-byte class), plus one findall of its keys. Anything else, and
+every document with a violation, goes through an iterative byte-offset scanner that also
+finds the first violation.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def clients_list(settings: config_mod.Settings, store: Any, as_json: bool) -> No
                       for k in c.keys],
              "disabled": c.disabled, "aliases": c.aliases, "created": c.created,
              "volumes": store.volumes(c.serial)}
-            for c in Registry(store).list()]
+            for c in Registry(store).all()]
     if as_json:
         emit_json(rows)
         return
@@ -386,11 +386,10 @@ def cjson_check(ctx: Ctx, files: tuple[str, ...], max_bytes: int | None, as_json
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def exit_codes(as_json: bool) -> None:
     """List every exit code and its meaning."""
-    rows = [{"code": 0, "name": "OK", "meaning": "Success."},
-            {"code": 2, "name": "UsageError", "meaning": "The command line is invalid."}]
-    rows += [{"code": c.exit_code, "name": c.__name__, "meaning": c.describe()}
-             for c in all_errors()]
-    rows.sort(key=lambda r: (int(r["code"]), str(r["name"])))
+    table = [(0, "OK", "Success."), (2, "UsageError", "The command line is invalid.")]
+    table += [(c.exit_code, c.__name__, c.describe()) for c in all_errors()]
+    rows = [{"code": code, "name": name, "meaning": meaning}
+            for code, name, meaning in sorted(table)]
     if as_json:
         emit_json(rows)
         return

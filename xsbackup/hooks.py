@@ -3,7 +3,8 @@
 Stages: ``pre-ingest`` (may veto a transfer), ``post-ingest``, ``post-snapshot``,
 ``on-failure`` (and ``post-prune``). Each hook runs without a shell, in its own process
 group, with stdin closed, a timeout (``hooks.timeout``; the whole group is killed when it
-expires) and these environment variables, besides ``PATH``, ``HOME`` and ``LANG``:
+expires) and these environment variables, besides ``PATH``, ``HOME``, ``LANG`` and
+``TZ`` (the working directory is the server's own; use the absolute paths given):
 
 =========================  ======================================================
 ``XSBACKUP_STAGE``         the stage name
@@ -24,9 +25,11 @@ A failing or hanging ``post-*``/``on-failure`` hook is logged and never affects 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from .config import Settings
 from .errors import HookVeto
 from .logs import LOG
 
+MAX_OUTPUT = 64 * 1024  # bytes of a hook's output kept for the log and a veto line
 STAGES = ("pre-ingest", "post-ingest", "post-snapshot", "post-prune", "on-failure")
 
 
@@ -79,16 +83,27 @@ def _env(settings: Settings, stage: str, extra: dict[str, str]) -> dict[str, str
 
 
 def run_one(path: Path, env: dict[str, str], timeout: float) -> HookResult:
-    proc = subprocess.Popen([str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                            close_fds=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return HookResult(path, proc.returncode, out.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return HookResult(path, None, out.decode(errors="replace"))
+    """Run one hook. Output goes to an unlinked temporary file, not a pipe, so a daemon
+    the hook leaves behind can neither hang us nor turn a success into a timeout; we wait
+    for the hook process alone, then kill its whole process group."""
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen([str(path)], stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    close_fds=True)
+        except OSError as e:
+            # A hook that cannot start (bad interpreter, vanished) fails like exit 126.
+            return HookResult(path, 126, f"{path.name} could not run: {e.strerror or e}")
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        out.seek(0)
+        text = out.read(MAX_OUTPUT).decode(errors="replace")
+    return HookResult(path, code, text)
 
 
 def run(stage: str, settings: Settings, extra: dict[str, str]) -> list[HookResult]:
@@ -101,6 +116,9 @@ def run(stage: str, settings: Settings, extra: dict[str, str]) -> list[HookResul
         results.append(res)
         if res.returncode is None:
             LOG.warning("%s hook %s/%s killed after %gs", who, stage, path.name, timeout)
+        elif res.returncode == 126:
+            LOG.warning("%s hook %s/%s could not run: %s", who, stage, path.name,
+                        res.first_line())
         elif res.returncode != 0:
             LOG.warning("%s hook %s/%s exited %s: %s", who, stage, path.name,
                         res.returncode, res.first_line())

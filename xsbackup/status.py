@@ -38,7 +38,7 @@ def flagged_snapshots(store: Store, client: str) -> list[str]:
 
 def client_rows(store: Store, now: dt.datetime) -> list[dict[str, Any]]:
     rows = []
-    for client in Registry(store).list():
+    for client in Registry(store).all():
         facts = get_xattrs(store.client_dir(client.serial))
         last = facts.get("last_success")
         rows.append({

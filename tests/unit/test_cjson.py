@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,18 @@ def test_spec_examples_decode() -> None:
     assert decode(b"[true,false,null,0,-5]") == [True, False, None, 0, -5]
     assert decode(b'"\\"\\\\"') == '"\\'
     assert decode(b"123456789012345678901234567890") == 123456789012345678901234567890
+
+
+def test_decode_refuses_integers_python_cannot_read() -> None:
+    limit = sys.get_int_max_str_digits()
+    if limit == 0:
+        pytest.skip("this interpreter reads integers of any length")
+    doc = b'{"a":[1,' + b"1" * (limit + 1) + b"]}"
+    assert validate(doc) is None
+    with pytest.raises(CanonicalJSONError) as caught:
+        decode(doc)
+    assert caught.value.violation.offset == 8
+    assert caught.value.violation.reason == "integer has too many digits to decode"
 
 
 def test_line_and_column_count_bytes() -> None:
