@@ -8,6 +8,7 @@ so the forced command does not pay psutil's import.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -58,13 +59,14 @@ def check_client(registry: Registry, serial: str) -> Client:
     return client
 
 
-def check_server(settings: Settings, store: Store) -> None:
-    """Maintenance, load and disk checks, in that order."""
+def check_server(settings: Settings, store: Store, reserved: bool = False) -> None:
+    """Maintenance, load and disk checks, in that order. A client holding a reservation
+    from the availability check is not refused for load: it was admitted already."""
     if maintenance_on(settings, store):
         raise Maintenance("server is in maintenance mode; try again later")
     load1 = os.getloadavg()[0]
     limit = float(settings["admission.max_load"])
-    if load1 > limit or (limit == 0 and load1 >= 0):
+    if not reserved and (load1 > limit or (limit == 0 and load1 >= 0)):
         raise LoadTooHigh(f"server busy: load average {load1:.2f} is over the limit {limit:g}")
     use = disk_use(store.root)
     if use.blocks_pct > float(settings["admission.max_blocks_pct"]):
@@ -77,3 +79,88 @@ def check_server(settings: Settings, store: Store) -> None:
             f"server out of inodes: {use.inodes_pct:.1f}% used "
             f"(limit {settings['admission.max_inodes_pct']:g}%)"
         )
+
+
+# ---- the availability window (ds-backup's GET /backup/1/available/<SN>) -----------------
+#
+# A 200 writes ``<root>/admissions/<SN>`` (its mtime is the grant). The window counts the
+# grants younger than ``availability.window_minutes``; a grant younger than
+# ``availability.reservation_minutes`` is that client's reservation: its SSH transfer is
+# not refused for load, and asking again returns 200 without taking another place.
+# Everything happens under one flock, so concurrent requests (threads or processes)
+# never admit more than the window allows.
+
+
+@dataclass(frozen=True)
+class Verdict:
+    granted: bool
+    reason: str = ""          # load | blocks | inodes | window | maintenance
+    retry_after: int = 0
+
+
+def admissions_dir(store: Store) -> str:
+    return os.path.join(store.root, "admissions")
+
+
+def _grants(store: Store) -> dict[str, float]:
+    base = admissions_dir(store)
+    out: dict[str, float] = {}
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return out
+    for n in names:
+        with contextlib.suppress(FileNotFoundError):
+            out[n] = os.stat(os.path.join(base, n)).st_mtime
+    return out
+
+
+def has_reservation(settings: Settings, store: Store, serial: str, now: float) -> bool:
+    try:
+        granted = os.stat(os.path.join(admissions_dir(store), serial)).st_mtime
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return now - granted < float(settings["availability.reservation_minutes"]) * 60
+
+
+def availability(settings: Settings, store: Store, serial: str, now: float) -> Verdict:
+    """Decide a ds-backup availability request for a known, enabled ``serial``."""
+    from .locking import FileLock
+
+    window = float(settings["availability.window_minutes"]) * 60
+    with FileLock(store.locks_dir / "admissions.lock").acquire(wait=True):
+        if has_reservation(settings, store, serial, now):
+            return Verdict(True)
+        try:
+            check_server(settings, store)
+        except Maintenance:
+            return Verdict(False, "maintenance", 300)
+        except LoadTooHigh:
+            return Verdict(False, "load", 60)
+        except DiskFull:
+            return Verdict(False, "blocks", 600)
+        except InodesFull:
+            return Verdict(False, "inodes", 600)
+        live = sorted(t for t in _grants(store).values() if now - t < window)
+        if len(live) >= int(settings["availability.window_count"]):
+            wait = int(live[0] + window - now) + 1 if live else int(window)
+            return Verdict(False, "window", max(1, wait))
+        os.makedirs(admissions_dir(store), exist_ok=True)
+        path = os.path.join(admissions_dir(store), serial)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        os.utime(path, (now, now))
+        return Verdict(True)
+
+
+def expire_grants(settings: Settings, store: Store, now: float) -> int:
+    """Remove grants older than both the window and the reservation (scheduler job)."""
+    keep = max(float(settings["availability.window_minutes"]),
+               float(settings["availability.reservation_minutes"])) * 60
+    removed = 0
+    for name, t in _grants(store).items():
+        if now - t >= keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(admissions_dir(store), name))
+                removed += 1
+    return removed

@@ -36,6 +36,27 @@ SCHEMA: dict[str, Key] = {
     "server.bind": Key(str, "127.0.0.1", "address the embedded SSH and HTTP servers bind"),
     "server.ssh_port": Key(int, 2222, "embedded SSH server port", minimum=0),
     "server.http_port": Key(int, 8080, "HTTP server port", minimum=0),
+    "server.service_user": Key(str, "xsbackup",
+                               "SSH login name that acts as the key's own client"),
+    "server.public_host": Key(str, "", "host name given to clients in backupurl "
+                              "(default: the HTTP Host header)"),
+    "server.shutdown_timeout": Key(float, 30.0, "seconds running transfers get on SIGTERM",
+                                   minimum=0),
+    "server.max_connections": Key(int, 64, "concurrent SSH connections at most", minimum=1),
+    "server.auth_timeout": Key(float, 30.0, "seconds an SSH client has to authenticate",
+                               minimum=1),
+    "server.max_auth_failures": Key(int, 10, "failed SSH logins per address per 5 minutes "
+                                    "before that address is refused", minimum=1),
+    "http.threads": Key(int, 8, "HTTP worker threads", minimum=1),
+    "availability.window_count": Key(int, 10, "clients admitted per window by the "
+                                     "availability check", minimum=0),
+    "availability.window_minutes": Key(float, 5.0, "the admission window", minimum=0.01),
+    "availability.reservation_minutes": Key(float, 10.0, "how long a 200 reserves admission "
+                                            "for that client's SSH transfer", minimum=0.01),
+    "registration.new_serial": Key(str, "open", "policy for an unknown serial",
+                                   choices=("open", "approve", "closed")),
+    "registration.new_key": Key(str, "approve", "policy for a known serial with a new key",
+                                choices=("open", "approve", "closed")),
     "admission.max_load": Key(float, 8.0, "refuse transfers above this 1-minute load average",
                               minimum=0),
     "admission.max_blocks_pct": Key(float, 95.0, "refuse transfers above this % of disk blocks",

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import TextIO
 
-from . import admission, ingest, rsyncargs
+from . import admission, counters, ingest, rsyncargs
 from .config import Settings
 from .errors import Refused, ServerError, UnknownClient, XsbackupError
 from .logs import LOG
@@ -31,6 +32,9 @@ def run(settings: Settings, client: str, environ: Mapping[str, str] | None = Non
     except Refused as e:
         LOG.warning("client=%s request refused from %s: %s (command %r)", client,
                     remote or "?", e.message, (command or "")[:300])
+        if settings.root.joinpath("locks").is_dir():
+            counters.bump(Store(settings.root), "admissions",
+                          {"path": "ssh", "result": "refused", "reason": type(e).__name__})
         error: XsbackupError = e
     except (XsbackupError, OSError) as e:
         LOG.exception("client=%s request failed from %s (command %r)", client, remote or "?",
@@ -50,9 +54,15 @@ def _dispatch(settings: Settings, client: str, command: str | None, remote: str)
     req = rsyncargs.parse(command, client)
     if req.kind == "true":
         return 0
-    admission.check_server(settings, store)
+    admission.check_server(settings, store, reserved=admission.has_reservation(
+        settings, store, client, time.time()))
     if req.kind == "upload":
-        return ingest.run_upload(store, settings, client, req, remote=remote)
+        rc = ingest.run_upload(store, settings, client, req, remote=remote)
+        result = "success" if rc in ingest.SUCCESS_CODES else "failure"
+        counters.add(store, {
+            counters.key("admissions", {"path": "ssh", "result": "granted", "reason": ""}): 1,
+            counters.key("transfers", {"result": result}): 1})
+        return rc
     if req.kind == "completion":
         return ingest.run_completion(store, settings, client, req)
     if req.kind == "download":

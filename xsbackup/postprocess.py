@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from . import hooks
+from . import counters, hooks
 from .config import Settings
 from .errors import InvalidName
 from .locking import postprocess_lock
@@ -184,6 +184,8 @@ def process(store: Store, settings: Settings, entry: Entry,
                 "cjson": summary, "origin": entry.data,
             })
             _crash("after-xattrs")
+            counters.add(store, {"promotions": 1, "bytes_received": stats.new_bytes,
+                                 "files_received": stats.new_files})
             outcome = "promoted"
         elif not visible.exists():
             LOG.error("%s queue entry names no transfer; dropping it", who)
