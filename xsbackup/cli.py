@@ -347,6 +347,28 @@ def maintenance(settings: config_mod.Settings, store: Any, state: str) -> None:
     click.echo("maintenance " + ("on" if maintenance_on(settings, store) else "off"))
 
 
+# ---- the service ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--bind", default=None, help="Address for the SSH and HTTP servers "
+              "(server.bind; default 127.0.0.1).")
+@click.option("--ssh-port", type=int, default=None, help="Embedded SSH port (default 2222).")
+@click.option("--http-port", type=int, default=None, help="HTTP port (default 8080).")
+@pass_ctx
+def serve(ctx: Ctx, bind: str | None, ssh_port: int | None, http_port: int | None) -> None:
+    """Run everything in one process: embedded SSH, HTTP, post-processing, scheduler.
+
+    Creates the state root and host keys on first start. SIGTERM/SIGINT stop gracefully;
+    SIGHUP reloads the configuration and keys.
+    """
+    from .serve import Service
+
+    service = Service(ctx.root, ctx.config_file, {
+        "server.bind": bind, "server.ssh_port": ssh_port, "server.http_port": http_port})
+    sys.exit(service.run(ready=click.echo))
+
+
 # ---- Canonical JSON --------------------------------------------------------------------
 
 
@@ -431,3 +453,18 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         os._exit(141)
     sys.exit(0)
+
+
+# The HTTP-side admin commands live in cli_http (users, pending registrations); they use
+# this module's helpers, so they are attached last.
+from .cli_http import (  # noqa: E402
+    admin,
+    clients_approve,
+    clients_pending,
+    clients_reject,
+)
+
+cli.add_command(admin)
+clients.add_command(clients_pending)
+clients.add_command(clients_approve)
+clients.add_command(clients_reject)

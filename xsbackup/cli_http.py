@@ -1,0 +1,145 @@
+"""CLI commands for the HTTP side: admin users, and approval of registered keys.
+
+``cli.py`` attaches these at its bottom (this module imports ``with_store`` from it)::
+
+    from .cli_http import admin, clients_approve, clients_pending, clients_reject
+    cli.add_command(admin)
+    clients.add_command(clients_pending, "pending")
+    clients.add_command(clients_approve, "approve")
+    clients.add_command(clients_reject, "reject")
+
+Like the rest of the CLI, each command only parses, calls the core (``users``,
+``registration``) and prints; errors travel up to ``main()``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from . import registration, users
+from .cli import emit_json, with_store
+from .config import Settings
+from .store import Store
+
+
+def _read_password(name: str, from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    text: str = click.prompt(f"Password for {name}", hide_input=True,
+                             confirmation_prompt=True)
+    return text
+
+
+@click.group()
+def admin() -> None:
+    """Manage the people who may use the HTTP API and web UI."""
+
+
+@admin.command("add-user")
+@click.argument("name")
+@click.option("--role", type=click.Choice(list(users.ROLES)), default="admin",
+              show_default=True, help="admin may change things; teacher only reads.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@with_store
+def add_user(settings: Settings, store: Store, name: str, role: str,
+             password_stdin: bool) -> None:
+    """Create user NAME (asks for the password twice unless --password-stdin)."""
+    users.check_name(name)
+    user = users.add_user(store, name, _read_password(name, password_stdin), role)
+    click.echo(f"added {user.role} {user.name}")
+
+
+@admin.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@with_store
+def passwd(settings: Settings, store: Store, name: str, password_stdin: bool) -> None:
+    """Set the password of user NAME (their web sessions end)."""
+    users.get_user(store, name)
+    users.set_password(store, name, _read_password(name, password_stdin))
+    click.echo(f"password of {name} changed")
+
+
+@admin.command("disable-user")
+@click.argument("name")
+@with_store
+def disable_user(settings: Settings, store: Store, name: str) -> None:
+    """Refuse every login of user NAME (takes effect at once, sessions included)."""
+    users.disable(store, name)
+    click.echo(f"{name} disabled")
+
+
+@admin.command("enable-user")
+@click.argument("name")
+@with_store
+def enable_user(settings: Settings, store: Store, name: str) -> None:
+    """Allow a disabled user NAME to log in again."""
+    users.enable(store, name)
+    click.echo(f"{name} enabled")
+
+
+@admin.command("list-users")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_store
+def list_users(settings: Settings, store: Store, as_json: bool) -> None:
+    """List users (never their password hashes)."""
+    rows = [u.public() for u in users.list_users(store)]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no users")
+    for r in rows:
+        state = " (disabled)" if r["disabled"] else ""
+        click.echo(f"{r['name']:<24} {r['role']:<8} created {r['created']}{state}")
+
+
+# ---- key approval (attached under ``xsbackup clients``) -------------------------------
+
+
+def _pending_rows(store: Store) -> list[dict[str, Any]]:
+    return [{"serial": serial, **registration.key_summary(key)}
+            for serial, key in registration.pending(store)]
+
+
+@click.command("pending")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_store
+def clients_pending(settings: Settings, store: Store, as_json: bool) -> None:
+    """List keys registered under the 'approve' policy, waiting for approval."""
+    rows = _pending_rows(store)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no keys awaiting approval")
+    for r in rows:
+        note = "" if r["supported"] else " (unsupported for transfers)"
+        click.echo(f"{r['serial']:<16} {r['type']:<20} {r['fingerprint']} "
+                   f"added {r['added']}{note}")
+
+
+@click.command("approve")
+@click.argument("serial")
+@click.option("--keep-old", is_flag=True,
+              help="Keep the client's current keys active too (default: the approved key "
+                   "replaces them, as for a reflashed device).")
+@with_store
+def clients_approve(settings: Settings, store: Store, serial: str, keep_old: bool) -> None:
+    """Activate SERIAL's pending key; regenerates authorized_keys."""
+    client = registration.approve(store, serial, keep_old=keep_old)
+    active = [k.type for k in client.active_keys()]
+    click.echo(f"approved: {serial} now has {len(active)} active key(s) "
+               f"({', '.join(active)})")
+
+
+@click.command("reject")
+@click.argument("serial")
+@with_store
+def clients_reject(settings: Settings, store: Store, serial: str) -> None:
+    """Drop SERIAL's pending key(s); its active keys stay."""
+    n = registration.reject(store, serial)
+    click.echo(f"rejected {n} pending key(s) of {serial}")
