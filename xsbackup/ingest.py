@@ -7,9 +7,12 @@ The caller (``dispatch``) has parsed the command and admitted the client. Here w
 * prepare ``volumes/<v>/current/`` fresh. An interrupted transfer's ``current/`` is
   renamed to ``resume/`` and offered as a second ``--link-dest``: its finished files
   are reused, its stale files never reach a snapshot because it is never the destination;
-* pin the ``--link-dest`` base (the newest of ``snapshots/`` and ``incoming/``) as an
-  open directory and hand rsync ``/proc/self/fd/N``, so a post-processor renaming
-  ``incoming/<id>`` to ``snapshots/<id>`` mid-transfer cannot pull the base away;
+* link against the newest of ``snapshots/`` and ``incoming/``. A visible snapshot is
+  passed by path: only prune deletes snapshots, and it needs the client lock this
+  session holds. A base still in ``incoming/<id>`` may be promoted mid-transfer by the
+  post-processor, so it is pinned as an open directory and rsync gets
+  ``/proc/self/fd/N``. (Pinning always would be simpler, but it measured 30% slower on
+  a no-change backup of 10,000 files: every lookup goes through the magic link.);
 * run rsync with ``--fake-super`` (owners, devices, setuid bits and the like are recorded
   as xattrs, never applied) and the server's own temp and partial directories;
 * on exit 0 or 24, rename ``current/`` to ``incoming/<id>`` and write the queue entry.
@@ -136,17 +139,22 @@ def _open_dir(path: Path | str, dir_fd: int | None = None) -> int:
     return os.open(path, flags, dir_fd=dir_fd)
 
 
-def _pin_base(store: Store, client: str, volume: str) -> int | None:
+def link_base(store: Store, client: str, volume: str) -> tuple[str | None, int | None]:
+    """The ``--link-dest`` value, and the descriptor to pass along when it is pinned."""
     vol = store.volume_dir(client, volume)
     for _ in range(3):
         base = newest_base(store, client, volume)
         if base is None:
-            return None
+            return None, None
+        where, sid = base
+        if where == "snapshots":
+            return str(vol / "snapshots" / sid), None
         try:
-            return _open_dir(vol / base[0] / base[1])
+            fd = _open_dir(vol / "incoming" / sid)
         except FileNotFoundError:
             continue  # promoted between listing and open: look again
-    return None
+        return f"/proc/self/fd/{fd}", fd
+    return None, None
 
 
 def _discard(store: Store, path: Path) -> None:
@@ -201,12 +209,13 @@ def run_upload(store: Store, settings: Settings, client: str, req: Request,
         hooks.veto("pre-ingest", settings, hook_env)
         current = prepare_volume(store, client, req.volume)
         vol = current.parent
-        base_fd = _pin_base(store, client, req.volume)
         argv = [str(settings["ingest.rsync"]), "--server", *_server_opts(settings, req),
                 "--fake-super", f"--confine-root={store.client_dir(client)}"]
         pass_fds = list(session.fds())
+        base, base_fd = link_base(store, client, req.volume)
+        if base is not None:
+            argv.append(f"--link-dest={base}")
         if base_fd is not None:
-            argv.append(f"--link-dest=/proc/self/fd/{base_fd}")
             pass_fds.append(base_fd)
         if (vol / "resume").is_dir():
             argv.append(f"--link-dest={vol / 'resume'}")

@@ -262,3 +262,21 @@ def test_link_limit_falls_back_to_a_copy(server: Server, tmp_path: Path) -> None
     assert (snaps / second / "popular.txt").stat().st_ino != target.stat().st_ino
     assert (snaps / second / "other.txt").stat().st_ino == \
         (snaps / first / "other.txt").stat().st_ino
+
+
+def test_links_against_a_transfer_not_yet_promoted(server: Server, tmp_path: Path) -> None:
+    """A base still in incoming/ is linked too, even if it is promoted mid-transfer."""
+    server.add_client(SN)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "same.bin").write_bytes(os.urandom(10_000))
+    assert local_push(server, SN, src).returncode == 0
+    time.sleep(1.01)
+    (src / "new.txt").write_text("second\n")
+    assert local_push(server, SN, src).returncode == 0  # no post-processing in between
+    assert len(server.store.incoming_ids(SN, "documents")) == 2
+    run_pp(server)
+    first, second = (server.store.snapshots_dir(SN, "documents") / i
+                     for i in server.store.snapshot_ids(SN, "documents"))
+    assert (second / "same.bin").stat().st_ino == (first / "same.bin").stat().st_ino
+    assert read_facts(second)["new_bytes"] == len("second\n")
