@@ -129,6 +129,8 @@ def availability(settings: Settings, store: Store, serial: str, now: float) -> V
 
     window = float(settings["availability.window_minutes"]) * 60
     with FileLock(store.locks_dir / "admissions.lock").acquire(wait=True):
+        if maintenance_on(settings, store):
+            return Verdict(False, "maintenance", 300)
         if has_reservation(settings, store, serial, now):
             return Verdict(True)
         try:

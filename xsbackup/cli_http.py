@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from . import registration, users
+from . import users
 from .cli import emit_json, with_store
 from .config import Settings
 from .store import Store
@@ -47,7 +47,8 @@ def admin() -> None:
 def add_user(settings: Settings, store: Store, name: str, role: str,
              password_stdin: bool) -> None:
     """Create user NAME (asks for the password twice unless --password-stdin)."""
-    users.check_name(name)
+    if users.check_name(name) in users.load(store):
+        raise users.UserExists(f"user {name} already exists")
     user = users.add_user(store, name, _read_password(name, password_stdin), role)
     click.echo(f"added {user.role} {user.name}")
 
@@ -101,6 +102,8 @@ def list_users(settings: Settings, store: Store, as_json: bool) -> None:
 
 
 def _pending_rows(store: Store) -> list[dict[str, Any]]:
+    from . import registration  # lazily: keeps the forced command's start-up cheap
+
     return [{"serial": serial, **registration.key_summary(key)}
             for serial, key in registration.pending(store)]
 
@@ -130,6 +133,8 @@ def clients_pending(settings: Settings, store: Store, as_json: bool) -> None:
 @with_store
 def clients_approve(settings: Settings, store: Store, serial: str, keep_old: bool) -> None:
     """Activate SERIAL's pending key; regenerates authorized_keys."""
+    from . import registration
+
     client = registration.approve(store, serial, keep_old=keep_old)
     active = [k.type for k in client.active_keys()]
     click.echo(f"approved: {serial} now has {len(active)} active key(s) "
@@ -141,5 +146,7 @@ def clients_approve(settings: Settings, store: Store, serial: str, keep_old: boo
 @with_store
 def clients_reject(settings: Settings, store: Store, serial: str) -> None:
     """Drop SERIAL's pending key(s); its active keys stay."""
+    from . import registration
+
     n = registration.reject(store, serial)
     click.echo(f"rejected {n} pending key(s) of {serial}")

@@ -34,7 +34,7 @@ def run(settings: Settings, client: str, environ: Mapping[str, str] | None = Non
                     remote or "?", e.message, (command or "")[:300])
         if settings.root.joinpath("locks").is_dir():
             counters.bump(Store(settings.root), "admissions",
-                          {"path": "ssh", "result": "refused", "reason": type(e).__name__})
+                          {"path": "ssh", "result": "refused", "reason": e.reason})
         error: XsbackupError = e
     except (XsbackupError, OSError) as e:
         LOG.exception("client=%s request failed from %s (command %r)", client, remote or "?",

@@ -23,6 +23,7 @@ class XsbackupError(Exception):
     """An error occurred."""
 
     exit_code = 1
+    reason = "error"  # short label for metrics
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.describe())
@@ -103,72 +104,84 @@ class RequestRefused(Refused):
     """The SSH command, an rsync option or a path was refused."""
 
     exit_code = 40
+    reason = "request"
 
 
 class UnknownClient(Refused):
     """The client is unknown."""
 
     exit_code = 41
+    reason = "unknown"
 
 
 class ClientDisabled(Refused):
     """The client is disabled."""
 
     exit_code = 42
+    reason = "disabled"
 
 
 class Maintenance(Refused):
     """The server is in maintenance mode."""
 
     exit_code = 43
+    reason = "maintenance"
 
 
 class LoadTooHigh(Refused):
     """The server's load average is over the limit."""
 
     exit_code = 44
+    reason = "load"
 
 
 class DiskFull(Refused):
     """The state root's disk blocks are used over the limit."""
 
     exit_code = 45
+    reason = "blocks"
 
 
 class InodesFull(Refused):
     """The state root's inodes are used over the limit."""
 
     exit_code = 46
+    reason = "inodes"
 
 
 class NoSlot(Refused):
     """All concurrent transfer slots are taken."""
 
     exit_code = 47
+    reason = "slots"
 
 
 class BackupInProgress(Refused):
     """A backup of this client is already in progress."""
 
     exit_code = 48
+    reason = "in-progress"
 
 
 class OverQuota(Refused):
     """The client is over its disk quota."""
 
     exit_code = 49
+    reason = "quota"
 
 
 class HookVeto(Refused):
     """A pre-ingest hook vetoed the transfer."""
 
     exit_code = 50
+    reason = "hook"
 
 
 class SnapshotNotFound(Refused):
     """No such snapshot."""
 
     exit_code = 51
+    reason = "no-snapshot"
 
 
 class ServerError(XsbackupError):

@@ -25,6 +25,13 @@ def _age(since: str | None, now: dt.datetime) -> str | None:
     return f"{secs // 86400}d"
 
 
+def _age_seconds(since: str | None, now: dt.datetime) -> int | None:
+    try:
+        return int((now - dt.datetime.fromisoformat(since)).total_seconds()) if since else None
+    except (TypeError, ValueError):
+        return None
+
+
 def flagged_snapshots(store: Store, client: str) -> list[str]:
     """Snapshots whose metadata was flagged: one getxattr per snapshot directory."""
     out = []
@@ -47,8 +54,7 @@ def client_rows(store: Store, now: dt.datetime) -> list[dict[str, Any]]:
             "disabled": client.disabled,
             "last_success": last,
             "age": _age(last, now),
-            "age_seconds": int((now - dt.datetime.fromisoformat(last)).total_seconds())
-            if last else None,
+            "age_seconds": _age_seconds(last, now),
             "snapshot_count": int(facts.get("snapshot_count", "0") or 0),
             "last_transfer": facts.get("last_transfer"),
             "last_completion": facts.get("last_completion"),

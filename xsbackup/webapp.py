@@ -6,7 +6,9 @@ Routes:
   semantics: an empty body and 200, 503 with ``Retry-After``, or 403 for a malformed,
   unknown or disabled serial. The decision (window, reservation, load, disk) is
   ``admission.availability``; this handler only looks up the one serial (no registry
-  walk) and counts the outcome in ``admissions{path="http",...}``.
+  walk) and counts the outcome in ``admissions{path="http",...}`` (batched in memory and
+  flushed to the durable counters at most once a second, before every scrape and on
+  ``close``; a crash loses at most that second of counts, as ``counters.py`` allows).
 * ``POST /`` and ``POST /RPC2``: the OLPC registration call, XML-RPC
   ``register(serial, nickname, uuid, pubkey)`` (``registration.register``). Bodies over
   64 KiB are refused with 413.
@@ -51,6 +53,7 @@ import http
 import os
 import re
 import secrets
+import socket
 import stat
 import threading
 import time
@@ -90,6 +93,7 @@ SESSION_SECONDS = 12 * 3600
 BASIC_CACHE_SECONDS = 60.0
 MAX_SESSIONS = 10_000
 MAX_CACHED_CREDENTIALS = 10_000
+COUNTER_FLUSH_SECONDS = 1.0
 REALM = 'Basic realm="xsbackup"'
 _HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\]")
 _JSON = "application/json"
@@ -138,17 +142,15 @@ class _CachedCredential:
 
 
 def request_host(settings: Settings, environ: WSGIEnvironment) -> str:
-    """``server.public_host``, else the Host header without its port (validated)."""
+    """``server.public_host``, else the Host header without its port, else this machine's
+    host name (a Host header that is not a plain host name or IP is ignored)."""
     public = str(settings["server.public_host"])
     if public:
         return public
-    raw = str(environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").strip()
+    raw = str(environ.get("HTTP_HOST") or "").strip()
     host = raw[: raw.index("]") + 1] if raw.startswith("[") and "]" in raw else \
         raw.rsplit(":", 1)[0]
-    if _HOST_RE.fullmatch(host):
-        return host
-    server_name = str(environ.get("SERVER_NAME", ""))
-    return server_name if _HOST_RE.fullmatch(server_name) else "localhost"
+    return host if _HOST_RE.fullmatch(host) else socket.gethostname()
 
 
 def read_body(environ: WSGIEnvironment, limit: int = MAX_BODY) -> bytes:
@@ -320,6 +322,8 @@ class App:
         self._secret = secrets.token_bytes(32)
         self._users_stamp: tuple[int, int, int] = (-1, -1, -1)
         self._users: dict[str, users.User] = {}
+        self._unflushed: dict[str, float] = {}
+        self._flushed_at = time.monotonic()
 
     # -- WSGI entry --
 
@@ -359,7 +363,9 @@ class App:
             self.require_user(environ)
             if method != "GET":
                 raise HttpError(405, "method not allowed", [("Allow", "GET")])
-            return Response(200, metrics.render(Store(self.settings().root)), metrics.CONTENT_TYPE)
+            store = Store(self.settings().root)
+            self.flush_counters(store)
+            return Response(200, metrics.render(store), metrics.CONTENT_TYPE)
         if path == "/api/v1/session":
             return self.session(environ, method)
         if path.startswith("/api/v1/"):
@@ -389,15 +395,33 @@ class App:
             self._count(store, "granted", "")
             return _empty(200)
         self._count(store, "refused", verdict.reason)
-        LOG.info("client=%s availability refused: %s (retry after %ds)", serial,
-                 verdict.reason, verdict.retry_after)
+        LOG.debug("client=%s availability refused: %s (retry after %ds)", serial,
+                  verdict.reason, verdict.retry_after)
         return _empty(503, [("Retry-After", str(verdict.retry_after))])
 
-    @staticmethod
-    def _count(store: Store, result: str, reason: str) -> None:
+    def _count(self, store: Store, result: str, reason: str) -> None:
+        """Count an availability answer. Counts are batched in memory and added to the
+        durable counters at most once a second (and before every /metrics scrape, and
+        on ``close``): one read-modify-write of counters.json per request would cap the
+        whole server at about a thousand answers a second, under one flock."""
+        key = counters.key("admissions", {"path": "http", "result": result, "reason": reason})
+        now = time.monotonic()
+        with self._lock:
+            self._unflushed[key] = self._unflushed.get(key, 0.0) + 1
+            due = now - self._flushed_at >= COUNTER_FLUSH_SECONDS
+        if due:
+            self.flush_counters(store)
+
+    def flush_counters(self, store: Store | None = None) -> None:
+        """Add the batched counts to ``counters.json`` now."""
+        with self._lock:
+            pending, self._unflushed = self._unflushed, {}
+            self._flushed_at = time.monotonic()
+        if not pending:
+            return
+        store = store or Store(self.settings().root)
         if store.locks_dir.is_dir():
-            counters.bump(store, "admissions", {"path": "http", "result": result,
-                                                "reason": reason})
+            counters.add(store, pending)
 
     # -- registration (no auth) --
 
@@ -600,7 +624,7 @@ class App:
         return json_response(route())
 
 
-def make_app(settings_provider: SettingsProvider) -> WSGIApplication:
+def make_app(settings_provider: SettingsProvider) -> App:
     """The WSGI application; ``settings_provider()`` is asked on every request, so a
     configuration reload (SIGHUP) takes effect at once."""
     return App(settings_provider)
@@ -615,6 +639,7 @@ class HttpServer:
     def __init__(self, app: WSGIApplication, host: str, port: int, threads: int) -> None:
         import waitress  # type: ignore[import-untyped]  # no stubs; pure Python
 
+        self.app = app
         self._server: Any = waitress.create_server(
             app, host=host, port=port, threads=threads, ident="xsbackup",
             max_request_body_size=1 << 20, expose_tracebacks=False)
@@ -646,6 +671,8 @@ class HttpServer:
         if not self._stopped.is_set():
             self._close_sockets()
         self._server.task_dispatcher.shutdown(timeout=timeout)
+        if isinstance(self.app, App):
+            self.app.flush_counters()
 
 
 def make_server(app: WSGIApplication, host: str, port: int, threads: int) -> HttpServer:

@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import XSBACKUP, Server, local_push
 from xsbackup import counters, postprocess, registration, users
 from xsbackup.registry import Registry
-from xsbackup.webapp import make_app, make_server
+from xsbackup.webapp import App, make_app, make_server
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"
@@ -49,6 +49,11 @@ class Reply:
 class Web:
     server: Server
     port: int
+    app: App
+
+    def counters(self) -> dict[str, float]:
+        self.app.flush_counters()  # availability counts are batched for up to a second
+        return counters.read(self.server.store)
 
     @property
     def url(self) -> str:
@@ -84,11 +89,12 @@ class Web:
 @pytest.fixture
 def web(server: Server) -> Iterator[Web]:
     server.configure(BASE_CONFIG)
-    srv = make_server(make_app(server.settings), "127.0.0.1", 0, 8)
+    app = make_app(server.settings)
+    srv = make_server(app, "127.0.0.1", 0, 8)
     thread = threading.Thread(target=srv.run_forever, name="http-test", daemon=True)
     thread.start()
     try:
-        yield Web(server, srv.effective_port)
+        yield Web(server, srv.effective_port, app)
     finally:
         srv.close()
         thread.join(timeout=10)
@@ -134,7 +140,7 @@ def test_availability_answers(web: Web) -> None:
     assert (r.status, r.body, r.headers["Allow"]) == (405, b"", "GET")
     # Surrounding whitespace is stripped, as ds-backup's SN check does.
     assert web.get(f"/backup/1/available/%20{SN}%20").status == 200
-    seen = counters.read(web.server.store)
+    seen = web.counters()
     assert seen['admissions{path="http",reason="",result="granted"}'] == 2
     assert seen['admissions{path="http",reason="unknown",result="refused"}'] == 1
     assert seen['admissions{path="http",reason="malformed",result="refused"}'] == 4
@@ -166,7 +172,7 @@ def test_maintenance_refuses_with_retry_after(web: Web) -> None:
     web.server.xsbackup("maintenance", "on")
     r = web.get(f"/backup/1/available/{SN}")
     assert (r.status, r.body, r.headers["Retry-After"]) == (503, b"", "300")
-    assert counters.read(web.server.store)[
+    assert web.counters()[
         'admissions{path="http",reason="maintenance",result="refused"}'] == 1
 
 
@@ -191,6 +197,9 @@ def test_thundering_herd_admits_exactly_the_window(web: Web) -> None:
     assert sum(1 for s, ra, _ in results if s == 503 and ra is not None) == 190
     granted = sorted(sn for sn, (s, _, _) in zip(serials, results, strict=True) if s == 200)
     assert sorted(os.listdir(web.server.root / "admissions")) == granted
+    seen = web.counters()
+    assert seen['admissions{path="http",reason="",result="granted"}'] == 10
+    assert seen['admissions{path="http",reason="window",result="refused"}'] == 190
 
 
 # ---- registration ----------------------------------------------------------------------
@@ -238,16 +247,10 @@ def test_new_key_waits_for_approval(web: Web, tmp_path: Path) -> None:
     assert old in authorized_keys(web.server)
     waiting = registration.pending(web.server.store)
     assert [(sn, k.blob, k.status) for sn, k in waiting] == [(SN, new, "pending")]
-    cli = subprocess.run([XSBACKUP, "--root", str(web.server.root), "clients", "pending",
-                          "--help"], capture_output=True, text=True, check=False)
-    if cli.returncode == 0:  # once cli.py has attached the commands of cli_http
-        rows = orjson.loads(web.server.xsbackup("clients", "pending", "--json").stdout)
-        assert [(r["serial"], r["type"], r["status"]) for r in rows] == \
-            [(SN, "ssh-rsa", "pending")]
-        out = web.server.xsbackup("clients", "approve", SN).stdout
-        assert out == f"approved: {SN} now has 1 active key(s) (ssh-rsa)\n"
-    else:
-        registration.approve(web.server.store, SN)
+    rows = orjson.loads(web.server.xsbackup("clients", "pending", "--json").stdout)
+    assert [(r["serial"], r["type"], r["status"]) for r in rows] == [(SN, "ssh-rsa", "pending")]
+    out = web.server.xsbackup("clients", "approve", SN).stdout
+    assert out == f"approved: {SN} now has 1 active key(s) (ssh-rsa)\n"
     keys = authorized_keys(web.server)
     assert new in keys
     assert old not in keys  # the reflashed device's old key is retired
@@ -266,7 +269,10 @@ def test_approve_keep_old_and_reject(web: Web, tmp_path: Path) -> None:
     assert a in keys
     assert b in keys
     assert web.register(SN, "", "", c)["success"] == "PENDING"
-    assert registration.reject(web.server.store, SN) == 1
+    out = web.server.xsbackup("clients", "reject", SN).stdout
+    assert out == f"rejected 1 pending key(s) of {SN}\n"
+    again = web.server.xsbackup("clients", "reject", SN, check=False)
+    assert again.returncode == registration.NothingPending.exit_code
     assert [k.blob for k in Registry(web.server.store).get(SN).keys] == [a, b]
     assert c not in authorized_keys(web.server)
 
