@@ -91,6 +91,12 @@ class SystemUserError(XsbackupError):
     exit_code = 12
 
 
+class NothingPending(XsbackupError):
+    """No key of this client is awaiting approval."""
+
+    exit_code = 16
+
+
 # ---- refusals of the forced command (40-59) ------------------------------------------
 
 

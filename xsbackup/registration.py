@@ -49,7 +49,7 @@ import socket
 from typing import Any
 
 from .config import Settings
-from .errors import InvalidKey, XsbackupError
+from .errors import InvalidKey, NothingPending
 from .locking import FileLock
 from .logs import LOG
 from .registry import Client, ClientKey, Registry, parse_key, write_authorized_keys
@@ -64,11 +64,6 @@ MAX_NICKNAME = 256
 MAX_UUID = 128
 KNOWN_KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
 
-
-class NothingPending(XsbackupError):
-    """No key of this client is awaiting approval."""
-
-    exit_code = 16
 
 
 def key_summary(key: ClientKey) -> dict[str, Any]:
