@@ -70,4 +70,12 @@ HOSTILE: list[tuple[str, str, str]] = [
     ("download-current", f"{DOWN} . datastore-current/", "invalid volume name"),
     ("download-no-snapshot", f"{DOWN} . documents/", "must name a snapshot"),
     ("download-bad-id", f"{DOWN} . documents/yesterday/", "not a snapshot id"),
+    ("alias-upload", f"{UP} . clients/SHF00000001/documents/", "read-only"),
+    ("alias-bad-serial", f"{DOWN} . clients/bad-serial!/documents/latest/", "aliased client"),
+    ("verb-unknown-option", "archive --exec=/bin/sh", "not allowed"),
+    ("verb-bad-format", "archive --format rar", "tar or zip"),
+    ("verb-absolute-path", "archive /etc", "absolute path"),
+    ("verb-dotdot", "archive docs/../../..", "'..'"),
+    ("verb-extra-argument", "list documents", "unexpected argument"),
+    ("verb-bad-volume", "manifest --volume ../x", "invalid volume name"),
 ]

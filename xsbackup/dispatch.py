@@ -36,10 +36,10 @@ def run(settings: Settings, client: str, environ: Mapping[str, str] | None = Non
             counters.bump(Store(settings.root), "admissions",
                           {"path": "ssh", "result": "refused", "reason": e.reason})
         error: XsbackupError = e
-    except (XsbackupError, OSError) as e:
+    except Exception as e:  # the client must see one line, never a traceback
         LOG.exception("client=%s request failed from %s (command %r)", client, remote or "?",
                       (command or "")[:300])
-        error = ServerError(f"server error: {e}" if isinstance(e, XsbackupError) else
+        error = ServerError(f"server error: {e.message}" if isinstance(e, XsbackupError) else
                             "server error; the administrator can find it in the log")
     err.write(f"xsbackup: {error.message}\n")
     err.flush()
@@ -66,5 +66,46 @@ def _dispatch(settings: Settings, client: str, command: str | None, remote: str)
     if req.kind == "completion":
         return ingest.run_completion(store, settings, client, req)
     if req.kind == "download":
-        return ingest.run_download(store, settings, client, req)
-    raise rsyncargs.refuse(f"'{req.verb_args[0]}' is not available on this server")
+        source = client
+        if req.source:
+            from .restore import check_readable
+
+            source = check_readable(Registry(store), client, req.source)
+        return ingest.run_download(store, settings, source, req)
+    return run_verb(store, client, req)
+
+
+def run_verb(store: Store, login: str, req: rsyncargs.Request) -> int:
+    """``archive``, ``list`` and ``manifest``: read-only, streamed to stdout."""
+    import orjson
+
+    from . import restore
+
+    source = restore.check_readable(Registry(store), login, req.source or login)
+    out = sys.stdout.buffer
+    if req.verb == "list":
+        vols = [restore.pick_volume(store, source, req.opt("--volume"))] \
+            if req.opt("--volume") else store.volumes(source)
+        rows = [{"volume": v, "id": sid} for v in vols for sid in store.snapshot_ids(source, v)]
+        out.write(orjson.dumps(rows) + b"\n")
+        out.flush()
+        return 0
+    volume = restore.pick_volume(store, source, req.opt("--volume"))
+    sid = restore.resolve(store, source, volume, req.opt("--at"))
+    LOG.info("client=%s volume=%s snapshot=%s %s for %s started", source, volume, sid,
+             req.verb, login)
+    if req.verb == "manifest":
+        import json
+
+        # stdlib json, not orjson: a name that is not UTF-8 travels as \udcXX escapes,
+        # which json.loads and os.fsencode turn back into the exact bytes.
+        for entry in restore.manifest(store, source, volume, sid):
+            out.write(json.dumps(entry).encode("ascii") + b"\n")
+        out.flush()
+        return 0
+    n = restore.write_archive(store, source, volume, sid, req.verb_path,
+                              req.opt("--format") or "tar", out)
+    out.flush()
+    LOG.info("client=%s volume=%s snapshot=%s archive of %d items sent to %s", source,
+             volume, sid, n, login)
+    return 0

@@ -324,6 +324,9 @@ def run_download(store: Store, settings: Settings, client: str, req: Request) ->
             snap_fd = lock_directory(snap, shared=True)
         except FileNotFoundError:
             raise SnapshotNotFound(f"snapshot {sid} was just removed") from None
+        except LockBusy:
+            raise SnapshotNotFound(f"snapshot {sid} of {req.volume} is being pruned; "
+                                   "choose another") from None
         fds.append(snap_fd)
         source = _pin_source(snap_fd, req, fds, sid)
         argv = [str(settings["ingest.rsync"]), "--server", "--sender", *req.options,

@@ -29,10 +29,10 @@ Callers map the result onto real paths (``ingest``), never by joining raw string
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import RequestRefused
-from .store import SNAPSHOT_RE, VOLUME_RE
+from .store import CLIENT_RE, SNAPSHOT_RE, VOLUME_RE
 
 # 0: no argument; 1: argument not checked; -1: refused; "drop": accepted, argument
 # replaced by the server's own.
@@ -81,8 +81,13 @@ _LONG_RE = re.compile(r"--([A-Za-z0-9][A-Za-z0-9-]*)(?:=(.*))?", re.DOTALL)
 COMPLETION_PREFIX = "/var/lib/ds-backup/completion/"
 _DS_MINUTE_RE = re.compile(r"datastore-(\d{4}-\d{2}-\d{2}_\d{2}:\d{2})")
 
-# Named xsbackup verbs (restore streams, listings) accepted besides rsync; none yet.
-VERBS: frozenset[str] = frozenset()
+# Named xsbackup verbs besides rsync, and the options each accepts (all take a value).
+VERBS: dict[str, frozenset[str]] = {
+    "archive": frozenset({"--volume", "--at", "--format", "--from"}),
+    "list": frozenset({"--volume", "--from"}),
+    "manifest": frozenset({"--volume", "--at", "--from"}),
+}
+VERB_PATHS = frozenset({"archive"})
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,13 @@ class Request:
     snapshot: str = ""            # download: "latest", an id, or "minute:YYYY-MM-DD_HH:MM"
     subpath: tuple[str, ...] = ()  # download: components below the snapshot root
     trailing_slash: bool = False
-    verb_args: tuple[str, ...] = field(default=())
+    source: str = ""              # download/verb: an aliased client to read (read-only)
+    verb: str = ""
+    verb_opts: tuple[tuple[str, str], ...] = field(default=())
+    verb_path: str = ""
+
+    def opt(self, name: str) -> str | None:
+        return dict(self.verb_opts).get(name)
 
     @property
     def is_write(self) -> bool:
@@ -122,7 +133,7 @@ def parse(command: str | None, client: str) -> Request:
     if not words:
         raise refuse("empty command; this account only accepts rsync")
     if words[0] in VERBS:
-        return Request("verb", verb_args=tuple(words))
+        return _verb(words)
     if words[0] != "rsync":
         raise refuse(f"command {words[0][:40]!r} is not allowed; only rsync is accepted")
     if words[1:2] != ["--server"]:
@@ -197,6 +208,46 @@ def parse(command: str | None, client: str) -> Request:
     return _upload(tuple(options), path, client)
 
 
+def _verb(words: list[str]) -> Request:
+    name, allowed = words[0], VERBS[words[0]]
+    opts: list[tuple[str, str]] = []
+    paths: list[str] = []
+    i = 1
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word.startswith("--"):
+            key, eq, value = word.partition("=")
+            if key not in allowed:
+                raise refuse(f"{name}: option {key[:40]!r} is not allowed")
+            if not eq:
+                if i >= len(words):
+                    raise refuse(f"{name}: option {key} needs a value")
+                value = words[i]
+                i += 1
+            if "\0" in value or "\n" in value:
+                raise refuse(f"{name}: option {key} has a control character")
+            opts.append((key, value))
+        elif name in VERB_PATHS and not paths:
+            paths.append(word)
+        else:
+            raise refuse(f"{name}: unexpected argument {word[:40]!r}")
+    given = dict(opts)
+    if "--volume" in given and not VOLUME_RE.fullmatch(given["--volume"]):
+        raise refuse(f"{name}: invalid volume name {given['--volume'][:80]!r}")
+    if "--format" in given and given["--format"] not in ("tar", "zip"):
+        raise refuse(f"{name}: --format must be tar or zip")
+    if "--from" in given and not CLIENT_RE.fullmatch(given["--from"]):
+        raise refuse(f"{name}: invalid client {given['--from'][:80]!r}")
+    path = paths[0] if paths else ""
+    if path:
+        if path.startswith("/"):
+            raise refuse(f"absolute path {path[:80]!r} is not allowed")
+        _components(path)
+    return Request("verb", verb=name, verb_opts=tuple(opts), verb_path=path,
+                   source=given.get("--from", ""))
+
+
 def _components(path: str) -> tuple[list[str], bool]:
     if "\0" in path or "\n" in path:
         raise refuse("path contains a control character")
@@ -216,6 +267,8 @@ def _upload(options: tuple[str, ...], path: str, client: str) -> Request:
     if not parts:
         raise refuse("upload must name a volume, for example 'documents/'")
     head = parts[0]
+    if head == "clients":
+        raise refuse("clients/ holds other clients' snapshots, which are read-only")
     if head == "datastore-current":
         volume = "datastore"
     elif head == "datastore-latest" or _DS_MINUTE_RE.fullmatch(head):
@@ -233,6 +286,16 @@ def _download(options: tuple[str, ...], path: str) -> Request:
     if path.startswith("/"):
         raise refuse(f"absolute path {path[:80]!r} is not allowed")
     parts, trailing = _components(path)
+    source = ""
+    if parts[:1] == ["clients"]:
+        if len(parts) < 2 or not CLIENT_RE.fullmatch(parts[1]):
+            raise refuse("clients/<serial>/<volume>/... names an aliased client's snapshot")
+        source, parts = parts[1], parts[2:]
+    req = _download_own(options, parts, trailing)
+    return replace(req, source=source) if source else req
+
+
+def _download_own(options: tuple[str, ...], parts: list[str], trailing: bool) -> Request:
     if not parts:
         raise refuse("download must name a snapshot, for example 'documents/latest/'")
     head = parts[0]

@@ -68,22 +68,27 @@ from xmlrpc.server import SimpleXMLRPCDispatcher
 
 import orjson
 
-from . import __version__, admission, counters, metrics, registration, users
+from . import __version__, admission, counters, metrics, registration, restore, users, webrestore
 from .config import Settings
-from .errors import ClientDisabled, InvalidName, UnknownClient, XsbackupError
+from .errors import (
+    ClientDisabled,
+    ClientNotFound,
+    InvalidName,
+    SnapshotNotFound,
+    UnknownClient,
+    XsbackupError,
+)
 from .logs import LOG
 from .registry import Client, Registry
+from .restore import NotReadable, PathNotFound, PathRefused
 from .snapshot import read_facts
 from .store import (
     CLIENT_RE,
-    SNAPSHOT_RE,
     Store,
     check_client,
     check_snapshot_id,
     check_volume,
     get_xattrs,
-    snapshot_sort_key,
-    snapshot_time,
 )
 
 SettingsProvider = Callable[[], Settings]
@@ -114,6 +119,7 @@ class Response:
     body: bytes = b""
     content_type: str = ""
     headers: Headers = field(default_factory=list)
+    stream: Iterable[bytes] | None = None  # streamed instead of body (no Content-Length)
 
 
 def json_response(value: Any, status: int = 200, headers: Headers | None = None) -> Response:
@@ -206,49 +212,6 @@ def _volume_rows(store: Store, serial: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _parse_at(text: str) -> str | dt.datetime:
-    """A snapshot id, or an ISO time (naive means UTC)."""
-    if SNAPSHOT_RE.fullmatch(text):
-        return text
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise HttpError(400, f"invalid 'at' {text[:64]!r}: give a snapshot id or an ISO "
-                             "time") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
-
-
-def restore_plan(settings: Settings, store: Store, serial: str, volume: str | None,
-                 at: str | None, host: str) -> dict[str, Any]:
-    """The snapshot to restore (newest at or before ``at``) and the rsync to run."""
-    _client_or_404(store, serial)
-    if not volume:
-        vols = store.volumes(serial)
-        if len(vols) != 1:
-            raise HttpError(400, "give ?volume= (the client has "
-                                 f"{len(vols)} volumes: {', '.join(vols) or 'none'})")
-        volume = vols[0]
-    _volume_or_404(store, serial, volume)
-    ids = store.snapshot_ids(serial, volume)
-    if at:
-        when = _parse_at(at)
-        if isinstance(when, str):
-            key = snapshot_sort_key(when)
-            ids = [s for s in ids if snapshot_sort_key(s) <= key]
-        else:
-            ids = [s for s in ids if snapshot_time(s) <= when]
-    if not ids:
-        raise HttpError(404, f"no snapshot of {serial} {volume}" +
-                        (f" at or before {at}" if at else ""))
-    sid = ids[-1]
-    port = int(settings["server.ssh_port"])
-    source = f"{serial}@{host}:{volume}/{sid}/"
-    rsh = "" if port == 22 else f"-e 'ssh -p {port}' "
-    return {"client": serial, "volume": volume, "snapshot": sid, "source": source,
-            "ssh_port": port, "command": f"rsync -a {rsh}{source} <target>/",
-            "facts": read_facts(store.snapshots_dir(serial, volume) / sid)}
-
-
 def health(settings: Settings, store: Store) -> dict[str, Any]:
     use = admission.disk_use(store.root)
     return {"status": "ok", "version": __version__,
@@ -335,10 +298,20 @@ class App:
             resp = json_response({"error": e.message}, e.status, e.headers)
         except InvalidName as e:
             resp = json_response({"error": e.message}, 400)
+        except (PathRefused, NotReadable) as e:
+            resp = json_response({"error": e.message}, 403)
+        except (PathNotFound, SnapshotNotFound, ClientNotFound) as e:
+            resp = json_response({"error": e.message}, 404)
         except Exception:
             LOG.exception("http %s %s failed", environ.get("REQUEST_METHOD"),
                           str(environ.get("PATH_INFO", ""))[:200])
             resp = json_response({"error": "internal server error; see the server log"}, 500)
+        if resp.stream is not None:
+            status = http.HTTPStatus(resp.status)
+            start_response(f"{status.value} {status.phrase}",
+                           [*resp.headers, ("Cache-Control", "no-store"),
+                            ("X-Content-Type-Options", "nosniff")])
+            return resp.stream
         headers = [("Content-Length", str(len(resp.body))), *resp.headers]
         if resp.content_type:
             headers.append(("Content-Type", resp.content_type))
@@ -366,6 +339,11 @@ class App:
             store = Store(self.settings().root)
             self.flush_counters(store)
             return Response(200, metrics.render(store), metrics.CONTENT_TYPE)
+        if path == "/restore/kit":
+            if method not in ("GET", "HEAD"):
+                raise HttpError(405, "method not allowed", [("Allow", "GET, HEAD")])
+            return Response(200, webrestore.kit(), "text/x-python; charset=utf-8",
+                            [("Content-Disposition", 'attachment; filename="xsrestore.py"')])
         if path == "/api/v1/session":
             return self.session(environ, method)
         if path.startswith("/api/v1/"):
@@ -614,9 +592,21 @@ class App:
                 route = partial(snapshot, store, sn, vol, sid)
             case ["clients", sn, "restore"]:
                 query = parse_qs(str(environ.get("QUERY_STRING", "")))
-                route = partial(restore_plan, settings, store, sn,
-                                query.get("volume", [""])[0], query.get("at", [""])[0],
-                                request_host(settings, environ))
+                _client_or_404(store, sn)
+                route = partial(lambda: restore.plan(
+                    store, sn, query.get("volume", [""])[0] or None,
+                    query.get("at", [""])[0] or None, request_host(settings, environ),
+                    int(settings["server.ssh_port"]),
+                    query.get("from", [""])[0] or None).as_dict())
+            case ["clients", sn, "volumes", vol, "snapshots", sid, *sub] if sub:
+                if method != "GET":
+                    raise HttpError(405, "method not allowed", [("Allow", "GET")])
+                _client_or_404(store, sn)
+                status, headers, body = webrestore.snapshot_route(
+                    settings, store, environ, sn, vol, sid, sub)
+                if isinstance(body, bytes):
+                    return Response(status, body, "", headers)
+                return Response(status, b"", "", headers, stream=body)
             case _:
                 raise HttpError(404, "not found")
         if method != "GET":

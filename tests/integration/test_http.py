@@ -520,10 +520,13 @@ def test_api_clients_snapshots_and_restore(web: Web, tmp_path: Path) -> None:
         == sid
     assert web.get(f"/api/v1/clients/{SN}/restore?at=2999-01-01T00:00:00Z",
                    user="bob").json()["snapshot"] == sid
-    early = web.get(f"/api/v1/clients/{SN}/restore?at=2000-01-01T000000Z", user="bob")
+    early = web.get(f"/api/v1/clients/{SN}/restore?at=2000-01-01T00:00:00Z", user="bob")
     assert early.status == 404
-    assert early.json() == {"error": f"no snapshot of {SN} documents at or before "
-                                     "2000-01-01T000000Z"}
+    assert early.json() == {"error": "no snapshot of documents at or before "
+                                     "2000-01-01T00:00:00Z"}
+    absent = web.get(f"/api/v1/clients/{SN}/restore?at=2000-01-01T000000Z", user="bob")
+    assert absent.status == 404
+    assert absent.json() == {"error": "no snapshot 2000-01-01T000000Z of documents"}
     assert web.get(f"/api/v1/clients/{SN}/restore?at=yesterday", user="bob").status == 400
     web.configure('[server]\npublic_host = "xs.school"\nssh_port = 22\n')
     plan = web.get(f"/api/v1/clients/{SN}/restore", user="bob").json()
