@@ -190,6 +190,27 @@ class SnapshotNotFound(Refused):
     reason = "no-snapshot"
 
 
+class NotReadable(Refused):
+    """This client may not read that client's snapshots."""
+
+    exit_code = 52
+    reason = "alias"
+
+
+class PathRefused(Refused):
+    """The path leaves the snapshot or passes through a symlink."""
+
+    exit_code = 53
+    reason = "path"
+
+
+class PathNotFound(Refused):
+    """No such path in the snapshot."""
+
+    exit_code = 54
+    reason = "no-path"
+
+
 class ServerError(XsbackupError):
     """The server failed internally; the details are in its log."""
 

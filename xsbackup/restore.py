@@ -33,7 +33,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from .errors import InvalidName, LockBusy, Refused, SnapshotNotFound
+from .errors import (
+    InvalidName,
+    LockBusy,
+    NotReadable,
+    PathNotFound,
+    PathRefused,
+    SnapshotNotFound,
+)
 from .locking import lock_directory
 from .registry import Registry
 from .snapshot import read_facts
@@ -43,27 +50,6 @@ FAKE_SUPER = "user.rsync.%stat"
 CHUNK = 1 << 20
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-class NotReadable(Refused):
-    """This client may not read that client's snapshots."""
-
-    exit_code = 52
-    reason = "alias"
-
-
-class PathRefused(Refused):
-    """The path leaves the snapshot or passes through a symlink."""
-
-    exit_code = 53
-    reason = "path"
-
-
-class PathNotFound(Refused):
-    """No such path in the snapshot."""
-
-    exit_code = 54
-    reason = "no-path"
 
 
 # ---- who reads what, and which snapshot ----------------------------------------------

@@ -74,13 +74,15 @@ from .errors import (
     ClientDisabled,
     ClientNotFound,
     InvalidName,
+    NotReadable,
+    PathNotFound,
+    PathRefused,
     SnapshotNotFound,
     UnknownClient,
     XsbackupError,
 )
 from .logs import LOG
 from .registry import Client, Registry
-from .restore import NotReadable, PathNotFound, PathRefused
 from .snapshot import read_facts
 from .store import (
     CLIENT_RE,

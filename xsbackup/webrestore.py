@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, quote
 
 from . import restore
 from .config import Settings
+from .errors import PathNotFound
 from .logs import LOG
 from .registry import Registry
 from .store import Store, check_snapshot_id, check_volume
@@ -187,7 +188,7 @@ def snapshot_route(settings: Settings, store: Store, environ: dict[str, Any], lo
                 try:
                     entries, more = journal.list_entries(snap.fd, offset, limit, q)
                 except journal.NotADatastore:
-                    raise restore.PathNotFound(f"{volume}/{sid} is not a Sugar datastore") \
+                    raise PathNotFound(f"{volume}/{sid} is not a Sugar datastore") \
                         from None
             import orjson
 
@@ -204,7 +205,7 @@ def snapshot_route(settings: Settings, store: Store, environ: dict[str, Any], lo
                 meta = journal.read_metadata(snap.fd, uid)
             except journal.JournalError:
                 snap.close()
-                raise restore.PathNotFound(f"no Journal entry {uid} in {volume}/{sid}") \
+                raise PathNotFound(f"no Journal entry {uid} in {volume}/{sid}") \
                     from None
             except BaseException:
                 snap.close()
@@ -220,8 +221,6 @@ def snapshot_route(settings: Settings, store: Store, environ: dict[str, Any], lo
                          ("Content-Disposition",
                           _disposition(journal.entry_filename({**meta, "uid": uid})))], \
                 Stream(bundle_out, f"client={client} journal entry {uid}")
-    from .restore import PathNotFound
-
     raise PathNotFound("no such resource")
 
 
