@@ -12,6 +12,8 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+import orjson
+
 from .config import Settings
 from .errors import (
     ClientDisabled,
@@ -19,6 +21,7 @@ from .errors import (
     InodesFull,
     LoadTooHigh,
     Maintenance,
+    OverQuota,
     UnknownClient,
 )
 from .registry import Client, Registry
@@ -57,6 +60,22 @@ def check_client(registry: Registry, serial: str) -> Client:
     if client.disabled:
         raise ClientDisabled(f"client {serial} is disabled")
     return client
+
+
+def check_quota(store: Store, client: Client) -> None:
+    """Refuse a client whose cached usage (``xsbackup du``, kept by the post-processor
+    and prune) is at or over its ``quota_bytes``. One small file read, no tree walk."""
+    limit = client.policy.get("quota_bytes")
+    if not isinstance(limit, int) or limit <= 0:
+        return
+    try:
+        with open(store.client_dir(client.serial) / "usage.json", "rb") as fh:
+            total = int(orjson.loads(fh.read())["usage"]["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # never measured: nothing to hold against the client yet
+    if total >= limit:
+        raise OverQuota(f"client {client.serial} is over its quota: {total} of {limit} bytes "
+                        "used; ask the administrator to prune or raise the quota")
 
 
 def check_server(settings: Settings, store: Store, reserved: bool = False) -> None:

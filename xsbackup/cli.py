@@ -209,6 +209,42 @@ def clients_enable(settings: config_mod.Settings, store: Any, serial: str) -> No
     _set_disabled(store, serial, False)
 
 
+@clients.command("set-policy")
+@click.argument("serial")
+@click.option("--keep-last", type=int)
+@click.option("--keep-within", help="A duration: 90d, 12h, 2w...; '' to turn it off.")
+@click.option("--keep-hourly", type=int)
+@click.option("--keep-daily", type=int)
+@click.option("--keep-weekly", type=int)
+@click.option("--keep-monthly", type=int)
+@click.option("--keep-yearly", type=int)
+@click.option("--keep-first-monthly", type=int)
+@click.option("--quota-bytes", type=int, help="Refuse transfers above this usage (0: none).")
+@click.option("--reset", is_flag=True, help="Drop every override first.")
+@with_store
+def clients_set_policy(settings: config_mod.Settings, store: Any, serial: str,
+                       reset: bool, **values: Any) -> None:
+    """Override the retention policy (and set a quota) for one client."""
+    from . import prune as core
+    from .errors import ConfigError
+    from .registry import Registry
+
+    registry = Registry(store)
+    client = registry.get(serial)
+    policy = {} if reset else dict(client.policy)
+    policy.update({k: v for k, v in values.items() if v is not None})
+    if policy.get("quota_bytes") == 0:
+        policy.pop("quota_bytes")
+    try:
+        core.policy_for(settings, client.__class__(serial=serial, policy=policy))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"invalid policy for {serial}: {e}") from None
+    client.policy = policy
+    registry.save(client)
+    click.echo(f"{serial}: " + (", ".join(f"{k}={v}" for k, v in sorted(policy.items()))
+                                or "the configured policy"))
+
+
 @clients.command("alias")
 @click.argument("new")
 @click.argument("old")
@@ -382,6 +418,118 @@ def maintenance(settings: config_mod.Settings, store: Any, state: str) -> None:
     elif state == "off":
         store.maintenance_flag.unlink(missing_ok=True)
     click.echo("maintenance " + ("on" if maintenance_on(settings, store) else "off"))
+
+
+# ---- pruning and usage -----------------------------------------------------------------
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@cli.command()
+@click.option("--client", "client", metavar="SN", help="Only this client.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; delete nothing.")
+@click.option("--policy-only", "mode", flag_value="policy", help="Only the retention policy.")
+@click.option("--quota-only", "mode", flag_value="quota", help="Only the soft-quota trim.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_store
+def prune(settings: config_mod.Settings, store: Any, client: str | None, dry_run: bool,
+          mode: str | None, as_json: bool) -> None:
+    """Apply the retention policy, then the fair-share soft quota.
+
+    Never deletes a client's newest snapshot, a snapshot being read, or anything of a
+    client whose transfer is running. Snapshots are renamed into trash/ first, then
+    deleted (with a progress bar on a terminal); an interrupted run is finished by the
+    next one.
+    """
+    from . import prune as core
+
+    now = dt.datetime.now(dt.UTC)
+    out: dict[str, Any] = {}
+    if mode in (None, "policy"):
+        report = core.policy_prune(store, settings, now, client, dry_run)
+        out["policy"] = report.as_dict()
+    if not dry_run:
+        out["deleted"] = _delete_trash(store, as_json)
+    if mode in (None, "quota"):
+        out["quota"] = core.quota_trim(store, settings, client, dry_run).as_dict()
+    if as_json:
+        emit_json(out)
+        return
+    for section in ("policy", "quota"):
+        if section not in out:
+            continue
+        items = out[section]["items"]
+        click.echo(f"{section}: {len(items)} snapshots considered" if section == "policy"
+                   else f"quota: {out['quota']['quota'].get('result', '')} "
+                        f"(blocks {out['quota']['quota'].get('blocks_pct', 0):.1f}%, "
+                        f"limit {out['quota']['quota'].get('limit_pct')}%)")
+        for it in items:
+            verdict = "keep " if it["keep"] else ("prune" if not it["outcome"].startswith(
+                "skipped") else "skip ")
+            click.echo(f"  {verdict} {it['client']:<14} {it['volume']:<12} {it['id']:<22} "
+                       f"frees {_bytes(it['exclusive']):>10}  {', '.join(it['reasons'])}"
+                       f"{'  (' + it['outcome'] + ')' if it['outcome'].startswith('skip') else ''}")
+    if dry_run:
+        click.echo("dry run: nothing was deleted")
+
+
+def _delete_trash(store: Any, quiet: bool) -> int:
+    from . import prune as core
+
+    pending = len(os.listdir(store.trash_dir))
+    if pending and sys.stderr.isatty() and not quiet:
+        with click.progressbar(length=pending, label="deleting", file=sys.stderr) as bar:
+            done = [0]
+
+            def step(n: int) -> None:
+                bar.update(max(0, min(n, pending) - done[0]))
+                done[0] = min(n, pending)
+
+            return core.delete_trash(store, step)
+    return core.delete_trash(store)
+
+
+@cli.command()
+@click.argument("serial", required=False)
+@click.option("--volume", help="Only this volume.")
+@click.option("--refresh", is_flag=True, help="Ignore the cached figures.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_store
+def du(settings: config_mod.Settings, store: Any, serial: str | None, volume: str | None,
+       refresh: bool, as_json: bool) -> None:
+    """Hardlink-aware usage: apparent, exclusive and shared bytes per snapshot."""
+    from . import usage
+    from .registry import Registry
+
+    registry = Registry(store)
+    serials = [registry.get(serial).serial] if serial else [c.serial for c in registry.all()]
+    show = sys.stderr.isatty() and not as_json
+    results = []
+    for sn in serials:
+        if show:
+            n = sum(len(store.snapshot_ids(sn, v)) for v in store.volumes(sn))
+            with click.progressbar(length=n, label=f"measuring {sn}", file=sys.stderr) as bar:
+                res = usage.cached(store, sn, lambda v, s: bar.update(1), refresh=refresh)
+        else:
+            res = usage.cached(store, sn, refresh=refresh)
+        if volume:
+            res.snapshots = [s for s in res.snapshots if s.volume == volume]
+        results.append(res)
+    if as_json:
+        emit_json([r.as_dict() for r in results])
+        return
+    for r in results:
+        click.echo(f"{r.client}: {_bytes(r.total)} on disk, {_bytes(r.apparent)} apparent")
+        for s in r.snapshots:
+            click.echo(f"  {s.volume:<12} {s.id:<22} apparent {_bytes(s.apparent):>10}  "
+                       f"exclusive {_bytes(s.exclusive):>10}  shared {_bytes(s.shared):>10}")
 
 
 # ---- restore --------------------------------------------------------------------------

@@ -76,6 +76,22 @@ SCHEMA: dict[str, Key] = {
     "postprocess.sweep_seconds": Key(float, 60.0, "periodic queue sweep of --watch", minimum=0.1),
     "hooks.dir": Key(str, "hooks", "hook directory; relative paths are under the state root"),
     "hooks.timeout": Key(float, 60.0, "seconds a hook may run before it is killed", minimum=0.1),
+    "retention.keep_last": Key(int, 0, "keep the N newest snapshots", minimum=-1),
+    "retention.keep_within": Key(str, "90d", "keep everything newer than this (e.g. 90d, 12h; "
+                                 "empty: off)"),
+    "retention.keep_hourly": Key(int, 0, "keep the newest snapshot of N hours (-1: all)",
+                                 minimum=-1),
+    "retention.keep_daily": Key(int, 0, "keep the newest snapshot of N days", minimum=-1),
+    "retention.keep_weekly": Key(int, 0, "keep the newest snapshot of N ISO weeks", minimum=-1),
+    "retention.keep_monthly": Key(int, 0, "keep the newest snapshot of N months", minimum=-1),
+    "retention.keep_yearly": Key(int, 0, "keep the newest snapshot of N years", minimum=-1),
+    "retention.keep_first_monthly": Key(int, -1, "after keep_within, keep the FIRST snapshot "
+                                        "of N months (-1: all; the original XS server)",
+                                        minimum=-1),
+    "quota.soft_quota_pct": Key(float, 70.0, "trim in fair-share rounds above this % of the "
+                                "state root's blocks or inodes", minimum=0),
+    "prune.schedule": Key(str, "03:00", "daily time (server local HH:MM) of the scheduled "
+                          "policy prune and quota check; empty: never"),
     "log.target": Key(str, "file", "where logs go", choices=("file", "syslog")),
     "log.level": Key(str, "info", "log level", choices=("debug", "info", "warning", "error")),
 }

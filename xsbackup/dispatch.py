@@ -7,6 +7,7 @@ refusal line; everything else goes to the log. rsync's own exit code passes thro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -15,10 +16,18 @@ from typing import TextIO
 
 from . import admission, counters, ingest, rsyncargs
 from .config import Settings
-from .errors import Refused, ServerError, UnknownClient, XsbackupError
+from .errors import (
+    HookVeto,
+    InvalidName,
+    OverQuota,
+    Refused,
+    ServerError,
+    UnknownClient,
+    XsbackupError,
+)
 from .logs import LOG
 from .registry import Registry
-from .store import CLIENT_RE, Store
+from .store import CLIENT_RE, Store, set_xattrs
 
 
 def run(settings: Settings, client: str, environ: Mapping[str, str] | None = None,
@@ -32,6 +41,11 @@ def run(settings: Settings, client: str, environ: Mapping[str, str] | None = Non
     except Refused as e:
         LOG.warning("client=%s request refused from %s: %s (command %r)", client,
                     remote or "?", e.message, (command or "")[:300])
+        if isinstance(e, OverQuota | HookVeto):  # the admin sees why in `xsbackup status`
+            with contextlib.suppress(OSError, InvalidName):
+                set_xattrs(Store(settings.root).client_dir(client), {
+                    "last_error": e.message,
+                    "last_error_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())})
         if settings.root.joinpath("locks").is_dir():
             counters.bump(Store(settings.root), "admissions",
                           {"path": "ssh", "result": "refused", "reason": e.reason})
@@ -50,10 +64,12 @@ def _dispatch(settings: Settings, client: str, command: str | None, remote: str)
     if not CLIENT_RE.fullmatch(client):
         raise UnknownClient(f"unknown client {client[:64]!r}")
     store = Store(settings.root).require()
-    admission.check_client(Registry(store), client)
+    record = admission.check_client(Registry(store), client)
     req = rsyncargs.parse(command, client)
     if req.kind == "true":
         return 0
+    if req.kind == "upload":
+        admission.check_quota(store, record)
     admission.check_server(settings, store, reserved=admission.has_reservation(
         settings, store, client, time.time()))
     if req.kind == "upload":

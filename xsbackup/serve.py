@@ -14,6 +14,7 @@ signals:
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
 import threading
 import time
@@ -59,10 +60,52 @@ class Scheduler:
 
 def sweep_trash(store: Store) -> None:
     """Finish deletions that a killed process left in ``trash/``."""
-    import shutil
+    from .prune import delete_trash
 
-    for p in store.trash_dir.iterdir():
-        shutil.rmtree(p, ignore_errors=True)
+    delete_trash(store)
+
+
+class DailyPrune:
+    """The policy prune and the quota check, once a day at ``prune.schedule`` (server
+    local time), and only while the 1-minute load is under ``admission.max_load``, as
+    the original server did; a busy day's run waits for the load to drop."""
+
+    def __init__(self, settings: Callable[[], config.Settings], store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.done_on: dt.date | None = None
+
+    def due(self, now: dt.datetime) -> bool:
+        when = str(self.settings()["prune.schedule"]).strip()
+        if not when:
+            return False
+        hh, _, mm = when.partition(":")
+        at = now.replace(hour=int(hh), minute=int(mm or 0), second=0, microsecond=0)
+        return now >= at and self.done_on != now.date()
+
+    def __call__(self) -> None:
+        from . import prune
+
+        now = dt.datetime.now().astimezone()
+        s = self.settings()
+        if not self.due(now) or os.getloadavg()[0] > float(s["admission.max_load"]):
+            return
+        self.done_on = now.date()
+        report = prune.policy_prune(self.store, s, now.astimezone(dt.UTC))
+        prune.delete_trash(self.store)
+        quota = prune.quota_trim(self.store, s)
+        pruned = sum(1 for i in report.items if i.outcome == "pruned")
+        LOG.info("scheduled prune: %d snapshots pruned by policy; quota: %s", pruned,
+                 quota.quota.get("result"))
+
+
+def refresh_usage(settings: config.Settings, store: Store) -> None:
+    """Keep the cached usage of clients with a quota fresh, for ingest's quota check."""
+    from . import usage
+
+    for client in Registry(store).all():
+        if client.policy.get("quota_bytes"):
+            usage.cached(store, client.serial)
 
 
 class Service:
@@ -107,6 +150,8 @@ class Service:
         scheduler.add("expire-admissions", 60, lambda: admission.expire_grants(
             self.settings(), store, time.time()))
         scheduler.add("sweep-trash", 3600, lambda: sweep_trash(store))
+        scheduler.add("prune", 60, DailyPrune(self.settings, store))
+        scheduler.add("usage", 900, lambda: refresh_usage(self.settings(), store))
         threads = [
             threading.Thread(target=ssh.serve_forever, name="ssh", daemon=True),
             threading.Thread(target=http.run, name="http", daemon=True),

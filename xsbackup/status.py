@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import orjson
+
 from .registry import Registry
 from .snapshot import read_facts
 from .store import Store, get_xattrs
@@ -43,6 +45,18 @@ def flagged_snapshots(store: Store, client: str) -> list[str]:
     return out
 
 
+def _usage(store: Store, serial: str, quota: object) -> dict[str, Any]:
+    """The cached hardlink-aware usage (``xsbackup du``) against the client's quota."""
+    try:
+        total: int | None = int(orjson.loads(
+            (store.client_dir(serial) / "usage.json").read_bytes())["usage"]["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        total = None
+    limit = quota if isinstance(quota, int) and quota > 0 else None
+    return {"usage_bytes": total, "quota_bytes": limit,
+            "over_quota": bool(limit and total is not None and total >= limit)}
+
+
 def client_rows(store: Store, now: dt.datetime) -> list[dict[str, Any]]:
     rows = []
     for client in Registry(store).all():
@@ -60,5 +74,6 @@ def client_rows(store: Store, now: dt.datetime) -> list[dict[str, Any]]:
             "last_completion": facts.get("last_completion"),
             "last_error": facts.get("last_error"),
             "flagged": flagged_snapshots(store, client.serial),
+            **_usage(store, client.serial, client.policy.get("quota_bytes")),
         })
     return rows
