@@ -40,6 +40,15 @@ def setup(settings: Settings, *, stderr: bool = False) -> None:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(process)d %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
     LOG.addHandler(handler)
+    # The WSGI server logs through its own loggers: into our log, never stderr. Its
+    # "task queue depth" warning fires on every request under load; it says nothing a
+    # metric would not, so only errors are kept.
+    waitress = logging.getLogger("waitress")
+    for h in list(waitress.handlers):
+        waitress.removeHandler(h)
+    waitress.addHandler(handler)
+    waitress.propagate = False
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     if stderr:
         err = logging.StreamHandler()
         err.setFormatter(logging.Formatter("xsbackup: %(message)s"))
