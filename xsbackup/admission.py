@@ -147,9 +147,11 @@ def availability(settings: Settings, store: Store, serial: str, now: float) -> V
     from .locking import FileLock
 
     window = float(settings["availability.window_minutes"]) * 60
+    if maintenance_on(settings, store):
+        return Verdict(False, "maintenance", 300)
+    if has_reservation(settings, store, serial, now):
+        return Verdict(True)  # the common repeat: one stat, no lock
     with FileLock(store.locks_dir / "admissions.lock").acquire(wait=True):
-        if maintenance_on(settings, store):
-            return Verdict(False, "maintenance", 300)
         if has_reservation(settings, store, serial, now):
             return Verdict(True)
         try:
