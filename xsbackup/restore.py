@@ -48,6 +48,7 @@ from .store import Store, check_client, check_snapshot_id, check_volume, snapsho
 
 FAKE_SUPER = "user.rsync.%stat"
 CHUNK = 1 << 20
+TAR_BUFSIZE = 64 << 10
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -186,6 +187,18 @@ def fake_mode(fd: int, st: os.stat_result) -> tuple[int, int, int, int, int]:
         return st.st_mode, st.st_uid, st.st_gid, 0, 0
 
 
+def _fake_at(dir_fd: int, name: str, st: os.stat_result) -> tuple[int, int, int, int, int]:
+    try:
+        raw = os.getxattr(f"/proc/self/fd/{dir_fd}/{name}", FAKE_SUPER,
+                          follow_symlinks=False).decode()
+        mode_s, dev_s, ids = raw.split()
+        major, minor = (int(x) for x in dev_s.split(","))
+        uid, gid = (int(x) for x in ids.split(":"))
+        return int(mode_s, 8), uid, gid, major, minor
+    except (OSError, ValueError):
+        return st.st_mode, st.st_uid, st.st_gid, 0, 0
+
+
 def _open_dir_in(dir_fd: int, name: str) -> int:
     try:
         fd = os.open(name, O_DIR, dir_fd=dir_fd)
@@ -282,14 +295,9 @@ def walk(dir_fd: int, prefix: str = "") -> Iterator[Item]:
             finally:
                 os.close(sub)
         elif stat.S_ISREG(st.st_mode):
-            try:
-                fd = os.open(name, O_FILE, dir_fd=dir_fd)
-            except OSError:
-                continue
-            try:
-                mode, uid, gid, major, minor = fake_mode(fd, st)
-            finally:
-                os.close(fd)
+            # lgetxattr through the directory's descriptor: one call, no open, and the
+            # final component is never followed.
+            mode, uid, gid, major, minor = _fake_at(dir_fd, name, st)
             yield Item(path, dir_fd, name, st, mode, uid, gid, major, minor)
         # A real symlink or special file cannot be in a fake-super snapshot: skip it.
 
@@ -318,9 +326,11 @@ def write_tar(snap_fd: int, path: str, out: IO[bytes]) -> int:
     base = open_dir(snap_fd, parts)
     count = 0
     try:
+        # tarfile's stream buffer is a bytes object it appends to and slices: keep it
+        # small (the output is buffered already), or every 512-byte header copies it.
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
                           encoding="utf-8", errors="surrogateescape",
-                          bufsize=CHUNK) as tar:
+                          bufsize=TAR_BUFSIZE) as tar:
             for item in walk(base):
                 ti = tarfile.TarInfo(item.path)
                 ti.mode = stat.S_IMODE(item.mode)
