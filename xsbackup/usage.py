@@ -82,8 +82,10 @@ def measure(store: Store, client: str, progress: Progress | None = None) -> Clie
     """Walk every snapshot of ``client`` once and compute its usage."""
     result = ClientUsage(client)
     snaps: list[SnapshotUsage] = []
-    # inode -> [owner snapshot index (-1: several), links seen, allocated, apparent, nlink]
+    # inode -> [owner snapshot index (-1: several), links seen, allocated, apparent, nlink,
+    #           is regular]
     shared_inodes: dict[tuple[int, int], list[int]] = {}
+    trust_inode = True  # readdir's d_ino equals st_ino (not so on some overlayfs)
     exclusive_apparent: list[int] = []  # per snapshot: apparent bytes only it holds
     for volume in store.volumes(client):
         for sid in store.snapshot_ids(client, volume):
@@ -93,24 +95,41 @@ def measure(store: Store, client: str, progress: Progress | None = None) -> Clie
             idx = len(snaps)
             snaps.append(su)
             exclusive_apparent.append(0)
-            stack = [str(store.snapshots_dir(client, volume) / sid)]
+            top = str(store.snapshots_dir(client, volume) / sid)
+            try:
+                stack = [(top, os.stat(top).st_dev)]
+            except OSError:
+                continue
             while stack:
-                d = stack.pop()
+                d, dev = stack.pop()
                 try:
                     it = os.scandir(d)
                 except OSError:
                     continue
                 with it:
                     for e in it:
+                        if trust_inode and not e.is_dir(follow_symlinks=False):
+                            # An inode counted already needs no stat: readdir gave its number.
+                            seen = shared_inodes.get((dev, e.inode()))
+                            if seen is not None:
+                                su.files += 1
+                                if seen[5]:
+                                    su.apparent += seen[3]
+                                seen[1] += 1
+                                if seen[0] != idx:
+                                    seen[0] = -1
+                                continue
                         try:
                             st = e.stat(follow_symlinks=False)
                         except OSError:
                             continue
+                        if st.st_ino != e.inode():
+                            trust_inode = False
                         alloc = st.st_blocks * 512
                         if stat.S_ISDIR(st.st_mode):
                             su.exclusive += alloc
                             result.total += alloc
-                            stack.append(e.path)
+                            stack.append((e.path, st.st_dev))
                             continue
                         su.files += 1
                         if stat.S_ISREG(st.st_mode):
@@ -124,13 +143,14 @@ def measure(store: Store, client: str, progress: Progress | None = None) -> Clie
                         key = (st.st_dev, st.st_ino)
                         entry = shared_inodes.get(key)
                         if entry is None:
-                            shared_inodes[key] = [idx, 1, alloc, st.st_size, st.st_nlink]
+                            shared_inodes[key] = [idx, 1, alloc, st.st_size, st.st_nlink,
+                                                  int(stat.S_ISREG(st.st_mode))]
                             result.total += alloc
                         else:
                             entry[1] += 1
                             if entry[0] != idx:
                                 entry[0] = -1
-    for owner, links, alloc, size, nlink in shared_inodes.values():
+    for owner, links, alloc, size, nlink, _ in shared_inodes.values():
         if owner >= 0 and links >= nlink:
             snaps[owner].exclusive += alloc
             exclusive_apparent[owner] += size
