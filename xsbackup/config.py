@@ -92,6 +92,12 @@ SCHEMA: dict[str, Key] = {
                                 "state root's blocks or inodes", minimum=0),
     "prune.schedule": Key(str, "03:00", "daily time (server local HH:MM) of the scheduled "
                           "policy prune and quota check; empty: never"),
+    "ui.overdue_days": Key(float, 2.0, "days without a successful backup before the web "
+                           "UI marks a client overdue", minimum=0.01),
+    "ui.max_login_failures": Key(int, 5, "failed sign-ins per user name, and per address, "
+                                 "before sign-ins are refused for a while", minimum=1),
+    "ui.login_lockout_minutes": Key(float, 5.0, "window in which failed sign-ins count, "
+                                    "and how long a refusal lasts", minimum=0.01),
     "log.target": Key(str, "file", "where logs go", choices=("file", "syslog")),
     "log.level": Key(str, "info", "log level", choices=("debug", "info", "warning", "error")),
 }

@@ -34,7 +34,7 @@ from typing import Any
 from . import retention, usage
 from .config import SCHEMA, Settings
 from .errors import LockBusy
-from .locking import client_lock, lock_directory, postprocess_lock
+from .locking import FileLock, client_lock, lock_directory, postprocess_lock
 from .logs import LOG
 from .registry import Client, Registry
 from .store import Store, fsync_dir, set_xattrs, snapshot_time
@@ -175,8 +175,18 @@ def apply(store: Store, items: list[Item]) -> None:
 
 
 def delete_trash(store: Store, progress: Progress | None = None) -> int:
-    """Delete everything in trash/, outside any lock; resumable after a kill.
-    Returns the number of top-level entries removed (progress counts them too)."""
+    """Delete everything in trash/, outside the client locks; resumable after a kill.
+    One deleter at a time (``locks/trash.lock``): a second caller returns at once, the
+    first finishes the work. Returns the top-level entries removed (progress counts
+    them too)."""
+    try:
+        with FileLock(store.locks_dir / "trash.lock").acquire():
+            return _delete_trash(store, progress)
+    except LockBusy:
+        return 0
+
+
+def _delete_trash(store: Store, progress: Progress | None) -> int:
     removed = 0
     for name in sorted(os.listdir(store.trash_dir)):
         path = store.trash_dir / name

@@ -25,7 +25,8 @@ from typing import Any
 
 import orjson
 
-from .errors import ClientExists, ClientNotFound, InvalidKey, StateRootError
+from .errors import ClientExists, ClientNotFound, InvalidKey, InvalidName, StateRootError
+from .locking import FileLock
 from .store import Store, atomic_write, check_client, iter_clients
 
 TRANSFER_KEY_TYPES = frozenset({
@@ -157,6 +158,35 @@ class Registry:
             # Keep the data; the record goes aside so the serial is free to register again.
             os.rename(self._path(serial), directory / f"client.json.removed-{os.getpid()}")
         del client
+
+    def add_alias(self, serial: str, old: str) -> Client:
+        """Let ``serial`` (a replacement device) read ``old``'s snapshots (never the
+        reverse). Idempotent; both clients must exist; under the registry lock so a
+        concurrent registration's change is not lost."""
+        check_client(serial)
+        check_client(old)
+        if serial == old:
+            raise InvalidName("a client cannot alias itself")
+        with self._lock():
+            self.get(old)
+            client = self.get(serial)
+            if old not in client.aliases:
+                client.aliases.append(old)
+                self.save(client)
+        return client
+
+    def remove_alias(self, serial: str, old: str) -> Client:
+        """Take back ``serial``'s read access to ``old``'s snapshots (idempotent)."""
+        check_client(serial)
+        with self._lock():
+            client = self.get(serial)
+            if old in client.aliases:
+                client.aliases.remove(old)
+                self.save(client)
+        return client
+
+    def _lock(self) -> FileLock:
+        return FileLock(self.store.locks_dir / "registry.lock").acquire(wait=True)
 
     def find_by_key(self, key_type: str, blob: str) -> list[Client]:
         return [c for c in self.all()

@@ -15,12 +15,15 @@ Routes:
 * ``GET /metrics``: Prometheus text format (``metrics.render``).
 * ``/api/v1/...``: a read-only JSON API for status, snapshots and restore plans, plus
   ``POST``/``GET``/``DELETE /api/v1/session`` to log in and out.
+* ``/ui/...``: the web UI for admins and teachers (``webui``), on the same sessions;
+  ``GET /`` from a browser (``Accept: text/html``) redirects there.
 
 Availability and registration take no authentication, because the deployed devices send
 none. Everything else does: HTTP Basic, or the ``xsbackup_session`` cookie from
 ``POST /api/v1/session`` (HttpOnly, SameSite=Strict, Secure under https, 12 hours).
-Sessions live in this process's memory, so a restart logs everyone out. So that scrypt
-does not run on every request, a Basic credential's outcome is cached for 60 seconds
+Sessions live in this process's memory, so a restart logs everyone out. Failed logins
+(here and in the web UI) are throttled per address and per user name (``webui_auth``).
+So that scrypt does not run on every request, a Basic credential's outcome is cached for 60 seconds
 under an HMAC of the credential with a per-process key; the cache, like every session,
 is only trusted while ``admin/users.json`` is unchanged (same inode, mtime and size), so
 disabling a user or changing a password takes effect on the next request. Both roles
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -61,7 +65,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from xmlrpc.server import SimpleXMLRPCDispatcher
@@ -92,6 +96,10 @@ from .store import (
     check_volume,
     get_xattrs,
 )
+from .webui_auth import LoginThrottle
+
+if TYPE_CHECKING:
+    from .webui import UI
 
 SettingsProvider = Callable[[], Settings]
 MAX_BODY = 64 * 1024
@@ -289,6 +297,8 @@ class App:
         self._users: dict[str, users.User] = {}
         self._unflushed: dict[str, float] = {}
         self._flushed_at = time.monotonic()
+        self.throttle = LoginThrottle()  # failed sign-ins (web UI and JSON session)
+        self._ui: UI | None = None  # the web UI, built on its first request
 
     # -- WSGI entry --
 
@@ -330,6 +340,11 @@ class App:
             if method != "GET":
                 return _empty(405, [("Allow", "GET")])
             return self.available(path[len("/backup/1/available/"):])
+        if path == "/ui" or path.startswith("/ui/"):
+            return self.ui().handle(environ, method, path)
+        if path == "/" and method in ("GET", "HEAD") and \
+                "text/html" in str(environ.get("HTTP_ACCEPT") or ""):
+            return _empty(303, [("Location", "/ui/")])  # a browser: the web UI
         if path in ("/", "/RPC2"):
             if method != "POST":
                 raise HttpError(405, "registration is XML-RPC over POST", [("Allow", "POST")])
@@ -352,6 +367,15 @@ class App:
             self.require_user(environ)
             return self.api(environ, method, path[len("/api/v1/"):])
         raise HttpError(404, "not found")
+
+    def ui(self) -> UI:
+        """The web UI (``webui.UI``), imported on first use to keep start-up cheap."""
+        with self._lock:
+            if self._ui is None:
+                from .webui import UI
+
+                self._ui = UI(self)
+            return self._ui
 
     # -- availability (no auth; must be cheap) --
 
@@ -531,20 +555,14 @@ class App:
             return json_response({"user": user.name, "role": user.role})
         raise HttpError(405, "method not allowed", [("Allow", "GET, POST, DELETE")])
 
-    def _login(self, environ: WSGIEnvironment) -> Response:
-        try:
-            data = orjson.loads(read_body(environ))
-        except orjson.JSONDecodeError:
-            raise HttpError(400, "the body must be JSON {\"user\": ..., \"password\": ...}") \
-                from None
-        if not isinstance(data, dict) or not isinstance(data.get("user"), str) \
-                or not isinstance(data.get("password"), str):
-            raise HttpError(400, "the body must be JSON {\"user\": ..., \"password\": ...}")
-        _, current = self._current_users()
-        user = users.verify_in(current, data["user"], data["password"])
-        if user is None:
-            LOG.warning("http login failed for user %r", data["user"][:64])
-            raise HttpError(401, "invalid user or password", [("WWW-Authenticate", REALM)])
+    # -- session helpers shared with the web UI --
+
+    def derived_key(self, label: str) -> bytes:
+        """A per-process key for ``label`` (CSRF tokens), derived from the secret."""
+        return hmac.new(self._secret, label.encode(), hashlib.sha256).digest()
+
+    def start_session(self, user: users.User) -> str:
+        """A new session for ``user``; returns its token (the cookie value)."""
         token = secrets.token_urlsafe(32)
         now = time.time()
         with self._lock:
@@ -556,6 +574,58 @@ class App:
             self._sessions[hashlib.sha256(token.encode()).hexdigest()] = _Session(
                 user.name, user.fingerprint, now + SESSION_SECONDS)
         LOG.info("http login: user %s (%s)", user.name, user.role)
+        return token
+
+    def end_session(self, token: str) -> None:
+        with self._lock:
+            self._sessions.pop(hashlib.sha256(token.encode()).hexdigest(), None)
+
+    def session_user(self, environ: WSGIEnvironment) -> tuple[users.User, str] | None:
+        """(user, session token) from the session cookie alone (never HTTP Basic)."""
+        token = self._session_token(environ)
+        if token is None:
+            return None
+        user = self._from_session(token)
+        return None if user is None else (user, token)
+
+    def session_cookie(self, environ: WSGIEnvironment, token: str, max_age: int) -> str:
+        return self._cookie(environ, token, max_age)
+
+    def login_throttled(self, environ: WSGIEnvironment, name: str) -> int:
+        """Seconds until ``name`` may try to sign in from this address (0: now)."""
+        s = self.settings()
+        return self.throttle.retry_after(str(environ.get("REMOTE_ADDR") or ""), name,
+                                         int(s["ui.max_login_failures"]),
+                                         60.0 * float(s["ui.login_lockout_minutes"]))
+
+    def login_failed(self, environ: WSGIEnvironment, name: str) -> None:
+        s = self.settings()
+        self.throttle.failed(str(environ.get("REMOTE_ADDR") or ""), name,
+                             int(s["ui.max_login_failures"]),
+                             60.0 * float(s["ui.login_lockout_minutes"]))
+
+    def _login(self, environ: WSGIEnvironment) -> Response:
+        try:
+            data = orjson.loads(read_body(environ))
+        except orjson.JSONDecodeError:
+            raise HttpError(400, "the body must be JSON {\"user\": ..., \"password\": ...}") \
+                from None
+        if not isinstance(data, dict) or not isinstance(data.get("user"), str) \
+                or not isinstance(data.get("password"), str):
+            raise HttpError(400, "the body must be JSON {\"user\": ..., \"password\": ...}")
+        wait = self.login_throttled(environ, data["user"])
+        if wait:
+            raise HttpError(429, f"too many failed logins; try again in {wait} seconds",
+                            [("Retry-After", str(wait))])
+        _, current = self._current_users()
+        user = users.verify_in(current, data["user"], data["password"])
+        if user is None:
+            LOG.warning("http login failed for user %r", data["user"][:64])
+            self.login_failed(environ, data["user"])
+            raise HttpError(401, "invalid user or password", [("WWW-Authenticate", REALM)])
+        self.throttle.succeeded(user.name)
+        token = self.start_session(user)
+        now = time.time()
         expires = dt.datetime.fromtimestamp(now + SESSION_SECONDS, dt.UTC)
         return json_response(
             {"user": user.name, "role": user.role,
@@ -652,7 +722,9 @@ class HttpServer:
     def _close_sockets(self) -> None:
         from waitress import wasyncore
 
-        wasyncore.close_all(self._server._map)
+        # A connection the peer already dropped can fail to close; it is gone either way.
+        with contextlib.suppress(OSError):
+            wasyncore.close_all(self._server._map)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, close every connection, stop the workers. Thread-safe."""
