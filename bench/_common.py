@@ -117,6 +117,25 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def source_versions(*modules: str) -> dict[str, dict[str, Any]]:
+    """sha256 and mtime of the measured xsbackup modules (the tree has no commits to name)."""
+    import hashlib
+
+    pkg = BENCH_DIR.parent / "xsbackup"
+    out: dict[str, dict[str, Any]] = {}
+    for m in modules:
+        path = pkg / f"{m}.py"
+        try:
+            data = path.read_bytes()
+        except OSError:
+            out[m] = {"missing": True}
+            continue
+        out[m] = {"sha256": hashlib.sha256(data).hexdigest()[:16],
+                  "mtime": dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+                  .isoformat(timespec="seconds")}
+    return out
+
+
 def write_results(name: str, data: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / name

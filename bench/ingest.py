@@ -16,7 +16,9 @@ previous one:
   ``--link-dest=<prev>`` relative to the rrsync dir and a fresh ``<new>/``.
 * diagnostics (skip with ``--no-diagnose``): ``raw`` plus the receiver options the wrapper
   adds, sent with ``-M`` (``--fake-super``, then also ``--confine-root``), to tell rsync's
-  cost of those options from the wrapper's own.
+  cost of those options from the wrapper's own; and, locally without ssh, the same
+  no-change ``--link-dest`` run with the base given as an absolute path or as
+  ``/proc/self/fd/N`` (how the wrapper and rrsync pin it).
 
 After a first full backup per case (untimed for the comparison, recorded) and warm-up
 runs, the timed runs (each after an untimed ``sync``) are interleaved round-robin (rotating
@@ -38,6 +40,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +58,7 @@ from bench._common import (
     make_tree,
     median,
     run_timed,
+    source_versions,
     summary,
     temp_dir,
     wait_for_quiet,
@@ -204,6 +208,32 @@ class RawCase(Case):
         self.checks.append({"files": files, "linked": linked})
 
 
+def local_link_dest_variants(src: Path, base: Path, runs: int) -> dict[str, Any]:
+    """Diagnostic, no ssh: the same no-change ``rsync -a --fake-super`` with ``--link-dest``
+    spelled as the absolute path of the base or as ``/proc/self/fd/N`` of an open
+    descriptor of it (how the wrapper and rrsync pin the base)."""
+    first = base / "base"
+    run_timed(["rsync", "-a", f"{src}/", f"{first}/"])
+    fd = os.open(first, os.O_RDONLY | os.O_DIRECTORY)
+    times: dict[str, list[float]] = {"abs_path": [], "proc_self_fd": []}
+    try:
+        for i in range(runs + 1):
+            for k, arg in (("abs_path", str(first)), ("proc_self_fd", f"/proc/self/fd/{fd}")):
+                os.sync()
+                t0 = time.perf_counter()
+                subprocess.run(["rsync", "-a", "--fake-super", f"--link-dest={arg}",
+                                f"{src}/", f"{base / f'{k}{i:03d}'}/"], check=True,
+                               pass_fds=(fd,))
+                if i:  # the first round is a warm-up
+                    times[k].append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+    out: dict[str, Any] = {k: {**summary(v), "timings": v} for k, v in times.items()}
+    out["ratio_proc_self_fd/abs_path"] = (median(times["proc_self_fd"])
+                                          / median(times["abs_path"]))
+    return out
+
+
 def startup_costs(root: Path, rr_dir: Path, runs: int) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XSBACKUP_")}
     env["SSH_ORIGINAL_COMMAND"] = "true"
@@ -268,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "ingest",
         "machine": machine_info(),
+        "xsbackup_sources": source_versions("ingest", "dispatch", "rsyncargs", "postprocess",
+                                            "snapshot", "cli"),
         "config": {"files": args.files, "bytes": total_bytes, "mb": args.mb,
                    "runs": args.runs, "warmup": args.warmup, "seed": args.seed,
                    "startup_runs": args.startup_runs, "full_runs": args.full_runs,
@@ -366,19 +398,36 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {i + 1}/{args.runs}: " + "  ".join(
                 f"{c.name} {timings[c.name][-1]:.3f}s" for c in cases), flush=True)
 
-        full: dict[str, list[float]] = {c.name: [] for c in cases[:3]}
+        full_cases = cases[:3]
+        if args.diagnose:
+            # Raw plus every receiver option the wrapper adds to a transfer with nothing
+            # to link against (absolute temp and partial dirs included).
+            wbase = tmp / "raw_wrapper_opts"
+            (wbase / "tmp").mkdir(parents=True)
+            c = RawCase(sshd_raw, key, src, wbase, extra=(
+                "-M--fake-super", f"-M--confine-root={wbase}", f"-M--temp-dir={wbase / 'tmp'}",
+                f"-M--partial-dir={wbase / 'partial'}"))
+            c.name = "raw+fake-super+confine-root+temp-dir+partial-dir"
+            full_cases = [*full_cases, c]
+        full: dict[str, list[float]] = {c.name: [] for c in full_cases}
         for i in range(args.full_runs):
-            order = cases[:3][i % 3:] + cases[:3][:i % 3]
-            for c in order:
+            k = i % len(full_cases)
+            for c in full_cases[k:] + full_cases[:k]:
                 os.sync()
                 full[c.name].append(c.full(i))
             print(f"full backup {i + 1}/{args.full_runs}: " + "  ".join(
-                f"{c.name} {full[c.name][-1]:.3f}s" for c in cases[:3]), flush=True)
+                f"{c.name} {full[c.name][-1]:.3f}s" for c in full_cases), flush=True)
         result["full_backup"] = {
             name: {**summary(v), "timings": v,
                    "ratio_vs_raw": median(v) / median(full["raw"])}
             for name, v in full.items() if v
         }
+
+        if args.diagnose:
+            print("local --link-dest variants ...", flush=True)
+            (tmp / "local").mkdir()
+            result["local_link_dest_variants"] = local_link_dest_variants(
+                src, tmp / "local", args.runs)
 
         print("start-up costs ...", flush=True)
         result["startup"] = startup_costs(root, rr_dir, args.startup_runs)
@@ -410,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         result["xsbackup_log_warnings"] = warnings[-20:]
 
     result["machine"]["loadavg_at_end"] = os.getloadavg()
+    after = source_versions(*result["xsbackup_sources"])
+    result["xsbackup_sources_changed_during_run"] = sorted(
+        m for m, v in after.items() if v != result["xsbackup_sources"][m])
+    if result["xsbackup_sources_changed_during_run"]:
+        print("warning: xsbackup sources changed during the run: "
+              + ", ".join(result["xsbackup_sources_changed_during_run"]))
     path = write_results(args.out, result)
     print_table(result)
     print(f"wrote {path}")
@@ -428,9 +483,14 @@ def print_table(r: dict[str, Any]) -> None:
               f"{c['ratio_vs_raw']:>7.2f} {c['first_full_backup']:>13.3f} "
               f"{chk['linked']:>6}/{chk['files']:<6}")
     if r.get("full_backup"):
-        print("full backup, nothing to link (median s): " + ", ".join(
+        print("full backup, nothing to link (median s): " + "\n  ".join(
             f"{k} {v['median']:.3f} ({v['ratio_vs_raw']:.2f}x raw)"
             for k, v in r["full_backup"].items()))
+    if r.get("local_link_dest_variants"):
+        v = r["local_link_dest_variants"]
+        print(f"local rsync --fake-super --link-dest, no ssh (median s): absolute path "
+              f"{v['abs_path']['median']:.3f}, /proc/self/fd/N {v['proc_self_fd']['median']:.3f}"
+              f" ({v['ratio_proc_self_fd/abs_path']:.2f}x)")
     s = r["startup"]
     print("\nstart-up (median ms): "
           f"xsbackup ssh-command true {s['xsbackup_ssh_command_true']['median'] * 1e3:.1f}, "

@@ -58,6 +58,7 @@ from bench._common import (
     machine_info,
     median,
     run_timed,
+    source_versions,
     sugar_metadata,
     summary,
     temp_dir,
@@ -424,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "snapshot",
         "machine": machine_info(),
+        "xsbackup_sources": source_versions("cjson", "postprocess", "snapshot", "ingest"),
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "cjson_module_present": cjson is not None,
     }
@@ -438,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
                 (tmp / "b").mkdir()
                 result["cjson"] = bench_cjson(tmp / "b", cjson, args)
     result["machine"]["loadavg_at_end"] = os.getloadavg()
+    after = source_versions(*result["xsbackup_sources"])
+    result["xsbackup_sources_changed_during_run"] = sorted(
+        m for m, v in after.items() if v != result["xsbackup_sources"][m])
+    if result["xsbackup_sources_changed_during_run"]:
+        print("warning: xsbackup sources changed during the run: "
+              + ", ".join(result["xsbackup_sources_changed_during_run"]))
     path = write_results(args.out, result)
     print_table(result)
     print(f"wrote {path}")
