@@ -254,13 +254,15 @@ def run_once(store: Store, settings: Settings) -> dict[str, int]:
         for e in entries:
             try:
                 outcome = process(store, settings, e)
-            except OSError as exc:
-                outcome = "failed"
-                LOG.error("client=%s volume=%s snapshot=%s post-processing failed: %s",
-                          e.client, e.volume, e.id, exc)
+            except Exception as exc:  # one client's failure must not stop the others
+                LOG.exception("client=%s volume=%s snapshot=%s post-processing failed",
+                              e.client, e.volume, e.id)
                 with contextlib.suppress(OSError):
                     set_xattrs(store.client_dir(e.client), {
                         "last_error": f"post-processing {e.volume}/{e.id}: {exc}"})
+                with lock:
+                    counts["failed"] += 1
+                break  # keep this client's order: its later entries wait for the next run
             with lock:
                 counts[outcome] += 1
 
