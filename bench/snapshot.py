@@ -13,7 +13,8 @@ times:
 * ``process``: the whole ``postprocess.process`` of one queue entry (CJSON validation of the
   metadata files, the stats walk against the previous snapshot, xattrs, fsync, rename,
   ``latest``, client status, dequeue), both right after its ingest and after ``sync``;
-  plus its two walks (``validate_metadata``, ``compute_stats``) timed separately;
+  plus its one walk (``compute_stats``, which also finds the metadata files) and the
+  validation of those files (``validate_metadata``) timed separately;
 * ``cp -al`` of the same tree (the original XS server's way of making a snapshot);
 * ``rsync -a --link-dest=prev src/ new/`` locally, no ssh: the link-dest ingest cost of
   the same tree; and the xsbackup ingest itself through the fake rsh.
@@ -197,8 +198,12 @@ class Promotion:
         incoming = self.store.incoming_dir(SN, VOLUME) / e.id
         prev = postprocess.previous_snapshot(self.store, SN, VOLUME, e.id)
         os.sync()
-        t_cjson, _ = timed(lambda: postprocess.validate_metadata(incoming, self.settings))
-        t_stats, _ = timed(lambda: compute_stats(incoming, prev))
+        found: list[str] = []
+        rx = postprocess._pattern_re(self.settings["postprocess.cjson_patterns"])
+        # The post-processor's one walk (stats + finding metadata), then the validation.
+        t_stats, _ = timed(lambda: compute_stats(incoming, prev, rx, found))
+        t_cjson, _ = timed(lambda: postprocess.validate_metadata(incoming, found,
+                                                                 self.settings))
         os.sync()
 
         def rename() -> None:
@@ -463,7 +468,7 @@ def print_table(r: dict[str, Any]) -> None:
             "promote": "promote+update_latest",
             "process_after_sync": "postprocess.process (synced)",
             "process_right_after_ingest": "postprocess.process (no sync)",
-            "validate_metadata": "  of which CJSON walk",
+            "validate_metadata": "  of which CJSON validation",
             "compute_stats": "  of which stats walk",
             "cp_al": "cp -al (original XS)",
             "rsync_link_dest": "rsync --link-dest local",

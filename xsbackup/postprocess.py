@@ -60,7 +60,7 @@ from .store import (
     snapshot_sort_key,
 )
 
-CRASH_POINTS = ("start", "after-cjson", "after-stats", "after-xattrs", "after-rename",
+CRASH_POINTS = ("start", "after-cjson", "after-xattrs", "after-rename",
                 "after-latest", "after-mark", "after-hooks", "after-dequeue")
 _CRASH_AT = os.environ.get("XSBACKUP_CRASH_AT", "")
 
@@ -108,30 +108,14 @@ def _pattern_re(patterns: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(pats)) if pats else None
 
 
-def find_metadata(tree: Path, patterns: Iterable[str]) -> list[str]:
-    rx = _pattern_re(patterns)
-    if rx is None:
-        return []
-    found: list[str] = []
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        with os.scandir(tree / rel if rel else tree) as it:
-            for e in it:
-                name = f"{rel}/{e.name}" if rel else e.name
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(name)
-                elif rx.match(e.name):
-                    found.append(name)
-    return sorted(found)
-
-
-def validate_metadata(tree: Path, settings: Settings) -> tuple[dict[str, Any], list[Any]]:
+def validate_metadata(tree: Path, paths: Iterable[str],
+                      settings: Settings) -> tuple[dict[str, Any], list[Any]]:
+    """Check ``paths`` (relative to ``tree``) as Canonical JSON."""
     from . import cjson
 
     findings = []
     counts = {"checked": 0, "canonical": 0, "noncanonical": 0, "invalid": 0, "skipped": 0}
-    for rel in find_metadata(tree, settings["postprocess.cjson_patterns"]):
+    for rel in sorted(paths):
         result = cjson.check_file(tree / rel, int(settings["postprocess.cjson_max_bytes"]))
         result["path"] = rel
         status = str(result.get("status"))
@@ -165,7 +149,12 @@ def process(store: Store, settings: Settings, entry: Entry,
         incoming, visible = vol / "incoming" / sid, vol / "snapshots" / sid
         outcome = "recovered"
         if incoming.is_dir() and not visible.exists():
-            summary, findings = validate_metadata(incoming, settings)
+            # One walk gives both the stats and the metadata files to validate.
+            metadata: list[str] = []
+            stats = compute_stats(incoming, previous_snapshot(store, client, volume, sid),
+                                  _pattern_re(settings["postprocess.cjson_patterns"]),
+                                  metadata)
+            summary, findings = validate_metadata(incoming, metadata, settings)
             reports = store.reports_dir(client) / volume
             reports.mkdir(parents=True, exist_ok=True)
             atomic_write(reports / f"{sid}.cjson.json", orjson.dumps(
@@ -175,8 +164,6 @@ def process(store: Store, settings: Settings, entry: Entry,
                 LOG.warning("%s metadata flagged: %d of %d files not canonical JSON",
                             who, len(findings), summary["checked"])
             _crash("after-cjson")
-            stats = compute_stats(incoming, previous_snapshot(store, client, volume, sid))
-            _crash("after-stats")
             write_facts(incoming, {
                 "created": now().isoformat(timespec="seconds"),
                 "files": stats.files, "bytes": stats.bytes, "new_bytes": stats.new_bytes,

@@ -10,6 +10,7 @@ during ingest; nothing here ever writes to them.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,9 +48,12 @@ def _prev_inodes(prev: Path | None, rel: str) -> dict[str, int]:
     return out
 
 
-def compute_stats(tree: Path, previous: Path | None) -> Stats:
+def compute_stats(tree: Path, previous: Path | None, match: re.Pattern[str] | None = None,
+                  found: list[str] | None = None) -> Stats:
     """Walk ``tree`` once (scandir, no symlink following), comparing inodes by path with
-    ``previous``. One directory listing of each tree per directory; no file is opened."""
+    ``previous``. One directory listing of each tree per directory; no file is opened.
+    With ``match``, the relative paths of non-directories whose name matches are
+    appended to ``found`` in the same walk (the post-processor's metadata files)."""
     st = Stats()
     stack = [""]
     while stack:
@@ -62,7 +66,10 @@ def compute_stats(tree: Path, previous: Path | None) -> Stats:
                 if stat.S_ISDIR(mode):
                     st.dirs += 1
                     stack.append(f"{rel}/{e.name}" if rel else e.name)
-                elif stat.S_ISREG(mode):
+                    continue
+                if match is not None and found is not None and match.match(e.name):
+                    found.append(f"{rel}/{e.name}" if rel else e.name)
+                if stat.S_ISREG(mode):
                     st.files += 1
                     st.bytes += s.st_size
                     if prev.get(e.name) == s.st_ino:
