@@ -44,7 +44,6 @@ import os
 import pstats
 import random
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -300,85 +299,6 @@ def bench_deletion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
 # ---- part B: usage -------------------------------------------------------------------------
 
 
-def measure_skip_seen(store: Any, client: str) -> Any:
-    """Diagnostic variant of ``usage.measure`` (same figures): an entry that readdir says is
-    not a directory and whose inode number (``DirEntry.inode()``, no syscall) is already in
-    the table of shared inodes is counted without ``lstat``. The device is the one of the
-    directory being read. In a history where 99 % of the paths are links of inodes already
-    seen, this saves nearly every ``lstat``."""
-    from xsbackup.usage import ClientUsage, SnapshotUsage
-
-    result = ClientUsage(client)
-    snaps: list[Any] = []
-    # inode -> [owner, links seen, allocated, apparent, nlink, is regular]
-    shared: dict[tuple[int, int], list[int]] = {}
-    excl_apparent: list[int] = []
-    for volume in store.volumes(client):
-        for sid in store.snapshot_ids(client, volume):
-            su = SnapshotUsage(volume, sid)
-            idx = len(snaps)
-            snaps.append(su)
-            excl_apparent.append(0)
-            top = str(store.snapshots_dir(client, volume) / sid)
-            stack = [(top, os.lstat(top).st_dev)]
-            while stack:
-                d, dev = stack.pop()
-                try:
-                    it = os.scandir(d)
-                except OSError:
-                    continue
-                with it:
-                    for e in it:
-                        try:
-                            if not e.is_dir(follow_symlinks=False):
-                                entry = shared.get((dev, e.inode()))
-                                if entry is not None:
-                                    su.files += 1
-                                    if entry[5]:
-                                        su.apparent += entry[3]
-                                    entry[1] += 1
-                                    if entry[0] != idx:
-                                        entry[0] = -1
-                                    continue
-                            st = e.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        alloc = st.st_blocks * 512
-                        if stat.S_ISDIR(st.st_mode):
-                            su.exclusive += alloc
-                            result.total += alloc
-                            stack.append((e.path, st.st_dev))
-                            continue
-                        su.files += 1
-                        is_reg = stat.S_ISREG(st.st_mode)
-                        if is_reg:
-                            su.apparent += st.st_size
-                        if st.st_nlink <= 1:
-                            su.exclusive += alloc
-                            result.total += alloc
-                            if is_reg:
-                                excl_apparent[idx] += st.st_size
-                            continue
-                        key = (st.st_dev, st.st_ino)
-                        entry = shared.get(key)
-                        if entry is None:
-                            shared[key] = [idx, 1, alloc, st.st_size, st.st_nlink, is_reg]
-                            result.total += alloc
-                        else:
-                            entry[1] += 1
-                            if entry[0] != idx:
-                                entry[0] = -1
-    for owner, links, alloc, size, nlink, _reg in shared.values():
-        if owner >= 0 and links >= nlink:
-            snaps[owner].exclusive += alloc
-            excl_apparent[owner] += size
-    for su, own in zip(snaps, excl_apparent, strict=True):
-        su.shared = su.apparent - own
-    result.snapshots = snaps
-    result.apparent = sum(s.apparent for s in snaps)
-    return result
-
-
 MEMORY_CHILD = r"""
 import json, resource, sys, tracemalloc
 from pathlib import Path
@@ -493,12 +413,8 @@ def bench_usage(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         t, text = run_out(du_argv)
         return t, int(text.split()[0])
 
-    def run_skip() -> tuple[float, Any]:
-        return timed(lambda: measure_skip_seen(store, SN))
-
     cases: dict[str, Callable[[], tuple[float, Any]]] = {"measure": run_measure, "du_s": run_du}
     if args.diagnose:
-        cases["measure_skip_seen"] = run_skip
         cases["walk_stat_floor"] = lambda: timed(lambda: walk_stat_floor(str(snaps)))
     names = list(cases)
 
@@ -513,9 +429,6 @@ def bench_usage(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "du_equals_measure_total_plus_root_dirs": du_bytes == ref.total + roots,
         "measure_files": sum(s.files for s in ref.snapshots),
     }
-    if args.diagnose:
-        _, alt = run_skip()
-        checks["measure_skip_seen_identical"] = alt.as_dict() == ref.as_dict()
 
     def rounds(label: str, cold: bool) -> dict[str, list[float]]:
         times: dict[str, list[float]] = {k: [] for k in names}
@@ -570,7 +483,7 @@ def bench_usage(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         c = out["cold"]["timings"]
         ratios["measure/du_s (cold)"] = median(c["measure"]) / median(c["du_s"])
     if args.diagnose:
-        for k in ("measure_skip_seen", "walk_stat_floor"):
+        for k in ("walk_stat_floor",):
             ratios[f"{k}/du_s (warm)"] = median(warm[k]) / median(warm["du_s"])
             if "timings" in out["cold"]:
                 c = out["cold"]["timings"]
@@ -603,8 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cold", dest="cold", action="store_false",
                     help="skip the cold-cache du runs")
     ap.add_argument("--no-diagnose", dest="diagnose", action="store_false",
-                    help="skip the diagnostic cases (shutil.rmtree, measure_skip_seen, "
-                    "walk_stat_floor)")
+                    help="skip the diagnostic cases (shutil.rmtree, walk_stat_floor)")
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                     help="cProfile the xsbackup call when its target is missed (auto)")
     ap.add_argument("--skip-delete", action="store_true")
