@@ -5,6 +5,7 @@ Every network test uses 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -126,25 +127,22 @@ class Sshd:
                               stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture
-def sshd(server: Server, host_key: Path, tmp_path: Path) -> Iterator[Sshd]:
-    """OpenSSH sshd on a loopback port with its own config, host key and the generated
-    authorized_keys of ``server``."""
+@contextlib.contextmanager
+def running_sshd(directory: Path, host_key: Path, authorized_keys: Path,
+                 extra: tuple[str, ...] = ()) -> Iterator[tuple[int, Path]]:
+    """OpenSSH sshd on a free loopback port with its own config in ``directory``;
+    yields (port, log). Shared by every test that needs a real sshd."""
     Path("/run/sshd").mkdir(exist_ok=True)
     port = free_port()
-    d = tmp_path / "sshd"
-    d.mkdir()
-    log = d / "sshd.log"
-    user = pwd.getpwuid(os.getuid()).pw_name
-    cfg = d / "sshd_config"
+    directory.mkdir(exist_ok=True)
+    log = directory / "sshd.log"
+    cfg = directory / "sshd_config"
     cfg.write_text("\n".join([
         f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
-        f"PidFile {d / 'sshd.pid'}",
-        f"AuthorizedKeysFile {server.root / 'ssh' / 'authorized_keys'}",
+        f"PidFile {directory / 'sshd.pid'}", f"AuthorizedKeysFile {authorized_keys}",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes", "PermitRootLogin forced-commands-only", "StrictModes no",
-        "UsePAM no", "LogLevel VERBOSE", "Subsystem sftp internal-sftp",
-        "MaxStartups 50", "MaxSessions 50", "",
+        "PubkeyAuthentication yes", "StrictModes no", "UsePAM no", "LogLevel VERBOSE",
+        "MaxStartups 50", "MaxSessions 50", *extra, "",
     ]))
     with log.open("wb") as log_fh:
         proc = subprocess.Popen([_sshd_binary(), "-D", "-e", "-f", str(cfg)],
@@ -161,10 +159,21 @@ def sshd(server: Server, host_key: Path, tmp_path: Path) -> Iterator[Sshd]:
     else:
         pytest.fail("sshd did not start")
     try:
-        yield Sshd(port, log, user)
+        yield port, log
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sshd(server: Server, host_key: Path, tmp_path: Path) -> Iterator[Sshd]:
+    """OpenSSH sshd on a loopback port with its own config, host key and the generated
+    authorized_keys of ``server``."""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    with running_sshd(tmp_path / "sshd", host_key, server.root / "ssh" / "authorized_keys",
+                      ("PermitRootLogin forced-commands-only",
+                       "Subsystem sftp internal-sftp")) as (port, log):
+        yield Sshd(port, log, user)
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int, int, int, bytes]]:

@@ -19,7 +19,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email import policy
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, Sshd, _sshd_binary, free_port
+from tests.conftest import Server, Sshd, free_port, running_sshd
 
 pytestmark = pytest.mark.integration
 
@@ -659,7 +658,6 @@ class ReplicaHost:
 @pytest.fixture
 def replica_host(host_key: Path, tmp_path: Path) -> Iterator[ReplicaHost]:
     """A second sshd (the conftest one only knows xsbackup's forced-command keys)."""
-    Path("/run/sshd").mkdir(exist_ok=True)
     d = tmp_path / "replica-sshd"
     d.mkdir()
     key = d / "id_replica"
@@ -667,35 +665,9 @@ def replica_host(host_key: Path, tmp_path: Path) -> Iterator[ReplicaHost]:
                     str(key)], check=True)
     keys = d / "authorized_keys"
     keys.write_text(key.with_suffix(".pub").read_text())
-    port = free_port()
-    log = d / "sshd.log"
-    cfg = d / "sshd_config"
-    cfg.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
-        f"PidFile {d / 'sshd.pid'}", f"AuthorizedKeysFile {keys}",
-        "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "StrictModes no",
-        "UsePAM no", "LogLevel VERBOSE", "MaxStartups 50", "",
-    ]))
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen([_sshd_binary(), "-D", "-e", "-f", str(cfg)],
-                                stderr=log_fh, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"replica sshd exited: {log.read_text()}")
-            time.sleep(0.05)
-    else:
-        pytest.fail("replica sshd did not start")
-    try:
+    extra = ("PermitRootLogin prohibit-password",)
+    with running_sshd(d, host_key, keys, extra) as (port, log):
         yield ReplicaHost(port, key, pwd.getpwuid(os.getuid()).pw_name, log)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_replicate_over_ssh(two_snapshots: tuple[Path, Path, Path], tmp_path: Path,
