@@ -215,7 +215,7 @@ def _cjson_str(s: str) -> bytes:
 
 def cjson_encode(v: Any) -> bytes:
     """Canonical bytes: sorted keys, no whitespace, integers only, only \\" and \\\\ escapes.
-    Independent of ``xsbackup.cjson`` on purpose (the bench checks it against this)."""
+    Independent of ``xsbackup.snapshots.cjson`` on purpose (the bench checks it against this)."""
     if v is None:
         return b"null"
     if v is True:

@@ -171,7 +171,7 @@ def profiled(fn: Callable[[], Any]) -> tuple[float, list[dict[str, Any]]]:
 
 
 def new_store(root: Path) -> Any:
-    from xsbackup.registry import Registry
+    from xsbackup.clients.registry import Registry
     from xsbackup.store import init_root
 
     store = init_root(root)
@@ -209,7 +209,7 @@ class Deletion:
         return run_timed(["cp", "-al", str(self.base), str(dest)])
 
     def xsbackup(self, sid: str) -> dict[str, float]:
-        from xsbackup import prune
+        from xsbackup.retention import prune
 
         t0 = time.perf_counter()
         with prune.ClientLocks(self.store, SN):
@@ -284,7 +284,7 @@ def bench_deletion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         out["ratios"]["shutil_rmtree/rm_rf"] = med["shutil_rmtree"] / med["rm_rf"]
         out["ratios"]["delete_trash/shutil_rmtree"] = med["delete_trash"] / med["shutil_rmtree"]
     if args.profile == "always" or (args.profile == "auto" and ratio > DELETE_TARGET):
-        from xsbackup import prune
+        from xsbackup.retention import prune
 
         sid = snapshot_id(args.runs)
         d.copy(d.snaps / sid)
@@ -397,7 +397,7 @@ def build_history(root: Path, args: argparse.Namespace) -> tuple[Any, list[str]]
 
 
 def bench_usage(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from xsbackup import usage
+    from xsbackup.snapshots import usage
 
     print(f"du: building {args.du_snapshots} snapshots of {args.du_files} files ...",
           flush=True)

@@ -11,7 +11,7 @@ untimed, after the run is checked):
 * ``rsync_pull``: ``rsync -a -e SSH SN@127.0.0.1:documents/latest/ TARGET/`` (the
   forced command runs ``rsync --server --sender --fake-super`` on the snapshot);
 * ``tar_stream``: ``SSH SN@127.0.0.1 archive --volume documents | tar -x -C TARGET``
-  (``xsbackup.restore.write_tar``: Python ``tarfile`` in stream mode, undoing the
+  (``xsbackup.restore.archive.write_tar``: Python ``tarfile`` in stream mode, undoing the
   fake-super recording); the whole pipeline is timed;
 * ``local_tar``, the anchor (the physical bound of copying this tree on this disk):
   ``tar -c -C SNAPSHOT_DIR . | tar -x -C TARGET`` of the same snapshot directory;
@@ -412,7 +412,7 @@ def wait_promoted(root: Path, timeout: float = 600) -> float:
 
 
 def backup_once(root: Path, ssh: list[str], src: Path, tree: dict[str, Any]) -> dict[str, Any]:
-    from xsbackup.snapshot import read_facts
+    from xsbackup.snapshots.snapshot import read_facts
     from xsbackup.store import Store
 
     argv = ["rsync", "-a", "-e", shlex.join(ssh), f"{src}/", f"{SN}@127.0.0.1:{VOLUME}/"]
@@ -459,7 +459,7 @@ def forced_command_env() -> dict[str, str]:
 
 def writer_diagnostic(root: Path, runs: int) -> dict[str, Any]:
     """The forced command's ``archive`` to /dev/null (no transport, no ``tar -x``): as
-    shipped, and with ``xsbackup.restore.CHUNK`` (``tarfile.open(bufsize=...)``) set to
+    shipped, and with ``xsbackup.restore.archive.CHUNK`` (``tarfile.open(bufsize=...)``) set to
     64 KiB in that process only. Same interpreter, ``python -c`` for both."""
     variants = {"as_shipped": "", "chunk_64k": "import xsbackup.restore as r; r.CHUNK = 65536; "}
     argv0 = f"sys.argv = ['xsbackup', '--root', {str(root)!r}, 'ssh-command', '--client', {SN!r}]"

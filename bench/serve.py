@@ -353,7 +353,7 @@ def upload_bench(cases: list[UploadCase], tree: dict[str, Any], runs: int,
 
 
 def register_http_serials(root: Path, n: int) -> list[str]:
-    from xsbackup.registry import Registry
+    from xsbackup.clients.registry import Registry
     from xsbackup.store import Store
 
     reg = Registry(Store(root))

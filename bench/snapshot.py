@@ -8,7 +8,7 @@ no network). So every ``incoming/<id>`` and queue entry is written by xsbackup i
 After a first full backup (post-processed), each round does three no-change ingests and
 times:
 
-* ``promote``: ``xsbackup.snapshot.promote`` + ``update_latest`` alone (the rename step,
+* ``promote``: ``xsbackup.snapshots.snapshot.promote`` + ``update_latest`` alone (the rename step,
   after ``sync``) -- the target is under 50 ms whatever the tree size;
 * ``process``: the whole ``postprocess.process`` of one queue entry (CJSON validation of the
   metadata files, the stats walk against the previous snapshot, xattrs, fsync, rename,
@@ -20,7 +20,7 @@ times:
   the same tree; and the xsbackup ingest itself through the fake rsh.
 
 Part B, CJSON validation throughput: an in-memory corpus (default 50 MB) of canonical
-Sugar-like metadata objects, 0.5-5 KB each; MB/s of ``xsbackup.cjson.validate`` against
+Sugar-like metadata objects, 0.5-5 KB each; MB/s of ``xsbackup.snapshots.cjson.validate`` against
 ``orjson.loads`` (and stdlib ``json.loads``) on the same bytes, plus ``cjson.check_file`` on
 the corpus written to disk (what the post-processor calls). Target: at least 50 MB/s.
 
@@ -75,7 +75,7 @@ PROMOTE_TARGET_S = 0.050
 CJSON_TARGET_MBS = 50.0
 
 
-# ---- waiting for xsbackup.cjson ------------------------------------------------------------
+# ---- waiting for xsbackup.snapshots.cjson --------------------------------------------------
 
 
 def wait_for_cjson(seconds: float) -> types.ModuleType | None:
@@ -84,13 +84,13 @@ def wait_for_cjson(seconds: float) -> types.ModuleType | None:
     while True:
         importlib.invalidate_caches()
         try:
-            return importlib.import_module("xsbackup.cjson")
+            return importlib.import_module("xsbackup.snapshots.cjson")
         except ImportError as e:
             if time.monotonic() >= deadline:
-                print(f"xsbackup.cjson still not importable ({e}); giving up", flush=True)
+                print(f"xsbackup.snapshots.cjson still not importable ({e}); giving up", flush=True)
                 return None
             if not announced:
-                print(f"xsbackup.cjson not importable yet ({e}); polling for up to "
+                print(f"xsbackup.snapshots.cjson not importable yet ({e}); polling for up to "
                       f"{seconds:.0f} s ...", flush=True)
                 announced = True
             time.sleep(15)
@@ -170,7 +170,7 @@ class Promotion:
                           "localhost:datastore-current/"], self.env)
 
     def entry(self) -> Any:
-        from xsbackup import postprocess
+        from xsbackup.snapshots import postprocess
 
         entries = postprocess.pending(self.store)
         if len(entries) != 1:
@@ -178,8 +178,8 @@ class Promotion:
         return entries[0]
 
     def process(self) -> tuple[float, dict[str, Any]]:
-        from xsbackup import postprocess
-        from xsbackup.snapshot import read_facts
+        from xsbackup.snapshots import postprocess
+        from xsbackup.snapshots.snapshot import read_facts
 
         e = self.entry()
         t, outcome = timed(lambda: postprocess.process(self.store, self.settings, e))
@@ -191,8 +191,8 @@ class Promotion:
 
     def breakdown_and_promote(self) -> dict[str, float]:
         """On a fresh incoming: time the two walks, then the rename step alone."""
-        from xsbackup import postprocess
-        from xsbackup.snapshot import compute_stats, promote, update_latest
+        from xsbackup.snapshots import postprocess
+        from xsbackup.snapshots.snapshot import compute_stats, promote, update_latest
 
         e = self.entry()
         incoming = self.store.incoming_dir(SN, VOLUME) / e.id
@@ -391,13 +391,13 @@ def bench_cjson(tmp: Path, cjson: types.ModuleType, args: argparse.Namespace) ->
 
 
 def _stub_cjson() -> None:
-    stub = types.ModuleType("xsbackup.cjson")
+    stub = types.ModuleType("xsbackup.snapshots.cjson")
 
     def check_file(path: Path, max_bytes: int) -> dict[str, Any]:
-        return {"status": "skipped", "reason": "bench stand-in: xsbackup.cjson missing"}
+        return {"status": "skipped", "reason": "bench stand-in: xsbackup.snapshots.cjson missing"}
 
     stub.check_file = check_file  # type: ignore[attr-defined]
-    sys.modules["xsbackup.cjson"] = stub
+    sys.modules["xsbackup.snapshots.cjson"] = stub
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             result["promotion"] = bench_promotion(tmp / "a", args)
         if not args.skip_cjson and cjson is not None:
             if not hasattr(cjson, "validate"):
-                result["cjson"] = {"error": "xsbackup.cjson has no validate()"}
+                result["cjson"] = {"error": "xsbackup.snapshots.cjson has no validate()"}
             else:
                 (tmp / "b").mkdir()
                 result["cjson"] = bench_cjson(tmp / "b", cjson, args)

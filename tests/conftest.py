@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from xsbackup import config
-from xsbackup.registry import Registry, write_authorized_keys
+from xsbackup.clients.registry import Registry, write_authorized_keys
 from xsbackup.store import Store, init_root
 
 XSBACKUP = str(Path(sys.executable).with_name("xsbackup"))

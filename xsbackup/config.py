@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from xsbackup.errors import ConfigError
 
 DEFAULT_ROOT = "./xsbackup-state"
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 import orjson
 
-from .locking import FileLock
-from .store import Store, atomic_write
+from xsbackup.locking import FileLock
+from xsbackup.store import Store, atomic_write
 
 
 def key(name: str, labels: Mapping[str, str] | None = None) -> str:

@@ -33,9 +33,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Settings
-from .errors import HookVeto
-from .logs import LOG
+from xsbackup.config import Settings
+from xsbackup.errors import HookVeto
+from xsbackup.logs import LOG
 
 MAX_OUTPUT = 64 * 1024  # bytes of a hook's output kept for the log and a veto line
 STAGES = ("pre-ingest", "post-ingest", "post-snapshot", "post-prune", "on-failure")

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from .errors import LockBusy
+from xsbackup.errors import LockBusy
 
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 

@@ -10,7 +10,7 @@ import logging
 import logging.handlers
 import os
 
-from .config import Settings
+from xsbackup.config import Settings
 
 LOG = logging.getLogger("xsbackup")
 _state: dict[str, str] = {}

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidName, StateRootError, XattrUnsupported
+from xsbackup.errors import InvalidName, StateRootError, XattrUnsupported
 
 CLIENT_RE = re.compile(r"\w{1,64}", re.ASCII)
 VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, Sshd
-from xsbackup import postprocess
+from xsbackup.snapshots import postprocess
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"

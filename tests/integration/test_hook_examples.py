@@ -726,7 +726,7 @@ def test_replicate_real_snapshots_from_post_snapshot(server: Server, sshd: Sshd,
                                                      tmp_path: Path,
                                                      replica_host: ReplicaHost) -> None:
     """Real backups through sshd, post-processing runs the installed hook, twice."""
-    from xsbackup import postprocess
+    from xsbackup.snapshots import postprocess
 
     key = server.add_client(SN)
     replica = tmp_path / "replica"

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import Server, Sshd, tree_state
 from tests.hostile_cases import HOSTILE, SN
-from xsbackup import postprocess
+from xsbackup.snapshots import postprocess
 
 pytestmark = pytest.mark.integration
 PWNED = Path("/tmp/xsbackup-pwned")

@@ -23,9 +23,12 @@ import orjson
 import pytest
 
 from tests.conftest import XSBACKUP, Server, local_push
-from xsbackup import counters, postprocess, registration, users
-from xsbackup.registry import Registry
-from xsbackup.webapp import App, make_app, make_server
+from xsbackup import counters
+from xsbackup.clients import registration
+from xsbackup.clients.registry import Registry
+from xsbackup.snapshots import postprocess
+from xsbackup.web import users
+from xsbackup.web.app import App, make_app, make_server
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, Sshd, tree_state
-from xsbackup import postprocess
+from xsbackup.snapshots import postprocess
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"

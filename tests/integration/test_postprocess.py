@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from tests.conftest import XSBACKUP, Server, local_push, tree_state
-from xsbackup import postprocess
-from xsbackup.postprocess import CRASH_POINTS
-from xsbackup.snapshot import read_facts
+from xsbackup.snapshots import postprocess
+from xsbackup.snapshots.postprocess import CRASH_POINTS
+from xsbackup.snapshots.snapshot import read_facts
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"

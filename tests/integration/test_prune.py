@@ -12,8 +12,9 @@ import orjson
 import pytest
 
 from tests.conftest import XSBACKUP, Server, local_push
-from xsbackup import prune, usage
 from xsbackup.locking import client_lock, lock_directory
+from xsbackup.retention import prune
+from xsbackup.snapshots import usage
 from xsbackup.store import atomic_symlink, init_root
 
 pytestmark = pytest.mark.integration

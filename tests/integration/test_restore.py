@@ -20,9 +20,10 @@ import pytest
 
 from tests.conftest import Server, Sshd
 from tests.integration.test_sshserver import embedded  # noqa: F401 - fixture
-from xsbackup import postprocess, users
 from xsbackup.locking import lock_directory
-from xsbackup.webapp import make_app, make_server
+from xsbackup.snapshots import postprocess
+from xsbackup.web import users
+from xsbackup.web.app import make_app, make_server
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, Sshd
-from xsbackup import logs, postprocess
-from xsbackup.sshserver import SshServer
+from xsbackup import logs
+from xsbackup.server.sshserver import SshServer
+from xsbackup.snapshots import postprocess
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"

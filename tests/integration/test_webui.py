@@ -27,11 +27,15 @@ import pytest
 
 from tests.conftest import Server, local_push
 from tests.integration.test_restore import sugar_datastore
-from xsbackup import journal, postprocess, registration, restore, usage, users
-from xsbackup.registry import Registry
+from xsbackup.clients import registration
+from xsbackup.clients.registry import Registry
+from xsbackup.restore import archive as restore
+from xsbackup.restore import journal
+from xsbackup.snapshots import postprocess, usage
 from xsbackup.store import init_root, set_xattrs
-from xsbackup.webapp import App, HttpServer, make_app, make_server
-from xsbackup.webui_pages import human_bytes
+from xsbackup.web import users
+from xsbackup.web.app import App, HttpServer, make_app, make_server
+from xsbackup.web.pages import human_bytes
 
 pytestmark = pytest.mark.integration
 

@@ -34,8 +34,8 @@ from tests.integration.test_webui import (
     register_pending,
     start_site,
 )
-from xsbackup.registry import Registry
-from xsbackup.webapp import make_app
+from xsbackup.clients.registry import Registry
+from xsbackup.web.app import make_app
 
 pytestmark = pytest.mark.integration
 OTHER = "SHF00000OLD"

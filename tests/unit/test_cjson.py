@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xsbackup import cjson
-from xsbackup.cjson import (
+from xsbackup.snapshots import cjson
+from xsbackup.snapshots.cjson import (
     CanonicalJSONError,
     Violation,
     check_file,

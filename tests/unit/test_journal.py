@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from xsbackup import journal
-from xsbackup.journal import (
+from xsbackup.restore import journal
+from xsbackup.restore.journal import (
     XOJ_MIME,
     Entry,
     EntryNotFound,

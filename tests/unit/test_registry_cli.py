@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from tests.conftest import XSBACKUP, Server
+from xsbackup.clients.registry import parse_key
 from xsbackup.errors import InvalidKey
-from xsbackup.registry import parse_key
 
 
 def blob(kind: str) -> str:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xsbackup import retention
-from xsbackup.retention import (
+from xsbackup.retention import policy as retention
+from xsbackup.retention.policy import (
     DEFAULT_POLICY,
     NEWEST,
     PROTECTED,

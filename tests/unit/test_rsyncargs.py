@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.hostile_cases import DOWN, HOSTILE, SN, UP
 from xsbackup.errors import RequestRefused
-from xsbackup.rsyncargs import parse
+from xsbackup.ingest.command import parse
 
 
 @pytest.mark.parametrize(("command", "expected"), [(c, e) for _, c, e in HOSTILE],

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from xsbackup import users
-from xsbackup.cli import Ctx
-from xsbackup.cli_http import admin
+from xsbackup.cli.admin_cmd import admin
+from xsbackup.cli.main import Ctx
 from xsbackup.errors import InvalidName
 from xsbackup.store import Store, init_root
+from xsbackup.web import users
 
 PASSWORD = "correct horse battery"
 

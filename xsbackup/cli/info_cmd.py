@@ -1,0 +1,42 @@
+"""``xsbackup exit-codes`` and ``xsbackup config``: what the program documents about itself."""
+
+from __future__ import annotations
+
+import click
+
+from xsbackup import config as config_mod
+from xsbackup.cli._common import Ctx, emit_json, pass_ctx
+from xsbackup.errors import all_errors
+
+
+@click.command("exit-codes")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def exit_codes(as_json: bool) -> None:
+    """List every exit code and its meaning."""
+    table = [(0, "OK", "Success."), (2, "UsageError", "The command line is invalid.")]
+    table += [(c.exit_code, c.__name__, c.describe()) for c in all_errors()]
+    rows = [{"code": code, "name": name, "meaning": meaning}
+            for code, name, meaning in sorted(table)]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['code']:>3}  {r['name']:<18} {r['meaning']}")
+
+@click.command("config")
+@click.option("--defaults", is_flag=True, help="Print the documented defaults as TOML.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def config_cmd(ctx: Ctx, defaults: bool, as_json: bool) -> None:
+    """Show the effective configuration (or the defaults)."""
+    if defaults:
+        click.echo(config_mod.example_toml(), nl=False)
+        return
+    settings = ctx.settings()
+    values = {"root": str(settings.root), "config_file": str(settings.config_file or ""),
+              **dict(settings.values)}
+    if as_json:
+        emit_json(values)
+        return
+    for k, v in values.items():
+        click.echo(f"{k} = {v!r}")

@@ -1,0 +1,64 @@
+"""The ``xsbackup`` command line: the top-level group, and ``main()``.
+
+Every command lives in a ``*_cmd.py`` module of this package; each only parses, calls the
+core and prints. Only ``main()`` catches ``XsbackupError``: it prints one line and exits
+with the error's code (see ``xsbackup exit-codes``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from xsbackup.cli import (
+    admin_cmd,
+    clients_cmd,
+    info_cmd,
+    prune_cmd,
+    restore_cmd,
+    serve_cmd,
+    snapshots_cmd,
+)
+from xsbackup.cli._common import Ctx
+from xsbackup.errors import XsbackupError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="XSBACKUP_ROOT", metavar="DIR",
+              help="State root (default ./xsbackup-state; env XSBACKUP_ROOT).")
+@click.option("--config", "config_file", envvar="XSBACKUP_CONFIG", metavar="FILE",
+              help="Configuration file (default <root>/xsbackup.toml).")
+@click.version_option(package_name="xsbackup")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, config_file: str | None) -> None:
+    """xsbackup: snapshot storage for backups pushed with rsync over SSH."""
+    ctx.obj = Ctx(root, config_file)
+
+
+for _command in (
+    serve_cmd.init, serve_cmd.ssh_command, serve_cmd.serve, serve_cmd.status,
+    serve_cmd.maintenance, clients_cmd.clients, clients_cmd.keys, admin_cmd.admin,
+    snapshots_cmd.postprocess, snapshots_cmd.snapshots, snapshots_cmd.cjson,
+    prune_cmd.prune, prune_cmd.du, restore_cmd.restore, info_cmd.exit_codes,
+    info_cmd.config_cmd,
+):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="xsbackup", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except XsbackupError as e:
+        click.echo(f"xsbackup: error: {e.message}", err=True)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        os._exit(141)
+    sys.exit(0)

@@ -1,0 +1,60 @@
+"""``xsbackup restore``: restore plans and archive streams."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from xsbackup import config as config_mod
+from xsbackup.cli._common import emit_json, with_store
+
+
+@click.group()
+def restore() -> None:
+    """Plan a restore, or stream a snapshot as an archive."""
+
+@restore.command("plan")
+@click.argument("serial")
+@click.option("--volume", help="The volume (needed when the client has several).")
+@click.option("--at", help="A snapshot id, or an ISO time: the newest snapshot at or before.")
+@click.option("--from", "source", metavar="SN", help="Restore an aliased client's snapshot.")
+@click.option("--host", default=None, help="Server name the client uses (default: public_host "
+              "or this machine's name).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_store
+def restore_plan(settings: config_mod.Settings, store: Any, serial: str, volume: str | None,
+                 at: str | None, source: str | None, host: str | None, as_json: bool) -> None:
+    """Which snapshot SERIAL gets back, and the rsync command that fetches it."""
+    import socket
+
+    from xsbackup.restore import archive as core
+
+    host = host or str(settings["server.public_host"]) or socket.getfqdn()
+    plan = core.plan(store, serial, volume, at, host, int(settings["server.ssh_port"]), source)
+    if as_json:
+        emit_json(plan.as_dict())
+        return
+    click.echo(f"snapshot {plan.volume}/{plan.snapshot} of {plan.client}")
+    click.echo(f"files={plan.facts.get('files', '?')} bytes={plan.facts.get('bytes', '?')}")
+    click.echo(plan.command)
+
+@restore.command("archive")
+@click.argument("serial")
+@click.argument("path", default="")
+@click.option("--volume", help="The volume (needed when the client has several).")
+@click.option("--at", help="A snapshot id, or an ISO time: the newest snapshot at or before.")
+@click.option("--format", "fmt", type=click.Choice(["tar", "zip"]), default="tar",
+              help="Archive format (default tar).")
+@with_store
+def restore_archive(settings: config_mod.Settings, store: Any, serial: str, path: str,
+                    volume: str | None, at: str | None, fmt: str) -> None:
+    """Stream SERIAL's snapshot (or PATH inside it) to stdout: ... | tar x"""
+    from xsbackup.restore import archive as core
+
+    vol = core.pick_volume(store, serial, volume)
+    sid = core.resolve(store, serial, vol, at)
+    out = sys.stdout.buffer
+    core.write_archive(store, serial, vol, sid, path, fmt, out)
+    out.flush()

@@ -1,0 +1,84 @@
+"""``xsbackup init``, ``serve``, ``ssh-command``, ``maintenance`` and ``status``: the server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import Any
+
+import click
+
+from xsbackup import config as config_mod
+from xsbackup.cli._common import Ctx, emit_json, pass_ctx, with_store
+
+
+@click.command()
+@pass_ctx
+def init(ctx: Ctx) -> None:
+    """Create the state root layout and check that user xattrs work there."""
+    from xsbackup.store import init_root
+
+    settings = ctx.settings()
+    init_root(settings.root)
+    click.echo(f"initialised {settings.root}")
+
+@click.command("ssh-command")
+@click.option("--client", required=True, metavar="SN", help="The authenticated client's serial.")
+@pass_ctx
+def ssh_command(ctx: Ctx, client: str) -> None:
+    """The forced command: validate SSH_ORIGINAL_COMMAND, admit, lock and run rsync."""
+    from xsbackup import logs
+    from xsbackup.ingest import dispatch
+
+    settings = ctx.settings()
+    logs.setup(settings)
+    sys.exit(dispatch.run(settings, client))
+
+@click.command()
+@click.option("--bind", default=None, help="Address for the SSH and HTTP servers "
+              "(server.bind; default 127.0.0.1).")
+@click.option("--ssh-port", type=int, default=None, help="Embedded SSH port (default 2222).")
+@click.option("--http-port", type=int, default=None, help="HTTP port (default 8080).")
+@pass_ctx
+def serve(ctx: Ctx, bind: str | None, ssh_port: int | None, http_port: int | None) -> None:
+    """Run everything in one process: embedded SSH, HTTP, post-processing, scheduler.
+
+    Creates the state root and host keys on first start. SIGTERM/SIGINT stop gracefully;
+    SIGHUP reloads the configuration and keys.
+    """
+    from xsbackup.server.service import Service
+
+    service = Service(ctx.root, ctx.config_file, {
+        "server.bind": bind, "server.ssh_port": ssh_port, "server.http_port": http_port})
+    sys.exit(service.run(ready=click.echo))
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_store
+def status(settings: config_mod.Settings, store: Any, as_json: bool) -> None:
+    """One row per client from its status xattrs, without walking snapshot trees."""
+    from xsbackup.monitor.status import client_rows
+
+    rows = client_rows(store, dt.datetime.now(dt.UTC))
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no clients")
+    for r in rows:
+        click.echo(f"{r['serial']:<16} last={r['last_success'] or 'never':<26} "
+                   f"age={r['age'] or '-':<10} snapshots={r['snapshot_count']:<5} "
+                   f"flagged={len(r['flagged'])} error={r['last_error'] or '-'}")
+
+@click.command()
+@click.argument("state", type=click.Choice(["on", "off", "status"]), default="status")
+@with_store
+def maintenance(settings: config_mod.Settings, store: Any, state: str) -> None:
+    """Turn maintenance mode on or off (refuses every transfer while on)."""
+    from xsbackup.ingest.admission import maintenance_on
+
+    if state == "on":
+        store.maintenance_flag.write_text("on\n")
+    elif state == "off":
+        store.maintenance_flag.unlink(missing_ok=True)
+    click.echo("maintenance " + ("on" if maintenance_on(settings, store) else "off"))

@@ -1,0 +1,1 @@
+"""Clients: the registry of serials and keys, registration and system users."""

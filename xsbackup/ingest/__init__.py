@@ -1,0 +1,1 @@
+"""Ingest: the forced command's dispatch, command parsing, admission, upload and queue."""

@@ -1,0 +1,189 @@
+"""Admission: may this client transfer now? (DESIGN.md section 3.2)
+
+Each refusal is its own error class with its own exit code and a one-line reason. The
+checks are cheap (one ``getloadavg``, one ``statvfs``, a couple of ``stat`` calls) because
+they run on every connection. The stdlib calls are what psutil would make here anyway,
+so the forced command does not pay psutil's import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import orjson
+
+from xsbackup.clients.registry import Client, Registry
+from xsbackup.config import Settings
+from xsbackup.errors import (
+    ClientDisabled,
+    DiskFull,
+    InodesFull,
+    LoadTooHigh,
+    Maintenance,
+    OverQuota,
+    UnknownClient,
+)
+from xsbackup.store import Store
+
+
+@dataclass(frozen=True)
+class DiskUse:
+    blocks_pct: float
+    inodes_pct: float
+    free_bytes: int
+
+
+def disk_use(path: os.PathLike[str] | str) -> DiskUse:
+    st = os.statvfs(path)
+    blocks = st.f_blocks or 1
+    used_blocks = st.f_blocks - st.f_bfree
+    # Like df: the share of the blocks an unprivileged user may use.
+    usable = used_blocks + st.f_bavail or 1
+    inodes_used = st.f_files - st.f_ffree
+    return DiskUse(
+        blocks_pct=100.0 * used_blocks / usable if usable else 100.0 * used_blocks / blocks,
+        inodes_pct=100.0 * inodes_used / st.f_files if st.f_files else 0.0,
+        free_bytes=st.f_bavail * st.f_frsize,
+    )
+
+
+def maintenance_on(settings: Settings, store: Store) -> bool:
+    return bool(settings["admission.maintenance"]) or store.maintenance_flag.exists()
+
+
+def check_client(registry: Registry, serial: str) -> Client:
+    if not registry.exists(serial):
+        raise UnknownClient(f"unknown client {serial}")
+    client = registry.get(serial)
+    if client.disabled:
+        raise ClientDisabled(f"client {serial} is disabled")
+    return client
+
+
+def check_quota(store: Store, client: Client) -> None:
+    """Refuse a client whose cached usage (``xsbackup du``, kept by the post-processor
+    and prune) is at or over its ``quota_bytes``. One small file read, no tree walk."""
+    limit = client.policy.get("quota_bytes")
+    if not isinstance(limit, int) or limit <= 0:
+        return
+    try:
+        with open(store.client_dir(client.serial) / "usage.json", "rb") as fh:
+            total = int(orjson.loads(fh.read())["usage"]["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # never measured: nothing to hold against the client yet
+    if total >= limit:
+        raise OverQuota(f"client {client.serial} is over its quota: {total} of {limit} bytes "
+                        "used; ask the administrator to prune or raise the quota")
+
+
+def check_server(settings: Settings, store: Store, reserved: bool = False) -> None:
+    """Maintenance, load and disk checks, in that order. A client holding a reservation
+    from the availability check is not refused for load: it was admitted already."""
+    if maintenance_on(settings, store):
+        raise Maintenance("server is in maintenance mode; try again later")
+    load1 = os.getloadavg()[0]
+    limit = float(settings["admission.max_load"])
+    if not reserved and (load1 > limit or (limit == 0 and load1 >= 0)):
+        raise LoadTooHigh(f"server busy: load average {load1:.2f} is over the limit {limit:g}")
+    use = disk_use(store.root)
+    if use.blocks_pct > float(settings["admission.max_blocks_pct"]):
+        raise DiskFull(
+            f"server disk full: {use.blocks_pct:.1f}% of blocks used "
+            f"(limit {settings['admission.max_blocks_pct']:g}%)"
+        )
+    if use.inodes_pct > float(settings["admission.max_inodes_pct"]):
+        raise InodesFull(
+            f"server out of inodes: {use.inodes_pct:.1f}% used "
+            f"(limit {settings['admission.max_inodes_pct']:g}%)"
+        )
+
+
+# ---- the availability window (ds-backup's GET /backup/1/available/<SN>) -----------------
+#
+# A 200 writes ``<root>/admissions/<SN>`` (its mtime is the grant). The window counts the
+# grants younger than ``availability.window_minutes``; a grant younger than
+# ``availability.reservation_minutes`` is that client's reservation: its SSH transfer is
+# not refused for load, and asking again returns 200 without taking another place.
+# Everything happens under one flock, so concurrent requests (threads or processes)
+# never admit more than the window allows.
+
+
+@dataclass(frozen=True)
+class Verdict:
+    granted: bool
+    reason: str = ""          # load | blocks | inodes | window | maintenance
+    retry_after: int = 0
+
+
+def admissions_dir(store: Store) -> str:
+    return os.path.join(store.root, "admissions")
+
+
+def _grants(store: Store) -> dict[str, float]:
+    base = admissions_dir(store)
+    out: dict[str, float] = {}
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return out
+    for n in names:
+        with contextlib.suppress(FileNotFoundError):
+            out[n] = os.stat(os.path.join(base, n)).st_mtime
+    return out
+
+
+def has_reservation(settings: Settings, store: Store, serial: str, now: float) -> bool:
+    try:
+        granted = os.stat(os.path.join(admissions_dir(store), serial)).st_mtime
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return now - granted < float(settings["availability.reservation_minutes"]) * 60
+
+
+def availability(settings: Settings, store: Store, serial: str, now: float) -> Verdict:
+    """Decide a ds-backup availability request for a known, enabled ``serial``."""
+    from xsbackup.locking import FileLock
+
+    window = float(settings["availability.window_minutes"]) * 60
+    if maintenance_on(settings, store):
+        return Verdict(False, "maintenance", 300)
+    if has_reservation(settings, store, serial, now):
+        return Verdict(True)  # the common repeat: one stat, no lock
+    with FileLock(store.locks_dir / "admissions.lock").acquire(wait=True):
+        if has_reservation(settings, store, serial, now):
+            return Verdict(True)
+        try:
+            check_server(settings, store)
+        except Maintenance:
+            return Verdict(False, "maintenance", 300)
+        except LoadTooHigh:
+            return Verdict(False, "load", 60)
+        except DiskFull:
+            return Verdict(False, "blocks", 600)
+        except InodesFull:
+            return Verdict(False, "inodes", 600)
+        live = sorted(t for t in _grants(store).values() if now - t < window)
+        if len(live) >= int(settings["availability.window_count"]):
+            wait = int(live[0] + window - now) + 1 if live else int(window)
+            return Verdict(False, "window", max(1, wait))
+        os.makedirs(admissions_dir(store), exist_ok=True)
+        path = os.path.join(admissions_dir(store), serial)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        os.utime(path, (now, now))
+        return Verdict(True)
+
+
+def expire_grants(settings: Settings, store: Store, now: float) -> int:
+    """Remove grants older than both the window and the reservation (scheduler job)."""
+    keep = max(float(settings["availability.window_minutes"]),
+               float(settings["availability.reservation_minutes"])) * 60
+    removed = 0
+    for name, t in _grants(store).items():
+        if now - t >= keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(admissions_dir(store), name))
+                removed += 1
+    return removed

@@ -1,0 +1,130 @@
+"""The forced command's dispatcher: ``xsbackup ssh-command --client SN``.
+
+OpenSSH (through ``authorized_keys``) and the embedded SSH server both end here. In
+this mode stderr belongs to the SSH client: the only thing ever written there is one
+refusal line; everything else goes to the log. rsync's own exit code passes through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import TextIO
+
+from xsbackup import counters
+from xsbackup.clients.registry import Registry
+from xsbackup.config import Settings
+from xsbackup.errors import (
+    HookVeto,
+    InvalidName,
+    OverQuota,
+    Refused,
+    ServerError,
+    UnknownClient,
+    XsbackupError,
+)
+from xsbackup.ingest import admission
+from xsbackup.ingest import command as rsyncargs
+from xsbackup.ingest import upload as ingest
+from xsbackup.logs import LOG
+from xsbackup.store import CLIENT_RE, Store, set_xattrs
+
+
+def run(settings: Settings, client: str, environ: Mapping[str, str] | None = None,
+        stderr: TextIO | None = None) -> int:
+    env = os.environ if environ is None else environ
+    err = stderr or sys.stderr
+    command = env.get("SSH_ORIGINAL_COMMAND")
+    remote = env.get("SSH_CONNECTION", "").split(" ")[0]
+    try:
+        return _dispatch(settings, client, command, remote)
+    except Refused as e:
+        LOG.warning("client=%s request refused from %s: %s (command %r)", client,
+                    remote or "?", e.message, (command or "")[:300])
+        if isinstance(e, OverQuota | HookVeto):  # the admin sees why in `xsbackup status`
+            with contextlib.suppress(OSError, InvalidName):
+                set_xattrs(Store(settings.root).client_dir(client), {
+                    "last_error": e.message,
+                    "last_error_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())})
+        if settings.root.joinpath("locks").is_dir():
+            counters.bump(Store(settings.root), "admissions",
+                          {"path": "ssh", "result": "refused", "reason": e.reason})
+        error: XsbackupError = e
+    except Exception as e:  # the client must see one line, never a traceback
+        LOG.exception("client=%s request failed from %s (command %r)", client, remote or "?",
+                      (command or "")[:300])
+        error = ServerError(f"server error: {e.message}" if isinstance(e, XsbackupError) else
+                            "server error; the administrator can find it in the log")
+    err.write(f"xsbackup: {error.message}\n")
+    err.flush()
+    return error.exit_code
+
+
+def _dispatch(settings: Settings, client: str, command: str | None, remote: str) -> int:
+    if not CLIENT_RE.fullmatch(client):
+        raise UnknownClient(f"unknown client {client[:64]!r}")
+    store = Store(settings.root).require()
+    record = admission.check_client(Registry(store), client)
+    req = rsyncargs.parse(command, client)
+    if req.kind == "true":
+        return 0
+    if req.kind == "upload":
+        admission.check_quota(store, record)
+    admission.check_server(settings, store, reserved=admission.has_reservation(
+        settings, store, client, time.time()))
+    if req.kind == "upload":
+        rc = ingest.run_upload(store, settings, client, req, remote=remote)
+        result = "success" if rc in ingest.SUCCESS_CODES else "failure"
+        counters.add(store, {
+            counters.key("admissions", {"path": "ssh", "result": "granted", "reason": ""}): 1,
+            counters.key("transfers", {"result": result}): 1})
+        return rc
+    if req.kind == "completion":
+        return ingest.run_completion(store, settings, client, req)
+    if req.kind == "download":
+        source = client
+        if req.source:
+            from xsbackup.restore.archive import check_readable
+
+            source = check_readable(Registry(store), client, req.source)
+        return ingest.run_download(store, settings, source, req)
+    return run_verb(store, client, req)
+
+
+def run_verb(store: Store, login: str, req: rsyncargs.Request) -> int:
+    """``archive``, ``list`` and ``manifest``: read-only, streamed to stdout."""
+    import orjson
+
+    from xsbackup.restore import archive as restore
+
+    source = restore.check_readable(Registry(store), login, req.source or login)
+    out = sys.stdout.buffer
+    if req.verb == "list":
+        vols = [restore.pick_volume(store, source, req.opt("--volume"))] \
+            if req.opt("--volume") else store.volumes(source)
+        rows = [{"volume": v, "id": sid} for v in vols for sid in store.snapshot_ids(source, v)]
+        out.write(orjson.dumps(rows) + b"\n")
+        out.flush()
+        return 0
+    volume = restore.pick_volume(store, source, req.opt("--volume"))
+    sid = restore.resolve(store, source, volume, req.opt("--at"))
+    LOG.info("client=%s volume=%s snapshot=%s %s for %s started", source, volume, sid,
+             req.verb, login)
+    if req.verb == "manifest":
+        import json
+
+        # stdlib json, not orjson: a name that is not UTF-8 travels as \udcXX escapes,
+        # which json.loads and os.fsencode turn back into the exact bytes.
+        for entry in restore.manifest(store, source, volume, sid):
+            out.write(json.dumps(entry).encode("ascii") + b"\n")
+        out.flush()
+        return 0
+    n = restore.write_archive(store, source, volume, sid, req.verb_path,
+                              req.opt("--format") or "tar", out)
+    out.flush()
+    LOG.info("client=%s volume=%s snapshot=%s archive of %d items sent to %s", source,
+             volume, sid, n, login)
+    return 0

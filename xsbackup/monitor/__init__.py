@@ -1,0 +1,1 @@
+"""Monitoring: per-client status and the Prometheus metrics."""

@@ -1,0 +1,171 @@
+"""Prometheus metrics, read from durable state on every scrape.
+
+Events happen in many processes (one forced command per SSH connection, the
+post-processor, cron jobs), so nothing here counts in memory. A custom collector reads
+at scrape time:
+
+* ``<root>/log/counters.json`` (``counters.py``), whose keys ``name{label="v",...}``
+  become counters: ``transfers`` → ``xsbackup_transfers_total{result}``,
+  ``admissions`` → ``xsbackup_admissions_total{path,result,reason}``, ``promotions`` →
+  ``xsbackup_snapshot_promotions_total``, ``bytes_received`` / ``files_received`` →
+  ``xsbackup_{bytes,files}_received_total``; any other name ``n`` → ``xsbackup_n_total``;
+* the queue directory (``xsbackup_queue_depth``);
+* each client directory's status xattrs, one ``listxattr`` per client and no tree walk
+  (``xsbackup_client_seconds_since_last_success{client}``, ``xsbackup_snapshots{client}``);
+* one ``statvfs`` of the state root (``xsbackup_disk_{blocks,inodes}_used_ratio``).
+
+A private ``CollectorRegistry`` is used, never the global default one, so importing
+this module registers nothing and two apps in one process never clash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+
+from xsbackup import counters
+from xsbackup.ingest.admission import disk_use
+from xsbackup.store import Store, get_xattrs, iter_clients
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# counters.json name -> (metric name without _total, its labels, help)
+KNOWN: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "transfers": ("xsbackup_transfers", ("result",), "Uploads finished, by result."),
+    "admissions": ("xsbackup_admissions", ("path", "reason", "result"),
+                   "Admission decisions, by path (ssh or http), result and reason."),
+    "promotions": ("xsbackup_snapshot_promotions", (), "Snapshots made visible."),
+    "bytes_received": ("xsbackup_bytes_received", (),
+                       "Bytes of new files stored (not shared with an earlier snapshot)."),
+    "files_received": ("xsbackup_files_received", (),
+                       "New files stored (not shared with an earlier snapshot)."),
+}
+_KEY_RE = re.compile(r"([a-z_][a-z0-9_]*)(?:\{(.*)\})?")
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"(?:,|$)')
+
+
+def parse_key(text: str) -> tuple[str, dict[str, str]] | None:
+    """``name{a="x",b="y"}`` → (name, labels); None for a key we cannot read."""
+    m = _KEY_RE.fullmatch(text)
+    if m is None:
+        return None
+    labels: dict[str, str] = {}
+    inner = m.group(2)
+    if inner:
+        pos = 0
+        while pos < len(inner):
+            lm = _LABEL_RE.match(inner, pos)
+            if lm is None:
+                return None
+            labels[lm.group(1)] = lm.group(2)
+            pos = lm.end()
+    return m.group(1), labels
+
+
+def _counter_families(store: Store) -> list[Metric]:
+    grouped: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+    for k, v in counters.read(store).items():
+        parsed = parse_key(k)
+        if parsed is not None:
+            grouped[parsed[0]].append((parsed[1], v))
+    # The well-known families are always present (a plain one at 0), so a dashboard
+    # never sees a metric appear late.
+    for name in KNOWN:
+        grouped.setdefault(name, [])
+    out: list[Metric] = []
+    for name, samples in sorted(grouped.items()):
+        metric, known_labels, help_text = KNOWN.get(
+            name, (f"xsbackup_{name}", (), f"Events counted as {name}."))
+        label_names = sorted(set(known_labels) | {ln for labels, _ in samples for ln in labels})
+        fam = CounterMetricFamily(metric, help_text, labels=label_names)
+        if not samples and not label_names:
+            fam.add_metric([], 0.0)
+        sums: dict[tuple[str, ...], float] = defaultdict(float)
+        for labels, value in samples:
+            sums[tuple(labels.get(ln, "") for ln in label_names)] += value
+        for values, total in sorted(sums.items()):
+            fam.add_metric(list(values), total)
+        out.append(fam)
+    return out
+
+
+def queue_depth(store: Store) -> int:
+    try:
+        names = os.listdir(store.queue_dir)
+    except FileNotFoundError:
+        return 0
+    return sum(1 for n in names if n.endswith(".json") and not n.startswith("."))
+
+
+def _parse_time(text: str) -> dt.datetime | None:
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
+def _snapshot_count(store: Store, client: str, facts: dict[str, str]) -> int:
+    text = facts.get("snapshot_count", "")
+    if text.isdigit():
+        return int(text)
+    return sum(len(store.snapshot_ids(client, v)) for v in store.volumes(client))
+
+
+def _client_families(store: Store, now: dt.datetime) -> list[Metric]:
+    since = GaugeMetricFamily("xsbackup_client_seconds_since_last_success",
+                              "Seconds since the client's last successful backup.",
+                              labels=["client"])
+    snaps = GaugeMetricFamily("xsbackup_snapshots", "Visible snapshots of the client.",
+                              labels=["client"])
+    for client in iter_clients(store):
+        directory = store.client_dir(client)
+        if not (directory / "client.json").is_file():
+            continue
+        facts = get_xattrs(directory)
+        last = _parse_time(facts.get("last_success", ""))
+        if last is not None:
+            since.add_metric([client], max(0.0, (now - last).total_seconds()))
+        snaps.add_metric([client], float(_snapshot_count(store, client, facts)))
+    return [since, snaps]
+
+
+class StateCollector:
+    """Reads the state root on each ``collect()`` (one scrape)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterable[Metric]:
+        store = self.store
+        yield from _counter_families(store)
+        yield GaugeMetricFamily("xsbackup_queue_depth",
+                                "Completed transfers waiting for the post-processor.",
+                                value=float(queue_depth(store)))
+        yield from _client_families(store, dt.datetime.now(dt.UTC))
+        use = disk_use(Path(store.root))
+        yield GaugeMetricFamily("xsbackup_disk_blocks_used_ratio",
+                                "Share of the state root's usable disk blocks in use.",
+                                value=use.blocks_pct / 100.0)
+        yield GaugeMetricFamily("xsbackup_disk_inodes_used_ratio",
+                                "Share of the state root's inodes in use.",
+                                value=use.inodes_pct / 100.0)
+
+
+def make_registry(store: Store) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StateCollector(store))
+    return registry
+
+
+def render(store: Store) -> bytes:
+    """The text exposition format of every metric, read now."""
+    return generate_latest(make_registry(store))

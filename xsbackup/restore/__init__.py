@@ -1,0 +1,1 @@
+"""Restore: safe access to stored snapshots, archives, the Journal and downloads."""

@@ -1,0 +1,447 @@
+"""Restore: plans, archive streams and single files, used by the CLI, SSH and HTTP alike.
+
+Snapshots hold what rsync ``--fake-super`` wrote: real files and directories with safe
+permissions, and each privileged attribute in the ``user.rsync.%stat`` xattr
+(``<octal mode> <major>,<minor> <uid>:<gid>``). A symlink is a regular file holding its
+target, a device or fifo an empty file. Archives undo that recording, so modes
+(setuid included), owners, symlinks and devices come back exactly as the client sent
+them, while nothing on the server is ever followed:
+
+* every path is opened relative to a directory descriptor with ``O_NOFOLLOW``, and a
+  requested sub-path may not contain ``..``, start with ``/`` or pass through a
+  (fake or real) symlink;
+* a reader holds a shared flock on the snapshot directory, so prune skips it;
+* tar and zip are written to the output as they are produced, in constant memory
+  (``tarfile`` in stream mode; ``zipfile`` with data descriptors on an unseekable
+  stream), files copied in 1 MiB chunks.
+
+Who may read what: a client reads its own snapshots, and those of the clients it
+aliases (a replaced device reads its predecessor's), never the other way round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import mimetypes
+import os
+import stat
+import tarfile
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from xsbackup.clients.registry import Registry
+from xsbackup.errors import (
+    InvalidName,
+    LockBusy,
+    NotReadable,
+    PathNotFound,
+    PathRefused,
+    SnapshotNotFound,
+)
+from xsbackup.locking import lock_directory
+from xsbackup.snapshots.snapshot import read_facts
+from xsbackup.store import Store, check_client, check_snapshot_id, check_volume, snapshot_time
+
+FAKE_SUPER = "user.rsync.%stat"
+CHUNK = 1 << 20
+TAR_BUFSIZE = 64 << 10
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+# ---- who reads what, and which snapshot ----------------------------------------------
+
+
+def readable_clients(registry: Registry, login: str) -> list[str]:
+    """The login itself, then the clients it aliases (read-only)."""
+    return [login, *registry.get(login).aliases]
+
+
+def check_readable(registry: Registry, login: str, source: str) -> str:
+    check_client(source)
+    if source not in readable_clients(registry, login):
+        raise NotReadable(f"{login} may not read the snapshots of {source}")
+    return source
+
+
+def pick_volume(store: Store, client: str, volume: str | None) -> str:
+    if volume:
+        return check_volume(volume)
+    vols = store.volumes(client)
+    if len(vols) == 1:
+        return vols[0]
+    if not vols:
+        raise SnapshotNotFound(f"{client} has no snapshots yet")
+    raise InvalidName(f"{client} has several volumes ({', '.join(vols)}); choose one")
+
+
+def resolve(store: Store, client: str, volume: str, at: str | None) -> str:
+    """``at``: None or "latest", a snapshot id, or an ISO time meaning the newest
+    snapshot at or before it."""
+    ids = store.snapshot_ids(client, volume)
+    if not ids:
+        raise SnapshotNotFound(f"{volume} of {client} has no snapshot yet")
+    if at is None or at in ("", "latest"):
+        latest = store.latest_id(client, volume)
+        return latest if latest in ids else ids[-1]
+    with contextlib.suppress(InvalidName):
+        if check_snapshot_id(at) in ids:
+            return at
+        raise SnapshotNotFound(f"no snapshot {at} of {volume}")
+    try:
+        when = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidName(f"{at!r} is neither a snapshot id nor an ISO time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    older = [i for i in ids if snapshot_time(i) <= when]
+    if not older:
+        raise SnapshotNotFound(f"no snapshot of {volume} at or before {at}")
+    return older[-1]
+
+
+@dataclass(frozen=True)
+class Plan:
+    client: str          # whose snapshot
+    login: str           # who restores
+    volume: str
+    snapshot: str
+    source: str          # rsync source, relative to the login
+    command: str
+    facts: dict[str, Any]
+    ssh_port: int = 22
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"client": self.client, "login": self.login, "volume": self.volume,
+                "snapshot": self.snapshot, "source": self.source, "command": self.command,
+                "ssh_port": self.ssh_port, "facts": self.facts}
+
+
+def plan(store: Store, login: str, volume: str | None, at: str | None, host: str,
+         ssh_port: int, source_client: str | None = None) -> Plan:
+    registry = Registry(store)
+    client = check_readable(registry, login, source_client or login)
+    vol = pick_volume(store, client, volume)
+    sid = resolve(store, client, vol, at)
+    prefix = "" if client == login else f"clients/{client}/"
+    source = f"{login}@{host}:{prefix}{vol}/{sid}/"
+    port = "" if ssh_port == 22 else f"-e 'ssh -p {ssh_port}' "
+    return Plan(client, login, vol, sid, source, f"rsync -a {port}{source} <target>/",
+                read_facts(store.snapshots_dir(client, vol) / sid), ssh_port)
+
+
+# ---- opening snapshots and paths without following anything -------------------------
+
+
+class OpenSnapshot:
+    """A snapshot directory held open with a shared flock (readers block pruning)."""
+
+    def __init__(self, store: Store, client: str, volume: str, sid: str) -> None:
+        path = store.snapshots_dir(client, volume) / check_snapshot_id(sid)
+        try:
+            self.fd = lock_directory(path, shared=True)
+        except FileNotFoundError:
+            raise SnapshotNotFound(f"snapshot {sid} of {volume} does not exist") from None
+        except LockBusy:
+            raise SnapshotNotFound(f"snapshot {sid} of {volume} is being pruned; "
+                                   "choose another") from None
+        self.client, self.volume, self.sid = client, volume, sid
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> OpenSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def split_path(path: str) -> list[str]:
+    if "\0" in path:
+        raise PathRefused("path contains a NUL byte")
+    if path.startswith("/"):
+        raise PathRefused(f"absolute path {path[:80]!r} is not allowed")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise PathRefused(f"path {path[:80]!r} contains '..'")
+    return parts
+
+
+def fake_mode(fd: int, st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """(mode, uid, gid, major, minor) as the client sent them."""
+    try:
+        raw = os.getxattr(fd, FAKE_SUPER).decode()
+    except OSError:
+        return st.st_mode, st.st_uid, st.st_gid, 0, 0
+    try:
+        mode_s, dev_s, ids = raw.split()
+        major, minor = (int(x) for x in dev_s.split(","))
+        uid, gid = (int(x) for x in ids.split(":"))
+        return int(mode_s, 8), uid, gid, major, minor
+    except ValueError:
+        return st.st_mode, st.st_uid, st.st_gid, 0, 0
+
+
+def _fake_at(dir_fd: int, name: str, st: os.stat_result) -> tuple[int, int, int, int, int]:
+    try:
+        raw = os.getxattr(f"/proc/self/fd/{dir_fd}/{name}", FAKE_SUPER,
+                          follow_symlinks=False).decode()
+        mode_s, dev_s, ids = raw.split()
+        major, minor = (int(x) for x in dev_s.split(","))
+        uid, gid = (int(x) for x in ids.split(":"))
+        return int(mode_s, 8), uid, gid, major, minor
+    except (OSError, ValueError):
+        return st.st_mode, st.st_uid, st.st_gid, 0, 0
+
+
+def _open_dir_in(dir_fd: int, name: str) -> int:
+    try:
+        fd = os.open(name, O_DIR, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise PathNotFound(f"no such path: {name[:80]!r}") from None
+    except OSError:  # ELOOP (a real symlink) or ENOTDIR (a file, or a fake symlink)
+        raise PathRefused(f"{name[:80]!r} is not a directory of the snapshot") from None
+    st = os.fstat(fd)
+    if stat.S_ISLNK(fake_mode(fd, st)[0]):
+        os.close(fd)
+        raise PathRefused(f"{name[:80]!r} is a symlink")
+    return fd
+
+
+def open_dir(snap_fd: int, parts: list[str]) -> int:
+    """Open the directory ``parts`` below the snapshot; the caller closes the result."""
+    fd = os.dup(snap_fd)
+    try:
+        for name in parts:
+            nfd = _open_dir_in(fd, name)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_file(snap_fd: int, path: str) -> tuple[int, os.stat_result, int]:
+    """Open a regular file below the snapshot: (fd, stat, fake mode)."""
+    parts = split_path(path)
+    if not parts:
+        raise PathRefused("a file path is required")
+    dir_fd = open_dir(snap_fd, parts[:-1])
+    try:
+        try:
+            fd = os.open(parts[-1], O_FILE, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise PathNotFound(f"no such file: {path[:80]!r}") from None
+        except OSError:
+            raise PathRefused(f"{path[:80]!r} is not a regular file") from None
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    mode = fake_mode(fd, st)[0]
+    if not stat.S_ISREG(st.st_mode) or not stat.S_ISREG(mode):
+        os.close(fd)
+        raise PathRefused(f"{path[:80]!r} is not a regular file (a symlink or a device)")
+    os.set_blocking(fd, True)
+    return fd, st, mode
+
+
+def content_type(name: str) -> str:
+    kind, _ = mimetypes.guess_type(name)
+    return kind or "application/octet-stream"
+
+
+# ---- walking and archiving -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str            # archive name ("a/b/c"; str with surrogateescape bytes)
+    dir_fd: int          # the directory holding it (valid while the walk is there)
+    name: str
+    st: os.stat_result
+    mode: int            # the client's mode (fake-super)
+    uid: int
+    gid: int
+    major: int
+    minor: int
+
+
+def walk(dir_fd: int, prefix: str = "") -> Iterator[Item]:
+    """Depth-first, sorted by name, each directory before its contents. Nothing is
+    followed: directories are entered with O_NOFOLLOW relative to their parent's fd."""
+    with os.scandir(dir_fd) as it:
+        names = sorted(e.name for e in it)
+    for name in names:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        path = f"{prefix}{name}"
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(name, O_DIR, dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                mode, uid, gid, major, minor = fake_mode(sub, st)
+                yield Item(path, dir_fd, name, st, mode, uid, gid, major, minor)
+                yield from walk(sub, path + "/")
+            finally:
+                os.close(sub)
+        elif stat.S_ISREG(st.st_mode):
+            # lgetxattr through the directory's descriptor: one call, no open, and the
+            # final component is never followed.
+            mode, uid, gid, major, minor = _fake_at(dir_fd, name, st)
+            yield Item(path, dir_fd, name, st, mode, uid, gid, major, minor)
+        # A real symlink or special file cannot be in a fake-super snapshot: skip it.
+
+
+def _read_small(item: Item, limit: int = 1 << 16) -> bytes:
+    fd = os.open(item.name, O_FILE, dir_fd=item.dir_fd)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+class _FdReader:
+    """A file object over a descriptor that is opened only while tar reads it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def read(self, n: int = -1) -> bytes:
+        return os.read(self.fd, CHUNK if n < 0 else n)
+
+
+def write_tar(snap_fd: int, path: str, out: IO[bytes]) -> int:
+    """Stream the tree at ``path`` (the whole snapshot when empty) as a POSIX tar."""
+    parts = split_path(path)
+    base = open_dir(snap_fd, parts)
+    count = 0
+    try:
+        # tarfile's stream buffer is a bytes object it appends to and slices: keep it
+        # small (the output is buffered already), or every 512-byte header copies it.
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                          encoding="utf-8", errors="surrogateescape",
+                          bufsize=TAR_BUFSIZE) as tar:
+            for item in walk(base):
+                ti = tarfile.TarInfo(item.path)
+                ti.mode = stat.S_IMODE(item.mode)
+                ti.uid, ti.gid = item.uid, item.gid
+                ti.mtime = item.st.st_mtime
+                ti.uname = ti.gname = ""
+                kind = stat.S_IFMT(item.mode)
+                fobj = None
+                fd = -1
+                if kind == stat.S_IFDIR:
+                    ti.type = tarfile.DIRTYPE
+                elif kind == stat.S_IFLNK:
+                    ti.type = tarfile.SYMTYPE
+                    ti.linkname = os.fsdecode(_read_small(item))
+                elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+                    ti.type = tarfile.CHRTYPE if kind == stat.S_IFCHR else tarfile.BLKTYPE
+                    ti.devmajor, ti.devminor = item.major, item.minor
+                elif kind == stat.S_IFIFO:
+                    ti.type = tarfile.FIFOTYPE
+                elif kind == stat.S_IFREG:
+                    fd = os.open(item.name, O_FILE, dir_fd=item.dir_fd)
+                    os.set_blocking(fd, True)
+                    ti.size = os.fstat(fd).st_size
+                    fobj = _FdReader(fd)
+                else:
+                    continue  # sockets cannot be archived
+                try:
+                    tar.addfile(ti, fobj)
+                finally:
+                    if fd >= 0:
+                        os.close(fd)
+                count += 1
+    finally:
+        os.close(base)
+    return count
+
+
+class _RawNameZipInfo(zipfile.ZipInfo):
+    """A name that is not valid UTF-8 is stored as its raw bytes without the UTF-8 flag
+    (what Info-ZIP does with such names), instead of failing the whole archive."""
+
+    def _encodeFilenameFlags(self) -> tuple[bytes, int]:  # zipfile's own method name
+        try:
+            return self.filename.encode("ascii"), self.flag_bits
+        except UnicodeEncodeError:
+            pass
+        try:
+            return self.filename.encode("utf-8"), self.flag_bits | 0x800
+        except UnicodeEncodeError:
+            return self.filename.encode("utf-8", "surrogateescape"), self.flag_bits
+
+
+def write_zip(snap_fd: int, path: str, out: IO[bytes]) -> int:
+    """Stream the tree at ``path`` as a zip (Info-ZIP symlinks and Unix modes)."""
+    parts = split_path(path)
+    base = open_dir(snap_fd, parts)
+    count = 0
+    try:
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED,
+                             compresslevel=1, allowZip64=True) as zf:
+            for item in walk(base):
+                kind = stat.S_IFMT(item.mode)
+                stamp = time.gmtime(max(item.st.st_mtime, 315532800))[:6]
+                name = item.path + ("/" if kind == stat.S_IFDIR else "")
+                zi = _RawNameZipInfo(name, date_time=stamp)
+                zi.external_attr = (item.mode & 0xFFFF) << 16
+                zi.create_system = 3  # Unix, so modes and symlinks are honoured
+                if kind == stat.S_IFDIR:
+                    zi.external_attr |= 0x10
+                    zf.writestr(zi, b"")
+                elif kind == stat.S_IFLNK:
+                    zf.writestr(zi, _read_small(item))
+                elif kind == stat.S_IFREG:
+                    zi.compress_type = zipfile.ZIP_DEFLATED
+                    fd = os.open(item.name, O_FILE, dir_fd=item.dir_fd)
+                    try:
+                        os.set_blocking(fd, True)
+                        with zf.open(zi, "w", force_zip64=True) as dst:
+                            while chunk := os.read(fd, CHUNK):
+                                dst.write(chunk)
+                    finally:
+                        os.close(fd)
+                else:
+                    continue  # devices, fifos and sockets have no zip form
+                count += 1
+    finally:
+        os.close(base)
+    return count
+
+
+def write_archive(store: Store, client: str, volume: str, sid: str, path: str, fmt: str,
+                  out: IO[bytes]) -> int:
+    if fmt not in ("tar", "zip"):
+        raise InvalidName(f"unknown archive format {fmt!r}: use tar or zip")
+    with OpenSnapshot(store, client, volume, sid) as snap:
+        return (write_tar if fmt == "tar" else write_zip)(snap.fd, path, out)
+
+
+def manifest(store: Store, client: str, volume: str, sid: str) -> Iterator[dict[str, Any]]:
+    """Each item of a snapshot as the client sent it: path, type, mode, size, mtime."""
+    with OpenSnapshot(store, client, volume, sid) as snap:
+        for item in walk(snap.fd):
+            kind = stat.S_IFMT(item.mode)
+            entry: dict[str, Any] = {
+                "path": item.path, "mode": stat.S_IMODE(item.mode),
+                "type": {stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink",
+                         stat.S_IFREG: "file"}.get(kind, "special"),
+                "mtime": int(item.st.st_mtime),
+            }
+            if kind == stat.S_IFREG:
+                entry["size"] = item.st.st_size
+            elif kind == stat.S_IFLNK:
+                entry["target"] = os.fsdecode(_read_small(item))
+            yield entry

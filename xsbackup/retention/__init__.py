@@ -1,0 +1,1 @@
+"""Retention: the pure policy math and the prune that applies it."""

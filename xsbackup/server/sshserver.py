@@ -1,0 +1,414 @@
+"""The embedded SSH server (paramiko): the same forced command, without a system sshd.
+
+Threat model: anyone can connect. A connection may only ever run
+``xsbackup ssh-command --client SN`` for the client that owns the key it proved, with
+stdin, stdout and stderr bridged and the exit status returned.
+
+* Public-key authentication only. Keys are looked up in the generated
+  ``<root>/ssh/authorized_keys`` (re-read when it changes, so registration and approval
+  take effect without a restart). The login name must be the key owner's serial, as
+  ds-backup logs in, or the service name (``server.service_user``). A key of client A
+  with login name B is refused.
+* No shell, pty, sftp or other subsystem, port forwarding, agent or X11 forwarding, and
+  no environment requests. A shell request runs the dispatcher with no command, so the
+  client sees the same one-line refusal OpenSSH deployments give.
+* ``server.auth_timeout`` bounds authentication, ``server.max_connections`` bounds
+  concurrent connections, and an address with ``server.max_auth_failures`` failed logins
+  in five minutes is disconnected at once until its failures age out.
+* The dispatcher runs as a child process in its own session (it is exactly the forced
+  command of OpenSSH deployments); on shutdown its whole process group is signalled.
+* Back-pressure: ``Channel.sendall`` blocks while the client's window is full, and the
+  reader threads stop reading from the child meanwhile, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from paramiko.common import (
+    AUTH_FAILED,
+    AUTH_SUCCESSFUL,
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_SUCCEEDED,
+)
+
+from xsbackup.clients.registry import xsbackup_executable
+from xsbackup.config import Settings
+from xsbackup.logs import LOG
+
+FAILURE_WINDOW = 300.0
+HOST_KEYS = ("ssh_host_ed25519_key", "ssh_host_rsa_key")
+
+
+def ensure_host_keys(ssh_dir: Path) -> list[paramiko.PKey]:
+    """Load the host keys, generating Ed25519 and RSA (for old XO clients) if missing."""
+    ssh_dir.mkdir(parents=True, exist_ok=True)
+    keys: list[paramiko.PKey] = []
+    for name in HOST_KEYS:
+        path = ssh_dir / name
+        if not path.exists():
+            private: Any = (ed25519.Ed25519PrivateKey.generate() if "ed25519" in name
+                            else rsa.generate_private_key(public_exponent=65537, key_size=3072))
+            data = private.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.OpenSSH,
+                                         serialization.NoEncryption())
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        cls: Any = paramiko.Ed25519Key if "ed25519" in name else paramiko.RSAKey
+        keys.append(cls.from_private_key_file(str(path)))
+    return keys
+
+
+class KeyIndex:
+    """(key type, base64 blob) -> serials, parsed from the generated authorized_keys and
+    re-read whenever its mtime or size changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._index: dict[tuple[str, str], set[str]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, key_type: str, blob: str) -> set[str]:
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+                stamp = (st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                stamp = (0, 0)
+            if stamp != self._stamp:
+                self._index = self._parse()
+                self._stamp = stamp
+            return set(self._index.get((key_type, blob), set()))
+
+    def _parse(self) -> dict[tuple[str, str], set[str]]:
+        index: dict[tuple[str, str], set[str]] = defaultdict(set)
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return {}
+        for line in lines:
+            if not line.startswith("restrict,command="):
+                continue
+            _, _, rest = line.partition('" ')
+            parts = rest.split()
+            head = line.split('"', 2)[1].split()
+            if len(parts) >= 2 and "--client" in head:
+                serial = head[head.index("--client") + 1]
+                index[(parts[0], parts[1])].add(serial)
+        return dict(index)
+
+
+class Throttle:
+    """Failed logins per source address in a sliding window."""
+
+    def __init__(self, limit: int, window: float = FAILURE_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._fails: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def blocked(self, addr: str, now: float) -> bool:
+        with self._lock:
+            q = self._fails.get(addr)
+            if not q:
+                return False
+            while q and now - q[0] > self.window:
+                q.popleft()
+            return len(q) >= self.limit
+
+    def fail(self, addr: str, now: float) -> None:
+        with self._lock:
+            self._fails[addr].append(now)
+
+
+class _Session(paramiko.ServerInterface):
+    def __init__(self, server: SshServer, addr: tuple[str, int], local: tuple[str, int]) -> None:
+        self.server = server
+        self.addr = addr
+        self.local = local
+        self.client: str | None = None
+        self.attempts = 0
+        self.exec_event = threading.Event()
+        self.command: str | None = None
+        self.wants_exec = False
+
+    # ---- authentication -----------------------------------------------------------
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_none(self, username: str) -> int:
+        return AUTH_FAILED
+
+    def check_auth_password(self, username: str, password: str) -> int:
+        self.attempts += 1
+        return AUTH_FAILED
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        owners = self.server.keys.lookup(key.get_name(), key.get_base64())
+        if username in owners:
+            self.client = username
+            return AUTH_SUCCESSFUL
+        if username == self.server.settings()["server.service_user"] and len(owners) == 1:
+            self.client = next(iter(owners))
+            return AUTH_SUCCESSFUL
+        self.attempts += 1
+        LOG.info("ssh login refused for user %r from %s (%s key %s)", username[:64],
+                 self.addr[0], key.get_name(), "unknown" if not owners else
+                 "of another client")
+        return AUTH_FAILED
+
+    # ---- channels: one session, exec (or shell, to be refused) only -------------------
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        if kind == "session":
+            return OPEN_SUCCEEDED
+        return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        if self.exec_event.is_set():
+            return False
+        self.command = command.decode("utf-8", errors="surrogateescape")
+        self.wants_exec = True
+        self.exec_event.set()
+        return True
+
+    def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
+        if self.exec_event.is_set():
+            return False
+        self.command = None
+        self.wants_exec = True
+        self.exec_event.set()
+        return True
+
+    def check_channel_pty_request(self, *args: Any) -> bool:
+        return False
+
+    def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
+        LOG.info("client=%s subsystem %r refused", self.client, name[:40])
+        return False
+
+    def check_channel_env_request(self, channel: paramiko.Channel, name: bytes,
+                                  value: bytes) -> bool:
+        return False
+
+    def check_channel_forward_agent_request(self, channel: paramiko.Channel) -> bool:
+        return False
+
+    def check_channel_x11_request(self, *args: Any) -> bool:
+        return False
+
+    def check_port_forward_request(self, address: str, port: int) -> int:
+        return False
+
+    def check_channel_direct_tcpip_request(self, chanid: int, origin: Any,
+                                           destination: Any) -> int:
+        return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+
+class SshServer:
+    """Accepts connections on ``bind:port`` until ``close()``; ``wait_idle`` for shutdown."""
+
+    def __init__(self, settings: Callable[[], Settings], bind: str, port: int) -> None:
+        self.settings = settings
+        s = settings()
+        self.root = s.root
+        self.host_keys = ensure_host_keys(s.root / "ssh")
+        self.keys = KeyIndex(s.root / "ssh" / "authorized_keys")
+        self.throttle = Throttle(int(s["server.max_auth_failures"]))
+        self.sock = socket.create_server((bind, port), backlog=128, reuse_port=False)
+        self.port = int(self.sock.getsockname()[1])
+        self.executable = xsbackup_executable()
+        self._slots = threading.BoundedSemaphore(int(s["server.max_connections"]))
+        self._closing = threading.Event()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._active = 0
+
+    # ---- accept loop ------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        self.sock.settimeout(0.5)
+        while not self._closing.is_set():
+            try:
+                conn, addr = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._closing.is_set():
+                    break
+                raise
+            if self.throttle.blocked(addr[0], time.monotonic()):
+                LOG.warning("ssh connection from %s dropped: too many failed logins", addr[0])
+                conn.close()
+                continue
+            if not self._slots.acquire(blocking=False):
+                LOG.warning("ssh connection from %s dropped: %d connections already",
+                            addr[0], self.settings()["server.max_connections"])
+                conn.close()
+                continue
+            threading.Thread(target=self._connection, args=(conn, addr), daemon=True,
+                             name=f"ssh-{addr[0]}:{addr[1]}").start()
+
+    def close(self) -> None:
+        """Stop accepting new connections; running sessions go on."""
+        self._closing.set()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def active(self) -> int:
+        with self._lock:
+            return self._active
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not self.active()
+
+    def terminate_all(self) -> None:
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+
+    # ---- one connection ----------------------------------------------------------------
+    def _connection(self, conn: socket.socket, addr: tuple[str, int]) -> None:
+        with self._lock:
+            self._active += 1
+        transport: paramiko.Transport | None = None
+        session: _Session | None = None
+        try:
+            s = self.settings()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport = paramiko.Transport(conn)
+            transport.set_keepalive(30)
+            for key in self.host_keys:
+                transport.add_server_key(key)
+            local = conn.getsockname()
+            session = _Session(self, addr, local)
+            transport.auth_timeout = float(s["server.auth_timeout"])
+            transport.banner_timeout = float(s["server.auth_timeout"])
+            transport.handshake_timeout = float(s["server.auth_timeout"])
+            try:
+                transport.start_server(server=session)
+            except (paramiko.SSHException, EOFError, OSError):
+                return
+            deadline = time.monotonic() + float(s["server.auth_timeout"])
+            channel = None
+            while channel is None and transport.is_active() and time.monotonic() < deadline:
+                channel = transport.accept(timeout=0.2)
+            if channel is None:
+                return
+            while not session.exec_event.wait(timeout=0.2):
+                if not transport.is_active() or time.monotonic() > deadline:
+                    channel.close()
+                    return
+            self._run(channel, session)
+            # Let the client close the connection after reading the exit status; closing
+            # it first would reset the connection under a client that is still reading.
+            deadline = time.monotonic() + 10
+            while transport.is_active() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        except Exception:  # a broken connection must never take the server down
+            LOG.exception("ssh connection from %s failed", addr[0])
+        finally:
+            if session is not None and transport is not None and \
+                    not transport.is_authenticated() and session.attempts:
+                self.throttle.fail(addr[0], time.monotonic())
+            if transport is not None:
+                transport.close()
+            with contextlib.suppress(OSError):
+                conn.close()
+            self._slots.release()
+            with self._lock:
+                self._active -= 1
+
+    def _run(self, channel: paramiko.Channel, session: _Session) -> None:
+        if session.client is None:  # paramiko only opens channels after authentication
+            channel.close()
+            return
+        s = self.settings()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C",
+               "SSH_CONNECTION": f"{session.addr[0]} {session.addr[1]} "
+                                 f"{session.local[0]} {session.local[1]}"}
+        env.update({k: v for k, v in os.environ.items() if k.startswith("XSBACKUP_")})
+        if s.config_file is not None:
+            env["XSBACKUP_CONFIG"] = str(s.config_file)
+        if session.command is not None:
+            env["SSH_ORIGINAL_COMMAND"] = session.command
+        argv = [self.executable, "--root", str(self.root), "ssh-command",
+                "--client", session.client]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, bufsize=0,
+                                start_new_session=True, close_fds=True)
+        with self._lock:
+            self._procs.add(proc)
+        try:
+            pumps = [
+                threading.Thread(target=_pump_in, args=(channel, proc), daemon=True),
+                threading.Thread(target=_pump_out, args=(proc.stdout, channel.sendall),
+                                 daemon=True),
+                threading.Thread(target=_pump_out, args=(proc.stderr, channel.sendall_stderr),
+                                 daemon=True),
+            ]
+            for t in pumps:
+                t.start()
+            rc = proc.wait()
+            pumps[1].join()
+            pumps[2].join()
+            channel.send_exit_status(rc if rc >= 0 else 128 - rc)
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                channel.shutdown_write()
+            channel.close()
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+
+
+def _pump_in(channel: paramiko.Channel, proc: subprocess.Popen[bytes]) -> None:
+    stdin = proc.stdin
+    if stdin is None:
+        return
+    try:
+        while True:
+            data = channel.recv(65536)
+            if not data:
+                break
+            stdin.write(data)
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            stdin.close()
+
+
+def _pump_out(stream: Any, send: Callable[[bytes], None]) -> None:
+    fd = stream.fileno()
+    try:
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            send(data)
+    except (OSError, EOFError, paramiko.SSHException):
+        # The client went away: drain the child so it sees EPIPE, not a full pipe.
+        with contextlib.suppress(OSError):
+            while os.read(fd, 65536):
+                pass
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()

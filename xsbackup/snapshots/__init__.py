@@ -1,0 +1,1 @@
+"""Snapshots: promotion, post-processing, Canonical JSON validation and disk usage."""

@@ -1,0 +1,133 @@
+"""Snapshots: statistics, facts (xattrs) and the one-rename promotion (DESIGN.md section 4).
+
+A snapshot becomes visible by exactly one ``rename(incoming/<id>, snapshots/<id>)`` after
+its xattrs are written and synced; ``latest`` is then swapped by renaming a temporary
+symlink over it. Directories are never hardlinked, so the snapshot directory's xattrs
+belong to that snapshot alone. Files inside were hardlinked by rsync's ``--link-dest``
+during ingest; nothing here ever writes to them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+
+from xsbackup.store import Store, atomic_symlink, fsync_dir, get_xattrs, set_xattrs
+
+
+@dataclass
+class Stats:
+    files: int = 0          # regular files
+    dirs: int = 0
+    symlinks: int = 0
+    others: int = 0
+    bytes: int = 0          # apparent size of regular files
+    linked_files: int = 0   # files sharing their inode with the previous snapshot
+    new_files: int = 0
+    new_bytes: int = 0      # bytes of files not shared with the previous snapshot
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _prev_inodes(prev: Path | None, rel: str) -> dict[str, int]:
+    if prev is None:
+        return {}
+    out: dict[str, int] = {}
+    try:
+        with os.scandir(prev / rel if rel else prev) as it:
+            for e in it:
+                out[e.name] = e.inode()
+    except OSError:
+        return {}
+    return out
+
+
+def compute_stats(tree: Path, previous: Path | None, match: re.Pattern[str] | None = None,
+                  found: list[str] | None = None) -> Stats:
+    """Walk ``tree`` once (scandir, no symlink following), comparing inodes by path with
+    ``previous``. One directory listing of each tree per directory; no file is opened.
+    With ``match``, the relative paths of non-directories whose name matches are
+    appended to ``found`` in the same walk (the post-processor's metadata files)."""
+    st = Stats()
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        prev = _prev_inodes(previous, rel)
+        with os.scandir(tree / rel if rel else tree) as it:
+            for e in it:
+                s = e.stat(follow_symlinks=False)
+                mode = s.st_mode
+                if stat.S_ISDIR(mode):
+                    st.dirs += 1
+                    stack.append(f"{rel}/{e.name}" if rel else e.name)
+                    continue
+                if match is not None and found is not None and match.match(e.name):
+                    found.append(f"{rel}/{e.name}" if rel else e.name)
+                if stat.S_ISREG(mode):
+                    st.files += 1
+                    st.bytes += s.st_size
+                    if prev.get(e.name) == s.st_ino:
+                        st.linked_files += 1
+                    else:
+                        st.new_files += 1
+                        st.new_bytes += s.st_size
+                elif stat.S_ISLNK(mode):
+                    st.symlinks += 1
+                else:
+                    st.others += 1
+    return st
+
+
+def write_facts(path: Path, facts: dict[str, object]) -> None:
+    """Write per-snapshot facts as ``user.xsbackup.<name>`` xattrs (JSON for non-strings)."""
+    encoded = {k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in
+               facts.items()}
+    set_xattrs(path, encoded)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_facts(path: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in get_xattrs(path).items():
+        try:
+            out[k] = orjson.loads(v) if v[:1] in ("{", "[") or v.isdigit() else v
+        except orjson.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def promote(store: Store, client: str, volume: str, sid: str) -> Path:
+    """Make ``incoming/<sid>`` visible as ``snapshots/<sid>`` with one rename.
+    Idempotent: an already-promoted id is left as it is. ``update_latest`` follows."""
+    vol = store.volume_dir(client, volume)
+    src = vol / "incoming" / sid
+    dst = vol / "snapshots" / sid
+    (vol / "snapshots").mkdir(exist_ok=True)
+    if src.is_dir() and not dst.exists():
+        os.rename(src, dst)
+        fsync_dir(vol / "snapshots")
+        fsync_dir(vol / "incoming")
+    return dst
+
+
+def update_latest(store: Store, client: str, volume: str) -> str | None:
+    """Point ``latest`` at the newest visible snapshot (atomic; no-op when it already does)."""
+    ids = store.snapshot_ids(client, volume)
+    vol = store.volume_dir(client, volume)
+    if not ids:
+        return None
+    newest = ids[-1]
+    if store.latest_id(client, volume) != newest:
+        atomic_symlink(f"snapshots/{newest}", vol / "latest")
+        fsync_dir(vol)
+    return newest

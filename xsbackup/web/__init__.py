@@ -1,0 +1,1 @@
+"""The HTTP layer: availability, registration, the JSON API and the web UI."""

@@ -1,0 +1,323 @@
+"""Browsing and downloading a snapshot in the web UI: directory pages, the Sugar Journal
+view, file, zip and tar downloads, Journal bundles and preview thumbnails.
+
+Every path is opened below the snapshot's directory descriptor with ``O_NOFOLLOW``
+(``restore.open_dir`` / ``open_file``); a real symlink is never followed, a symlink the
+client recorded (a regular file marked by fake-super) is shown with its target as text and
+never entered, and ``..``, absolute paths and NUL bytes are refused before anything is
+opened. A snapshot being read holds its shared flock, so prune skips it meanwhile.
+
+Names are kept as ``str`` with surrogate escapes, so a name that is not UTF-8 round-trips
+through a link's ``?path=`` exactly (``quote_path`` / ``parse_query``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import stat
+import unicodedata
+from typing import IO, Any
+from urllib.parse import parse_qs, quote
+
+from xsbackup.clients.registry import Registry
+from xsbackup.errors import InvalidName, PathNotFound, PathRefused, SnapshotNotFound
+from xsbackup.restore import archive as restore
+from xsbackup.restore import journal
+from xsbackup.restore.downloads import Stream
+from xsbackup.store import Store, check_client, check_snapshot_id, check_volume
+
+PAGE_SIZE = 100
+JOURNAL_PAGE = 50
+PREVIEW_MAX = 1 << 20
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+Headers = list[tuple[str, str]]
+DOWNLOAD_HEADERS: Headers = [
+    ("Content-Security-Policy", "default-src 'none'; sandbox"),
+    ("Referrer-Policy", "same-origin"),
+]
+
+
+# ---- names and paths -------------------------------------------------------------------
+
+
+def parse_query(environ: dict[str, Any]) -> dict[str, list[str]]:
+    """The query string, decoding bytes that are not UTF-8 as surrogate escapes."""
+    return parse_qs(str(environ.get("QUERY_STRING") or ""), keep_blank_values=True,
+                    encoding="utf-8", errors="surrogateescape")
+
+
+def quote_path(path: str) -> str:
+    return quote(path.encode("utf-8", "surrogateescape"), safe="/")
+
+
+def shown(name: str) -> str:
+    """A name as text a person can read: undecodable bytes as U+FFFD, and control and
+    format characters (newlines, bidi overrides) as visible escapes."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _disposition(name: str) -> str:
+    raw = name.encode("utf-8", "surrogateescape")
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", shown(name))[:100] or "download"
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(raw, safe='')}"
+
+
+def snapshot_or_404(store: Store, serial: str, volume: str, sid: str) -> None:
+    check_client(serial)
+    check_volume(volume)
+    check_snapshot_id(sid)
+    if not Registry(store).exists(serial):
+        raise SnapshotNotFound(f"no client {serial}")
+    if sid not in store.snapshot_ids(serial, volume):
+        raise SnapshotNotFound(f"no snapshot {sid} of {volume} for {serial}")
+
+
+# ---- directory pages -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Entry:
+    name: str        # as stored (surrogate-escaped)
+    label: str       # as shown
+    path: str        # relative to the snapshot
+    kind: str        # dir | file | symlink | special
+    size: int | None
+    mtime: float
+    target: str = ""  # a symlink's target, as shown (never followed)
+
+    @property
+    def quoted(self) -> str:
+        return quote_path(self.path)
+
+
+def _entry(dir_fd: int, name: str, prefix: str) -> Entry | None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    path = f"{prefix}{name}"
+    if stat.S_ISDIR(st.st_mode):
+        return Entry(name, shown(name), path, "dir", None, st.st_mtime)
+    if stat.S_ISLNK(st.st_mode):  # cannot come from fake-super; shown, never followed
+        target = os.readlink(name, dir_fd=dir_fd)
+        return Entry(name, shown(name), path, "symlink", None, st.st_mtime, shown(target))
+    if not stat.S_ISREG(st.st_mode):
+        return Entry(name, shown(name), path, "special", None, st.st_mtime)
+    try:
+        fd = os.open(name, restore.O_FILE, dir_fd=dir_fd)
+    except OSError:
+        return Entry(name, shown(name), path, "special", None, st.st_mtime)
+    try:
+        mode = restore.fake_mode(fd, st)[0]
+        if stat.S_ISLNK(mode):
+            target = os.read(fd, 4096).decode("utf-8", "surrogateescape")
+            return Entry(name, shown(name), path, "symlink", None, st.st_mtime, shown(target))
+    finally:
+        os.close(fd)
+    if stat.S_ISREG(mode):
+        return Entry(name, shown(name), path, "file", st.st_size, st.st_mtime)
+    return Entry(name, shown(name), path, "special", None, st.st_mtime)
+
+
+def list_dir(snap_fd: int, path: str, page: int,
+             size: int = PAGE_SIZE) -> tuple[list[Entry], int, bool]:
+    """One page of the directory ``path``: (entries, total, is a Sugar datastore).
+    Directories first, then by name; only the page's entries are examined."""
+    parts = restore.split_path(path)
+    fd = restore.open_dir(snap_fd, parts)
+    try:
+        with os.scandir(fd) as it:
+            names = [(not e.is_dir(follow_symlinks=False), e.name.casefold(), e.name)
+                     for e in it]
+        names.sort()
+        prefix = "/".join(parts) + "/" if parts else ""
+        chosen = names[page * size:(page + 1) * size]
+        entries = [e for _, _, n in chosen if (e := _entry(fd, n, prefix)) is not None]
+        is_datastore = journal.detect_layout(fd) is not None
+    finally:
+        os.close(fd)
+    return entries, len(names), is_datastore
+
+
+def crumbs(path: str) -> list[dict[str, str]]:
+    parts = restore.split_path(path)
+    return [{"label": shown(p), "path": quote_path("/".join(parts[:i + 1]))}
+            for i, p in enumerate(parts)]
+
+
+def browse(store: Store, serial: str, volume: str, sid: str, path: str,
+           page: int) -> dict[str, Any]:
+    snapshot_or_404(store, serial, volume, sid)
+    with restore.OpenSnapshot(store, serial, volume, sid) as snap:
+        entries, total, is_datastore = list_dir(snap.fd, path, page)
+    pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)
+    if page >= pages and total:
+        raise PathNotFound(f"no page {page + 1}: this directory has {pages}")
+    return {"entries": entries, "total": total, "page": page, "pages": pages,
+            "path": path, "path_label": shown(path) or "/",
+            "path_quoted": quote_path(path), "crumbs": crumbs(path),
+            "is_datastore": is_datastore, "ids": store.snapshot_ids(serial, volume)}
+
+
+# ---- the Journal -----------------------------------------------------------------------
+
+
+def _open_datastore(snap: restore.OpenSnapshot, path: str) -> int:
+    fd = restore.open_dir(snap.fd, restore.split_path(path))
+    if journal.detect_layout(fd) is None:
+        os.close(fd)
+        raise PathNotFound(f"{shown(path) or 'the snapshot'} is not a Sugar datastore")
+    return fd
+
+
+def journal_page(store: Store, serial: str, volume: str, sid: str, path: str, page: int,
+                 query: str) -> dict[str, Any]:
+    snapshot_or_404(store, serial, volume, sid)
+    needle = query.strip().casefold()
+    with restore.OpenSnapshot(store, serial, volume, sid) as snap:
+        fd = _open_datastore(snap, path)
+        try:
+            with contextlib.closing(journal.iter_entries(fd)) as found:
+                entries = [e for e in found if not needle or any(
+                    needle in v.casefold() for v in (e.title, e.activity, e.uid) if v)]
+        finally:
+            os.close(fd)
+    # Newest first, as Sugar's Journal shows them (an entry without a date last).
+    entries.sort(key=lambda e: (e.timestamp is not None, e.timestamp or 0, e.mtime or "",
+                                e.uid), reverse=True)
+    total = len(entries)
+    more = (page + 1) * JOURNAL_PAGE < total
+    rows = []
+    for e in entries[page * JOURNAL_PAGE:(page + 1) * JOURNAL_PAGE]:
+        activity = e.activity or ""
+        rows.append({"uid": e.uid, "title": e.title or "", "activity": activity,
+                     "activity_short": activity.rsplit(".", 1)[-1] if activity else "",
+                     "when": e.timestamp if e.timestamp is not None else e.mtime,
+                     "size": e.size, "has_preview": e.has_preview,
+                     "mime_type": e.mime_type or ""})
+    return {"entries": rows, "page": page, "more": more, "total": total, "query": query,
+            "pages": max(1, (total + JOURNAL_PAGE - 1) // JOURNAL_PAGE), "path": path,
+            "path_quoted": quote_path(path), "path_label": shown(path) or "/"}
+
+
+def preview(store: Store, serial: str, volume: str, sid: str, path: str,
+            uid: str) -> bytes:
+    """An entry's preview thumbnail, only if it is a PNG (what Sugar writes)."""
+    snapshot_or_404(store, serial, volume, sid)
+    if not journal.UID_RE.fullmatch(uid):
+        raise InvalidName(f"invalid Journal entry uid {uid[:80]!r}")
+    with restore.OpenSnapshot(store, serial, volume, sid) as snap:
+        root = _open_datastore(snap, path)
+        try:
+            layout = journal.detect_layout(root)
+            rel = (f"store/preview/{uid}" if layout == 0 else
+                   f"{uid[:2]}/{uid}/metadata/preview")
+            fd, st, _ = restore.open_file(root, rel)
+        finally:
+            os.close(root)
+        try:
+            if st.st_size > PREVIEW_MAX:
+                raise PathRefused("the preview is too large to show")
+            data = os.read(fd, PREVIEW_MAX + 1)
+        finally:
+            os.close(fd)
+    if not data.startswith(PNG_MAGIC):
+        raise PathNotFound("this entry has no PNG preview")
+    return data
+
+
+# ---- downloads (streamed; every check happens before the 200) --------------------------
+
+
+def download_file(store: Store, serial: str, volume: str, sid: str,
+                  path: str) -> tuple[Headers, Stream]:
+    snapshot_or_404(store, serial, volume, sid)
+    snap = restore.OpenSnapshot(store, serial, volume, sid)
+    try:
+        fd, st, _ = restore.open_file(snap.fd, path)
+    except BaseException:
+        snap.close()
+        raise
+    name = path.rsplit("/", 1)[-1]
+
+    def send(out: IO[bytes]) -> None:
+        try:
+            while chunk := os.read(fd, restore.CHUNK):
+                out.write(chunk)
+        finally:
+            os.close(fd)
+            snap.close()
+
+    return [("Content-Type", restore.content_type(shown(name))),
+            ("Content-Length", str(st.st_size)),
+            ("Content-Disposition", _disposition(name)), *DOWNLOAD_HEADERS], \
+        Stream(send, f"ui client={serial} volume={volume} snapshot={sid} file")
+
+
+def download_archive(store: Store, serial: str, volume: str, sid: str, path: str,
+                     fmt: str) -> tuple[Headers, Stream]:
+    snapshot_or_404(store, serial, volume, sid)
+    snap = restore.OpenSnapshot(store, serial, volume, sid)
+    try:
+        os.close(restore.open_dir(snap.fd, restore.split_path(path)))
+    except BaseException:
+        snap.close()
+        raise
+    tail = path.rstrip("/").rsplit("/", 1)[-1]
+    name = f"{serial}-{volume}-{sid}" + (f"-{tail}" if tail else "") + f".{fmt}"
+
+    def archive(out: IO[bytes]) -> None:
+        try:
+            (restore.write_tar if fmt == "tar" else restore.write_zip)(snap.fd, path, out)
+        finally:
+            snap.close()
+
+    kind = "application/x-tar" if fmt == "tar" else "application/zip"
+    return [("Content-Type", kind), ("Content-Disposition", _disposition(name)),
+            *DOWNLOAD_HEADERS], \
+        Stream(archive, f"ui client={serial} volume={volume} snapshot={sid} archive")
+
+
+def download_bundle(store: Store, serial: str, volume: str, sid: str, path: str,
+                    uid: str) -> tuple[Headers, Stream]:
+    snapshot_or_404(store, serial, volume, sid)
+    if not journal.UID_RE.fullmatch(uid):
+        raise InvalidName(f"invalid Journal entry uid {uid[:80]!r}")
+    snap = restore.OpenSnapshot(store, serial, volume, sid)
+    try:
+        root = _open_datastore(snap, path)
+    except BaseException:
+        snap.close()
+        raise
+    try:
+        meta = journal.read_metadata(root, uid)
+    except journal.JournalError:
+        os.close(root)
+        snap.close()
+        raise PathNotFound(f"no Journal entry {uid} here") from None
+    except BaseException:
+        os.close(root)
+        snap.close()
+        raise
+
+    def bundle(out: IO[bytes]) -> None:
+        try:
+            journal.write_bundle(root, uid, out)
+        finally:
+            os.close(root)
+            snap.close()
+
+    return [("Content-Type", journal.XOJ_MIME),
+            ("Content-Disposition",
+             _disposition(journal.entry_filename({**meta, "uid": uid}))),
+            *DOWNLOAD_HEADERS], Stream(bundle, f"ui client={serial} journal entry {uid}")
