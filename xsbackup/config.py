@@ -14,13 +14,148 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from xsbackup.errors import ConfigError
 
 DEFAULT_ROOT = "./xsbackup-state"
+
+
+def _key(default: Any, help: str, *, minimum: float | None = None,
+         choices: tuple[str, ...] | None = None) -> Any:
+    """A setting: its default, its help line and its bounds, kept in the field's metadata."""
+    factory = (lambda: list(default)) if isinstance(default, list) else None
+    meta = {"help": help, "minimum": minimum, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    bind: str = _key("127.0.0.1", "address the embedded SSH and HTTP servers bind")
+    ssh_port: int = _key(2222, "embedded SSH server port", minimum=0)
+    http_port: int = _key(8080, "HTTP server port", minimum=0)
+    service_user: str = _key("xsbackup", "SSH login name that acts as the key's own client")
+    public_host: str = _key("", "host name given to clients in backupurl "
+                            "(default: the HTTP Host header)")
+    shutdown_timeout: float = _key(30.0, "seconds running transfers get on SIGTERM", minimum=0)
+    max_connections: int = _key(64, "concurrent SSH connections at most", minimum=1)
+    auth_timeout: float = _key(30.0, "seconds an SSH client has to authenticate", minimum=1)
+    max_auth_failures: int = _key(10, "failed SSH logins per address per 5 minutes before "
+                                  "that address is refused", minimum=1)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    threads: int = _key(8, "HTTP worker threads", minimum=1)
+
+
+@dataclass(frozen=True)
+class AvailabilitySettings:
+    window_count: int = _key(10, "clients admitted per window by the availability check",
+                             minimum=0)
+    window_minutes: float = _key(5.0, "the admission window", minimum=0.01)
+    reservation_minutes: float = _key(10.0, "how long a 200 reserves admission for that "
+                                      "client's SSH transfer", minimum=0.01)
+
+
+POLICIES = ("open", "approve", "closed")
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    new_serial: str = _key("open", "policy for an unknown serial", choices=POLICIES)
+    new_key: str = _key("approve", "policy for a known serial with a new key",
+                        choices=POLICIES)
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    max_load: float = _key(8.0, "refuse transfers above this 1-minute load average",
+                           minimum=0)
+    max_blocks_pct: float = _key(95.0, "refuse transfers above this % of disk blocks",
+                                 minimum=0)
+    max_inodes_pct: float = _key(95.0, "refuse transfers above this % of inodes", minimum=0)
+    slots: int = _key(10, "concurrent transfers at most", minimum=0)
+    maintenance: bool = _key(False, "refuse every transfer (also: xsbackup maintenance)")
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    rsync: str = _key("rsync", "the rsync executable the server runs")
+    timeout: int = _key(0, "rsync --timeout forced on the server side (0: the client's)",
+                        minimum=0)
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    cjson_patterns: list[str] = _key(["*.metadata", "*.cjson"],  # noqa: RUF009 (a field())
+                                     "file-name patterns validated as Canonical JSON")
+    cjson_max_bytes: int = _key(1 << 20, "metadata files larger are reported, not read",
+                                minimum=0)
+    workers: int = _key(4, "clients post-processed in parallel", minimum=1)
+    sweep_seconds: float = _key(60.0, "periodic queue sweep of --watch", minimum=0.1)
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    dir: str = _key("hooks", "hook directory; relative paths are under the state root")
+    timeout: float = _key(60.0, "seconds a hook may run before it is killed", minimum=0.1)
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    keep_last: int = _key(0, "keep the N newest snapshots", minimum=-1)
+    keep_within: str = _key("90d", "keep everything newer than this (e.g. 90d, 12h; "
+                            "empty: off)")
+    keep_hourly: int = _key(0, "keep the newest snapshot of N hours (-1: all)", minimum=-1)
+    keep_daily: int = _key(0, "keep the newest snapshot of N days", minimum=-1)
+    keep_weekly: int = _key(0, "keep the newest snapshot of N ISO weeks", minimum=-1)
+    keep_monthly: int = _key(0, "keep the newest snapshot of N months", minimum=-1)
+    keep_yearly: int = _key(0, "keep the newest snapshot of N years", minimum=-1)
+    keep_first_monthly: int = _key(-1, "after keep_within, keep the FIRST snapshot of N "
+                                   "months (-1: all; the original XS server)", minimum=-1)
+
+
+@dataclass(frozen=True)
+class QuotaSettings:
+    soft_quota_pct: float = _key(70.0, "trim in fair-share rounds above this % of the state "
+                                 "root's blocks or inodes", minimum=0)
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    schedule: str = _key("03:00", "daily time (server local HH:MM) of the scheduled policy "
+                         "prune and quota check; empty: never")
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    overdue_days: float = _key(2.0, "days without a successful backup before the web UI "
+                               "marks a client overdue", minimum=0.01)
+    max_login_failures: int = _key(5, "failed sign-ins per user name, and per address, "
+                                   "before sign-ins are refused for a while", minimum=1)
+    login_lockout_minutes: float = _key(5.0, "window in which failed sign-ins count, and how "
+                                        "long a refusal lasts", minimum=0.01)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    target: str = _key("file", "where logs go", choices=("file", "syslog"))
+    level: str = _key("info", "log level", choices=("debug", "info", "warning", "error"))
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings, "http": HttpSettings, "availability": AvailabilitySettings,
+    "registration": RegistrationSettings, "admission": AdmissionSettings,
+    "ingest": IngestSettings, "postprocess": PostprocessSettings, "hooks": HooksSettings,
+    "retention": RetentionSettings, "quota": QuotaSettings, "prune": PruneSettings,
+    "ui": UiSettings, "log": LogSettings,
+}
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
 
 @dataclass(frozen=True)
@@ -32,75 +167,18 @@ class Key:
     choices: tuple[str, ...] | None = None
 
 
-SCHEMA: dict[str, Key] = {
-    "server.bind": Key(str, "127.0.0.1", "address the embedded SSH and HTTP servers bind"),
-    "server.ssh_port": Key(int, 2222, "embedded SSH server port", minimum=0),
-    "server.http_port": Key(int, 8080, "HTTP server port", minimum=0),
-    "server.service_user": Key(str, "xsbackup",
-                               "SSH login name that acts as the key's own client"),
-    "server.public_host": Key(str, "", "host name given to clients in backupurl "
-                              "(default: the HTTP Host header)"),
-    "server.shutdown_timeout": Key(float, 30.0, "seconds running transfers get on SIGTERM",
-                                   minimum=0),
-    "server.max_connections": Key(int, 64, "concurrent SSH connections at most", minimum=1),
-    "server.auth_timeout": Key(float, 30.0, "seconds an SSH client has to authenticate",
-                               minimum=1),
-    "server.max_auth_failures": Key(int, 10, "failed SSH logins per address per 5 minutes "
-                                    "before that address is refused", minimum=1),
-    "http.threads": Key(int, 8, "HTTP worker threads", minimum=1),
-    "availability.window_count": Key(int, 10, "clients admitted per window by the "
-                                     "availability check", minimum=0),
-    "availability.window_minutes": Key(float, 5.0, "the admission window", minimum=0.01),
-    "availability.reservation_minutes": Key(float, 10.0, "how long a 200 reserves admission "
-                                            "for that client's SSH transfer", minimum=0.01),
-    "registration.new_serial": Key(str, "open", "policy for an unknown serial",
-                                   choices=("open", "approve", "closed")),
-    "registration.new_key": Key(str, "approve", "policy for a known serial with a new key",
-                                choices=("open", "approve", "closed")),
-    "admission.max_load": Key(float, 8.0, "refuse transfers above this 1-minute load average",
-                              minimum=0),
-    "admission.max_blocks_pct": Key(float, 95.0, "refuse transfers above this % of disk blocks",
-                                    minimum=0),
-    "admission.max_inodes_pct": Key(float, 95.0, "refuse transfers above this % of inodes",
-                                    minimum=0),
-    "admission.slots": Key(int, 10, "concurrent transfers at most", minimum=0),
-    "admission.maintenance": Key(bool, False, "refuse every transfer (also: xsbackup maintenance)"),
-    "ingest.rsync": Key(str, "rsync", "the rsync executable the server runs"),
-    "ingest.timeout": Key(int, 0, "rsync --timeout forced on the server side (0: the client's)",
-                          minimum=0),
-    "postprocess.cjson_patterns": Key(list, ["*.metadata", "*.cjson"],
-                                      "file-name patterns validated as Canonical JSON"),
-    "postprocess.cjson_max_bytes": Key(int, 1 << 20, "metadata files larger are reported, not read",
-                                       minimum=0),
-    "postprocess.workers": Key(int, 4, "clients post-processed in parallel", minimum=1),
-    "postprocess.sweep_seconds": Key(float, 60.0, "periodic queue sweep of --watch", minimum=0.1),
-    "hooks.dir": Key(str, "hooks", "hook directory; relative paths are under the state root"),
-    "hooks.timeout": Key(float, 60.0, "seconds a hook may run before it is killed", minimum=0.1),
-    "retention.keep_last": Key(int, 0, "keep the N newest snapshots", minimum=-1),
-    "retention.keep_within": Key(str, "90d", "keep everything newer than this (e.g. 90d, 12h; "
-                                 "empty: off)"),
-    "retention.keep_hourly": Key(int, 0, "keep the newest snapshot of N hours (-1: all)",
-                                 minimum=-1),
-    "retention.keep_daily": Key(int, 0, "keep the newest snapshot of N days", minimum=-1),
-    "retention.keep_weekly": Key(int, 0, "keep the newest snapshot of N ISO weeks", minimum=-1),
-    "retention.keep_monthly": Key(int, 0, "keep the newest snapshot of N months", minimum=-1),
-    "retention.keep_yearly": Key(int, 0, "keep the newest snapshot of N years", minimum=-1),
-    "retention.keep_first_monthly": Key(int, -1, "after keep_within, keep the FIRST snapshot "
-                                        "of N months (-1: all; the original XS server)",
-                                        minimum=-1),
-    "quota.soft_quota_pct": Key(float, 70.0, "trim in fair-share rounds above this % of the "
-                                "state root's blocks or inodes", minimum=0),
-    "prune.schedule": Key(str, "03:00", "daily time (server local HH:MM) of the scheduled "
-                          "policy prune and quota check; empty: never"),
-    "ui.overdue_days": Key(float, 2.0, "days without a successful backup before the web "
-                           "UI marks a client overdue", minimum=0.01),
-    "ui.max_login_failures": Key(int, 5, "failed sign-ins per user name, and per address, "
-                                 "before sign-ins are refused for a while", minimum=1),
-    "ui.login_lockout_minutes": Key(float, 5.0, "window in which failed sign-ins count, "
-                                    "and how long a refusal lasts", minimum=0.01),
-    "log.target": Key(str, "file", "where logs go", choices=("file", "syslog")),
-    "log.level": Key(str, "info", "log level", choices=("debug", "info", "warning", "error")),
-}
+def _schema() -> dict[str, Key]:
+    out: dict[str, Key] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[operator]
+            out[f"{section}.{f.name}"] = Key(_TYPES[str(f.type)], default, f.metadata["help"],
+                                             f.metadata["minimum"], f.metadata["choices"])
+    return out
+
+
+# Every key, derived from the section dataclasses above (their fields are the one owner).
+SCHEMA: dict[str, Key] = _schema()
 
 
 def _coerce(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
@@ -148,28 +226,50 @@ def _coerce(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    """The validated configuration, with the state root resolved to an absolute path."""
+    """The validated configuration, one typed section each, with the state root resolved."""
 
     root: Path
-    values: Mapping[str, Any]
-    config_file: Path | None = None
+    config_file: Path | None
+    server: ServerSettings
+    http: HttpSettings
+    availability: AvailabilitySettings
+    registration: RegistrationSettings
+    admission: AdmissionSettings
+    ingest: IngestSettings
+    postprocess: PostprocessSettings
+    hooks: HooksSettings
+    retention: RetentionSettings
+    quota: QuotaSettings
+    prune: PruneSettings
+    ui: UiSettings
+    log: LogSettings
 
-    def __getitem__(self, name: str) -> Any:
-        return self.values[name]
+    @classmethod
+    def build(cls, root: Path, values: Mapping[str, Any], config_file: Path | None) -> Settings:
+        sections: dict[str, Any] = {}
+        for section, sec_cls in SECTIONS.items():
+            sections[section] = sec_cls(**{
+                f.name: values[f"{section}.{f.name}"] for f in fields(sec_cls)})
+        return cls(root=root, config_file=config_file, **sections)
+
+    def flat(self) -> dict[str, Any]:
+        """Every key as ``section.name`` to its value (``xsbackup config`` shows this)."""
+        return {f"{section}.{f.name}": getattr(getattr(self, section), f.name)
+                for section, sec_cls in SECTIONS.items() for f in fields(sec_cls)}
 
     def replace(self, **overrides: Any) -> Settings:
-        """A copy with ``section_name=value`` overrides (tests and the CLI use this)."""
-        values = dict(self.values)
+        """A copy with ``section__name=value`` overrides (tests and the CLI use this)."""
+        values = self.flat()
         for k, v in overrides.items():
             name = k.replace("__", ".")
             if name not in SCHEMA:
                 raise ConfigError(f"unknown setting {name}")
             values[name] = _coerce(name, SCHEMA[name], v, from_text=False)
-        return Settings(self.root, values, self.config_file)
+        return Settings.build(self.root, values, self.config_file)
 
     @property
     def hooks_dir(self) -> Path:
-        return self.root / str(self.values["hooks.dir"])
+        return self.root / self.hooks.dir
 
 
 def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -225,7 +325,7 @@ def load(
         if name not in SCHEMA:
             raise ConfigError(f"unknown setting {name}")
         values[name] = _coerce(name, SCHEMA[name], v, from_text=isinstance(v, str))
-    return Settings(root_path, values, cfg)
+    return Settings.build(root_path, values, cfg)
 
 
 def example_toml() -> str:

@@ -108,7 +108,7 @@ def run_one(path: Path, env: dict[str, str], timeout: float) -> HookResult:
 
 def run(stage: str, settings: Settings, extra: dict[str, str]) -> list[HookResult]:
     env = _env(settings, stage, extra)
-    timeout = float(settings["hooks.timeout"])
+    timeout = settings.hooks.timeout
     results = []
     who = f"client={extra.get('XSBACKUP_CLIENT', '-')} volume={extra.get('XSBACKUP_VOLUME', '-')}"
     for path in hook_paths(settings, stage):

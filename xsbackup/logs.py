@@ -18,14 +18,14 @@ _state: dict[str, str] = {}
 
 def setup(settings: Settings, *, stderr: bool = False) -> None:
     """Route the ``xsbackup`` logger. Idempotent per target."""
-    target = str(settings["log.target"])
+    target = settings.log.target
     key = f"{target}:{settings.root}:{stderr}"
     if _state.get("configured") == key:
         return
     for h in list(LOG.handlers):
         LOG.removeHandler(h)
         h.close()
-    LOG.setLevel(str(settings["log.level"]).upper())
+    LOG.setLevel(settings.log.level.upper())
     LOG.propagate = False
     handler: logging.Handler
     if target == "syslog" and os.path.exists("/dev/log"):

@@ -16,19 +16,19 @@ ETC = Path(__file__).resolve().parents[2] / "etc"
 def test_defaults(tmp_path: Path) -> None:
     s = config.load(tmp_path, environ={})
     assert s.root == tmp_path
-    assert s["admission.slots"] == 10
+    assert s.admission.slots == 10
     assert s.config_file is None
 
 
 def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
     (tmp_path / "xsbackup.toml").write_text("[admission]\nslots = 3\nmax_load = 2.5\n")
     s = config.load(tmp_path, environ={})
-    assert (s["admission.slots"], s["admission.max_load"]) == (3, 2.5)
+    assert (s.admission.slots, s.admission.max_load) == (3, 2.5)
     s = config.load(tmp_path, environ={"XSBACKUP_ADMISSION_SLOTS": "5"})
-    assert (s["admission.slots"], s["admission.max_load"]) == (5, 2.5)
+    assert (s.admission.slots, s.admission.max_load) == (5, 2.5)
     s = config.load(tmp_path, overrides={"admission.slots": 7},
                     environ={"XSBACKUP_ADMISSION_SLOTS": "5"})
-    assert s["admission.slots"] == 7
+    assert s.admission.slots == 7
 
 
 def test_root_from_environment(tmp_path: Path) -> None:

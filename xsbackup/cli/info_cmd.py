@@ -34,7 +34,7 @@ def config_cmd(ctx: Ctx, defaults: bool, as_json: bool) -> None:
         return
     settings = ctx.settings()
     values = {"root": str(settings.root), "config_file": str(settings.config_file or ""),
-              **dict(settings.values)}
+              **settings.flat()}
     if as_json:
         emit_json(values)
         return

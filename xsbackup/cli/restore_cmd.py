@@ -31,8 +31,8 @@ def restore_plan(settings: config_mod.Settings, store: Any, serial: str, volume:
 
     from xsbackup.restore import archive as core
 
-    host = host or str(settings["server.public_host"]) or socket.getfqdn()
-    plan = core.plan(store, serial, volume, at, host, int(settings["server.ssh_port"]), source)
+    host = host or settings.server.public_host or socket.getfqdn()
+    plan = core.plan(store, serial, volume, at, host, settings.server.ssh_port, source)
     if as_json:
         emit_json(plan.as_dict())
         return

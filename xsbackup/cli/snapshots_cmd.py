@@ -115,7 +115,7 @@ def cjson_check(ctx: Ctx, files: tuple[str, ...], max_bytes: int | None, as_json
     from xsbackup.snapshots import cjson as cj
 
     limit = max_bytes if max_bytes is not None else \
-        int(ctx.settings()["postprocess.cjson_max_bytes"])
+        ctx.settings().postprocess.cjson_max_bytes
     results = [cj.check_file(Path(f), limit) for f in files]
     if as_json:
         emit_json(results)

@@ -135,9 +135,9 @@ def register(settings: Settings, store: Store, serial: Any, nickname: Any, uuid:
     except InvalidKey as e:
         LOG.warning("client=%s registration refused: %s", sn, e.message)
         return _fail(ERROR, e.message)
-    server_host = str(settings["server.public_host"]) or host or socket.gethostname()
-    policy_serial = str(settings["registration.new_serial"])
-    policy_key = str(settings["registration.new_key"])
+    server_host = settings.server.public_host or host or socket.gethostname()
+    policy_serial = settings.registration.new_serial
+    policy_key = settings.registration.new_key
     nickname, uuid = nickname.strip(), uuid.strip()
 
     with _lock(store):

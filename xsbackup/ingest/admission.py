@@ -50,7 +50,7 @@ def disk_use(path: os.PathLike[str] | str) -> DiskUse:
 
 
 def maintenance_on(settings: Settings, store: Store) -> bool:
-    return bool(settings["admission.maintenance"]) or store.maintenance_flag.exists()
+    return settings.admission.maintenance or store.maintenance_flag.exists()
 
 
 def check_client(registry: Registry, serial: str) -> Client:
@@ -84,19 +84,19 @@ def check_server(settings: Settings, store: Store, reserved: bool = False) -> No
     if maintenance_on(settings, store):
         raise Maintenance("server is in maintenance mode; try again later")
     load1 = os.getloadavg()[0]
-    limit = float(settings["admission.max_load"])
+    limit = settings.admission.max_load
     if not reserved and (load1 > limit or (limit == 0 and load1 >= 0)):
         raise LoadTooHigh(f"server busy: load average {load1:.2f} is over the limit {limit:g}")
     use = disk_use(store.root)
-    if use.blocks_pct > float(settings["admission.max_blocks_pct"]):
+    if use.blocks_pct > settings.admission.max_blocks_pct:
         raise DiskFull(
             f"server disk full: {use.blocks_pct:.1f}% of blocks used "
-            f"(limit {settings['admission.max_blocks_pct']:g}%)"
+            f"(limit {settings.admission.max_blocks_pct:g}%)"
         )
-    if use.inodes_pct > float(settings["admission.max_inodes_pct"]):
+    if use.inodes_pct > settings.admission.max_inodes_pct:
         raise InodesFull(
             f"server out of inodes: {use.inodes_pct:.1f}% used "
-            f"(limit {settings['admission.max_inodes_pct']:g}%)"
+            f"(limit {settings.admission.max_inodes_pct:g}%)"
         )
 
 
@@ -139,14 +139,14 @@ def has_reservation(settings: Settings, store: Store, serial: str, now: float) -
         granted = os.stat(os.path.join(admissions_dir(store), serial)).st_mtime
     except (FileNotFoundError, NotADirectoryError):
         return False
-    return now - granted < float(settings["availability.reservation_minutes"]) * 60
+    return now - granted < settings.availability.reservation_minutes * 60
 
 
 def availability(settings: Settings, store: Store, serial: str, now: float) -> Verdict:
     """Decide a ds-backup availability request for a known, enabled ``serial``."""
     from xsbackup.locking import FileLock
 
-    window = float(settings["availability.window_minutes"]) * 60
+    window = settings.availability.window_minutes * 60
     if maintenance_on(settings, store):
         return Verdict(False, "maintenance", 300)
     if has_reservation(settings, store, serial, now):
@@ -165,7 +165,7 @@ def availability(settings: Settings, store: Store, serial: str, now: float) -> V
         except InodesFull:
             return Verdict(False, "inodes", 600)
         live = sorted(t for t in _grants(store).values() if now - t < window)
-        if len(live) >= int(settings["availability.window_count"]):
+        if len(live) >= settings.availability.window_count:
             wait = int(live[0] + window - now) + 1 if live else int(window)
             return Verdict(False, "window", max(1, wait))
         os.makedirs(admissions_dir(store), exist_ok=True)
@@ -178,8 +178,8 @@ def availability(settings: Settings, store: Store, serial: str, now: float) -> V
 
 def expire_grants(settings: Settings, store: Store, now: float) -> int:
     """Remove grants older than both the window and the reservation (scheduler job)."""
-    keep = max(float(settings["availability.window_minutes"]),
-               float(settings["availability.reservation_minutes"])) * 60
+    keep = max(settings.availability.window_minutes,
+               settings.availability.reservation_minutes) * 60
     removed = 0
     for name, t in _grants(store).items():
         if now - t >= keep:

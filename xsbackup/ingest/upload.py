@@ -105,10 +105,10 @@ class Session:
 
 
 def _slot(store: Store, settings: Settings) -> FileLock:
-    slot = take_slot(store.locks_dir, int(settings["admission.slots"]))
+    slot = take_slot(store.locks_dir, settings.admission.slots)
     if slot is None:
         raise NoSlot(
-            f"server busy: all {settings['admission.slots']} transfer slots are taken; "
+            f"server busy: all {settings.admission.slots} transfer slots are taken; "
             "try again later"
         )
     return slot
@@ -186,7 +186,7 @@ def prepare_volume(store: Store, client: str, volume: str) -> Path:
 
 def _server_opts(settings: Settings, req: Request) -> list[str]:
     opts = list(req.options)
-    timeout = int(settings["ingest.timeout"])
+    timeout = settings.ingest.timeout
     if timeout:
         opts = [o for o in opts if not o.startswith("--timeout=")]
         opts.append(f"--timeout={timeout}")
@@ -209,7 +209,7 @@ def run_upload(store: Store, settings: Settings, client: str, req: Request,
         hooks.veto("pre-ingest", settings, hook_env)
         current = prepare_volume(store, client, req.volume)
         vol = current.parent
-        argv = [str(settings["ingest.rsync"]), "--server", *_server_opts(settings, req),
+        argv = [settings.ingest.rsync, "--server", *_server_opts(settings, req),
                 "--fake-super", f"--confine-root={store.client_dir(client)}"]
         pass_fds = list(session.fds())
         base, base_fd = link_base(store, client, req.volume)
@@ -280,7 +280,7 @@ def run_completion(store: Store, settings: Settings, client: str, req: Request,
         if flag_dir.exists():
             shutil.rmtree(flag_dir)
         flag_dir.mkdir()
-        argv = [str(settings["ingest.rsync"]), "--server", *_server_opts(settings, req),
+        argv = [settings.ingest.rsync, "--server", *_server_opts(settings, req),
                 "--fake-super", f"--confine-root={store.client_dir(client)}",
                 f"--temp-dir={flag_dir}", "--", ".", str(flag_dir / client)]
         rc = _run(argv, list(session.fds()))
@@ -329,7 +329,7 @@ def run_download(store: Store, settings: Settings, client: str, req: Request) ->
                                    "choose another") from None
         fds.append(snap_fd)
         source = _pin_source(snap_fd, req, fds, sid)
-        argv = [str(settings["ingest.rsync"]), "--server", "--sender", *req.options,
+        argv = [settings.ingest.rsync, "--server", "--sender", *req.options,
                 "--fake-super", "--", ".", source]
         LOG.info("client=%s volume=%s snapshot=%s download started", client, req.volume, sid)
         rc = _run(argv, [*fds, *(fd for fd in (slot.fd,) if fd is not None)])

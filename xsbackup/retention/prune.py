@@ -22,6 +22,7 @@ filesystem is under the quota or when nothing prunable is left, and reports whic
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import secrets
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xsbackup.clients.registry import Client, Registry
-from xsbackup.config import SCHEMA, Settings
+from xsbackup.config import RetentionSettings, Settings
 from xsbackup.errors import LockBusy
 from xsbackup.locking import FileLock, client_lock, lock_directory, postprocess_lock
 from xsbackup.logs import LOG
@@ -42,7 +43,7 @@ from xsbackup.store import Store, fsync_dir, set_xattrs, snapshot_time
 
 Progress = Callable[[int], None]  # entries deleted so far
 _CRASH_AT = os.environ.get("XSBACKUP_CRASH_AT", "")
-POLICY_KEYS = tuple(k.split(".", 1)[1] for k in SCHEMA if k.startswith("retention."))
+POLICY_KEYS = tuple(f.name for f in dataclasses.fields(RetentionSettings))
 
 
 def _crash(point: str) -> None:
@@ -52,7 +53,7 @@ def _crash(point: str) -> None:
 
 def policy_for(settings: Settings, client: Client) -> retention.Policy:
     """The configured policy, overridden key by key by the client's registry record."""
-    merged: dict[str, Any] = {k: settings[f"retention.{k}"] for k in POLICY_KEYS}
+    merged: dict[str, Any] = dataclasses.asdict(settings.retention)
     merged.update({k: v for k, v in client.policy.items() if k in POLICY_KEYS})
     return retention.policy_from_mapping(merged)
 
@@ -237,7 +238,7 @@ def over_quota(store: Store, settings: Settings) -> tuple[bool, float, float]:
     st = os.statvfs(store.root)
     blocks = 100.0 * (st.f_blocks - st.f_bfree) / st.f_blocks if st.f_blocks else 0.0
     inodes = 100.0 * (st.f_files - st.f_ffree) / st.f_files if st.f_files else 0.0
-    limit = float(settings["quota.soft_quota_pct"])
+    limit = settings.quota.soft_quota_pct
     return (blocks > limit or inodes > limit), blocks, inodes
 
 
@@ -248,13 +249,13 @@ def quota_trim(store: Store, settings: Settings, client: str | None = None,
     registry = Registry(store)
     everyone = [c.serial for c in registry.all()]
     over, blocks, inodes = over_quota(store, settings)
-    report.quota = {"limit_pct": settings["quota.soft_quota_pct"], "blocks_pct": blocks,
+    report.quota = {"limit_pct": settings.quota.soft_quota_pct, "blocks_pct": blocks,
                     "inodes_pct": inodes, "rounds": 0}
     if not over:
         report.quota["result"] = "under quota"
         return report
     st = os.statvfs(store.root)
-    share = st.f_blocks * st.f_frsize * float(settings["quota.soft_quota_pct"]) / 100 / \
+    share = st.f_blocks * st.f_frsize * settings.quota.soft_quota_pct / 100 / \
         max(1, len(everyone))
     report.quota["fair_share_bytes"] = int(share)
     exhausted: set[str] = set()

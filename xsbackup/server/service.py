@@ -78,7 +78,7 @@ class DailyPrune:
         self.done_on: dt.date | None = None
 
     def due(self, now: dt.datetime) -> bool:
-        when = str(self.settings()["prune.schedule"]).strip()
+        when = self.settings().prune.schedule.strip()
         if not when:
             return False
         hh, _, mm = when.partition(":")
@@ -90,7 +90,7 @@ class DailyPrune:
 
         now = dt.datetime.now().astimezone()
         s = self.settings()
-        if not self.due(now) or os.getloadavg()[0] > float(s["admission.max_load"]):
+        if not self.due(now) or os.getloadavg()[0] > s.admission.max_load:
             return
         self.done_on = now.date()
         report = prune.policy_prune(self.store, s, now.astimezone(dt.UTC))
@@ -141,10 +141,10 @@ class Service:
         store = init_root(s.root)
         logs.setup(s)
         write_authorized_keys(Registry(store))
-        bind = str(s["server.bind"])
-        ssh = SshServer(self.settings, bind, int(s["server.ssh_port"]))
+        bind = s.server.bind
+        ssh = SshServer(self.settings, bind, s.server.ssh_port)
         app = make_app(self.settings)
-        http = make_server(app, bind, int(s["server.http_port"]), int(s["http.threads"]))
+        http = make_server(app, bind, s.server.http_port, s.http.threads)
         http_port = http.effective_port
         stop = threading.Event()
         pp_stop = threading.Event()
@@ -182,7 +182,7 @@ class Service:
         LOG.info("shutting down (signal %s): no new connections", got[0] if got else "?")
         ssh.close()
         http.close()
-        timeout = float(self.settings()["server.shutdown_timeout"])
+        timeout = self.settings().server.shutdown_timeout
         if not ssh.wait_idle(timeout):
             LOG.warning("shutdown: transfers still running after %gs; terminating them",
                         timeout)

@@ -163,7 +163,7 @@ class _Session(paramiko.ServerInterface):
         if username in owners:
             self.client = username
             return AUTH_SUCCESSFUL
-        if username == self.server.settings()["server.service_user"] and len(owners) == 1:
+        if username == self.server.settings().server.service_user and len(owners) == 1:
             self.client = next(iter(owners))
             return AUTH_SUCCESSFUL
         self.attempts += 1
@@ -228,11 +228,11 @@ class SshServer:
         self.root = s.root
         self.host_keys = ensure_host_keys(s.root / "ssh")
         self.keys = KeyIndex(s.root / "ssh" / "authorized_keys")
-        self.throttle = Throttle(int(s["server.max_auth_failures"]))
+        self.throttle = Throttle(s.server.max_auth_failures)
         self.sock = socket.create_server((bind, port), backlog=128, reuse_port=False)
         self.port = int(self.sock.getsockname()[1])
         self.executable = xsbackup_executable()
-        self._slots = threading.BoundedSemaphore(int(s["server.max_connections"]))
+        self._slots = threading.BoundedSemaphore(s.server.max_connections)
         self._closing = threading.Event()
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
@@ -256,7 +256,7 @@ class SshServer:
                 continue
             if not self._slots.acquire(blocking=False):
                 LOG.warning("ssh connection from %s dropped: %d connections already",
-                            addr[0], self.settings()["server.max_connections"])
+                            addr[0], self.settings().server.max_connections)
                 conn.close()
                 continue
             threading.Thread(target=self._connection, args=(conn, addr), daemon=True,
@@ -300,14 +300,14 @@ class SshServer:
                 transport.add_server_key(key)
             local = conn.getsockname()
             session = _Session(self, addr, local)
-            transport.auth_timeout = float(s["server.auth_timeout"])
-            transport.banner_timeout = float(s["server.auth_timeout"])
-            transport.handshake_timeout = float(s["server.auth_timeout"])
+            transport.auth_timeout = s.server.auth_timeout
+            transport.banner_timeout = s.server.auth_timeout
+            transport.handshake_timeout = s.server.auth_timeout
             try:
                 transport.start_server(server=session)
             except (paramiko.SSHException, EOFError, OSError):
                 return
-            deadline = time.monotonic() + float(s["server.auth_timeout"])
+            deadline = time.monotonic() + s.server.auth_timeout
             channel = None
             while channel is None and transport.is_active() and time.monotonic() < deadline:
                 channel = transport.accept(timeout=0.2)

@@ -116,7 +116,7 @@ def validate_metadata(tree: Path, paths: Iterable[str],
     findings = []
     counts = {"checked": 0, "canonical": 0, "noncanonical": 0, "invalid": 0, "skipped": 0}
     for rel in sorted(paths):
-        result = cjson.check_file(tree / rel, int(settings["postprocess.cjson_max_bytes"]))
+        result = cjson.check_file(tree / rel, settings.postprocess.cjson_max_bytes)
         result["path"] = rel
         status = str(result.get("status"))
         counts["checked"] += 1
@@ -152,7 +152,7 @@ def process(store: Store, settings: Settings, entry: Entry,
             # One walk gives both the stats and the metadata files to validate.
             metadata: list[str] = []
             stats = compute_stats(incoming, previous_snapshot(store, client, volume, sid),
-                                  _pattern_re(settings["postprocess.cjson_patterns"]),
+                                  _pattern_re(settings.postprocess.cjson_patterns),
                                   metadata)
             summary, findings = validate_metadata(incoming, metadata, settings)
             reports = store.reports_dir(client) / volume
@@ -255,7 +255,7 @@ def run_once(store: Store, settings: Settings) -> dict[str, int]:
 
     groups = list(by_client.values())
     if groups:
-        workers = min(int(settings["postprocess.workers"]), len(groups))
+        workers = min(settings.postprocess.workers, len(groups))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(work, groups))
     return dict(counts)
@@ -267,7 +267,7 @@ def watch(store: Store, settings: Settings, stop: threading.Event,
     ``stat`` of the queue directory), and sweep every ``postprocess.sweep_seconds``."""
     last_mtime = -1
     last_sweep = 0.0
-    sweep = float(settings["postprocess.sweep_seconds"])
+    sweep = settings.postprocess.sweep_seconds
     while not stop.is_set():
         try:
             mtime = os.stat(store.queue_dir).st_mtime_ns

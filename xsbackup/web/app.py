@@ -166,7 +166,7 @@ class _CachedCredential:
 def request_host(settings: Settings, environ: WSGIEnvironment) -> str:
     """``server.public_host``, else the Host header without its port, else this machine's
     host name (a Host header that is not a plain host name or IP is ignored)."""
-    public = str(settings["server.public_host"])
+    public = settings.server.public_host
     if public:
         return public
     raw = str(environ.get("HTTP_HOST") or "").strip()
@@ -601,14 +601,14 @@ class App:
         """Seconds until ``name`` may try to sign in from this address (0: now)."""
         s = self.settings()
         return self.throttle.retry_after(str(environ.get("REMOTE_ADDR") or ""), name,
-                                         int(s["ui.max_login_failures"]),
-                                         60.0 * float(s["ui.login_lockout_minutes"]))
+                                         s.ui.max_login_failures,
+                                         60.0 * s.ui.login_lockout_minutes)
 
     def login_failed(self, environ: WSGIEnvironment, name: str) -> None:
         s = self.settings()
         self.throttle.failed(str(environ.get("REMOTE_ADDR") or ""), name,
-                             int(s["ui.max_login_failures"]),
-                             60.0 * float(s["ui.login_lockout_minutes"]))
+                             s.ui.max_login_failures,
+                             60.0 * s.ui.login_lockout_minutes)
 
     def _login(self, environ: WSGIEnvironment) -> Response:
         try:
@@ -674,7 +674,7 @@ class App:
                 route = partial(lambda: restore.plan(
                     store, sn, query.get("volume", [""])[0] or None,
                     query.get("at", [""])[0] or None, request_host(settings, environ),
-                    int(settings["server.ssh_port"]),
+                    settings.server.ssh_port,
                     query.get("from", [""])[0] or None).as_dict())
             case ["clients", sn, "volumes", vol, "snapshots", sid, *sub] if sub:
                 if method != "GET":

@@ -122,7 +122,7 @@ def pending_registrations(store: Store) -> list[dict[str, Any]]:
 
 def dashboard(settings: Settings, store: Store, query: str, sort: str, order: str,
               now: dt.datetime) -> dict[str, Any]:
-    overdue_after = float(settings["ui.overdue_days"]) * 86400
+    overdue_after = settings.ui.overdue_days * 86400
     waiting = pending_registrations(store)
     # A new device waiting for approval cannot back up yet: it is not overdue.
     awaiting = {p["serial"] for p in waiting if not p["replaces"]}
@@ -141,16 +141,16 @@ def dashboard(settings: Settings, store: Store, query: str, sort: str, order: st
     order = order if order in ("asc", "desc") else ("desc" if sort == "age" else "asc")
     rows.sort(key=_sort_key(sort), reverse=order == "desc")
     use = admission.disk_use(store.root)
-    soft = float(settings["quota.soft_quota_pct"])
+    soft = settings.quota.soft_quota_pct
     queue = postprocess.pending(store)
     return {
         "rows": rows, "total": total, "overdue_count": overdue, "query": query,
-        "sort": sort, "order": order, "overdue_days": float(settings["ui.overdue_days"]),
+        "sort": sort, "order": order, "overdue_days": settings.ui.overdue_days,
         "pending": waiting,
         "disk": {"blocks_pct": use.blocks_pct, "inodes_pct": use.inodes_pct,
                  "free_bytes": use.free_bytes, "soft_pct": soft,
-                 "refuse_blocks_pct": float(settings["admission.max_blocks_pct"]),
-                 "refuse_inodes_pct": float(settings["admission.max_inodes_pct"]),
+                 "refuse_blocks_pct": settings.admission.max_blocks_pct,
+                 "refuse_inodes_pct": settings.admission.max_inodes_pct,
                  "over_soft": use.blocks_pct > soft or use.inodes_pct > soft},
         "queue": [{"client": e.client, "volume": e.volume, "id": e.id,
                    "recovered": bool(e.data.get("recovered"))} for e in queue[:QUEUE_SHOWN]],
@@ -281,7 +281,7 @@ def client_page(settings: Settings, store: Store, serial: str,
     when = parse_time(last)
     age = int((now - when).total_seconds()) if when else None
     overdue = not client.disabled and (
-        age is None or age > float(settings["ui.overdue_days"]) * 86400)
+        age is None or age > settings.ui.overdue_days * 86400)
     use = usage.cached(store, serial)
     plan = prune.plan_client(store, settings, client, now)
     verdicts = {(i.volume, i.id): i for i in plan}

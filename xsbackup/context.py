@@ -1,0 +1,31 @@
+"""The process's context: validated settings, the state root's layout and the registry.
+
+A ``Context`` is built once per process (by the CLI's decorator, the forced command, or
+``serve``) and passed down; core functions take it instead of rebuilding ``Store(...)`` and
+``Registry(...)`` or re-reading the configuration. ``serve`` swaps in a new one on SIGHUP;
+its threads hold a ``Callable[[], Context]`` and call it for each unit of work, so a reload
+reaches every one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xsbackup.clients.registry import Registry
+from xsbackup.config import Settings
+from xsbackup.store import Store
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    store: Store
+    registry: Registry
+
+    @classmethod
+    def open(cls, settings: Settings, *, require: bool = True) -> Context:
+        """The context of ``settings``' state root (``require``: it must be initialised)."""
+        store = Store(settings.root)
+        if require:
+            store.require()
+        return cls(settings, store, Registry(store))
