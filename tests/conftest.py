@@ -21,6 +21,7 @@ import pytest
 
 from xsbackup import config
 from xsbackup.clients.registry import Registry, write_authorized_keys
+from xsbackup.context import Context
 from xsbackup.store import Store, init_root
 
 XSBACKUP = str(Path(sys.executable).with_name("xsbackup"))
@@ -54,6 +55,9 @@ class Server:
 
     def settings(self) -> config.Settings:
         return config.load(self.root, environ={})
+
+    def ctx(self) -> Context:
+        return Context.open(self.settings())
 
     def configure(self, text: str) -> None:
         (self.root / "xsbackup.toml").write_text(text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import os
 import re
 import secrets
@@ -251,3 +252,36 @@ def iter_clients(store: Store) -> Iterator[str]:
     for n in names:
         if CLIENT_RE.fullmatch(n):
             yield n
+
+
+@dataclass(frozen=True)
+class DiskUse:
+    """How full the state root's filesystem is, by df's definition: used blocks over
+    used plus those available to unprivileged users (reserved blocks are not usable).
+    Admission, prune's soft quota, the dashboard, ``status`` and ``/metrics`` all use this
+    one figure."""
+
+    blocks_pct: float
+    inodes_pct: float
+    free_bytes: int
+    total_bytes: int
+
+    @property
+    def df_blocks_pct(self) -> int:
+        """The "Use%" column of ``df`` (rounded up, as df does)."""
+        return math.ceil(self.blocks_pct)
+
+
+def disk_use(path: os.PathLike[str] | str) -> DiskUse:
+    st = os.statvfs(path)
+    blocks = st.f_blocks or 1
+    used_blocks = st.f_blocks - st.f_bfree
+    # Like df: the share of the blocks an unprivileged user may use.
+    usable = used_blocks + st.f_bavail or 1
+    inodes_used = st.f_files - st.f_ffree
+    return DiskUse(
+        blocks_pct=100.0 * used_blocks / usable if usable else 100.0 * used_blocks / blocks,
+        inodes_pct=100.0 * inodes_used / st.f_files if st.f_files else 0.0,
+        free_bytes=st.f_bavail * st.f_frsize,
+        total_bytes=st.f_blocks * st.f_frsize,
+    )

@@ -136,7 +136,7 @@ def test_eight_clients_in_parallel(server: Server, sshd: Sshd, tmp_path: Path) -
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(push, serials))
     assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
-    postprocess.run_once(server.store, server.settings())
+    postprocess.run_once(server.ctx())
     for sn in serials:
         (sid,) = server.store.snapshot_ids(sn, "documents")
         snap = server.store.snapshots_dir(sn, "documents") / sid
@@ -169,7 +169,7 @@ def test_resume_after_killed_upload_has_no_stale_files(server: Server, sshd: Ssh
             break
         time.sleep(0.2)
     assert r.returncode == 0, r.stderr
-    postprocess.run_once(server.store, server.settings())
+    postprocess.run_once(server.ctx())
     (sid,) = server.store.snapshot_ids(SN, "documents")
     snap = server.store.snapshots_dir(SN, "documents") / sid
     assert sorted(p.name for p in snap.iterdir()) == sorted(p.name for p in src.iterdir())

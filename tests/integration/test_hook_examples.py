@@ -736,12 +736,12 @@ def test_replicate_real_snapshots_from_post_snapshot(server: Server, sshd: Sshd,
     src = make_source(tmp_path / "src")
     r = sshd.rsync(key, "-a", f"{src}/", "127.0.0.1:documents/")
     assert r.returncode == 0, r.stderr
-    postprocess.run_once(server.store, server.settings())
+    postprocess.run_once(server.ctx())
 
     (src / "edit.txt").write_bytes(b"version 2, longer\n")
     r = sshd.rsync(key, "-a", f"{src}/", "127.0.0.1:documents/")
     assert r.returncode == 0, r.stderr
-    postprocess.run_once(server.store, server.settings())
+    postprocess.run_once(server.ctx())
 
     ids = server.store.snapshot_ids(SN, "documents")
     assert len(ids) == 2

@@ -26,7 +26,7 @@ def seeded(server: Server, sshd: Sshd, tmp_path: Path) -> tuple[Server, Sshd, Pa
     (src / "a.txt").write_text("history\n")
     r = sshd.rsync(key, "-a", f"{src}/", "127.0.0.1:documents/")
     assert r.returncode == 0, r.stderr
-    postprocess.run_once(server.store, server.settings())
+    postprocess.run_once(server.ctx())
     return server, sshd, key
 
 

@@ -248,7 +248,7 @@ def test_new_key_waits_for_approval(web: Web, tmp_path: Path) -> None:
     assert web.register(SN, "", "", new) == pending_reply  # still waiting, not doubled
     assert new not in authorized_keys(web.server)
     assert old in authorized_keys(web.server)
-    waiting = registration.pending(web.server.store)
+    waiting = registration.pending(Registry(web.server.store))
     assert [(sn, k.blob, k.status) for sn, k in waiting] == [(SN, new, "pending")]
     rows = orjson.loads(web.server.xsbackup("clients", "pending", "--json").stdout)
     assert [(r["serial"], r["type"], r["status"]) for r in rows] == [(SN, "ssh-rsa", "pending")]
@@ -257,17 +257,17 @@ def test_new_key_waits_for_approval(web: Web, tmp_path: Path) -> None:
     keys = authorized_keys(web.server)
     assert new in keys
     assert old not in keys  # the reflashed device's old key is retired
-    assert registration.pending(web.server.store) == []
+    assert registration.pending(Registry(web.server.store)) == []
     assert web.register(SN, "", "", new)["success"] == "OK"
     with pytest.raises(registration.NothingPending):
-        registration.approve(web.server.store, SN)
+        registration.approve(Registry(web.server.store), SN)
 
 
 def test_approve_keep_old_and_reject(web: Web, tmp_path: Path) -> None:
     a, b, c = (rsa_blob(tmp_path, n) for n in ("a", "b", "c"))
     assert web.register(SN, "", "", a)["success"] == "OK"
     assert web.register(SN, "", "", b)["success"] == "PENDING"
-    registration.approve(web.server.store, SN, keep_old=True)
+    registration.approve(Registry(web.server.store), SN, keep_old=True)
     keys = authorized_keys(web.server)
     assert a in keys
     assert b in keys
@@ -287,7 +287,7 @@ def test_new_serial_under_approve_policy(web: Web, tmp_path: Path) -> None:
         {"success": "PENDING", "error": "key awaiting administrator approval"}
     assert [k.status for k in Registry(web.server.store).get(SN).keys] == ["pending"]
     assert blob not in authorized_keys(web.server)
-    registration.approve(web.server.store, SN)
+    registration.approve(Registry(web.server.store), SN)
     assert blob in authorized_keys(web.server)
     assert web.register(SN, "Ana", "", blob)["success"] == "OK"
 
@@ -482,7 +482,7 @@ def _push_one(server: Server, tmp_path: Path) -> str:
         (src / f"f{i}.txt").write_text(f"file {i}\n")
     r = local_push(server, SN, src, "documents")
     assert r.returncode == 0, r.stderr
-    assert postprocess.run_once(server.store, server.settings()) == {"promoted": 1}
+    assert postprocess.run_once(server.ctx()) == {"promoted": 1}
     (sid,) = server.store.snapshot_ids(SN, "documents")
     return sid
 

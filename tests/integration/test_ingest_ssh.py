@@ -29,7 +29,7 @@ def make_tree(base: Path) -> Path:
 
 
 def promote_all(server: Server) -> None:
-    postprocess.run_once(server.store, server.settings())
+    postprocess.run_once(server.ctx())
 
 
 def snapshot_dirs(server: Server, volume: str) -> list[Path]:

@@ -36,7 +36,7 @@ def history_state(server: Server, serial: str = SN, volume: str = "documents") -
 
 
 def run_pp(server: Server) -> dict[str, int]:
-    return postprocess.run_once(server.store, server.settings())
+    return postprocess.run_once(server.ctx())
 
 
 def test_history_is_immutable_across_many_kinds_of_change(server: Server,

@@ -99,7 +99,7 @@ def test_policy_prune_keeps_newest_and_reports(server: Server) -> None:
     server.add_client(SN)
     server.configure('[retention]\nkeep_within = "7d"\nkeep_first_monthly = 0\n')
     ids = make_history(server, SN, [200, 120, 100, 10, 3, 1])
-    report = prune.policy_prune(server.store, server.settings(), NOW)
+    report = prune.policy_prune(server.ctx(), NOW)
     verdicts = {i.id: (i.keep, i.outcome) for i in report.items}
     assert [verdicts[i][0] for i in ids] == [False, False, False, False, True, True]
     assert verdicts[ids[0]][1] == "pruned"
@@ -108,7 +108,7 @@ def test_policy_prune_keeps_newest_and_reports(server: Server) -> None:
     assert os.listdir(server.store.trash_dir) == []
     # Whatever the policy, the newest survives.
     server.configure('[retention]\nkeep_within = ""\nkeep_first_monthly = 0\n')
-    prune.policy_prune(server.store, server.settings(), NOW + dt.timedelta(days=400))
+    prune.policy_prune(server.ctx(), NOW + dt.timedelta(days=400))
     assert server.store.snapshot_ids(SN, "documents") == ids[-1:]
     assert server.store.latest_id(SN, "documents") == ids[-1]
 
@@ -119,7 +119,7 @@ def test_prune_skips_snapshots_being_read_and_running_transfers(server: Server) 
     ids = make_history(server, SN, [50, 40, 30])
     reader = lock_directory(server.store.snapshots_dir(SN, "documents") / ids[0], shared=True)
     try:
-        report = prune.policy_prune(server.store, server.settings(), NOW)
+        report = prune.policy_prune(server.ctx(), NOW)
     finally:
         os.close(reader)
     outcome = {i.id: i.outcome for i in report.items}
@@ -127,7 +127,7 @@ def test_prune_skips_snapshots_being_read_and_running_transfers(server: Server) 
     assert outcome[ids[1]] == "pruned"
     transfer = client_lock(server.store.locks_dir, SN).acquire()
     try:
-        report = prune.policy_prune(server.store, server.settings(), NOW)
+        report = prune.policy_prune(server.ctx(), NOW)
     finally:
         transfer.release()
     assert {i.outcome for i in report.items if not i.keep} == {"skipped: transfer in progress"}
@@ -183,7 +183,7 @@ def test_set_policy_is_validated_and_applied(server: Server) -> None:
     server.xsbackup("clients", "set-policy", SN, "--keep-daily", "2", "--keep-within", "",
                     "--keep-first-monthly", "0")
     ids = make_history(server, SN, [5, 4, 3, 2, 1])
-    report = prune.policy_prune(server.store, server.settings(), NOW, dry_run=True)
+    report = prune.policy_prune(server.ctx(), NOW, dry_run=True)
     kept = [i.id for i in report.items if i.keep]
     assert kept == ids[-2:]
     assert server.store.snapshot_ids(SN, "documents") == ids  # dry run deleted nothing
@@ -218,10 +218,10 @@ def test_soft_quota_on_a_real_small_filesystem(small_fs: Path, tmp_path: Path) -
     server.configure("[quota]\nsoft_quota_pct = 10\n")
     before = os.statvfs(root)
     used_before = (before.f_blocks - before.f_bfree) * before.f_frsize
-    assert prune.over_quota(server.store, server.settings())[0]
-    report = prune.quota_trim(server.store, server.settings())
+    assert prune.over_quota(server.ctx())[0]
+    report = prune.quota_trim(server.ctx())
     assert report.quota["result"] == "under quota"
-    assert not prune.over_quota(server.store, server.settings())[0]
+    assert not prune.over_quota(server.ctx())[0]
     after = os.statvfs(root)
     freed = used_before - (after.f_blocks - after.f_bfree) * after.f_frsize
     assert abs(report.freed_estimate - freed) <= 0.05 * freed

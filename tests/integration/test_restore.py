@@ -89,7 +89,7 @@ def ssh_cmd(sshd: Sshd, key: Path, user: str) -> list[str]:
 def push(server: Server, sshd: Sshd, serial: str, src: Path, volume: str) -> None:
     r = sshd.rsync(server.keys[serial], "-a", f"{src}/", f"127.0.0.1:{volume}/", user=serial)
     assert r.returncode == 0, r.stderr
-    postprocess.run_once(server.store, server.settings())
+    postprocess.run_once(server.ctx())
 
 
 def test_round_trip_rsync_and_ssh_archive(server: Server, embedded: Sshd,  # noqa: F811
@@ -100,7 +100,7 @@ def test_round_trip_rsync_and_ssh_archive(server: Server, embedded: Sshd,  # noq
     r = subprocess.run(["rsync", "-a", "-e", embedded.rsh(key, SN), f"{src}/",
                         "127.0.0.1:datastore-current"], capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    postprocess.run_once(server.store, server.settings())
+    postprocess.run_once(server.ctx())
     shutil.rmtree(src)  # the device is wiped
 
     pulled = tmp_path / "pulled"

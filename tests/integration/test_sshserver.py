@@ -63,7 +63,7 @@ def test_ds_backup_lines_log_in_as_serial(server: Server, embedded: Sshd,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert os.getxattr(server.store.client_dir(SN), "user.xsbackup.last_completion")
-    postprocess.run_once(server.store, server.settings())
+    postprocess.run_once(server.ctx())
     for vol, dest in (("datastore", "datastore-current"), ("power-logs", "power-logs"),
                       ("documents", "documents")):
         (sid,) = server.store.snapshot_ids(SN, vol)

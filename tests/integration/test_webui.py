@@ -119,7 +119,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Si
 def push(server: Server, serial: str, src: Path, volume: str = "documents") -> None:
     r = local_push(server, serial, src, volume)
     assert r.returncode == 0, r.stderr
-    postprocess.run_once(server.store, server.settings())
+    postprocess.run_once(server.ctx())
 
 
 def png(width: int = 12, height: int = 9, rgb: tuple[int, int, int] = (40, 120, 200)) -> bytes:
@@ -175,7 +175,8 @@ def register_pending(site: Site, serial: str, nickname: str) -> str:
                     str(key)], check=True)
     blob = key.with_suffix(".pub").read_text().split()[1]
     settings = site.server.settings().replace(registration__new_serial="approve")
-    reply = registration.register(settings, site.store, serial, nickname, "", blob, "xs")
+    reply = registration.register(settings, Registry(site.store), serial, nickname, "", blob,
+                                  "xs")
     assert reply["success"] == registration.PENDING, reply
     return blob
 
@@ -189,10 +190,7 @@ def prunable(site: Site, serial: str, tmp: Path, count: int = 3) -> list[str]:
     for i in range(count):
         (src / "work.odt").write_bytes(os.urandom(40_000 * (i + 1)))  # a new version each time
         push(site.server, serial, src)
-    registry = Registry(site.store)
-    client = registry.get(serial)
-    client.policy = dict(PRUNE_POLICY)
-    registry.save(client)
+    Registry(site.store).modify(serial, lambda c: setattr(c, "policy", dict(PRUNE_POLICY)))
     ids = site.store.snapshot_ids(serial, "documents")
     assert len(ids) == count
     return ids

@@ -15,7 +15,9 @@ from xsbackup import config as config_mod
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Ctx:
+class Invocation:
+    """The global options of one command line (``--root``, ``--config``)."""
+
     def __init__(self, root: str | None, config_file: str | None) -> None:
         self.root = root
         self.config_file = config_file
@@ -27,26 +29,27 @@ class Ctx:
         return self._settings
 
 
-pass_ctx = click.make_pass_decorator(Ctx)
+pass_invocation = click.make_pass_decorator(Invocation)
 
 
 def emit_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def with_store(fn: F) -> F:
-    """Load settings, require an initialised state root, set up logging."""
+def with_context(fn: F) -> F:
+    """Load settings, require an initialised state root, set up logging, and call the
+    command with the process's one ``Context``."""
 
     @functools.wraps(fn)
-    @pass_ctx
-    def wrapper(ctx: Ctx, *args: Any, **kwargs: Any) -> Any:
+    @pass_invocation
+    def wrapper(inv: Invocation, *args: Any, **kwargs: Any) -> Any:
         from xsbackup import logs
-        from xsbackup.store import Store
+        from xsbackup.context import Context
 
-        settings = ctx.settings()
-        store = Store(settings.root).require()
+        settings = inv.settings()
+        ctx = Context.open(settings)
         logs.setup(settings)
-        return fn(settings, store, *args, **kwargs)
+        return fn(ctx, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

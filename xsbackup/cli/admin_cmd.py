@@ -10,9 +10,8 @@ import sys
 
 import click
 
-from xsbackup.cli._common import emit_json, with_store
-from xsbackup.config import Settings
-from xsbackup.store import Store
+from xsbackup.cli._common import emit_json, with_context
+from xsbackup.context import Context
 from xsbackup.web import users
 
 
@@ -34,51 +33,51 @@ def admin() -> None:
 @click.option("--role", type=click.Choice(list(users.ROLES)), default="admin",
               show_default=True, help="admin may change things; teacher only reads.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
-@with_store
-def add_user(settings: Settings, store: Store, name: str, role: str,
+@with_context
+def add_user(ctx: Context, name: str, role: str,
              password_stdin: bool) -> None:
     """Create user NAME (asks for the password twice unless --password-stdin)."""
-    if users.check_name(name) in users.load(store):
+    if users.check_name(name) in users.load(ctx.store):
         raise users.UserExists(f"user {name} already exists")
-    user = users.add_user(store, name, _read_password(name, password_stdin), role)
+    user = users.add_user(ctx.store, name, _read_password(name, password_stdin), role)
     click.echo(f"added {user.role} {user.name}")
 
 
 @admin.command("passwd")
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
-@with_store
-def passwd(settings: Settings, store: Store, name: str, password_stdin: bool) -> None:
+@with_context
+def passwd(ctx: Context, name: str, password_stdin: bool) -> None:
     """Set the password of user NAME (their web sessions end)."""
-    users.get_user(store, name)
-    users.set_password(store, name, _read_password(name, password_stdin))
+    users.get_user(ctx.store, name)
+    users.set_password(ctx.store, name, _read_password(name, password_stdin))
     click.echo(f"password of {name} changed")
 
 
 @admin.command("disable-user")
 @click.argument("name")
-@with_store
-def disable_user(settings: Settings, store: Store, name: str) -> None:
+@with_context
+def disable_user(ctx: Context, name: str) -> None:
     """Refuse every login of user NAME (takes effect at once, sessions included)."""
-    users.disable(store, name)
+    users.disable(ctx.store, name)
     click.echo(f"{name} disabled")
 
 
 @admin.command("enable-user")
 @click.argument("name")
-@with_store
-def enable_user(settings: Settings, store: Store, name: str) -> None:
+@with_context
+def enable_user(ctx: Context, name: str) -> None:
     """Allow a disabled user NAME to log in again."""
-    users.enable(store, name)
+    users.enable(ctx.store, name)
     click.echo(f"{name} enabled")
 
 
 @admin.command("list-users")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_store
-def list_users(settings: Settings, store: Store, as_json: bool) -> None:
+@with_context
+def list_users(ctx: Context, as_json: bool) -> None:
     """List users (never their password hashes)."""
-    rows = [u.public() for u in users.list_users(store)]
+    rows = [u.public() for u in users.list_users(ctx.store)]
     if as_json:
         emit_json(rows)
         return

@@ -7,9 +7,8 @@ from typing import Any
 
 import click
 
-from xsbackup import config as config_mod
-from xsbackup.cli._common import emit_json, with_store
-from xsbackup.store import Store
+from xsbackup.cli._common import emit_json, with_context
+from xsbackup.context import Context
 
 
 @click.group()
@@ -27,26 +26,23 @@ def clients() -> None:
 @click.option("--system-user", is_flag=True,
               help="Also create a login for SN sharing this account's uid, with no shell "
                    "(root only; for ds-backup devices that log in as their serial).")
-@with_store
-def clients_add(settings: config_mod.Settings, store: Any, serial: str,
+@with_context
+def clients_add(ctx: Context, serial: str,
                 pubkey_file: str | None, pubkey_blob: str | None, nickname: str, uuid: str,
                 system_user: bool) -> None:
     """Register client SERIAL with its public key; regenerates authorized_keys."""
-    from xsbackup.clients.registry import Registry, write_authorized_keys
     from xsbackup.errors import InvalidKey
 
     if (pubkey_file is None) == (pubkey_blob is None):
         raise InvalidKey("give exactly one of --pubkey FILE or --pubkey-blob BASE64")
     key = Path(pubkey_file).read_text() if pubkey_file else pubkey_blob
-    registry = Registry(store)
-    client = registry.add(serial, key, nickname=nickname, uuid=uuid)
+    client = ctx.registry.add(serial, key, nickname=nickname, uuid=uuid, rekey=True)
     if system_user:
         from xsbackup.clients.sysuser import create_login
 
         create_login(serial)
-        client.system_user = True
-        registry.save(client)
-    path = write_authorized_keys(registry)
+        client = ctx.registry.modify(serial, lambda c: setattr(c, "system_user", True))
+    path = ctx.store.ssh_dir / "authorized_keys"
     key0 = client.keys[0]
     note = "" if key0.supported else \
         f" (warning: {key0.type} keys are stored but cannot authenticate transfers)"
@@ -54,17 +50,16 @@ def clients_add(settings: config_mod.Settings, store: Any, serial: str,
 
 @clients.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_store
-def clients_list(settings: config_mod.Settings, store: Any, as_json: bool) -> None:
+@with_context
+def clients_list(ctx: Context, as_json: bool) -> None:
     """List registered clients."""
-    from xsbackup.clients.registry import Registry
 
-    rows = [{"serial": c.serial, "nickname": c.nickname, "uuid": c.uuid,
+    rows: list[dict[str, Any]] = [{"serial": c.serial, "nickname": c.nickname, "uuid": c.uuid,
              "keys": [{"type": k.type, "status": k.status, "supported": k.supported}
                       for k in c.keys],
              "disabled": c.disabled, "aliases": c.aliases, "created": c.created,
-             "volumes": store.volumes(c.serial)}
-            for c in Registry(store).all()]
+             "volumes": ctx.store.volumes(c.serial)}
+            for c in ctx.registry.all()]
     if as_json:
         emit_json(rows)
         return
@@ -78,44 +73,34 @@ def clients_list(settings: config_mod.Settings, store: Any, as_json: bool) -> No
 @clients.command("remove")
 @click.argument("serial")
 @click.option("--purge", is_flag=True, help="Also delete the client's snapshots.")
-@with_store
-def clients_remove(settings: config_mod.Settings, store: Any, serial: str, purge: bool) -> None:
+@with_context
+def clients_remove(ctx: Context, serial: str, purge: bool) -> None:
     """Remove a client (its data is kept unless --purge); regenerates authorized_keys."""
-    from xsbackup.clients.registry import Registry, write_authorized_keys
-
-    registry = Registry(store)
-    client = registry.get(serial)
+    client = ctx.registry.get(serial)
     if client.system_user:
         from xsbackup.clients.sysuser import remove_login
 
         remove_login(serial)
-    registry.remove(serial, purge=purge)
-    write_authorized_keys(registry)
+    ctx.registry.remove(serial, purge=purge)
     click.echo(f"removed {serial}" + (" and its data" if purge else "; data kept"))
 
-def _set_disabled(store: Any, serial: str, disabled: bool) -> None:
-    from xsbackup.clients.registry import Registry, write_authorized_keys
-
-    registry = Registry(store)
-    client = registry.get(serial)
-    client.disabled = disabled
-    registry.save(client)
-    write_authorized_keys(registry)
+def _set_disabled(ctx: Context, serial: str, disabled: bool) -> None:
+    ctx.registry.modify(serial, lambda c: setattr(c, "disabled", disabled), rekey=True)
     click.echo(f"{serial} {'disabled' if disabled else 'enabled'}")
 
 @clients.command("disable")
 @click.argument("serial")
-@with_store
-def clients_disable(settings: config_mod.Settings, store: Any, serial: str) -> None:
+@with_context
+def clients_disable(ctx: Context, serial: str) -> None:
     """Refuse every transfer of a client (its keys leave authorized_keys; data is kept)."""
-    _set_disabled(store, serial, True)
+    _set_disabled(ctx, serial, True)
 
 @clients.command("enable")
 @click.argument("serial")
-@with_store
-def clients_enable(settings: config_mod.Settings, store: Any, serial: str) -> None:
+@with_context
+def clients_enable(ctx: Context, serial: str) -> None:
     """Allow a disabled client to transfer again."""
-    _set_disabled(store, serial, False)
+    _set_disabled(ctx, serial, False)
 
 @clients.command("set-policy")
 @click.argument("serial")
@@ -129,86 +114,69 @@ def clients_enable(settings: config_mod.Settings, store: Any, serial: str) -> No
 @click.option("--keep-first-monthly", type=int)
 @click.option("--quota-bytes", type=int, help="Refuse transfers above this usage (0: none).")
 @click.option("--reset", is_flag=True, help="Drop every override first.")
-@with_store
-def clients_set_policy(settings: config_mod.Settings, store: Any, serial: str,
+@with_context
+def clients_set_policy(ctx: Context, serial: str,
                        reset: bool, **values: Any) -> None:
     """Override the retention policy (and set a quota) for one client."""
-    from xsbackup.clients.registry import Registry
+    from xsbackup.clients.registry import Client
     from xsbackup.errors import ConfigError
     from xsbackup.retention import prune as core
 
-    registry = Registry(store)
-    client = registry.get(serial)
-    policy = {} if reset else dict(client.policy)
-    policy.update({k: v for k, v in values.items() if v is not None})
-    if policy.get("quota_bytes") == 0:
-        policy.pop("quota_bytes")
-    try:
-        core.policy_for(settings, client.__class__(serial=serial, policy=policy))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"invalid policy for {serial}: {e}") from None
-    client.policy = policy
-    registry.save(client)
+    def change(client: Client) -> None:
+        policy = {} if reset else dict(client.policy)
+        policy.update({k: v for k, v in values.items() if v is not None})
+        if policy.get("quota_bytes") == 0:
+            policy.pop("quota_bytes")
+        try:
+            core.policy_for(ctx.settings, Client(serial=serial, policy=policy))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"invalid policy for {serial}: {e}") from None
+        client.policy = policy
+
+    policy = ctx.registry.modify(serial, change).policy
     click.echo(f"{serial}: " + (", ".join(f"{k}={v}" for k, v in sorted(policy.items()))
                                 or "the configured policy"))
 
 @clients.command("alias")
 @click.argument("new")
 @click.argument("old")
-@with_store
-def clients_alias(settings: config_mod.Settings, store: Any, new: str, old: str) -> None:
+@with_context
+def clients_alias(ctx: Context, new: str, old: str) -> None:
     """Let replacement device NEW read OLD's snapshots (read-only; never the reverse)."""
-    from xsbackup.clients.registry import Registry
-
-    registry = Registry(store)
-    registry.get(old)
-    client = registry.get(new)
-    if new == old:
-        from xsbackup.errors import InvalidName
-
-        raise InvalidName("a client cannot alias itself")
-    if old not in client.aliases:
-        client.aliases.append(old)
-        registry.save(client)
+    ctx.registry.add_alias(new, old)
     click.echo(f"{new} may now read the snapshots of {old}")
 
 @clients.command("unalias")
 @click.argument("new")
 @click.argument("old")
-@with_store
-def clients_unalias(settings: config_mod.Settings, store: Any, new: str, old: str) -> None:
+@with_context
+def clients_unalias(ctx: Context, new: str, old: str) -> None:
     """Remove NEW's read access to OLD's snapshots."""
-    from xsbackup.clients.registry import Registry
-
-    registry = Registry(store)
-    client = registry.get(new)
-    if old in client.aliases:
-        client.aliases.remove(old)
-        registry.save(client)
+    ctx.registry.remove_alias(new, old)
     click.echo(f"{new} no longer reads the snapshots of {old}")
 
 @click.command()
-@with_store
-def keys(settings: config_mod.Settings, store: Any) -> None:
+@with_context
+def keys(ctx: Context) -> None:
     """Regenerate <root>/ssh/authorized_keys from the registry and print its path."""
-    from xsbackup.clients.registry import Registry, write_authorized_keys
+    from xsbackup.clients.registry import write_authorized_keys
 
-    click.echo(str(write_authorized_keys(Registry(store))))
+    click.echo(str(write_authorized_keys(ctx.registry)))
 
 
-def _pending_rows(store: Store) -> list[dict[str, Any]]:
+def _pending_rows(ctx: Context) -> list[dict[str, Any]]:
     from xsbackup.clients import registration
 
     return [{"serial": serial, **registration.key_summary(key)}
-            for serial, key in registration.pending(store)]
+            for serial, key in registration.pending(ctx.registry)]
 
 
 @clients.command("pending")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_store
-def clients_pending(settings: config_mod.Settings, store: Store, as_json: bool) -> None:
+@with_context
+def clients_pending(ctx: Context, as_json: bool) -> None:
     """List keys registered under the 'approve' policy, waiting for approval."""
-    rows = _pending_rows(store)
+    rows = _pending_rows(ctx)
     if as_json:
         emit_json(rows)
         return
@@ -225,13 +193,13 @@ def clients_pending(settings: config_mod.Settings, store: Store, as_json: bool) 
 @click.option("--keep-old", is_flag=True,
               help="Keep the client's current keys active too (default: the approved key "
                    "replaces them, as for a reflashed device).")
-@with_store
-def clients_approve(settings: config_mod.Settings, store: Store, serial: str,
+@with_context
+def clients_approve(ctx: Context, serial: str,
                     keep_old: bool) -> None:
     """Activate SERIAL's pending key; regenerates authorized_keys."""
     from xsbackup.clients import registration
 
-    client = registration.approve(store, serial, keep_old=keep_old)
+    client = registration.approve(ctx.registry, serial, keep_old=keep_old)
     active = [k.type for k in client.active_keys()]
     click.echo(f"approved: {serial} now has {len(active)} active key(s) "
                f"({', '.join(active)})")
@@ -239,10 +207,10 @@ def clients_approve(settings: config_mod.Settings, store: Store, serial: str,
 
 @clients.command("reject")
 @click.argument("serial")
-@with_store
-def clients_reject(settings: config_mod.Settings, store: Store, serial: str) -> None:
+@with_context
+def clients_reject(ctx: Context, serial: str) -> None:
     """Drop SERIAL's pending key(s); its active keys stay."""
     from xsbackup.clients import registration
 
-    n = registration.reject(store, serial)
+    n = registration.reject(ctx.registry, serial)
     click.echo(f"rejected {n} pending key(s) of {serial}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from xsbackup import config as config_mod
-from xsbackup.cli._common import Ctx, emit_json, pass_ctx
+from xsbackup.cli._common import Invocation, emit_json, pass_invocation
 from xsbackup.errors import all_errors
 
 
@@ -26,13 +26,13 @@ def exit_codes(as_json: bool) -> None:
 @click.command("config")
 @click.option("--defaults", is_flag=True, help="Print the documented defaults as TOML.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@pass_ctx
-def config_cmd(ctx: Ctx, defaults: bool, as_json: bool) -> None:
+@pass_invocation
+def config_cmd(inv: Invocation, defaults: bool, as_json: bool) -> None:
     """Show the effective configuration (or the defaults)."""
     if defaults:
         click.echo(config_mod.example_toml(), nl=False)
         return
-    settings = ctx.settings()
+    settings = inv.settings()
     values = {"root": str(settings.root), "config_file": str(settings.config_file or ""),
               **settings.flat()}
     if as_json:

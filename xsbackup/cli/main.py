@@ -21,7 +21,7 @@ from xsbackup.cli import (
     serve_cmd,
     snapshots_cmd,
 )
-from xsbackup.cli._common import Ctx
+from xsbackup.cli._common import Invocation
 from xsbackup.errors import XsbackupError
 
 
@@ -34,7 +34,7 @@ from xsbackup.errors import XsbackupError
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, config_file: str | None) -> None:
     """xsbackup: snapshot storage for backups pushed with rsync over SSH."""
-    ctx.obj = Ctx(root, config_file)
+    ctx.obj = Invocation(root, config_file)
 
 
 for _command in (

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from xsbackup import config as config_mod
-from xsbackup.cli._common import emit_json, format_bytes, with_store
+from xsbackup.cli._common import emit_json, format_bytes, with_context
+from xsbackup.context import Context
 
 
 @click.command()
@@ -19,8 +19,8 @@ from xsbackup.cli._common import emit_json, format_bytes, with_store
 @click.option("--policy-only", "mode", flag_value="policy", help="Only the retention policy.")
 @click.option("--quota-only", "mode", flag_value="quota", help="Only the soft-quota trim.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_store
-def prune(settings: config_mod.Settings, store: Any, client: str | None, dry_run: bool,
+@with_context
+def prune(ctx: Context, client: str | None, dry_run: bool,
           mode: str | None, as_json: bool) -> None:
     """Apply the retention policy, then the fair-share soft quota.
 
@@ -34,12 +34,12 @@ def prune(settings: config_mod.Settings, store: Any, client: str | None, dry_run
     now = dt.datetime.now(dt.UTC)
     out: dict[str, Any] = {}
     if mode in (None, "policy"):
-        report = core.policy_prune(store, settings, now, client, dry_run)
+        report = core.policy_prune(ctx, now, client, dry_run)
         out["policy"] = report.as_dict()
     if not dry_run:
-        out["deleted"] = _delete_trash(store, as_json)
+        out["deleted"] = _delete_trash(ctx.store, as_json)
     if mode in (None, "quota"):
-        out["quota"] = core.quota_trim(store, settings, client, dry_run).as_dict()
+        out["quota"] = core.quota_trim(ctx, client, dry_run).as_dict()
     if as_json:
         emit_json(out)
         return
@@ -80,24 +80,23 @@ def _delete_trash(store: Any, quiet: bool) -> int:
 @click.option("--volume", help="Only this volume.")
 @click.option("--refresh", is_flag=True, help="Ignore the cached figures.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_store
-def du(settings: config_mod.Settings, store: Any, serial: str | None, volume: str | None,
+@with_context
+def du(ctx: Context, serial: str | None, volume: str | None,
        refresh: bool, as_json: bool) -> None:
     """Hardlink-aware usage: apparent, exclusive and shared bytes per snapshot."""
-    from xsbackup.clients.registry import Registry
     from xsbackup.snapshots import usage
 
-    registry = Registry(store)
+    registry = ctx.registry
     serials = [registry.get(serial).serial] if serial else [c.serial for c in registry.all()]
     show = sys.stderr.isatty() and not as_json
     results = []
     for sn in serials:
         if show:
-            n = sum(len(store.snapshot_ids(sn, v)) for v in store.volumes(sn))
+            n = sum(len(ctx.store.snapshot_ids(sn, v)) for v in ctx.store.volumes(sn))
             with click.progressbar(length=n, label=f"measuring {sn}", file=sys.stderr) as bar:
-                res = usage.cached(store, sn, lambda v, s: bar.update(1), refresh=refresh)
+                res = usage.cached(ctx.store, sn, lambda v, s: bar.update(1), refresh=refresh)
         else:
-            res = usage.cached(store, sn, refresh=refresh)
+            res = usage.cached(ctx.store, sn, refresh=refresh)
         if volume:
             res.snapshots = [s for s in res.snapshots if s.volume == volume]
         results.append(res)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
-from xsbackup import config as config_mod
-from xsbackup.cli._common import emit_json, with_store
+from xsbackup.cli._common import emit_json, with_context
+from xsbackup.context import Context
 
 
 @click.group()
@@ -23,16 +22,16 @@ def restore() -> None:
 @click.option("--host", default=None, help="Server name the client uses (default: public_host "
               "or this machine's name).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_store
-def restore_plan(settings: config_mod.Settings, store: Any, serial: str, volume: str | None,
+@with_context
+def restore_plan(ctx: Context, serial: str, volume: str | None,
                  at: str | None, source: str | None, host: str | None, as_json: bool) -> None:
     """Which snapshot SERIAL gets back, and the rsync command that fetches it."""
     import socket
 
     from xsbackup.restore import archive as core
 
-    host = host or settings.server.public_host or socket.getfqdn()
-    plan = core.plan(store, serial, volume, at, host, settings.server.ssh_port, source)
+    host = host or ctx.settings.server.public_host or socket.getfqdn()
+    plan = core.plan(ctx.store, serial, volume, at, host, ctx.settings.server.ssh_port, source)
     if as_json:
         emit_json(plan.as_dict())
         return
@@ -47,14 +46,14 @@ def restore_plan(settings: config_mod.Settings, store: Any, serial: str, volume:
 @click.option("--at", help="A snapshot id, or an ISO time: the newest snapshot at or before.")
 @click.option("--format", "fmt", type=click.Choice(["tar", "zip"]), default="tar",
               help="Archive format (default tar).")
-@with_store
-def restore_archive(settings: config_mod.Settings, store: Any, serial: str, path: str,
+@with_context
+def restore_archive(ctx: Context, serial: str, path: str,
                     volume: str | None, at: str | None, fmt: str) -> None:
     """Stream SERIAL's snapshot (or PATH inside it) to stdout: ... | tar x"""
     from xsbackup.restore import archive as core
 
-    vol = core.pick_volume(store, serial, volume)
-    sid = core.resolve(store, serial, vol, at)
+    vol = core.pick_volume(ctx.store, serial, volume)
+    sid = core.resolve(ctx.store, serial, vol, at)
     out = sys.stdout.buffer
-    core.write_archive(store, serial, vol, sid, path, fmt, out)
+    core.write_archive(ctx.store, serial, vol, sid, path, fmt, out)
     out.flush()

@@ -4,43 +4,43 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import Any
 
 import click
 
-from xsbackup import config as config_mod
-from xsbackup.cli._common import Ctx, emit_json, pass_ctx, with_store
+from xsbackup.cli._common import Invocation, emit_json, pass_invocation, with_context
+from xsbackup.context import Context
 
 
 @click.command()
-@pass_ctx
-def init(ctx: Ctx) -> None:
+@pass_invocation
+def init(inv: Invocation) -> None:
     """Create the state root layout and check that user xattrs work there."""
     from xsbackup.store import init_root
 
-    settings = ctx.settings()
+    settings = inv.settings()
     init_root(settings.root)
     click.echo(f"initialised {settings.root}")
 
 @click.command("ssh-command")
 @click.option("--client", required=True, metavar="SN", help="The authenticated client's serial.")
-@pass_ctx
-def ssh_command(ctx: Ctx, client: str) -> None:
+@pass_invocation
+def ssh_command(inv: Invocation, client: str) -> None:
     """The forced command: validate SSH_ORIGINAL_COMMAND, admit, lock and run rsync."""
     from xsbackup import logs
     from xsbackup.ingest import dispatch
 
-    settings = ctx.settings()
+    settings = inv.settings()
     logs.setup(settings)
-    sys.exit(dispatch.run(settings, client))
+    sys.exit(dispatch.run(Context.open(settings, require=False), client))
 
 @click.command()
 @click.option("--bind", default=None, help="Address for the SSH and HTTP servers "
               "(server.bind; default 127.0.0.1).")
 @click.option("--ssh-port", type=int, default=None, help="Embedded SSH port (default 2222).")
 @click.option("--http-port", type=int, default=None, help="HTTP port (default 8080).")
-@pass_ctx
-def serve(ctx: Ctx, bind: str | None, ssh_port: int | None, http_port: int | None) -> None:
+@pass_invocation
+def serve(inv: Invocation, bind: str | None, ssh_port: int | None,
+          http_port: int | None) -> None:
     """Run everything in one process: embedded SSH, HTTP, post-processing, scheduler.
 
     Creates the state root and host keys on first start. SIGTERM/SIGINT stop gracefully;
@@ -48,18 +48,18 @@ def serve(ctx: Ctx, bind: str | None, ssh_port: int | None, http_port: int | Non
     """
     from xsbackup.server.service import Service
 
-    service = Service(ctx.root, ctx.config_file, {
+    service = Service(inv.root, inv.config_file, {
         "server.bind": bind, "server.ssh_port": ssh_port, "server.http_port": http_port})
     sys.exit(service.run(ready=click.echo))
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_store
-def status(settings: config_mod.Settings, store: Any, as_json: bool) -> None:
+@with_context
+def status(ctx: Context, as_json: bool) -> None:
     """One row per client from its status xattrs, without walking snapshot trees."""
     from xsbackup.monitor.status import client_rows
 
-    rows = client_rows(store, dt.datetime.now(dt.UTC))
+    rows = client_rows(ctx.store, dt.datetime.now(dt.UTC))
     if as_json:
         emit_json(rows)
         return
@@ -72,13 +72,13 @@ def status(settings: config_mod.Settings, store: Any, as_json: bool) -> None:
 
 @click.command()
 @click.argument("state", type=click.Choice(["on", "off", "status"]), default="status")
-@with_store
-def maintenance(settings: config_mod.Settings, store: Any, state: str) -> None:
+@with_context
+def maintenance(ctx: Context, state: str) -> None:
     """Turn maintenance mode on or off (refuses every transfer while on)."""
     from xsbackup.ingest.admission import maintenance_on
 
     if state == "on":
-        store.maintenance_flag.write_text("on\n")
+        ctx.store.maintenance_flag.write_text("on\n")
     elif state == "off":
-        store.maintenance_flag.unlink(missing_ok=True)
-    click.echo("maintenance " + ("on" if maintenance_on(settings, store) else "off"))
+        ctx.store.maintenance_flag.unlink(missing_ok=True)
+    click.echo("maintenance " + ("on" if maintenance_on(ctx) else "off"))

@@ -9,16 +9,16 @@ from typing import Any
 import click
 import orjson
 
-from xsbackup import config as config_mod
-from xsbackup.cli._common import Ctx, emit_json, pass_ctx, with_store
+from xsbackup.cli._common import Invocation, emit_json, pass_invocation, with_context
+from xsbackup.context import Context
 
 
 @click.command()
 @click.option("--once", "mode", flag_value="once", default=True, help="Drain the queue, exit.")
 @click.option("--watch", "mode", flag_value="watch", help="Stay up and process as work arrives.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (--once).")
-@with_store
-def postprocess(settings: config_mod.Settings, store: Any, mode: str, as_json: bool) -> None:
+@with_context
+def postprocess(ctx: Context, mode: str, as_json: bool) -> None:
     """Turn completed transfers into snapshots."""
     import signal
     import threading
@@ -29,11 +29,11 @@ def postprocess(settings: config_mod.Settings, store: Any, mode: str, as_json: b
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            pp.watch(store, settings, stop)
+            pp.watch(lambda: ctx, stop)
         except KeyboardInterrupt:
             stop.set()
         return
-    counts = pp.run_once(store, settings)
+    counts = pp.run_once(ctx)
     if as_json:
         emit_json(counts)
     else:
@@ -54,15 +54,15 @@ def _snapshot_row(store: Any, client: str, volume: str, sid: str) -> dict[str, A
 @click.argument("serial")
 @click.option("--volume", help="Only this volume.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_store
-def snapshots_list(settings: config_mod.Settings, store: Any, serial: str,
+@with_context
+def snapshots_list(ctx: Context, serial: str,
                    volume: str | None, as_json: bool) -> None:
     """List a client's snapshots, oldest first."""
-    from xsbackup.clients.registry import Registry
 
-    Registry(store).get(serial)
-    vols = [volume] if volume else store.volumes(serial)
-    rows = [_snapshot_row(store, serial, v, s) for v in vols for s in store.snapshot_ids(serial, v)]
+    ctx.registry.get(serial)
+    vols = [volume] if volume else ctx.store.volumes(serial)
+    rows = [_snapshot_row(ctx.store, serial, v, s)
+            for v in vols for s in ctx.store.snapshot_ids(serial, v)]
     if as_json:
         emit_json(rows)
         return
@@ -80,17 +80,17 @@ def snapshots_list(settings: config_mod.Settings, store: Any, serial: str,
 @click.argument("snapshot_id")
 @click.option("--volume", help="The volume (needed when several have this id).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_store
-def snapshots_show(settings: config_mod.Settings, store: Any, serial: str, snapshot_id: str,
+@with_context
+def snapshots_show(ctx: Context, serial: str, snapshot_id: str,
                    volume: str | None, as_json: bool) -> None:
     """Show one snapshot's facts."""
     from xsbackup.errors import SnapshotNotFound
     from xsbackup.store import check_snapshot_id
 
     check_snapshot_id(snapshot_id)
-    vols = [volume] if volume else store.volumes(serial)
-    rows = [_snapshot_row(store, serial, v, snapshot_id) for v in vols
-            if snapshot_id in store.snapshot_ids(serial, v)]
+    vols = [volume] if volume else ctx.store.volumes(serial)
+    rows = [_snapshot_row(ctx.store, serial, v, snapshot_id) for v in vols
+            if snapshot_id in ctx.store.snapshot_ids(serial, v)]
     if not rows:
         raise SnapshotNotFound(f"no snapshot {snapshot_id} for {serial}")
     if as_json:
@@ -109,13 +109,14 @@ def cjson() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--max-bytes", type=int, default=None, help="Report larger files unread.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@pass_ctx
-def cjson_check(ctx: Ctx, files: tuple[str, ...], max_bytes: int | None, as_json: bool) -> None:
+@pass_invocation
+def cjson_check(inv: Invocation, files: tuple[str, ...], max_bytes: int | None,
+                as_json: bool) -> None:
     """Validate FILES as Canonical JSON; exit 1 when any is not canonical."""
     from xsbackup.snapshots import cjson as cj
 
     limit = max_bytes if max_bytes is not None else \
-        ctx.settings().postprocess.cjson_max_bytes
+        inv.settings().postprocess.cjson_max_bytes
     results = [cj.check_file(Path(f), limit) for f in files]
     if as_json:
         emit_json(results)

@@ -48,12 +48,11 @@ import hashlib
 import socket
 from typing import Any
 
-from xsbackup.clients.registry import Client, ClientKey, Registry, parse_key, write_authorized_keys
+from xsbackup.clients.registry import Client, ClientKey, Registry, parse_key
 from xsbackup.config import Settings
 from xsbackup.errors import InvalidKey, NothingPending
-from xsbackup.locking import FileLock
 from xsbackup.logs import LOG
-from xsbackup.store import CLIENT_RE, Store
+from xsbackup.store import CLIENT_RE
 
 OK = "OK"
 PENDING = "PENDING"
@@ -76,10 +75,6 @@ def key_summary(key: ClientKey) -> dict[str, Any]:
         fingerprint = ""
     return {"type": key.type, "status": key.status, "supported": key.supported,
             "added": key.added, "fingerprint": fingerprint}
-
-
-def _lock(store: Store) -> FileLock:
-    return FileLock(store.locks_dir / "registry.lock").acquire(wait=True)
 
 
 def _now() -> str:
@@ -115,7 +110,7 @@ def _answer(serial: str, key: ClientKey, host: str) -> dict[str, str]:
     return _ok(serial, host)
 
 
-def register(settings: Settings, store: Store, serial: Any, nickname: Any, uuid: Any,
+def register(settings: Settings, registry: Registry, serial: Any, nickname: Any, uuid: Any,
              pubkey: Any, host: str) -> dict[str, str]:
     """Handle one OLPC ``register`` call; never raises for bad input (see module doc).
 
@@ -139,27 +134,27 @@ def register(settings: Settings, store: Store, serial: Any, nickname: Any, uuid:
     policy_serial = settings.registration.new_serial
     policy_key = settings.registration.new_key
     nickname, uuid = nickname.strip(), uuid.strip()
+    answer: dict[str, str] = {}
 
-    with _lock(store):
-        registry = Registry(store)
+    def decide(client: Client | None) -> Client | None:
+        """Under the registry lock: the record to save (None: nothing), and the answer."""
         stamp = _now()
-        if not registry.exists(sn):
+        if client is None:
             if policy_serial == "closed":
                 LOG.warning("client=%s registration refused: new serials are closed", sn)
-                return _fail(DENIED, "this server does not accept new devices; "
-                                     "ask the administrator to register it")
+                answer.update(_fail(DENIED, "this server does not accept new devices; "
+                                            "ask the administrator to register it"))
+                return None
             status = "active" if policy_serial == "open" else "pending"
             key = ClientKey(type=ktype, blob=blob, added=stamp, status=status)
-            client = Client(serial=sn, nickname=nickname, uuid=uuid, keys=[key], created=stamp)
-            registry.save(client)
-            write_authorized_keys(registry)
             LOG.info("client=%s registered with a %s key (%s)", sn, ktype, status)
-            return _answer(sn, key, server_host)
+            answer.update(_answer(sn, key, server_host))
+            return Client(serial=sn, nickname=nickname, uuid=uuid, keys=[key], created=stamp)
 
-        client = registry.get(sn)
         if client.disabled:
             LOG.warning("client=%s registration refused: client is disabled", sn)
-            return _fail(DENIED, f"device {sn} is disabled on this server")
+            answer.update(_fail(DENIED, f"device {sn} is disabled on this server"))
+            return None
         same = next((k for k in client.keys if k.type == ktype and k.blob == blob), None)
         if same is not None:
             changed = False
@@ -167,16 +162,16 @@ def register(settings: Settings, store: Store, serial: Any, nickname: Any, uuid:
                 client.nickname, changed = nickname, True
             if uuid and uuid != client.uuid:
                 client.uuid, changed = uuid, True
-            if changed:
-                registry.save(client)
             LOG.info("client=%s registered again with its %s key (%s)", sn, ktype, same.status)
-            return _answer(sn, same, server_host)
+            answer.update(_answer(sn, same, server_host))
+            return client if changed else None
 
         if policy_key == "closed":
             LOG.warning("client=%s registration refused: a different key is registered and "
                         "new keys are closed", sn)
-            return _fail(DENIED, f"a different key is already registered for {sn}; "
-                                 "ask the administrator")
+            answer.update(_fail(DENIED, f"a different key is already registered for {sn}; "
+                                        "ask the administrator"))
+            return None
         status = "active" if policy_key == "open" else "pending"
         key = ClientKey(type=ktype, blob=blob, added=stamp, status=status)
         if status == "pending":
@@ -186,49 +181,49 @@ def register(settings: Settings, store: Store, serial: Any, nickname: Any, uuid:
             client.nickname = nickname
         if uuid:
             client.uuid = uuid
-        registry.save(client)
-        write_authorized_keys(registry)
         LOG.warning("client=%s registered a new %s key (%s)", sn, ktype, status)
-        return _answer(sn, key, server_host)
+        answer.update(_answer(sn, key, server_host))
+        return client
+
+    registry.update(sn, decide, rekey=True)
+    return answer
 
 
-def pending(store: Store) -> list[tuple[str, ClientKey]]:
+def pending(registry: Registry) -> list[tuple[str, ClientKey]]:
     """Every key awaiting approval as (serial, key), by serial."""
-    return [(c.serial, k) for c in Registry(store).all() for k in c.keys
-            if k.status == "pending"]
+    return [(c.serial, k) for c in registry.all() for k in c.keys if k.status == "pending"]
 
 
-def approve(store: Store, serial: str, keep_old: bool = False) -> Client:
+def approve(registry: Registry, serial: str, keep_old: bool = False) -> Client:
     """Activate ``serial``'s pending key; retire its other active keys unless ``keep_old``."""
-    with _lock(store):
-        registry = Registry(store)
-        client = registry.get(serial)
-        waiting = [k for k in client.keys if k.status == "pending"]
+    waiting: list[ClientKey] = []
+    retired: list[ClientKey] = []
+
+    def activate(client: Client) -> None:
+        waiting[:] = [k for k in client.keys if k.status == "pending"]
         if not waiting:
             raise NothingPending(f"client {serial} has no key awaiting approval")
-        retired = [] if keep_old else [k for k in client.keys if k.status == "active"]
+        retired[:] = [] if keep_old else [k for k in client.keys if k.status == "active"]
         client.keys = [k for k in client.keys if k not in retired]
         for k in waiting:
             k.status = "active"
-        registry.save(client)
-        write_authorized_keys(registry)
+
+    client = registry.modify(serial, activate, rekey=True)
     LOG.warning("client=%s approved %s key(s)%s", serial, ",".join(k.type for k in waiting),
                 f"; retired {len(retired)} old key(s)" if retired else "")
     return client
 
 
-def reject(store: Store, serial: str) -> int:
+def reject(registry: Registry, serial: str) -> int:
     """Drop ``serial``'s pending keys; returns how many were dropped."""
-    with _lock(store):
-        registry = Registry(store)
-        client = registry.get(serial)
-        before = len(client.keys)
-        client.keys = [k for k in client.keys if k.status != "pending"]
-        dropped = before - len(client.keys)
+    dropped: list[ClientKey] = []
+
+    def drop(client: Client) -> None:
+        dropped[:] = [k for k in client.keys if k.status == "pending"]
         if not dropped:
             raise NothingPending(f"client {serial} has no key awaiting approval")
-        registry.save(client)
-        write_authorized_keys(registry)
-    LOG.warning("client=%s rejected %d pending key(s)", serial, dropped)
-    return dropped
+        client.keys = [k for k in client.keys if k.status != "pending"]
 
+    registry.modify(serial, drop, rekey=True)
+    LOG.warning("client=%s rejected %d pending key(s)", serial, len(dropped))
+    return len(dropped)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import os
 import shlex
 import shutil
 import struct
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,68 +127,113 @@ class Registry:
     def exists(self, serial: str) -> bool:
         return self._path(serial).is_file()
 
-    def save(self, client: Client) -> None:
+    def _save(self, client: Client) -> None:
         directory = self.store.client_dir(client.serial)
         (directory / "volumes").mkdir(parents=True, exist_ok=True)
         (directory / "reports").mkdir(exist_ok=True)
         atomic_write(self._path(client.serial), client.to_json())
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the registry lock (``locks/registry.lock``) for a read-modify-write of
+        several records. Not re-entrant: call ``update`` only outside it."""
+        with FileLock(self.store.locks_dir / "registry.lock").acquire(wait=True):
+            yield
+
+    def update(self, serial: str, change: Callable[[Client | None], Client | None], *,
+               rekey: bool = False) -> Client | None:
+        """Every registry write goes through here: under the registry lock, read
+        ``serial``'s record (None when there is none), let ``change`` edit it, and save
+        what it returns (nothing when it returns None). Concurrent updates from the CLI,
+        registration and the API are serialised, so none is lost. ``rekey``: also
+        regenerate ``authorized_keys`` under the same lock when something was saved."""
+        check_client(serial)
+        with self.locked():
+            current = self.get(serial) if self.exists(serial) else None
+            result = change(current)
+            if result is not None:
+                self._save(result)
+                if rekey:
+                    _write_keys(self, xsbackup_executable())
+            return result
+
+    def modify(self, serial: str, change: Callable[[Client], object], *,
+               rekey: bool = False) -> Client:
+        """``update`` for an existing client (``ClientNotFound`` otherwise)."""
+
+        saved: list[Client] = []
+
+        def edit(client: Client | None) -> Client:
+            if client is None:
+                raise ClientNotFound(f"unknown client {serial}")
+            change(client)
+            saved.append(client)
+            return client
+
+        self.update(serial, edit, rekey=rekey)
+        return saved[0]
+
     def all(self) -> list[Client]:
         return [self.get(sn) for sn in iter_clients(self.store) if self.exists(sn)]
 
     def add(self, serial: str, key_text: str | None, nickname: str = "", uuid: str = "",
-            now: dt.datetime | None = None) -> Client:
-        check_client(serial)
-        if self.exists(serial):
-            raise ClientExists(f"client {serial} already exists")
+            now: dt.datetime | None = None, *, rekey: bool = False) -> Client:
         stamp = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
-        client = Client(serial=serial, nickname=nickname, uuid=uuid, created=stamp)
+        key = None
         if key_text is not None:
             ktype, blob = parse_key(key_text)
-            client.keys.append(ClientKey(type=ktype, blob=blob, added=stamp))
-        self.save(client)
+            key = ClientKey(type=ktype, blob=blob, added=stamp)
+
+        client = Client(serial=serial, nickname=nickname, uuid=uuid, created=stamp,
+                        keys=[key] if key else [])
+
+        def create(existing: Client | None) -> Client:
+            if existing is not None:
+                raise ClientExists(f"client {serial} already exists")
+            return client
+
+        self.update(serial, create, rekey=rekey)
         return client
 
     def remove(self, serial: str, purge: bool = False) -> None:
-        client = self.get(serial)
+        """Remove ``serial``'s record (its data too with ``purge``) and its keys from
+        ``authorized_keys``, under the registry lock."""
+        check_client(serial)
         directory = self.store.client_dir(serial)
+        with self.locked():
+            self.get(serial)
+            if purge:
+                trash = self.store.trash_dir / f"client-{serial}-{os.getpid()}"
+                os.rename(directory, trash)
+            else:
+                # Keep the data; the record goes aside.
+                os.rename(self._path(serial), directory / f"client.json.removed-{os.getpid()}")
+            _write_keys(self, xsbackup_executable())
         if purge:
-            trash = self.store.trash_dir / f"client-{serial}-{os.getpid()}"
-            os.rename(directory, trash)
             shutil.rmtree(trash)
-        else:
-            # Keep the data; the record goes aside so the serial is free to register again.
-            os.rename(self._path(serial), directory / f"client.json.removed-{os.getpid()}")
-        del client
 
     def add_alias(self, serial: str, old: str) -> Client:
         """Let ``serial`` (a replacement device) read ``old``'s snapshots (never the
-        reverse). Idempotent; both clients must exist; under the registry lock so a
-        concurrent registration's change is not lost."""
-        check_client(serial)
+        reverse). Idempotent; both clients must exist."""
         check_client(old)
         if serial == old:
             raise InvalidName("a client cannot alias itself")
-        with self._lock():
-            self.get(old)
-            client = self.get(serial)
+        self.get(old)
+
+        def add(client: Client) -> None:
             if old not in client.aliases:
                 client.aliases.append(old)
-                self.save(client)
-        return client
+
+        return self.modify(serial, add)
 
     def remove_alias(self, serial: str, old: str) -> Client:
         """Take back ``serial``'s read access to ``old``'s snapshots (idempotent)."""
-        check_client(serial)
-        with self._lock():
-            client = self.get(serial)
+
+        def drop(client: Client) -> None:
             if old in client.aliases:
                 client.aliases.remove(old)
-                self.save(client)
-        return client
 
-    def _lock(self) -> FileLock:
-        return FileLock(self.store.locks_dir / "registry.lock").acquire(wait=True)
+        return self.modify(serial, drop)
 
     def find_by_key(self, key_type: str, blob: str) -> list[Client]:
         return [c for c in self.all()
@@ -229,7 +276,12 @@ def authorized_keys_text(registry: Registry, executable: str) -> str:
 
 
 def write_authorized_keys(registry: Registry, executable: str | None = None) -> Path:
+    """Regenerate ``<root>/ssh/authorized_keys`` from the registry, under its lock."""
+    with registry.locked():
+        return _write_keys(registry, executable or xsbackup_executable())
+
+
+def _write_keys(registry: Registry, executable: str) -> Path:
     path = registry.store.ssh_dir / "authorized_keys"
-    text = authorized_keys_text(registry, executable or xsbackup_executable())
-    atomic_write(path, text.encode(), mode=0o600)
+    atomic_write(path, authorized_keys_text(registry, executable).encode(), mode=0o600)
     return path

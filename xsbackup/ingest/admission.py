@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import orjson
 
 from xsbackup.clients.registry import Client, Registry
-from xsbackup.config import Settings
+from xsbackup.context import Context
 from xsbackup.errors import (
     ClientDisabled,
     DiskFull,
@@ -25,32 +25,11 @@ from xsbackup.errors import (
     OverQuota,
     UnknownClient,
 )
-from xsbackup.store import Store
+from xsbackup.store import Store, disk_use
 
 
-@dataclass(frozen=True)
-class DiskUse:
-    blocks_pct: float
-    inodes_pct: float
-    free_bytes: int
-
-
-def disk_use(path: os.PathLike[str] | str) -> DiskUse:
-    st = os.statvfs(path)
-    blocks = st.f_blocks or 1
-    used_blocks = st.f_blocks - st.f_bfree
-    # Like df: the share of the blocks an unprivileged user may use.
-    usable = used_blocks + st.f_bavail or 1
-    inodes_used = st.f_files - st.f_ffree
-    return DiskUse(
-        blocks_pct=100.0 * used_blocks / usable if usable else 100.0 * used_blocks / blocks,
-        inodes_pct=100.0 * inodes_used / st.f_files if st.f_files else 0.0,
-        free_bytes=st.f_bavail * st.f_frsize,
-    )
-
-
-def maintenance_on(settings: Settings, store: Store) -> bool:
-    return settings.admission.maintenance or store.maintenance_flag.exists()
+def maintenance_on(ctx: Context) -> bool:
+    return ctx.settings.admission.maintenance or ctx.store.maintenance_flag.exists()
 
 
 def check_client(registry: Registry, serial: str) -> Client:
@@ -78,16 +57,17 @@ def check_quota(store: Store, client: Client) -> None:
                         "used; ask the administrator to prune or raise the quota")
 
 
-def check_server(settings: Settings, store: Store, reserved: bool = False) -> None:
+def check_server(ctx: Context, reserved: bool = False) -> None:
     """Maintenance, load and disk checks, in that order. A client holding a reservation
     from the availability check is not refused for load: it was admitted already."""
-    if maintenance_on(settings, store):
+    settings = ctx.settings
+    if maintenance_on(ctx):
         raise Maintenance("server is in maintenance mode; try again later")
     load1 = os.getloadavg()[0]
     limit = settings.admission.max_load
     if not reserved and (load1 > limit or (limit == 0 and load1 >= 0)):
         raise LoadTooHigh(f"server busy: load average {load1:.2f} is over the limit {limit:g}")
-    use = disk_use(store.root)
+    use = disk_use(ctx.store.root)
     if use.blocks_pct > settings.admission.max_blocks_pct:
         raise DiskFull(
             f"server disk full: {use.blocks_pct:.1f}% of blocks used "
@@ -134,28 +114,29 @@ def _grants(store: Store) -> dict[str, float]:
     return out
 
 
-def has_reservation(settings: Settings, store: Store, serial: str, now: float) -> bool:
+def has_reservation(ctx: Context, serial: str, now: float) -> bool:
     try:
-        granted = os.stat(os.path.join(admissions_dir(store), serial)).st_mtime
+        granted = os.stat(os.path.join(admissions_dir(ctx.store), serial)).st_mtime
     except (FileNotFoundError, NotADirectoryError):
         return False
-    return now - granted < settings.availability.reservation_minutes * 60
+    return now - granted < ctx.settings.availability.reservation_minutes * 60
 
 
-def availability(settings: Settings, store: Store, serial: str, now: float) -> Verdict:
+def availability(ctx: Context, serial: str, now: float) -> Verdict:
     """Decide a ds-backup availability request for a known, enabled ``serial``."""
     from xsbackup.locking import FileLock
 
-    window = settings.availability.window_minutes * 60
-    if maintenance_on(settings, store):
+    store = ctx.store
+    window = ctx.settings.availability.window_minutes * 60
+    if maintenance_on(ctx):
         return Verdict(False, "maintenance", 300)
-    if has_reservation(settings, store, serial, now):
+    if has_reservation(ctx, serial, now):
         return Verdict(True)  # the common repeat: one stat, no lock
     with FileLock(store.locks_dir / "admissions.lock").acquire(wait=True):
-        if has_reservation(settings, store, serial, now):
+        if has_reservation(ctx, serial, now):
             return Verdict(True)
         try:
-            check_server(settings, store)
+            check_server(ctx)
         except Maintenance:
             return Verdict(False, "maintenance", 300)
         except LoadTooHigh:
@@ -165,7 +146,7 @@ def availability(settings: Settings, store: Store, serial: str, now: float) -> V
         except InodesFull:
             return Verdict(False, "inodes", 600)
         live = sorted(t for t in _grants(store).values() if now - t < window)
-        if len(live) >= settings.availability.window_count:
+        if len(live) >= ctx.settings.availability.window_count:
             wait = int(live[0] + window - now) + 1 if live else int(window)
             return Verdict(False, "window", max(1, wait))
         os.makedirs(admissions_dir(store), exist_ok=True)
@@ -176,10 +157,11 @@ def availability(settings: Settings, store: Store, serial: str, now: float) -> V
         return Verdict(True)
 
 
-def expire_grants(settings: Settings, store: Store, now: float) -> int:
+def expire_grants(ctx: Context, now: float) -> int:
     """Remove grants older than both the window and the reservation (scheduler job)."""
-    keep = max(settings.availability.window_minutes,
-               settings.availability.reservation_minutes) * 60
+    store = ctx.store
+    keep = max(ctx.settings.availability.window_minutes,
+               ctx.settings.availability.reservation_minutes) * 60
     removed = 0
     for name, t in _grants(store).items():
         if now - t >= keep:

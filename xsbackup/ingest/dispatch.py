@@ -15,8 +15,7 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from xsbackup import counters
-from xsbackup.clients.registry import Registry
-from xsbackup.config import Settings
+from xsbackup.context import Context
 from xsbackup.errors import (
     HookVeto,
     InvalidName,
@@ -30,27 +29,27 @@ from xsbackup.ingest import admission
 from xsbackup.ingest import command as rsyncargs
 from xsbackup.ingest import upload as ingest
 from xsbackup.logs import LOG
-from xsbackup.store import CLIENT_RE, Store, set_xattrs
+from xsbackup.store import CLIENT_RE, set_xattrs
 
 
-def run(settings: Settings, client: str, environ: Mapping[str, str] | None = None,
+def run(ctx: Context, client: str, environ: Mapping[str, str] | None = None,
         stderr: TextIO | None = None) -> int:
     env = os.environ if environ is None else environ
     err = stderr or sys.stderr
     command = env.get("SSH_ORIGINAL_COMMAND")
     remote = env.get("SSH_CONNECTION", "").split(" ")[0]
     try:
-        return _dispatch(settings, client, command, remote)
+        return _dispatch(ctx, client, command, remote)
     except Refused as e:
         LOG.warning("client=%s request refused from %s: %s (command %r)", client,
                     remote or "?", e.message, (command or "")[:300])
         if isinstance(e, OverQuota | HookVeto):  # the admin sees why in `xsbackup status`
             with contextlib.suppress(OSError, InvalidName):
-                set_xattrs(Store(settings.root).client_dir(client), {
+                set_xattrs(ctx.store.client_dir(client), {
                     "last_error": e.message,
                     "last_error_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())})
-        if settings.root.joinpath("locks").is_dir():
-            counters.bump(Store(settings.root), "admissions",
+        if ctx.store.locks_dir.is_dir():
+            counters.bump(ctx.store, "admissions",
                           {"path": "ssh", "result": "refused", "reason": e.reason})
         error: XsbackupError = e
     except Exception as e:  # the client must see one line, never a traceback
@@ -63,44 +62,44 @@ def run(settings: Settings, client: str, environ: Mapping[str, str] | None = Non
     return error.exit_code
 
 
-def _dispatch(settings: Settings, client: str, command: str | None, remote: str) -> int:
+def _dispatch(ctx: Context, client: str, command: str | None, remote: str) -> int:
     if not CLIENT_RE.fullmatch(client):
         raise UnknownClient(f"unknown client {client[:64]!r}")
-    store = Store(settings.root).require()
-    record = admission.check_client(Registry(store), client)
+    store = ctx.store.require()
+    record = admission.check_client(ctx.registry, client)
     req = rsyncargs.parse(command, client)
     if req.kind == "true":
         return 0
     if req.kind == "upload":
         admission.check_quota(store, record)
-    admission.check_server(settings, store, reserved=admission.has_reservation(
-        settings, store, client, time.time()))
+    admission.check_server(ctx, reserved=admission.has_reservation(ctx, client, time.time()))
     if req.kind == "upload":
-        rc = ingest.run_upload(store, settings, client, req, remote=remote)
+        rc = ingest.run_upload(ctx, client, req, remote=remote)
         result = "success" if rc in ingest.SUCCESS_CODES else "failure"
         counters.add(store, {
             counters.key("admissions", {"path": "ssh", "result": "granted", "reason": ""}): 1,
             counters.key("transfers", {"result": result}): 1})
         return rc
     if req.kind == "completion":
-        return ingest.run_completion(store, settings, client, req)
+        return ingest.run_completion(ctx, client, req)
     if req.kind == "download":
         source = client
         if req.source:
             from xsbackup.restore.archive import check_readable
 
-            source = check_readable(Registry(store), client, req.source)
-        return ingest.run_download(store, settings, source, req)
-    return run_verb(store, client, req)
+            source = check_readable(ctx.registry, client, req.source)
+        return ingest.run_download(ctx, source, req)
+    return run_verb(ctx, client, req)
 
 
-def run_verb(store: Store, login: str, req: rsyncargs.Request) -> int:
+def run_verb(ctx: Context, login: str, req: rsyncargs.Request) -> int:
     """``archive``, ``list`` and ``manifest``: read-only, streamed to stdout."""
     import orjson
 
     from xsbackup.restore import archive as restore
 
-    source = restore.check_readable(Registry(store), login, req.source or login)
+    store = ctx.store
+    source = restore.check_readable(ctx.registry, login, req.source or login)
     out = sys.stdout.buffer
     if req.verb == "list":
         vols = [restore.pick_volume(store, source, req.opt("--volume"))] \

@@ -38,6 +38,7 @@ import orjson
 
 from xsbackup import hooks
 from xsbackup.config import Settings
+from xsbackup.context import Context
 from xsbackup.errors import BackupInProgress, LockBusy, NoSlot, RequestRefused, SnapshotNotFound
 from xsbackup.ingest.command import Request
 from xsbackup.locking import FileLock, client_lock, lock_directory, take_slot
@@ -88,13 +89,13 @@ class Transfer:
 class Session:
     """The locks of one writing session: client lock, then a slot."""
 
-    def __init__(self, store: Store, settings: Settings, client: str) -> None:
-        self.lock = client_lock(store.locks_dir, client)
+    def __init__(self, ctx: Context, client: str) -> None:
+        self.lock = client_lock(ctx.store.locks_dir, client)
         try:
             self.lock.acquire()
         except LockBusy:
             raise BackupInProgress(f"backup already in progress for {client}") from None
-        self.slot = _slot(store, settings)
+        self.slot = _slot(ctx)
 
     def fds(self) -> tuple[int, ...]:
         return tuple(fd for fd in (self.lock.fd, self.slot.fd) if fd is not None)
@@ -104,8 +105,9 @@ class Session:
         self.lock.release()
 
 
-def _slot(store: Store, settings: Settings) -> FileLock:
-    slot = take_slot(store.locks_dir, settings.admission.slots)
+def _slot(ctx: Context) -> FileLock:
+    settings = ctx.settings
+    slot = take_slot(ctx.store.locks_dir, settings.admission.slots)
     if slot is None:
         raise NoSlot(
             f"server busy: all {settings.admission.slots} transfer slots are taken; "
@@ -198,9 +200,10 @@ def _client_xattrs(store: Store, client: str, facts: dict[str, str]) -> None:
         set_xattrs(store.client_dir(client), facts)
 
 
-def run_upload(store: Store, settings: Settings, client: str, req: Request,
-               clock: Clock = utcnow, remote: str = "") -> int:
-    session = Session(store, settings, client)
+def run_upload(ctx: Context, client: str, req: Request, clock: Clock = utcnow,
+               remote: str = "") -> int:
+    store, settings = ctx.store, ctx.settings
+    session = Session(ctx, client)
     base_fd: int | None = None
     transfer = Transfer(client, req.volume, clock(), remote=remote)
     try:
@@ -271,10 +274,10 @@ def queue_name(sid: str, client: str, volume: str) -> str:
     return f"{sid}.{client}.{volume}.json"
 
 
-def run_completion(store: Store, settings: Settings, client: str, req: Request,
-                   clock: Clock = utcnow) -> int:
+def run_completion(ctx: Context, client: str, req: Request, clock: Clock = utcnow) -> int:
     """ds-backup's completion flag: receive the empty file, then confirm the session."""
-    session = Session(store, settings, client)
+    store, settings = ctx.store, ctx.settings
+    session = Session(ctx, client)
     try:
         flag_dir = store.client_dir(client) / "completion"
         if flag_dir.exists():
@@ -313,10 +316,11 @@ def resolve_snapshot(store: Store, client: str, volume: str, which: str) -> str:
     return which
 
 
-def run_download(store: Store, settings: Settings, client: str, req: Request) -> int:
+def run_download(ctx: Context, client: str, req: Request) -> int:
     """Send one of the client's snapshots (or a path in it) read-only."""
+    store, settings = ctx.store, ctx.settings
     sid = resolve_snapshot(store, client, req.volume, req.snapshot)
-    slot = _slot(store, settings)
+    slot = _slot(ctx)
     fds: list[int] = []
     try:
         snap = store.snapshots_dir(client, req.volume) / sid

@@ -32,8 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 
 from xsbackup import counters
-from xsbackup.ingest.admission import disk_use
-from xsbackup.store import Store, get_xattrs, iter_clients
+from xsbackup.store import Store, disk_use, get_xattrs, iter_clients
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

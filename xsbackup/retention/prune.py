@@ -32,14 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from xsbackup.clients.registry import Client, Registry
+from xsbackup.clients.registry import Client
 from xsbackup.config import RetentionSettings, Settings
+from xsbackup.context import Context
 from xsbackup.errors import LockBusy
 from xsbackup.locking import FileLock, client_lock, lock_directory, postprocess_lock
 from xsbackup.logs import LOG
 from xsbackup.retention import policy as retention
 from xsbackup.snapshots import usage
-from xsbackup.store import Store, fsync_dir, set_xattrs, snapshot_time
+from xsbackup.store import DiskUse, Store, disk_use, fsync_dir, set_xattrs, snapshot_time
 
 Progress = Callable[[int], None]  # entries deleted so far
 _CRASH_AT = os.environ.get("XSBACKUP_CRASH_AT", "")
@@ -86,9 +87,9 @@ class Report:
                 "deleted_files": self.deleted_files, "quota": self.quota}
 
 
-def plan_client(store: Store, settings: Settings, client: Client,
-                now: dt.datetime) -> list[Item]:
-    policy = policy_for(settings, client)
+def plan_client(ctx: Context, client: Client, now: dt.datetime) -> list[Item]:
+    store = ctx.store
+    policy = policy_for(ctx.settings, client)
     use = usage.cached(store, client.serial)
     items: list[Item] = []
     for volume in store.volumes(client.serial):
@@ -218,45 +219,42 @@ def _delete_trash(store: Store, progress: Progress | None) -> int:
     return removed
 
 
-def policy_prune(store: Store, settings: Settings, now: dt.datetime,
-                 client: str | None = None, dry_run: bool = False) -> Report:
-    registry = Registry(store)
-    clients = [registry.get(client)] if client else registry.all()
+def policy_prune(ctx: Context, now: dt.datetime, client: str | None = None,
+                 dry_run: bool = False) -> Report:
+    clients = [ctx.registry.get(client)] if client else ctx.registry.all()
     report = Report()
     for c in clients:
-        report.items += plan_client(store, settings, c, now)
+        report.items += plan_client(ctx, c, now)
     report.freed_estimate = sum(i.exclusive for i in report.items if not i.keep)
     if not dry_run:
-        apply(store, report.items)
+        apply(ctx.store, report.items)
     return report
 
 
 # ---- the fair-share soft quota ---------------------------------------------------------
 
 
-def over_quota(store: Store, settings: Settings) -> tuple[bool, float, float]:
-    st = os.statvfs(store.root)
-    blocks = 100.0 * (st.f_blocks - st.f_bfree) / st.f_blocks if st.f_blocks else 0.0
-    inodes = 100.0 * (st.f_files - st.f_ffree) / st.f_files if st.f_files else 0.0
-    limit = settings.quota.soft_quota_pct
-    return (blocks > limit or inodes > limit), blocks, inodes
+def over_quota(ctx: Context) -> tuple[bool, DiskUse]:
+    """Whether the state root's filesystem is over the soft quota (df's percentages)."""
+    use = disk_use(ctx.store.root)
+    limit = ctx.settings.quota.soft_quota_pct
+    return (use.blocks_pct > limit or use.inodes_pct > limit), use
 
 
-def quota_trim(store: Store, settings: Settings, client: str | None = None,
-               dry_run: bool = False, progress: Progress | None = None) -> Report:
+def quota_trim(ctx: Context, client: str | None = None, dry_run: bool = False,
+               progress: Progress | None = None) -> Report:
     """Trim in rounds until under the soft quota or nothing prunable is left."""
+    store = ctx.store
     report = Report()
-    registry = Registry(store)
-    everyone = [c.serial for c in registry.all()]
-    over, blocks, inodes = over_quota(store, settings)
-    report.quota = {"limit_pct": settings.quota.soft_quota_pct, "blocks_pct": blocks,
-                    "inodes_pct": inodes, "rounds": 0}
+    everyone = [c.serial for c in ctx.registry.all()]
+    over, use = over_quota(ctx)
+    report.quota = {"limit_pct": ctx.settings.quota.soft_quota_pct,
+                    "blocks_pct": use.blocks_pct, "inodes_pct": use.inodes_pct,
+                    "df_blocks_pct": use.df_blocks_pct, "rounds": 0}
     if not over:
         report.quota["result"] = "under quota"
         return report
-    st = os.statvfs(store.root)
-    share = st.f_blocks * st.f_frsize * settings.quota.soft_quota_pct / 100 / \
-        max(1, len(everyone))
+    share = use.total_bytes * ctx.settings.quota.soft_quota_pct / 100 / max(1, len(everyone))
     report.quota["fair_share_bytes"] = int(share)
     exhausted: set[str] = set()
     while over:
@@ -279,8 +277,9 @@ def quota_trim(store: Store, settings: Settings, client: str | None = None,
             report.quota["result"] = "dry run: one round planned"
             break
         report.deleted_files += delete_trash(store, progress)
-        over, blocks, inodes = over_quota(store, settings)
-        report.quota.update({"blocks_pct": blocks, "inodes_pct": inodes})
+        over, use = over_quota(ctx)
+        report.quota.update({"blocks_pct": use.blocks_pct, "inodes_pct": use.inodes_pct,
+                             "df_blocks_pct": use.df_blocks_pct})
     else:
         report.quota["result"] = "under quota"
     return report

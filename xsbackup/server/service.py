@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xsbackup import config
-from xsbackup.clients.registry import Registry, write_authorized_keys
+from xsbackup.clients.registry import write_authorized_keys
+from xsbackup.context import Context
+from xsbackup.errors import XsbackupError
 from xsbackup.ingest import admission
 from xsbackup.logs import LOG
 from xsbackup.snapshots import postprocess
@@ -72,13 +74,12 @@ class DailyPrune:
     local time), and only while the 1-minute load is under ``admission.max_load``, as
     the original server did; a busy day's run waits for the load to drop."""
 
-    def __init__(self, settings: Callable[[], config.Settings], store: Store) -> None:
-        self.settings = settings
-        self.store = store
+    def __init__(self, get_ctx: Callable[[], Context]) -> None:
+        self.get_ctx = get_ctx
         self.done_on: dt.date | None = None
 
     def due(self, now: dt.datetime) -> bool:
-        when = self.settings().prune.schedule.strip()
+        when = self.get_ctx().settings.prune.schedule.strip()
         if not when:
             return False
         hh, _, mm = when.partition(":")
@@ -89,47 +90,52 @@ class DailyPrune:
         from xsbackup.retention import prune
 
         now = dt.datetime.now().astimezone()
-        s = self.settings()
-        if not self.due(now) or os.getloadavg()[0] > s.admission.max_load:
+        ctx = self.get_ctx()
+        if not self.due(now) or os.getloadavg()[0] > ctx.settings.admission.max_load:
             return
         self.done_on = now.date()
-        report = prune.policy_prune(self.store, s, now.astimezone(dt.UTC))
-        prune.delete_trash(self.store)
-        quota = prune.quota_trim(self.store, s)
+        report = prune.policy_prune(ctx, now.astimezone(dt.UTC))
+        prune.delete_trash(ctx.store)
+        quota = prune.quota_trim(ctx)
         pruned = sum(1 for i in report.items if i.outcome == "pruned")
         LOG.info("scheduled prune: %d snapshots pruned by policy; quota: %s", pruned,
                  quota.quota.get("result"))
 
 
-def refresh_usage(settings: config.Settings, store: Store) -> None:
+def refresh_usage(ctx: Context) -> None:
     """Keep the cached usage of clients with a quota fresh, for ingest's quota check."""
     from xsbackup.snapshots import usage
 
-    for client in Registry(store).all():
+    for client in ctx.registry.all():
         if client.policy.get("quota_bytes"):
-            usage.cached(store, client.serial)
+            usage.cached(ctx.store, client.serial)
 
 
 class Service:
     def __init__(self, root: str | None, config_file: str | None,
                  overrides: dict[str, Any]) -> None:
         self._args = (root, config_file, overrides)
-        self._settings = config.load(root, config_file, overrides)
+        self._ctx = Context.open(config.load(root, config_file, overrides), require=False)
         self.lock = threading.Lock()
 
-    def settings(self) -> config.Settings:
+    def context(self) -> Context:
+        """The current context; every thread calls this per unit of work, so SIGHUP's
+        reload reaches the SSH and HTTP servers, the post-processor and the scheduler."""
         with self.lock:
-            return self._settings
+            return self._ctx
+
+    def settings(self) -> config.Settings:
+        return self.context().settings
 
     def reload(self) -> None:
         try:
-            new = config.load(*self._args)
-        except Exception as e:
-            LOG.error("SIGHUP: configuration not reloaded: %s", e)
+            new = Context.open(config.load(*self._args), require=False)
+        except XsbackupError as e:
+            LOG.error("SIGHUP: configuration not reloaded: %s", e.message)
             return
         with self.lock:
-            self._settings = new
-        path = write_authorized_keys(Registry(Store(new.root)))
+            self._ctx = new
+        path = write_authorized_keys(new.registry)
         LOG.info("SIGHUP: configuration reloaded, %s regenerated", path)
 
     def run(self, ready: Callable[[str], None] | None = None) -> int:
@@ -138,9 +144,9 @@ class Service:
         from xsbackup.web.app import make_app, make_server
 
         s = self.settings()
-        store = init_root(s.root)
+        init_root(s.root)
         logs.setup(s)
-        write_authorized_keys(Registry(store))
+        write_authorized_keys(self.context().registry)
         bind = s.server.bind
         ssh = SshServer(self.settings, bind, s.server.ssh_port)
         app = make_app(self.settings)
@@ -150,14 +156,14 @@ class Service:
         pp_stop = threading.Event()
         scheduler = Scheduler()
         scheduler.add("expire-admissions", 60, lambda: admission.expire_grants(
-            self.settings(), store, time.time()))
-        scheduler.add("sweep-trash", 3600, lambda: sweep_trash(store))
-        scheduler.add("prune", 60, DailyPrune(self.settings, store))
-        scheduler.add("usage", 900, lambda: refresh_usage(self.settings(), store))
+            self.context(), time.time()))
+        scheduler.add("sweep-trash", 3600, lambda: sweep_trash(self.context().store))
+        scheduler.add("prune", 60, DailyPrune(self.context))
+        scheduler.add("usage", 900, lambda: refresh_usage(self.context()))
         threads = [
             threading.Thread(target=ssh.serve_forever, name="ssh", daemon=True),
             threading.Thread(target=http.run, name="http", daemon=True),
-            threading.Thread(target=postprocess.watch, args=(store, s, pp_stop),
+            threading.Thread(target=postprocess.watch, args=(self.context, pp_stop),
                              name="postprocess", daemon=True),
             threading.Thread(target=scheduler.loop, args=(stop,), name="scheduler", daemon=True),
         ]

@@ -45,6 +45,7 @@ import orjson
 
 from xsbackup import counters, hooks
 from xsbackup.config import Settings
+from xsbackup.context import Context
 from xsbackup.errors import InvalidName
 from xsbackup.locking import postprocess_lock
 from xsbackup.logs import LOG
@@ -136,9 +137,10 @@ def previous_snapshot(store: Store, client: str, volume: str, sid: str) -> Path 
     return store.snapshots_dir(client, volume) / older[-1] if older else None
 
 
-def process(store: Store, settings: Settings, entry: Entry,
+def process(ctx: Context, entry: Entry,
             now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> str:
     """Promote one entry. Returns what happened: promoted, recovered or dropped."""
+    store, settings = ctx.store, ctx.settings
     client, volume, sid = entry.client, entry.volume, entry.id
     who = f"client={client} volume={volume} snapshot={sid}"
     with postprocess_lock(store.locks_dir, client).acquire(wait=True):
@@ -228,8 +230,9 @@ def requeue_orphans(store: Store) -> int:
     return n
 
 
-def run_once(store: Store, settings: Settings) -> dict[str, int]:
+def run_once(ctx: Context) -> dict[str, int]:
     """Drain the queue: clients in parallel (bounded pool), each client's entries in order."""
+    store = ctx.store
     requeue_orphans(store)
     by_client: dict[str, list[Entry]] = defaultdict(list)
     for e in pending(store):
@@ -240,7 +243,7 @@ def run_once(store: Store, settings: Settings) -> dict[str, int]:
     def work(entries: list[Entry]) -> None:
         for e in entries:
             try:
-                outcome = process(store, settings, e)
+                outcome = process(ctx, e)
             except Exception as exc:  # one client's failure must not stop the others
                 LOG.exception("client=%s volume=%s snapshot=%s post-processing failed",
                               e.client, e.volume, e.id)
@@ -255,27 +258,28 @@ def run_once(store: Store, settings: Settings) -> dict[str, int]:
 
     groups = list(by_client.values())
     if groups:
-        workers = min(settings.postprocess.workers, len(groups))
+        workers = min(ctx.settings.postprocess.workers, len(groups))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(work, groups))
     return dict(counts)
 
 
-def watch(store: Store, settings: Settings, stop: threading.Event,
-          poll: float = 0.5) -> None:
+def watch(get_ctx: Callable[[], Context], stop: threading.Event, poll: float = 0.5) -> None:
     """Run until ``stop`` is set: wake within ``poll`` seconds of a queue change (one
-    ``stat`` of the queue directory), and sweep every ``postprocess.sweep_seconds``."""
+    ``stat`` of the queue directory), and sweep every ``postprocess.sweep_seconds``.
+    ``get_ctx`` is called on every round, so a configuration reload reaches this loop."""
     last_mtime = -1
     last_sweep = 0.0
-    sweep = settings.postprocess.sweep_seconds
     while not stop.is_set():
+        ctx = get_ctx()
+        sweep = ctx.settings.postprocess.sweep_seconds
         try:
-            mtime = os.stat(store.queue_dir).st_mtime_ns
+            mtime = os.stat(ctx.store.queue_dir).st_mtime_ns
         except FileNotFoundError:
             mtime = -1
         due = time.monotonic() - last_sweep >= sweep
         if mtime != last_mtime or due:
             last_mtime = mtime
             last_sweep = time.monotonic()
-            run_once(store, settings)
+            run_once(ctx)
         stop.wait(poll)

@@ -76,6 +76,7 @@ from xsbackup import __version__, counters
 from xsbackup.clients import registration
 from xsbackup.clients.registry import Client, Registry
 from xsbackup.config import Settings
+from xsbackup.context import Context
 from xsbackup.errors import (
     ClientDisabled,
     ClientNotFound,
@@ -99,6 +100,7 @@ from xsbackup.store import (
     check_client,
     check_snapshot_id,
     check_volume,
+    disk_use,
     get_xattrs,
 )
 from xsbackup.web import users
@@ -229,10 +231,10 @@ def _volume_rows(store: Store, serial: str) -> list[dict[str, Any]]:
 
 
 def health(settings: Settings, store: Store) -> dict[str, Any]:
-    use = admission.disk_use(store.root)
+    use = disk_use(store.root)
     return {"status": "ok", "version": __version__,
             "queue_depth": metrics.queue_depth(store),
-            "maintenance": admission.maintenance_on(settings, store),
+            "maintenance": admission.maintenance_on(Context(settings, store, Registry(store))),
             "disk": {"blocks_used_ratio": use.blocks_pct / 100.0,
                      "inodes_used_ratio": use.inodes_pct / 100.0,
                      "free_bytes": use.free_bytes}}
@@ -400,7 +402,8 @@ class App:
         except ClientDisabled:
             self._count(store, "refused", "disabled")
             return _empty(403)
-        verdict = admission.availability(settings, store, serial, time.time())
+        verdict = admission.availability(Context(settings, store, Registry(store)), serial,
+                                         time.time())
         if verdict.granted:
             self._count(store, "granted", "")
             return _empty(200)
@@ -443,8 +446,8 @@ class App:
 
         def register(serial: Any, nickname: Any, uuid: Any, pubkey: Any) -> dict[str, str]:
             try:
-                return registration.register(settings, store, serial, nickname, uuid, pubkey,
-                                             host)
+                return registration.register(settings, Registry(store), serial, nickname,
+                                             uuid, pubkey, host)
             except (XsbackupError, OSError):
                 LOG.exception("registration of %r failed", str(serial)[:80])
                 return {"success": registration.ERROR,

@@ -17,14 +17,14 @@ from typing import Any
 from xsbackup.clients import registration
 from xsbackup.clients.registry import Client, Registry
 from xsbackup.config import Settings
+from xsbackup.context import Context
 from xsbackup.errors import ClientNotFound
-from xsbackup.ingest import admission
 from xsbackup.monitor import status
 from xsbackup.retention import policy as retention
 from xsbackup.retention import prune
 from xsbackup.snapshots import postprocess, usage
 from xsbackup.snapshots.snapshot import read_facts
-from xsbackup.store import Store, check_client, get_xattrs, snapshot_time
+from xsbackup.store import Store, check_client, disk_use, get_xattrs, snapshot_time
 
 SORTS = ("serial", "nickname", "last", "age", "snapshots", "usage", "error")
 QUEUE_SHOWN = 50
@@ -109,7 +109,7 @@ def pending_registrations(store: Store) -> list[dict[str, Any]]:
     approval would retire (0: a new device)."""
     registry = Registry(store)
     waiting = []
-    for serial, key in registration.pending(store):
+    for serial, key in registration.pending(registry):
         try:
             client: Client | None = registry.get(serial)
         except ClientNotFound:
@@ -140,7 +140,7 @@ def dashboard(settings: Settings, store: Store, query: str, sort: str, order: st
     sort = sort if sort in SORTS else "age"
     order = order if order in ("asc", "desc") else ("desc" if sort == "age" else "asc")
     rows.sort(key=_sort_key(sort), reverse=order == "desc")
-    use = admission.disk_use(store.root)
+    use = disk_use(store.root)
     soft = settings.quota.soft_quota_pct
     queue = postprocess.pending(store)
     return {
@@ -283,7 +283,7 @@ def client_page(settings: Settings, store: Store, serial: str,
     overdue = not client.disabled and (
         age is None or age > settings.ui.overdue_days * 86400)
     use = usage.cached(store, serial)
-    plan = prune.plan_client(store, settings, client, now)
+    plan = prune.plan_client(Context(settings, store, registry), client, now)
     verdicts = {(i.volume, i.id): i for i in plan}
     volumes = store.volumes(serial)
     vol_rows, snaps = [], []
@@ -320,8 +320,9 @@ def client_page(settings: Settings, store: Store, serial: str,
 
 def prune_plan(settings: Settings, store: Store, serial: str,
                now: dt.datetime) -> tuple[Client, list[prune.Item]]:
-    client = Registry(store).get(check_client(serial))
-    return client, prune.plan_client(store, settings, client, now)
+    registry = Registry(store)
+    client = registry.get(check_client(serial))
+    return client, prune.plan_client(Context(settings, store, registry), client, now)
 
 
 def run_prune(settings: Settings, store: Store, serial: str, confirmed: set[str],

@@ -421,11 +421,11 @@ class UI:
         self.require_admin(req, f"{action} a registration")
         check_client(serial)
         if action == "approve":
-            registration.approve(req.store, serial)
+            registration.approve(Registry(req.store), serial)
             LOG.warning("web ui: %s approved the pending key of %s", req.user_name, serial)
             self.flash(req, "ok", f"Approved the new key of {serial}: it can back up now.")
         else:
-            registration.reject(req.store, serial)
+            registration.reject(Registry(req.store), serial)
             LOG.warning("web ui: %s rejected the pending key of %s", req.user_name, serial)
             self.flash(req, "ok", f"Rejected the pending key of {serial}.")
         return redirect("/ui/#pending")
