@@ -25,14 +25,12 @@ A failing or hanging ``post-*``/``on-failure`` hook is logged and never affects 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from xsbackup import procs
 from xsbackup.config import Settings
 from xsbackup.errors import HookVeto
 from xsbackup.logs import LOG
@@ -75,11 +73,8 @@ def hook_paths(settings: Settings, stage: str) -> list[Path]:
 
 
 def _env(settings: Settings, stage: str, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TZ") if k in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update({"XSBACKUP_STAGE": stage, "XSBACKUP_ROOT": str(settings.root)})
-    env.update(extra)
-    return env
+    return procs.environment({"XSBACKUP_STAGE": stage, "XSBACKUP_ROOT": str(settings.root),
+                              **extra}, inherit=("PATH", "HOME", "LANG", "TZ"), c_locale=False)
 
 
 def run_one(path: Path, env: dict[str, str], timeout: float) -> HookResult:
@@ -88,18 +83,14 @@ def run_one(path: Path, env: dict[str, str], timeout: float) -> HookResult:
     for the hook process alone, then kill its whole process group."""
     with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.Popen([str(path)], stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    close_fds=True)
+            proc = procs.spawn([str(path)], why=f"hook {path.name}", env=env,
+                               stdin=procs.DEVNULL, stdout=out, stderr=procs.STDOUT,
+                               new_session=True)
         except OSError as e:
             # A hook that cannot start (bad interpreter, vanished) fails like exit 126.
             return HookResult(path, 126, f"{path.name} could not run: {e.strerror or e}")
-        try:
-            code: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        code = procs.wait(proc, timeout)
+        procs.kill_group(proc)
         proc.wait()
         out.seek(0)
         text = out.read(MAX_OUTPUT).decode(errors="replace")

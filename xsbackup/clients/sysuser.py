@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+from xsbackup import procs
 from xsbackup.errors import SystemUserError
 from xsbackup.store import check_client
 
@@ -44,9 +44,9 @@ def create_login(serial: str) -> None:
     argv = ["useradd", "--non-unique", "--uid", str(uid), "--gid", str(gid),
             "--no-create-home", "--home-dir", "/nonexistent", "--shell", login_shell(),
             "--password", "*", "--comment", f"xsbackup client {serial}", serial]
-    res = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise SystemUserError(f"useradd {serial} failed: {res.stderr.strip()}")
+    res = procs.run(argv, why=f"create the login of {serial}")
+    if not res.ok:
+        raise SystemUserError(f"useradd {serial} failed: {res.first_error_line()}")
 
 
 def remove_login(serial: str) -> None:
@@ -58,7 +58,6 @@ def remove_login(serial: str) -> None:
     # --force: the uid is shared with the running service account, which userdel would
     # otherwise count as the user being logged in. The home is /nonexistent, so nothing
     # else can be removed with it.
-    res = subprocess.run(["userdel", "--force", serial], capture_output=True, text=True,
-                         check=False)
-    if res.returncode != 0:
-        raise SystemUserError(f"userdel {serial} failed: {res.stderr.strip()}")
+    res = procs.run(["userdel", "--force", serial], why=f"remove the login of {serial}")
+    if not res.ok:
+        raise SystemUserError(f"userdel {serial} failed: {res.first_error_line()}")

@@ -28,7 +28,6 @@ import contextlib
 import datetime as dt
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import orjson
 
-from xsbackup import hooks
+from xsbackup import hooks, procs
 from xsbackup.config import Settings
 from xsbackup.context import Context
 from xsbackup.errors import BackupInProgress, LockBusy, NoSlot, RequestRefused, SnapshotNotFound
@@ -377,15 +376,4 @@ def _pin_source(snap_fd: int, req: Request, fds: list[int], sid: str) -> str:
 
 def _run(argv: list[str], pass_fds: list[int]) -> int:
     """Run rsync with the wrapper's stdin/stdout/stderr, never through a shell."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
-    proc = subprocess.Popen(argv, pass_fds=tuple(pass_fds), env=env, close_fds=True)
-    try:
-        return proc.wait()
-    except BaseException:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise
+    return procs.call(argv, why="rsync", pass_fds=pass_fds)

@@ -27,11 +27,11 @@ import datetime as dt
 import os
 import secrets
 import signal
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from xsbackup import procs
 from xsbackup.clients.registry import Client
 from xsbackup.config import RetentionSettings, Settings
 from xsbackup.context import Context
@@ -202,8 +202,10 @@ def _delete_trash(store: Store, progress: Progress | None) -> int:
                 if child.is_dir() and not child.is_symlink():
                     # rm -rf: shutil.rmtree measured 1.4x its time (it builds a path
                     # string per file); rm never follows links and stays on this fs.
-                    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(child)],
-                                   check=True)
+                    res = procs.run(["rm", "-rf", "--one-file-system", "--", str(child)],
+                                    why="delete pruned snapshots")
+                    if not res.ok:
+                        raise OSError(f"rm -rf {child}: {res.first_error_line()}")
                 else:
                     child.unlink()
                 removed += 1

@@ -27,7 +27,6 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections import defaultdict, deque
@@ -45,6 +44,7 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
+from xsbackup import procs
 from xsbackup.clients.registry import xsbackup_executable
 from xsbackup.config import Settings
 from xsbackup.logs import LOG
@@ -234,7 +234,7 @@ class SshServer:
         self.executable = xsbackup_executable()
         self._slots = threading.BoundedSemaphore(s.server.max_connections)
         self._closing = threading.Event()
-        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._procs: set[procs.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self._active = 0
 
@@ -342,19 +342,19 @@ class SshServer:
             channel.close()
             return
         s = self.settings()
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C",
-               "SSH_CONNECTION": f"{session.addr[0]} {session.addr[1]} "
-                                 f"{session.local[0]} {session.local[1]}"}
-        env.update({k: v for k, v in os.environ.items() if k.startswith("XSBACKUP_")})
+        env = procs.environment({
+            "SSH_CONNECTION": f"{session.addr[0]} {session.addr[1]} "
+                              f"{session.local[0]} {session.local[1]}",
+            **{k: v for k, v in os.environ.items() if k.startswith("XSBACKUP_")}})
         if s.config_file is not None:
             env["XSBACKUP_CONFIG"] = str(s.config_file)
         if session.command is not None:
             env["SSH_ORIGINAL_COMMAND"] = session.command
         argv = [self.executable, "--root", str(self.root), "ssh-command",
                 "--client", session.client]
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env, bufsize=0,
-                                start_new_session=True, close_fds=True)
+        proc = procs.spawn(argv, why=f"the forced command for {session.client}", env=env,
+                           stdin=procs.PIPE, stdout=procs.PIPE, stderr=procs.PIPE, bufsize=0,
+                           new_session=True)
         with self._lock:
             self._procs.add(proc)
         try:
@@ -379,7 +379,7 @@ class SshServer:
                 self._procs.discard(proc)
 
 
-def _pump_in(channel: paramiko.Channel, proc: subprocess.Popen[bytes]) -> None:
+def _pump_in(channel: paramiko.Channel, proc: procs.Popen[bytes]) -> None:
     stdin = proc.stdin
     if stdin is None:
         return
