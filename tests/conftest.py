@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The load limit depends on what else the test machine runs (parallel suites, benches),
+# and no test is about it unless it sets it: those that are override it.
+TEST_DEFAULTS: dict[str, dict[str, object]] = {"admission": {"max_load": 1000.0}}
+
+
 @dataclass
 class Server:
     """A state root with helpers to register clients and write its config."""
@@ -60,7 +66,15 @@ class Server:
         return Context.open(self.settings())
 
     def configure(self, text: str) -> None:
-        (self.root / "xsbackup.toml").write_text(text)
+        """Write the state root's configuration: ``text`` over ``TEST_DEFAULTS``."""
+        merged = {k: dict(v) for k, v in TEST_DEFAULTS.items()}
+        for section, body in tomllib.loads(text).items():
+            merged.setdefault(section, {}).update(body)
+        lines = []
+        for section, body in merged.items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {config._toml_value(v)}" for k, v in body.items()]
+        (self.root / "xsbackup.toml").write_text("\n".join(lines) + "\n")
 
     def add_client(self, serial: str, nickname: str = "") -> Path:
         key = self.keydir / f"id_{serial}"
@@ -83,7 +97,9 @@ def server(tmp_path: Path) -> Server:
     init_root(root)
     keydir = tmp_path / "keys"
     keydir.mkdir()
-    return Server(root, keydir)
+    server = Server(root, keydir)
+    server.configure("")
+    return server
 
 
 @pytest.fixture(scope="session")
