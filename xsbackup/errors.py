@@ -211,6 +211,27 @@ class PathNotFound(Refused):
     reason = "no-path"
 
 
+class JournalError(Refused, ValueError):
+    """A Sugar Journal entry could not be served."""
+
+    exit_code = 55
+    reason = "journal"
+
+
+class EntryNotFound(JournalError, LookupError):
+    """No such Journal entry in the snapshot."""
+
+    exit_code = 56
+    reason = "no-entry"
+
+
+class NotADatastore(JournalError):
+    """The directory is not a Sugar datastore."""
+
+    exit_code = 57
+    reason = "no-datastore"
+
+
 class ServerError(XsbackupError):
     """The server failed internally; the details are in its log."""
 

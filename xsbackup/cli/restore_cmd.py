@@ -52,9 +52,10 @@ def restore_archive(settings: config_mod.Settings, store: Any, serial: str, path
                     volume: str | None, at: str | None, fmt: str) -> None:
     """Stream SERIAL's snapshot (or PATH inside it) to stdout: ... | tar x"""
     from xsbackup.restore import archive as core
+    from xsbackup.restore.resolve import pick_volume, resolve
 
-    vol = core.pick_volume(store, serial, volume)
-    sid = core.resolve(store, serial, vol, at)
+    vol = pick_volume(store, serial, volume)
+    sid = resolve(store, serial, vol, at)
     out = sys.stdout.buffer
     core.write_archive(store, serial, vol, sid, path, fmt, out)
     out.flush()
