@@ -18,6 +18,8 @@ Exit-code bands:
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class XsbackupError(Exception):
     """An error occurred."""
@@ -95,6 +97,17 @@ class NothingPending(XsbackupError):
     """No key of this client is awaiting approval."""
 
     exit_code = 16
+
+
+class CanonicalJSONError(XsbackupError, ValueError):
+    """The document is not canonical JSON."""
+
+    exit_code = 17
+
+    def __init__(self, violation: Any) -> None:
+        """``violation``: the ``snapshots.cjson.Violation`` saying where and why."""
+        super().__init__(str(violation))
+        self.violation = violation
 
 
 # ---- refusals of the forced command (40-59) ------------------------------------------
