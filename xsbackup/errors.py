@@ -18,6 +18,8 @@ Exit-code bands:
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class XsbackupError(Exception):
     """An error occurred."""
@@ -95,6 +97,17 @@ class NothingPending(XsbackupError):
     """No key of this client is awaiting approval."""
 
     exit_code = 16
+
+
+class CanonicalJSONError(XsbackupError, ValueError):
+    """The document is not canonical JSON."""
+
+    exit_code = 17
+
+    def __init__(self, violation: Any) -> None:
+        """``violation``: the ``snapshots.cjson.Violation`` saying where and why."""
+        super().__init__(str(violation))
+        self.violation = violation
 
 
 # ---- refusals of the forced command (40-59) ------------------------------------------
@@ -209,6 +222,27 @@ class PathNotFound(Refused):
 
     exit_code = 54
     reason = "no-path"
+
+
+class JournalError(Refused, ValueError):
+    """A Sugar Journal entry could not be served."""
+
+    exit_code = 55
+    reason = "journal"
+
+
+class EntryNotFound(JournalError, LookupError):
+    """No such Journal entry in the snapshot."""
+
+    exit_code = 56
+    reason = "no-entry"
+
+
+class NotADatastore(JournalError):
+    """The directory is not a Sugar datastore."""
+
+    exit_code = 57
+    reason = "no-datastore"
 
 
 class ServerError(XsbackupError):

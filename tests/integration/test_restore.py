@@ -305,6 +305,49 @@ def test_absent_snapshot_is_a_clear_error(evil_snapshot: tuple[Server, Sshd, str
     assert status == 404
 
 
+def test_symlinked_snapshot_id_is_never_followed(three_clients: tuple[Server, Sshd],
+                                                web: str, tmp_path: Path) -> None:
+    """A symlink in snapshots/ named like an id (here the newest, pointing at another
+    client's snapshot) is no snapshot: not listed, resolved, pulled, archived or served."""
+    server, sshd = three_clients
+    theirs = server.store.snapshots_dir(OTHER, "documents") / \
+        server.store.snapshot_ids(OTHER, "documents")[0]
+    (mine,) = server.store.snapshot_ids(NEW, "documents")
+    planted = "2999-01-01T000000Z"
+    (server.store.snapshots_dir(NEW, "documents") / planted).symlink_to(theirs)
+    (server.store.volume_dir(NEW, "documents") / "latest").unlink()  # newest decides
+    leak = OTHER.encode()
+
+    res = _ssh(sshd, server, NEW, "list")
+    assert res.returncode == 0, res.stderr
+    assert planted.encode() not in res.stdout
+    res = _ssh(sshd, server, NEW, f"archive --at {planted}")
+    assert (res.returncode, res.stdout) == (51, b"")
+    res = _ssh(sshd, server, NEW, "archive --at 2999-06-01T00:00:00Z")
+    assert res.returncode == 0, res.stderr
+    with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tar:
+        member = tar.extractfile("owner.txt")
+        assert member is not None
+        assert member.read() == f"{NEW}\n".encode()
+    res = _ssh(sshd, server, NEW, "rsync --server --sender -logDtpre.iLsfxCIvu . "
+                                  f"documents/{planted}/")
+    assert res.returncode == 51
+    assert leak not in res.stdout
+    out = tmp_path / "out"
+    r = sshd.rsync(server.keys[NEW], "-a", "127.0.0.1:documents/latest/", f"{out}/", user=NEW)
+    assert r.returncode == 0, r.stderr
+    assert (out / "owner.txt").read_text() == f"{NEW}\n"
+
+    base = f"{web}/api/v1/clients/{NEW}"
+    for what in ("archive.tar", "file?path=owner.txt"):
+        status, body, _ = get(f"{base}/volumes/documents/snapshots/{planted}/{what}")
+        assert status == 404, what
+        assert leak not in body
+    status, body, _ = get(f"{base}/restore?volume=documents")
+    assert status == 200
+    assert f"documents/{mine}/".encode() in body
+
+
 def test_snapshot_being_pruned_is_a_clear_error(evil_snapshot: tuple[Server, Sshd, str],
                                                 web: str, tmp_path: Path) -> None:
     server, sshd, sid = evil_snapshot

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xsbackup.errors import XsbackupError
 from xsbackup.snapshots import cjson
 from xsbackup.snapshots.cjson import (
     CanonicalJSONError,
@@ -20,6 +21,7 @@ from xsbackup.snapshots.cjson import (
     classify,
     decode,
     encode,
+    scanner,
     validate,
 )
 
@@ -175,6 +177,8 @@ def test_error_is_a_value_error_carrying_the_violation() -> None:
         decode(b'{"b":1,"a":2}')
     assert isinstance(caught.value, CanonicalJSONError)
     assert caught.value.violation.reason == "object keys not in byte order"
+    assert isinstance(caught.value, XsbackupError)  # the one error tree, with an exit code
+    assert caught.value.message == "line 1, column 8 (byte 7): object keys not in byte order"
 
 
 def test_max_depth_is_a_parameter_and_never_a_recursion_error() -> None:
@@ -403,8 +407,8 @@ def _mutate(doc: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
 
 def _scanner_accepts(doc: bytes, require_utf8: bool = False) -> bool:
     try:
-        cjson._scan(doc, cjson.DEFAULT_MAX_DEPTH, require_utf8)
-    except cjson._Fail:
+        scanner._scan(doc, cjson.DEFAULT_MAX_DEPTH, require_utf8)
+    except scanner._Fail:
         return False
     return True
 
@@ -425,7 +429,7 @@ def test_mutated_documents_agree_with_scanner_and_orjson(
     doc = _mutate(encode(value), mutations)
     verdict = validate(doc, require_utf8=require_utf8)
     # The fast path may only ever accept what the exact scanner accepts.
-    if cjson._fast_ok(doc, cjson.DEFAULT_MAX_DEPTH, require_utf8):
+    if scanner._fast_ok(doc, cjson.DEFAULT_MAX_DEPTH, require_utf8):
         assert _scanner_accepts(doc, require_utf8)
     assert (verdict is None) == _scanner_accepts(doc, require_utf8)
     if verdict is not None:
@@ -444,8 +448,8 @@ def test_mutated_documents_agree_with_scanner_and_orjson(
 @given(FLAT)
 def test_flat_objects_take_the_fast_path(value: dict[str, Any]) -> None:
     doc = encode(value)
-    assert cjson._fast_ok(doc, cjson.DEFAULT_MAX_DEPTH, False)
-    assert cjson._fast_ok(doc, cjson.DEFAULT_MAX_DEPTH, True)
+    assert scanner._fast_ok(doc, cjson.DEFAULT_MAX_DEPTH, False)
+    assert scanner._fast_ok(doc, cjson.DEFAULT_MAX_DEPTH, True)
 
 
 # --- classify -----------------------------------------------------------------------------

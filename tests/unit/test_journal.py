@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from xsbackup.errors import Refused, XsbackupError, all_errors
 from xsbackup.restore import journal
 from xsbackup.restore.journal import (
     XOJ_MIME,
@@ -406,6 +407,15 @@ def test_read_metadata_v0(v0: tuple[int, dict[str, Spec]]) -> None:
     fd, specs = v0
     for uid, spec in specs.items():
         assert read_metadata(fd, uid) == spec.meta  # "preview" dropped; invalid JSON is {}
+
+
+def test_errors_belong_to_the_one_error_tree() -> None:
+    """Each carries its own exit code and a one-line message, even when raised bare."""
+    for cls in (JournalError, EntryNotFound, NotADatastore):
+        assert issubclass(cls, XsbackupError)
+    assert NotADatastore().message == "The directory is not a Sugar datastore."
+    codes = [c.exit_code for c in all_errors() if c is not Refused]  # Refused: abstract
+    assert len(codes) == len(set(codes))
 
 
 @pytest.mark.parametrize("uid", ["", "../etc", "a/b", "x" * 129, "ab cd", ".", "ü"])

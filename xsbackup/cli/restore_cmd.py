@@ -51,9 +51,10 @@ def restore_archive(ctx: Context, serial: str, path: str,
                     volume: str | None, at: str | None, fmt: str) -> None:
     """Stream SERIAL's snapshot (or PATH inside it) to stdout: ... | tar x"""
     from xsbackup.restore import archive as core
+    from xsbackup.restore.resolve import pick_volume, resolve
 
-    vol = core.pick_volume(ctx.store, serial, volume)
-    sid = core.resolve(ctx.store, serial, vol, at)
+    vol = pick_volume(ctx.store, serial, volume)
+    sid = resolve(ctx.store, serial, vol, at)
     out = sys.stdout.buffer
     core.write_archive(ctx.store, serial, vol, sid, path, fmt, out)
     out.flush()

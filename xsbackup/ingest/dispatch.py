@@ -97,19 +97,21 @@ def run_verb(ctx: Context, login: str, req: rsyncargs.Request) -> int:
     import orjson
 
     from xsbackup.restore import archive as restore
+    from xsbackup.restore import resolve
 
     store = ctx.store
     source = restore.check_readable(ctx.registry, login, req.source or login)
     out = sys.stdout.buffer
     if req.verb == "list":
-        vols = [restore.pick_volume(store, source, req.opt("--volume"))] \
+        vols = [resolve.pick_volume(store, source, req.opt("--volume"))] \
             if req.opt("--volume") else store.volumes(source)
-        rows = [{"volume": v, "id": sid} for v in vols for sid in store.snapshot_ids(source, v)]
+        rows = [{"volume": v, "id": sid} for v in vols
+                for sid in resolve.snapshot_ids(store, source, v)]
         out.write(orjson.dumps(rows) + b"\n")
         out.flush()
         return 0
-    volume = restore.pick_volume(store, source, req.opt("--volume"))
-    sid = restore.resolve(store, source, volume, req.opt("--at"))
+    volume = resolve.pick_volume(store, source, req.opt("--volume"))
+    sid = resolve.resolve(store, source, volume, req.opt("--at"))
     LOG.info("client=%s volume=%s snapshot=%s %s for %s started", source, volume, sid,
              req.verb, login)
     if req.verb == "manifest":

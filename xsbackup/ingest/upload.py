@@ -38,14 +38,15 @@ import orjson
 from xsbackup import hooks, procs
 from xsbackup.config import Settings
 from xsbackup.context import Context
-from xsbackup.errors import BackupInProgress, LockBusy, NoSlot, RequestRefused, SnapshotNotFound
+from xsbackup.errors import BackupInProgress, LockBusy, NoSlot, RequestRefused
 from xsbackup.ingest.command import Request
-from xsbackup.locking import FileLock, client_lock, lock_directory, take_slot
+from xsbackup.locking import FileLock, client_lock, take_slot
 from xsbackup.logs import LOG
+from xsbackup.restore.access import O_DIR, OpenSnapshot
+from xsbackup.restore.resolve import resolve
 from xsbackup.store import (
     Store,
     atomic_write,
-    check_snapshot_id,
     fsync_dir,
     set_xattrs,
     snapshot_id_for,
@@ -136,8 +137,7 @@ def newest_base(store: Store, client: str, volume: str) -> tuple[str, str] | Non
 
 
 def _open_dir(path: Path | str, dir_fd: int | None = None) -> int:
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.open(path, flags, dir_fd=dir_fd)
+    return os.open(path, O_DIR, dir_fd=dir_fd)
 
 
 def link_base(store: Store, client: str, volume: str) -> tuple[str | None, int | None]:
@@ -296,40 +296,14 @@ def run_completion(ctx: Context, client: str, req: Request, clock: Clock = utcno
         session.close()
 
 
-def resolve_snapshot(store: Store, client: str, volume: str, which: str) -> str:
-    if which == "latest":
-        sid = store.latest_id(client, volume)
-        if sid is None:
-            raise SnapshotNotFound(f"{volume} has no snapshot yet")
-        return sid
-    if which.startswith("minute:"):
-        stamp = which[len("minute:"):].replace("_", "T").replace(":", "").replace("-", "")
-        matches = [s for s in store.snapshot_ids(client, volume)
-                   if s.replace("-", "")[:13] == stamp]
-        if not matches:
-            raise SnapshotNotFound(f"no {volume} snapshot from {which[7:]}")
-        return matches[-1]
-    check_snapshot_id(which)
-    if which not in store.snapshot_ids(client, volume):
-        raise SnapshotNotFound(f"no snapshot {which} of {volume}")
-    return which
-
-
 def run_download(ctx: Context, client: str, req: Request) -> int:
     """Send one of the client's snapshots (or a path in it) read-only."""
     store, settings = ctx.store, ctx.settings
-    sid = resolve_snapshot(store, client, req.volume, req.snapshot)
+    sid = resolve(store, client, req.volume, req.snapshot)
     slot = _slot(ctx)
     fds: list[int] = []
     try:
-        snap = store.snapshots_dir(client, req.volume) / sid
-        try:
-            snap_fd = lock_directory(snap, shared=True)
-        except FileNotFoundError:
-            raise SnapshotNotFound(f"snapshot {sid} was just removed") from None
-        except LockBusy:
-            raise SnapshotNotFound(f"snapshot {sid} of {req.volume} is being pruned; "
-                                   "choose another") from None
+        snap_fd = OpenSnapshot(store, client, req.volume, sid).fd
         fds.append(snap_fd)
         source = _pin_source(snap_fd, req, fds, sid)
         argv = [settings.ingest.rsync, "--server", "--sender", *req.options,

@@ -1,19 +1,11 @@
-"""Restore: plans, archive streams and single files, used by the CLI, SSH and HTTP alike.
+"""Restore: plans, archive streams and manifests, used by the CLI, SSH and HTTP alike.
 
-Snapshots hold what rsync ``--fake-super`` wrote: real files and directories with safe
-permissions, and each privileged attribute in the ``user.rsync.%stat`` xattr
-(``<octal mode> <major>,<minor> <uid>:<gid>``). A symlink is a regular file holding its
-target, a device or fifo an empty file. Archives undo that recording, so modes
-(setuid included), owners, symlinks and devices come back exactly as the client sent
-them, while nothing on the server is ever followed:
-
-* every path is opened relative to a directory descriptor with ``O_NOFOLLOW``, and a
-  requested sub-path may not contain ``..``, start with ``/`` or pass through a
-  (fake or real) symlink;
-* a reader holds a shared flock on the snapshot directory, so prune skips it;
-* tar and zip are written to the output as they are produced, in constant memory
-  (``tarfile`` in stream mode; ``zipfile`` with data descriptors on an unseekable
-  stream), files copied in 1 MiB chunks.
+Archives undo what ``rsync --fake-super`` recorded (see ``access``), so modes (setuid
+included), owners, symlinks and devices come back exactly as the client sent them, while
+nothing on the server is ever followed: every item is reached through ``access``, below a
+snapshot held open with a shared flock. Tar and zip are written to the output as they
+are produced, in constant memory (``tarfile`` in stream mode; ``zipfile`` with data
+descriptors on an unseekable stream), files copied in 1 MiB chunks.
 
 Who may read what: a client reads its own snapshots, and those of the clients it
 aliases (a replaced device reads its predecessor's), never the other way round.
@@ -21,8 +13,6 @@ aliases (a replaced device reads its predecessor's), never the other way round.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import mimetypes
 import os
 import stat
@@ -34,23 +24,22 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from xsbackup.clients.registry import Registry
-from xsbackup.errors import (
-    InvalidName,
-    LockBusy,
-    NotReadable,
-    PathNotFound,
-    PathRefused,
-    SnapshotNotFound,
+from xsbackup.errors import InvalidName, NotReadable
+from xsbackup.restore.access import (
+    CHUNK,
+    O_DIR,
+    O_FILE,
+    OpenSnapshot,
+    fake_stat,
+    fake_stat_at,
+    open_dir,
+    split_path,
 )
-from xsbackup.locking import lock_directory
+from xsbackup.restore.resolve import pick_volume, resolve
 from xsbackup.snapshots.snapshot import read_facts
-from xsbackup.store import Store, check_client, check_snapshot_id, check_volume, snapshot_time
+from xsbackup.store import Store, check_client
 
-FAKE_SUPER = "user.rsync.%stat"
-CHUNK = 1 << 20
 TAR_BUFSIZE = 64 << 10
-O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 # ---- who reads what, and which snapshot ----------------------------------------------
@@ -66,42 +55,6 @@ def check_readable(registry: Registry, login: str, source: str) -> str:
     if source not in readable_clients(registry, login):
         raise NotReadable(f"{login} may not read the snapshots of {source}")
     return source
-
-
-def pick_volume(store: Store, client: str, volume: str | None) -> str:
-    if volume:
-        return check_volume(volume)
-    vols = store.volumes(client)
-    if len(vols) == 1:
-        return vols[0]
-    if not vols:
-        raise SnapshotNotFound(f"{client} has no snapshots yet")
-    raise InvalidName(f"{client} has several volumes ({', '.join(vols)}); choose one")
-
-
-def resolve(store: Store, client: str, volume: str, at: str | None) -> str:
-    """``at``: None or "latest", a snapshot id, or an ISO time meaning the newest
-    snapshot at or before it."""
-    ids = store.snapshot_ids(client, volume)
-    if not ids:
-        raise SnapshotNotFound(f"{volume} of {client} has no snapshot yet")
-    if at is None or at in ("", "latest"):
-        latest = store.latest_id(client, volume)
-        return latest if latest in ids else ids[-1]
-    with contextlib.suppress(InvalidName):
-        if check_snapshot_id(at) in ids:
-            return at
-        raise SnapshotNotFound(f"no snapshot {at} of {volume}")
-    try:
-        when = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidName(f"{at!r} is neither a snapshot id nor an ISO time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    older = [i for i in ids if snapshot_time(i) <= when]
-    if not older:
-        raise SnapshotNotFound(f"no snapshot of {volume} at or before {at}")
-    return older[-1]
 
 
 @dataclass(frozen=True)
@@ -132,123 +85,6 @@ def plan(store: Store, login: str, volume: str | None, at: str | None, host: str
     port = "" if ssh_port == 22 else f"-e 'ssh -p {ssh_port}' "
     return Plan(client, login, vol, sid, source, f"rsync -a {port}{source} <target>/",
                 read_facts(store.snapshots_dir(client, vol) / sid), ssh_port)
-
-
-# ---- opening snapshots and paths without following anything -------------------------
-
-
-class OpenSnapshot:
-    """A snapshot directory held open with a shared flock (readers block pruning)."""
-
-    def __init__(self, store: Store, client: str, volume: str, sid: str) -> None:
-        path = store.snapshots_dir(client, volume) / check_snapshot_id(sid)
-        try:
-            self.fd = lock_directory(path, shared=True)
-        except FileNotFoundError:
-            raise SnapshotNotFound(f"snapshot {sid} of {volume} does not exist") from None
-        except LockBusy:
-            raise SnapshotNotFound(f"snapshot {sid} of {volume} is being pruned; "
-                                   "choose another") from None
-        self.client, self.volume, self.sid = client, volume, sid
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def __enter__(self) -> OpenSnapshot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def split_path(path: str) -> list[str]:
-    if "\0" in path:
-        raise PathRefused("path contains a NUL byte")
-    if path.startswith("/"):
-        raise PathRefused(f"absolute path {path[:80]!r} is not allowed")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise PathRefused(f"path {path[:80]!r} contains '..'")
-    return parts
-
-
-def fake_mode(fd: int, st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """(mode, uid, gid, major, minor) as the client sent them."""
-    try:
-        raw = os.getxattr(fd, FAKE_SUPER).decode()
-    except OSError:
-        return st.st_mode, st.st_uid, st.st_gid, 0, 0
-    try:
-        mode_s, dev_s, ids = raw.split()
-        major, minor = (int(x) for x in dev_s.split(","))
-        uid, gid = (int(x) for x in ids.split(":"))
-        return int(mode_s, 8), uid, gid, major, minor
-    except ValueError:
-        return st.st_mode, st.st_uid, st.st_gid, 0, 0
-
-
-def _fake_at(dir_fd: int, name: str, st: os.stat_result) -> tuple[int, int, int, int, int]:
-    try:
-        raw = os.getxattr(f"/proc/self/fd/{dir_fd}/{name}", FAKE_SUPER,
-                          follow_symlinks=False).decode()
-        mode_s, dev_s, ids = raw.split()
-        major, minor = (int(x) for x in dev_s.split(","))
-        uid, gid = (int(x) for x in ids.split(":"))
-        return int(mode_s, 8), uid, gid, major, minor
-    except (OSError, ValueError):
-        return st.st_mode, st.st_uid, st.st_gid, 0, 0
-
-
-def _open_dir_in(dir_fd: int, name: str) -> int:
-    try:
-        fd = os.open(name, O_DIR, dir_fd=dir_fd)
-    except FileNotFoundError:
-        raise PathNotFound(f"no such path: {name[:80]!r}") from None
-    except OSError:  # ELOOP (a real symlink) or ENOTDIR (a file, or a fake symlink)
-        raise PathRefused(f"{name[:80]!r} is not a directory of the snapshot") from None
-    st = os.fstat(fd)
-    if stat.S_ISLNK(fake_mode(fd, st)[0]):
-        os.close(fd)
-        raise PathRefused(f"{name[:80]!r} is a symlink")
-    return fd
-
-
-def open_dir(snap_fd: int, parts: list[str]) -> int:
-    """Open the directory ``parts`` below the snapshot; the caller closes the result."""
-    fd = os.dup(snap_fd)
-    try:
-        for name in parts:
-            nfd = _open_dir_in(fd, name)
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def open_file(snap_fd: int, path: str) -> tuple[int, os.stat_result, int]:
-    """Open a regular file below the snapshot: (fd, stat, fake mode)."""
-    parts = split_path(path)
-    if not parts:
-        raise PathRefused("a file path is required")
-    dir_fd = open_dir(snap_fd, parts[:-1])
-    try:
-        try:
-            fd = os.open(parts[-1], O_FILE, dir_fd=dir_fd)
-        except FileNotFoundError:
-            raise PathNotFound(f"no such file: {path[:80]!r}") from None
-        except OSError:
-            raise PathRefused(f"{path[:80]!r} is not a regular file") from None
-    finally:
-        os.close(dir_fd)
-    st = os.fstat(fd)
-    mode = fake_mode(fd, st)[0]
-    if not stat.S_ISREG(st.st_mode) or not stat.S_ISREG(mode):
-        os.close(fd)
-        raise PathRefused(f"{path[:80]!r} is not a regular file (a symlink or a device)")
-    os.set_blocking(fd, True)
-    return fd, st, mode
 
 
 def content_type(name: str) -> str:
@@ -289,7 +125,7 @@ def walk(dir_fd: int, prefix: str = "") -> Iterator[Item]:
             except OSError:
                 continue
             try:
-                mode, uid, gid, major, minor = fake_mode(sub, st)
+                mode, uid, gid, major, minor = fake_stat(sub, st)
                 yield Item(path, dir_fd, name, st, mode, uid, gid, major, minor)
                 yield from walk(sub, path + "/")
             finally:
@@ -297,7 +133,7 @@ def walk(dir_fd: int, prefix: str = "") -> Iterator[Item]:
         elif stat.S_ISREG(st.st_mode):
             # lgetxattr through the directory's descriptor: one call, no open, and the
             # final component is never followed.
-            mode, uid, gid, major, minor = _fake_at(dir_fd, name, st)
+            mode, uid, gid, major, minor = fake_stat_at(dir_fd, name, st)
             yield Item(path, dir_fd, name, st, mode, uid, gid, major, minor)
         # A real symlink or special file cannot be in a fake-super snapshot: skip it.
 

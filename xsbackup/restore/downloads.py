@@ -35,6 +35,7 @@ from xsbackup.clients.registry import Registry
 from xsbackup.config import Settings
 from xsbackup.errors import PathNotFound
 from xsbackup.logs import LOG
+from xsbackup.restore import access, resolve
 from xsbackup.restore import archive as restore
 from xsbackup.store import Store, check_snapshot_id, check_volume
 
@@ -151,20 +152,20 @@ def snapshot_route(settings: Settings, store: Store, environ: dict[str, Any], lo
     client = source_of(store, login, query)
     check_volume(volume)
     check_snapshot_id(sid)
-    if sid not in store.snapshot_ids(client, volume):
+    if not resolve.exists(store, client, volume, sid):
         from xsbackup.errors import SnapshotNotFound
 
         raise SnapshotNotFound(f"no snapshot {sid} of {volume} for {client}")
     path = query.get("path", [""])[0]
-    restore.split_path(path)  # refuse '..' and absolute paths before anything opens
+    access.split_path(path)  # refuse '..' and absolute paths before anything opens
     match rest:
         case ["archive.tar"] | ["archive.zip"]:
             fmt = rest[0].rsplit(".", 1)[1]
             name = f"{client}-{volume}-{sid}" + (f"-{Path(path).name}" if path else "")
             # Open and check everything before the 200 goes out: errors stay HTTP errors.
-            snap = restore.OpenSnapshot(store, client, volume, sid)
+            snap = access.OpenSnapshot(store, client, volume, sid)
             try:
-                os.close(restore.open_dir(snap.fd, restore.split_path(path)))
+                os.close(access.open_dir(snap.fd, access.split_path(path)))
             except BaseException:
                 snap.close()
                 raise
@@ -180,9 +181,9 @@ def snapshot_route(settings: Settings, store: Store, environ: dict[str, Any], lo
             return 200, [("Content-Type", kind),
                          ("Content-Disposition", _disposition(f"{name}.{fmt}"))], stream
         case ["file"]:
-            snap = restore.OpenSnapshot(store, client, volume, sid)
+            snap = access.OpenSnapshot(store, client, volume, sid)
             try:
-                fd, st, _ = restore.open_file(snap.fd, path)
+                fd, st, _ = access.open_file(snap.fd, path)
             except BaseException:
                 snap.close()
                 raise
@@ -190,7 +191,7 @@ def snapshot_route(settings: Settings, store: Store, environ: dict[str, Any], lo
 
             def send(out: IO[bytes]) -> None:
                 try:
-                    while chunk := os.read(fd, restore.CHUNK):
+                    while chunk := os.read(fd, access.CHUNK):
                         out.write(chunk)
                 finally:
                     os.close(fd)
@@ -205,7 +206,7 @@ def snapshot_route(settings: Settings, store: Store, environ: dict[str, Any], lo
             offset = int(query.get("offset", ["0"])[0] or 0)
             limit = min(int(query.get("limit", ["100"])[0] or 100), 1000)
             q = query.get("q", [""])[0] or None
-            with restore.OpenSnapshot(store, client, volume, sid) as snap:
+            with access.OpenSnapshot(store, client, volume, sid) as snap:
                 try:
                     entries, more = journal.list_entries(snap.fd, offset, limit, q)
                 except journal.NotADatastore:
@@ -221,7 +222,7 @@ def snapshot_route(settings: Settings, store: Store, environ: dict[str, Any], lo
             from xsbackup.restore import journal
 
             uid = bundle[:-4]
-            snap = restore.OpenSnapshot(store, client, volume, sid)
+            snap = access.OpenSnapshot(store, client, volume, sid)
             try:
                 meta = journal.read_metadata(snap.fd, uid)
             except journal.JournalError:

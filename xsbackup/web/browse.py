@@ -2,7 +2,7 @@
 view, file, zip and tar downloads, Journal bundles and preview thumbnails.
 
 Every path is opened below the snapshot's directory descriptor with ``O_NOFOLLOW``
-(``restore.open_dir`` / ``open_file``); a real symlink is never followed, a symlink the
+(``access.open_dir`` / ``open_file``); a real symlink is never followed, a symlink the
 client recorded (a regular file marked by fake-super) is shown with its target as text and
 never entered, and ``..``, absolute paths and NUL bytes are refused before anything is
 opened. A snapshot being read holds its shared flock, so prune skips it meanwhile.
@@ -24,8 +24,8 @@ from urllib.parse import parse_qs, quote
 
 from xsbackup.clients.registry import Registry
 from xsbackup.errors import InvalidName, PathNotFound, PathRefused, SnapshotNotFound
+from xsbackup.restore import access, journal, resolve
 from xsbackup.restore import archive as restore
-from xsbackup.restore import journal
 from xsbackup.restore.downloads import Stream
 from xsbackup.store import Store, check_client, check_snapshot_id, check_volume
 
@@ -78,7 +78,7 @@ def snapshot_or_404(store: Store, serial: str, volume: str, sid: str) -> None:
     check_snapshot_id(sid)
     if not Registry(store).exists(serial):
         raise SnapshotNotFound(f"no client {serial}")
-    if sid not in store.snapshot_ids(serial, volume):
+    if not resolve.exists(store, serial, volume, sid):
         raise SnapshotNotFound(f"no snapshot {sid} of {volume} for {serial}")
 
 
@@ -114,11 +114,11 @@ def _entry(dir_fd: int, name: str, prefix: str) -> Entry | None:
     if not stat.S_ISREG(st.st_mode):
         return Entry(name, shown(name), path, "special", None, st.st_mtime)
     try:
-        fd = os.open(name, restore.O_FILE, dir_fd=dir_fd)
+        fd = os.open(name, access.O_FILE, dir_fd=dir_fd)
     except OSError:
         return Entry(name, shown(name), path, "special", None, st.st_mtime)
     try:
-        mode = restore.fake_mode(fd, st)[0]
+        mode = access.fake_stat(fd, st).mode
         if stat.S_ISLNK(mode):
             target = os.read(fd, 4096).decode("utf-8", "surrogateescape")
             return Entry(name, shown(name), path, "symlink", None, st.st_mtime, shown(target))
@@ -133,8 +133,8 @@ def list_dir(snap_fd: int, path: str, page: int,
              size: int = PAGE_SIZE) -> tuple[list[Entry], int, bool]:
     """One page of the directory ``path``: (entries, total, is a Sugar datastore).
     Directories first, then by name; only the page's entries are examined."""
-    parts = restore.split_path(path)
-    fd = restore.open_dir(snap_fd, parts)
+    parts = access.split_path(path)
+    fd = access.open_dir(snap_fd, parts)
     try:
         with os.scandir(fd) as it:
             names = [(not e.is_dir(follow_symlinks=False), e.name.casefold(), e.name)
@@ -150,7 +150,7 @@ def list_dir(snap_fd: int, path: str, page: int,
 
 
 def crumbs(path: str) -> list[dict[str, str]]:
-    parts = restore.split_path(path)
+    parts = access.split_path(path)
     return [{"label": shown(p), "path": quote_path("/".join(parts[:i + 1]))}
             for i, p in enumerate(parts)]
 
@@ -158,7 +158,7 @@ def crumbs(path: str) -> list[dict[str, str]]:
 def browse(store: Store, serial: str, volume: str, sid: str, path: str,
            page: int) -> dict[str, Any]:
     snapshot_or_404(store, serial, volume, sid)
-    with restore.OpenSnapshot(store, serial, volume, sid) as snap:
+    with access.OpenSnapshot(store, serial, volume, sid) as snap:
         entries, total, is_datastore = list_dir(snap.fd, path, page)
     pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)
     if page >= pages and total:
@@ -172,8 +172,8 @@ def browse(store: Store, serial: str, volume: str, sid: str, path: str,
 # ---- the Journal -----------------------------------------------------------------------
 
 
-def _open_datastore(snap: restore.OpenSnapshot, path: str) -> int:
-    fd = restore.open_dir(snap.fd, restore.split_path(path))
+def _open_datastore(snap: access.OpenSnapshot, path: str) -> int:
+    fd = access.open_dir(snap.fd, access.split_path(path))
     if journal.detect_layout(fd) is None:
         os.close(fd)
         raise PathNotFound(f"{shown(path) or 'the snapshot'} is not a Sugar datastore")
@@ -184,7 +184,7 @@ def journal_page(store: Store, serial: str, volume: str, sid: str, path: str, pa
                  query: str) -> dict[str, Any]:
     snapshot_or_404(store, serial, volume, sid)
     needle = query.strip().casefold()
-    with restore.OpenSnapshot(store, serial, volume, sid) as snap:
+    with access.OpenSnapshot(store, serial, volume, sid) as snap:
         fd = _open_datastore(snap, path)
         try:
             with contextlib.closing(journal.iter_entries(fd)) as found:
@@ -216,13 +216,13 @@ def preview(store: Store, serial: str, volume: str, sid: str, path: str,
     snapshot_or_404(store, serial, volume, sid)
     if not journal.UID_RE.fullmatch(uid):
         raise InvalidName(f"invalid Journal entry uid {uid[:80]!r}")
-    with restore.OpenSnapshot(store, serial, volume, sid) as snap:
+    with access.OpenSnapshot(store, serial, volume, sid) as snap:
         root = _open_datastore(snap, path)
         try:
             layout = journal.detect_layout(root)
             rel = (f"store/preview/{uid}" if layout == 0 else
                    f"{uid[:2]}/{uid}/metadata/preview")
-            fd, st, _ = restore.open_file(root, rel)
+            fd, st, _ = access.open_file(root, rel)
         finally:
             os.close(root)
         try:
@@ -242,9 +242,9 @@ def preview(store: Store, serial: str, volume: str, sid: str, path: str,
 def download_file(store: Store, serial: str, volume: str, sid: str,
                   path: str) -> tuple[Headers, Stream]:
     snapshot_or_404(store, serial, volume, sid)
-    snap = restore.OpenSnapshot(store, serial, volume, sid)
+    snap = access.OpenSnapshot(store, serial, volume, sid)
     try:
-        fd, st, _ = restore.open_file(snap.fd, path)
+        fd, st, _ = access.open_file(snap.fd, path)
     except BaseException:
         snap.close()
         raise
@@ -252,7 +252,7 @@ def download_file(store: Store, serial: str, volume: str, sid: str,
 
     def send(out: IO[bytes]) -> None:
         try:
-            while chunk := os.read(fd, restore.CHUNK):
+            while chunk := os.read(fd, access.CHUNK):
                 out.write(chunk)
         finally:
             os.close(fd)
@@ -267,9 +267,9 @@ def download_file(store: Store, serial: str, volume: str, sid: str,
 def download_archive(store: Store, serial: str, volume: str, sid: str, path: str,
                      fmt: str) -> tuple[Headers, Stream]:
     snapshot_or_404(store, serial, volume, sid)
-    snap = restore.OpenSnapshot(store, serial, volume, sid)
+    snap = access.OpenSnapshot(store, serial, volume, sid)
     try:
-        os.close(restore.open_dir(snap.fd, restore.split_path(path)))
+        os.close(access.open_dir(snap.fd, access.split_path(path)))
     except BaseException:
         snap.close()
         raise
@@ -293,7 +293,7 @@ def download_bundle(store: Store, serial: str, volume: str, sid: str, path: str,
     snapshot_or_404(store, serial, volume, sid)
     if not journal.UID_RE.fullmatch(uid):
         raise InvalidName(f"invalid Journal entry uid {uid[:80]!r}")
-    snap = restore.OpenSnapshot(store, serial, volume, sid)
+    snap = access.OpenSnapshot(store, serial, volume, sid)
     try:
         root = _open_datastore(snap, path)
     except BaseException:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from xsbackup.config import Settings
 from xsbackup.context import Context
 from xsbackup.errors import ClientNotFound
 from xsbackup.monitor import status
+from xsbackup.restore import resolve
 from xsbackup.retention import policy as retention
 from xsbackup.retention import prune
 from xsbackup.snapshots import postprocess, usage
@@ -339,5 +339,4 @@ def run_prune(settings: Settings, store: Store, serial: str, confirmed: set[str]
 
 
 def snapshot_exists(store: Store, serial: str, volume: str, sid: str) -> bool:
-    return sid in store.snapshot_ids(serial, volume) and os.path.isdir(
-        store.snapshots_dir(serial, volume) / sid)
+    return resolve.exists(store, serial, volume, sid)

@@ -57,7 +57,7 @@ from xsbackup.errors import (
     SnapshotNotFound,
 )
 from xsbackup.logs import LOG
-from xsbackup.restore import journal
+from xsbackup.restore import journal, resolve
 from xsbackup.retention import prune
 from xsbackup.store import Store, check_client
 from xsbackup.web import users
@@ -250,11 +250,9 @@ class UI:
             case ["clients", sn, "volumes", vol, "latest"]:
                 self.allow(req, "GET")
                 check_client(sn)
-                ids = req.store.snapshot_ids(sn, vol)
-                if not ids:
+                sid = resolve.latest(req.store, sn, vol)
+                if sid is None:
                     raise UIError(404, f"{vol} of {sn} has no snapshot yet.")
-                latest = req.store.latest_id(sn, vol)
-                sid = latest if latest in ids else ids[-1]
                 return redirect(f"/ui/clients/{sn}/volumes/{vol}/snapshots/{sid}/browse")
             case ["clients", sn, "volumes", vol, "snapshots", sid]:
                 self.allow(req, "GET")
