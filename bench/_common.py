@@ -226,6 +226,15 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def write_bench_config(root: Path, extra: str = "") -> str:
+    """Write the state root's ``xsbackup.toml`` for a benchmark and return its text. The
+    bench's own load must never make the forced command refuse a transfer (admission), so
+    ``max_load`` is out of reach; ``extra`` adds other sections."""
+    toml = "[admission]\nmax_load = 1000.0\n" + (f"\n{extra}" if extra else "")
+    (root / "xsbackup.toml").write_text(toml)
+    return toml
+
+
 @contextlib.contextmanager
 def temp_dir(prefix: str) -> Iterator[Path]:
     """A fresh directory under /tmp, removed afterwards whatever happens."""

@@ -63,6 +63,7 @@ from bench._common import (
     run_timed,
     summary,
     temp_dir,
+    write_bench_config,
 )
 
 SN = "SHF00BENCH01"
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("XSBACKUP_")}
         subprocess.run([XSBACKUP, "--root", str(root), "init"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
+        result["config"]["xsbackup_toml"] = write_bench_config(root)
         subprocess.run([XSBACKUP, "--root", str(root), "clients", "add", SN, "--pubkey",
                         str(key.with_suffix(".pub"))], check=True, env=env,
                        stdout=subprocess.DEVNULL)

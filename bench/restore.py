@@ -81,6 +81,7 @@ from bench._common import (
     run_timed,
     summary,
     temp_dir,
+    write_bench_config,
 )
 
 SN = "SHF00RESTORE1"
@@ -547,10 +548,7 @@ def main(argv: list[str] | None = None) -> int:
 
         root = tmp / "xsroot"
         _xs(root, "init")
-        # The bench's own load must never make the forced command refuse (admission).
-        toml = "[admission]\nmax_load = 1000.0\n"
-        (root / "xsbackup.toml").write_text(toml)
-        result["config"]["xsbackup_toml"] = toml
+        result["config"]["xsbackup_toml"] = write_bench_config(root)
         keys = tmp / "keys"
         keys.mkdir()
         key = keygen(keys / "id_client", SN)

@@ -67,6 +67,7 @@ from bench._common import (
     temp_dir,
     timed,
     tree_dirs,
+    write_bench_config,
 )
 
 SN = "SHF00BENCH02"
@@ -151,6 +152,7 @@ class Promotion:
         env = {k: v for k, v in os.environ.items() if not k.startswith("XSBACKUP_")}
         subprocess.run([XSBACKUP, "--root", str(self.root), "init"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
+        write_bench_config(self.root)
         key = keygen(tmp / "id_client", SN)
         subprocess.run([XSBACKUP, "--root", str(self.root), "clients", "add", SN, "--pubkey",
                         str(key.with_suffix(".pub"))], check=True, env=env,
