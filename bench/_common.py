@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: trees, timing, machine facts and a loopback sshd.
+"""Shared helpers for the benchmarks: a run's frame (common options, machine facts, the
+code measured, the result file), trees, timing and a loopback sshd.
 
 Nothing here imports pytest. The sshd helper follows ``tests/conftest.py``: a real OpenSSH
 ``sshd -D -e`` on a free 127.0.0.1 port with its own config, host key and
@@ -7,9 +8,11 @@ Nothing here imports pytest. The sshd helper follows ``tests/conftest.py``: a re
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import os
 import platform
 import pwd
@@ -23,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from typing import Any
 import orjson
 
 BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 # The installed console script next to this interpreter (not a pyenv shim), as the tests do.
 XSBACKUP = str(Path(sys.executable).with_name("xsbackup"))
@@ -108,6 +112,20 @@ def wait_for_quiet(max_load: float, timeout: float) -> float:
     return load
 
 
+def quiet_wait(max_load: float, timeout: float) -> dict[str, Any]:
+    """``wait_for_quiet``, recorded for the result file; warns when the load stayed high."""
+    before = os.getloadavg()
+    t0 = time.monotonic()
+    load = wait_for_quiet(max_load, timeout)
+    reached = max_load <= 0 or load <= max_load
+    if not reached:
+        print(f"warning: load average still {load:.2f} after {timeout:.0f} s; running anyway",
+              flush=True)
+    return {"max_load": max_load, "timeout_s": timeout, "loadavg_before_wait": before,
+            "loadavg_after_wait": os.getloadavg(),
+            "waited_s": round(time.monotonic() - t0, 1), "reached": reached}
+
+
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit so the ``finally`` clean-ups (sshd, temp dirs) run."""
 
@@ -117,23 +135,88 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def source_versions(*modules: str) -> dict[str, dict[str, Any]]:
-    """sha256 and mtime of the measured xsbackup modules (the tree has no commits to name)."""
-    import hashlib
+# ---- what was measured, and the result file ------------------------------------------------
 
-    pkg = BENCH_DIR.parent / "xsbackup"
-    out: dict[str, dict[str, Any]] = {}
-    for m in modules:
-        path = pkg / f"{m}.py"
+
+def _git(*args: str) -> str | None:
+    try:
+        r = subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True,
+                           text=True, check=False)
+    except OSError:
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def _module_digests(paths: Iterable[str]) -> dict[str, str | None]:
+    """sha256 prefix of each file (a path relative to the checkout), None when missing."""
+    out: dict[str, str | None] = {}
+    for rel in paths:
         try:
-            data = path.read_bytes()
+            out[rel] = hashlib.sha256((REPO_DIR / rel).read_bytes()).hexdigest()[:16]
         except OSError:
-            out[m] = {"missing": True}
-            continue
-        out[m] = {"sha256": hashlib.sha256(data).hexdigest()[:16],
-                  "mtime": dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
-                  .isoformat(timespec="seconds")}
+            out[rel] = None
     return out
+
+
+def source_versions(*modules: str) -> dict[str, Any]:
+    """The code measured: the checkout's git commit, whether tracked files differ from it
+    (``bench/results/`` aside), and a sha256 prefix of each measured module's file.
+    ``modules`` are dotted names below the package (``"ingest.upload"``)."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  ":(exclude)bench/results")
+    paths = [str(Path("xsbackup", *m.split(".")).with_suffix(".py")) for m in modules]
+    return {"git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": None if status is None else bool(status),
+            "modules": _module_digests(paths)}
+
+
+def sources_changed(recorded: dict[str, Any]) -> list[str]:
+    """The measured modules whose bytes differ now from what ``source_versions`` recorded."""
+    before: dict[str, str | None] = recorded["modules"]
+    return sorted(p for p, digest in _module_digests(before).items() if digest != before[p])
+
+
+def run_args(ap: argparse.ArgumentParser, *, out: str, quiet_load: float,
+             quiet_timeout: float) -> None:
+    """The options every benchmark takes: the quiet-load wait, the seed, the result file."""
+    ap.add_argument("--quiet-load", type=float, default=quiet_load,
+                    help="first wait until the 1-min load average is at most this "
+                         f"({quiet_load:g}; 0: no wait)")
+    ap.add_argument("--quiet-timeout", type=float, default=quiet_timeout,
+                    help=f"wait at most this many seconds for --quiet-load ({quiet_timeout:g})")
+    ap.add_argument("--seed", type=int, default=20240601)
+    ap.add_argument("--out", default=out, help=f"file name under bench/results/ ({out})")
+
+
+def new_result(benchmark: str, modules: Iterable[str], **machine: Any) -> dict[str, Any]:
+    """A result's head: its name, the machine (plus ``machine`` facts) and the code measured."""
+    return {"benchmark": benchmark, "machine": {**machine_info(), **machine},
+            "xsbackup_sources": source_versions(*modules)}
+
+
+def log_warnings(root: Path, last: int = 20) -> list[str]:
+    """The last WARNING and ERROR lines of the xsbackup logs of state root ``root``."""
+    lines: list[str] = []
+    for p in sorted((root / "log").glob("*")):
+        with contextlib.suppress(OSError):
+            lines += [ln for ln in p.read_text(errors="replace").splitlines()
+                      if " WARNING " in ln or " ERROR " in ln]
+    return lines[-last:]
+
+
+def finish(result: dict[str, Any], out: str,
+           print_table: Callable[[dict[str, Any]], None]) -> int:
+    """Close a run: the load at the end, a check that the measured code did not change
+    under it, the result file, the table. Returns main's exit status."""
+    result["machine"]["loadavg_at_end"] = os.getloadavg()
+    changed = sources_changed(result["xsbackup_sources"])
+    result["xsbackup_sources_changed_during_run"] = changed
+    if changed:
+        print("warning: xsbackup sources changed during the run: " + ", ".join(changed))
+    path = write_results(out, result)
+    print_table(result)
+    print(f"wrote {path}")
+    return 0
 
 
 def write_results(name: str, data: dict[str, Any]) -> Path:
@@ -141,6 +224,15 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS_DIR / name
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
     return path
+
+
+def write_bench_config(root: Path, extra: str = "") -> str:
+    """Write the state root's ``xsbackup.toml`` for a benchmark and return its text. The
+    bench's own load must never make the forced command refuse a transfer (admission), so
+    ``max_load`` is out of reach; ``extra`` adds other sections."""
+    toml = "[admission]\nmax_load = 1000.0\n" + (f"\n{extra}" if extra else "")
+    (root / "xsbackup.toml").write_text(toml)
+    return toml
 
 
 @contextlib.contextmanager

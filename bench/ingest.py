@@ -52,16 +52,18 @@ from bench._common import (
     XSBACKUP,
     Sshd,
     exit_on_sigterm,
+    finish,
     keygen,
-    machine_info,
+    log_warnings,
     make_tree,
     median,
+    new_result,
+    quiet_wait,
+    run_args,
     run_timed,
-    source_versions,
     summary,
     temp_dir,
-    wait_for_quiet,
-    write_results,
+    write_bench_config,
 )
 
 SN = "SHF00BENCH01"
@@ -260,22 +262,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="timed runs of each start-up command (20)")
     ap.add_argument("--no-diagnose", dest="diagnose", action="store_false",
                     help="skip the two extra raw cases with -M--fake-super [-M--confine-root]")
-    ap.add_argument("--quiet-load", type=float, default=0,
-                    help="first wait until the 1-min load average is at most this (0: no)")
-    ap.add_argument("--quiet-timeout", type=float, default=900,
-                    help="wait at most this many seconds for --quiet-load (900)")
-    ap.add_argument("--seed", type=int, default=20240601)
-    ap.add_argument("--out", default="ingest.json", help="file name under bench/results/")
+    run_args(ap, out="ingest.json", quiet_load=0, quiet_timeout=900)
     args = ap.parse_args(argv)
     exit_on_sigterm()
 
-    wait_for_quiet(args.quiet_load, args.quiet_timeout)
+    quiet = quiet_wait(args.quiet_load, args.quiet_timeout)
     total_bytes = int(args.mb * 1_000_000)
-    result: dict[str, Any] = {
-        "benchmark": "ingest",
-        "machine": machine_info(),
-        "xsbackup_sources": source_versions("ingest", "dispatch", "rsyncargs", "postprocess",
-                                            "snapshot", "cli"),
+    result = new_result("ingest", ("ingest.upload", "ingest.dispatch", "ingest.command",
+                                   "snapshots.postprocess", "snapshots.snapshot", "cli.main"))
+    result |= {
+        "quiet_wait": quiet,
         "config": {"files": args.files, "bytes": total_bytes, "mb": args.mb,
                    "runs": args.runs, "warmup": args.warmup, "seed": args.seed,
                    "startup_runs": args.startup_runs, "full_runs": args.full_runs,
@@ -296,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("XSBACKUP_")}
         subprocess.run([XSBACKUP, "--root", str(root), "init"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
+        result["config"]["xsbackup_toml"] = write_bench_config(root)
         subprocess.run([XSBACKUP, "--root", str(root), "clients", "add", SN, "--pubkey",
                         str(key.with_suffix(".pub"))], check=True, env=env,
                        stdout=subprocess.DEVNULL)
@@ -426,24 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                              if "kex_exchange_identification" not in ln).strip()
             if text:
                 result.setdefault("sshd_log_tail", {})[name] = text[-2000:]
-        xs_log = root / "log"
-        warnings = []
-        for p in sorted(xs_log.glob("*")):
-            warnings += [ln for ln in p.read_text(errors="replace").splitlines()
-                         if " WARNING " in ln or " ERROR " in ln]
-        result["xsbackup_log_warnings"] = warnings[-20:]
-
-    result["machine"]["loadavg_at_end"] = os.getloadavg()
-    after = source_versions(*result["xsbackup_sources"])
-    result["xsbackup_sources_changed_during_run"] = sorted(
-        m for m, v in after.items() if v != result["xsbackup_sources"][m])
-    if result["xsbackup_sources_changed_during_run"]:
-        print("warning: xsbackup sources changed during the run: "
-              + ", ".join(result["xsbackup_sources_changed_during_run"]))
-    path = write_results(args.out, result)
-    print_table(result)
-    print(f"wrote {path}")
-    return 0
+        result["xsbackup_log_warnings"] = log_warnings(root)
+    return finish(result, args.out, print_table)
 
 
 def print_table(r: dict[str, Any]) -> None:

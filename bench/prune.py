@@ -59,16 +59,16 @@ if __package__ in (None, ""):
 from bench._common import (
     XSBACKUP,
     exit_on_sigterm,
-    machine_info,
+    finish,
     median,
+    new_result,
+    quiet_wait,
+    run_args,
     run_timed,
-    source_versions,
     summary,
     temp_dir,
     timed,
     tree_dirs,
-    wait_for_quiet,
-    write_results,
 )
 
 SN = "SHF00BENCH03"
@@ -303,7 +303,7 @@ MEMORY_CHILD = r"""
 import json, resource, sys, tracemalloc
 from pathlib import Path
 import psutil
-from xsbackup import usage
+from xsbackup.snapshots import usage
 from xsbackup.store import Store
 store, client, mode = Store(Path(sys.argv[1])), sys.argv[2], sys.argv[3]
 kib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -521,31 +521,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="cProfile the xsbackup call when its target is missed (auto)")
     ap.add_argument("--skip-delete", action="store_true")
     ap.add_argument("--skip-du", action="store_true")
-    ap.add_argument("--quiet-load", type=float, default=1.0,
-                    help="first wait until the 1-min load average is at most this (1.0; 0: no)")
-    ap.add_argument("--quiet-timeout", type=float, default=300,
-                    help="wait at most this many seconds for --quiet-load (300)")
-    ap.add_argument("--seed", type=int, default=20240601)
-    ap.add_argument("--out", default="prune.json", help="file name under bench/results/")
+    run_args(ap, out="prune.json", quiet_load=1.0, quiet_timeout=300)
     args = ap.parse_args(argv)
     exit_on_sigterm()
 
-    load_before = os.getloadavg()[0]
-    t0 = time.monotonic()
-    load_after = wait_for_quiet(args.quiet_load, args.quiet_timeout)
-    result: dict[str, Any] = {
-        "benchmark": "prune",
-        "machine": machine_info(),
-        "quiet_wait": {"max_load": args.quiet_load, "timeout_s": args.quiet_timeout,
-                       "load_1min_before": load_before, "load_1min_after": load_after,
-                       "waited_s": round(time.monotonic() - t0, 1),
-                       "reached": args.quiet_load <= 0 or load_after <= args.quiet_load},
-        "xsbackup_sources": source_versions("prune", "usage", "store", "locking"),
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
-    }
-    if not result["quiet_wait"]["reached"]:
-        print(f"warning: load average still {load_after:.2f} after "
-              f"{args.quiet_timeout:.0f} s; running anyway", flush=True)
+    quiet = quiet_wait(args.quiet_load, args.quiet_timeout)
+    result = new_result("prune", ("retention.prune", "snapshots.usage", "store", "locking"))
+    result |= {"quiet_wait": quiet,
+               "config": {k: v for k, v in vars(args).items() if k != "out"}}
     with temp_dir("xsbench-prune-") as tmp:
         if not args.skip_delete:
             (tmp / "a").mkdir()
@@ -553,17 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_du:
             (tmp / "b").mkdir()
             result["du"] = bench_usage(tmp / "b", args)
-    result["machine"]["loadavg_at_end"] = os.getloadavg()
-    after = source_versions(*result["xsbackup_sources"])
-    result["xsbackup_sources_changed_during_run"] = sorted(
-        m for m, v in after.items() if v != result["xsbackup_sources"][m])
-    if result["xsbackup_sources_changed_during_run"]:
-        print("warning: xsbackup sources changed during the run: "
-              + ", ".join(result["xsbackup_sources_changed_during_run"]))
-    path = write_results(args.out, result)
-    print_table(result)
-    print(f"wrote {path}")
-    return 0
+    return finish(result, args.out, print_table)
 
 
 def print_table(r: dict[str, Any]) -> None:

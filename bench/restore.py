@@ -32,7 +32,7 @@ of files against the source tree). While each run goes on, a thread samples ever
 the RSS of the server process (the serve process, or the sshd listener) and of its
 descendants (the forced command and what it runs), and the CPU the server and the
 client side spent is recorded. Before the timed rounds the bench waits until the 1-minute
-load average is below ``--quiet-load`` (up to ``--quiet-timeout`` seconds).
+load average is at most ``--quiet-load`` (up to ``--quiet-timeout`` seconds).
 
 Usage: ``python bench/restore.py [--files 20000] [--mb 1000] [--runs 3]``.
 Smoke run: ``python bench/restore.py --files 500 --mb 20 --runs 1 --quiet-load 0``.
@@ -68,17 +68,20 @@ from bench._common import (
     XSBACKUP,
     Sshd,
     exit_on_sigterm,
+    finish,
     free_port,
     keygen,
+    log_warnings,
     login_user,
-    machine_info,
     make_tree,
     median,
+    new_result,
+    quiet_wait,
+    run_args,
     run_timed,
-    source_versions,
     summary,
     temp_dir,
-    write_results,
+    write_bench_config,
 )
 
 SN = "SHF00RESTORE1"
@@ -461,14 +464,16 @@ def writer_diagnostic(root: Path, runs: int) -> dict[str, Any]:
     """The forced command's ``archive`` to /dev/null (no transport, no ``tar -x``): as
     shipped, and with ``xsbackup.restore.archive.CHUNK`` (``tarfile.open(bufsize=...)``) set to
     64 KiB in that process only. Same interpreter, ``python -c`` for both."""
-    variants = {"as_shipped": "", "chunk_64k": "import xsbackup.restore as r; r.CHUNK = 65536; "}
+    variants = {"as_shipped": "",
+                "chunk_64k": "import xsbackup.restore.archive as r; r.CHUNK = 65536; "}
     argv0 = f"sys.argv = ['xsbackup', '--root', {str(root)!r}, 'ssh-command', '--client', {SN!r}]"
     env = forced_command_env()
     times: dict[str, list[float]] = {k: [] for k in variants}
     cpu: dict[str, list[float]] = {k: [] for k in variants}
     for i in range(runs + 1):
         for k, patch in variants.items():
-            code = f"import sys; {argv0}; {patch}from xsbackup.cli import main; sys.exit(main())"
+            code = (f"import sys; {argv0}; {patch}"
+                    "from xsbackup.cli.main import main; sys.exit(main())")
             c0 = children_cpu()
             with open(os.devnull, "wb") as null:
                 t0 = time.perf_counter()
@@ -487,25 +492,8 @@ def writer_diagnostic(root: Path, runs: int) -> dict[str, Any]:
     out["ratio_as_shipped/chunk_64k"] = (median(times["as_shipped"])
                                          / median(times["chunk_64k"]))
     out["what"] = ("xsbackup ssh-command archive > /dev/null; chunk_64k patches "
-                   "restore.CHUNK (the tarfile stream bufsize) in that process only")
+                   "restore.archive.CHUNK (the tarfile stream bufsize) in that process only")
     return out
-
-
-def wait_quiet(max_load: float, timeout: float) -> dict[str, Any]:
-    """Poll every 5 s until the 1-minute load average is below ``max_load`` (0: no wait)."""
-    before = os.getloadavg()
-    t0 = time.monotonic()
-    load = before[0]
-    if max_load > 0 and load >= max_load:
-        print(f"load average {load:.2f} >= {max_load}: waiting up to {timeout:.0f} s ...",
-              flush=True)
-        while load >= max_load and time.monotonic() - t0 < timeout:
-            time.sleep(5)
-            load = os.getloadavg()[0]
-    after = os.getloadavg()
-    return {"max_load": max_load, "timeout_s": timeout, "loadavg_before_wait": before,
-            "loadavg_after_wait": after, "waited_s": time.monotonic() - t0,
-            "quiet": max_load <= 0 or after[0] < max_load}
 
 
 # ---- main ----------------------------------------------------------------------------------
@@ -525,13 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip archive_local and the OpenSSH cases")
     ap.add_argument("--sample", type=int, default=200,
                     help="files whose content and mtime each run checks (200)")
-    ap.add_argument("--quiet-load", type=float, default=1.0,
-                    help="before the timed rounds wait until the 1-min load average is below "
-                         "this (1.0; 0: no wait)")
-    ap.add_argument("--quiet-timeout", type=float, default=300,
-                    help="wait at most this many seconds for --quiet-load (300)")
-    ap.add_argument("--seed", type=int, default=20240601)
-    ap.add_argument("--out", default="restore.json", help="file name under bench/results/")
+    run_args(ap, out="restore.json", quiet_load=1.0, quiet_timeout=300)
     args = ap.parse_args(argv)
     exit_on_sigterm()
     if not shutil.which("curl"):
@@ -539,13 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     total_bytes = int(args.mb * MB)
     import paramiko
 
-    result: dict[str, Any] = {
-        "benchmark": "restore",
-        "machine": {**machine_info(), "paramiko": paramiko.__version__,
-                    "tar": _version(["tar", "--version"]),
-                    "curl": _version(["curl", "--version"]) if args.http else None},
-        "xsbackup_sources": source_versions("restore", "dispatch", "rsyncargs", "ingest",
-                                            "sshserver", "webrestore", "webapp", "serve"),
+    result = new_result("restore", ("restore.archive", "ingest.dispatch", "ingest.command",
+                                    "ingest.upload", "server.sshserver", "restore.downloads",
+                                    "web.app", "server.service"),
+                        paramiko=paramiko.__version__, tar=_version(["tar", "--version"]),
+                        curl=_version(["curl", "--version"]) if args.http else None)
+    result |= {
         "config": {"files": args.files, "mb": args.mb, "bytes": total_bytes,
                    "runs": args.runs, "warmup": args.warmup, "cipher": args.cipher,
                    "mac": args.mac or "negotiated", "http": args.http,
@@ -567,10 +548,7 @@ def main(argv: list[str] | None = None) -> int:
 
         root = tmp / "xsroot"
         _xs(root, "init")
-        # The bench's own load must never make the forced command refuse (admission).
-        toml = "[admission]\nmax_load = 1000.0\n"
-        (root / "xsbackup.toml").write_text(toml)
-        result["config"]["xsbackup_toml"] = toml
+        result["config"]["xsbackup_toml"] = write_bench_config(root)
         keys = tmp / "keys"
         keys.mkdir()
         key = keygen(keys / "id_client", SN)
@@ -654,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         targets.mkdir()
         del names
 
-        result["machine"]["quiet_wait"] = wait_quiet(args.quiet_load, args.quiet_timeout)
+        result["machine"]["quiet_wait"] = quiet_wait(args.quiet_load, args.quiet_timeout)
         warm: dict[str, list[float]] = {c.name: [] for c in cases}
         for i in range(args.warmup):
             for c in cases[i % len(cases):] + cases[:i % len(cases)]:
@@ -736,24 +714,8 @@ def main(argv: list[str] | None = None) -> int:
         err = served.stderr_path.read_text(errors="replace").strip()
         if err:
             result["serve_stderr_tail"] = err[-2000:]
-        warnings: list[str] = []
-        for p in sorted((root / "log").glob("*")):
-            with contextlib.suppress(OSError):
-                warnings += [ln for ln in p.read_text(errors="replace").splitlines()
-                             if " WARNING " in ln or " ERROR " in ln]
-        result["xsbackup_log_warnings"] = warnings[-20:]
-
-    result["machine"]["loadavg_at_end"] = os.getloadavg()
-    after = source_versions(*result["xsbackup_sources"])
-    result["xsbackup_sources_changed_during_run"] = sorted(
-        m for m, v in after.items() if v != result["xsbackup_sources"][m])
-    if result["xsbackup_sources_changed_during_run"]:
-        print("warning: xsbackup sources changed during the run: "
-              + ", ".join(result["xsbackup_sources_changed_during_run"]))
-    path = write_results(args.out, result)
-    print_table(result)
-    print(f"wrote {path}")
-    return 0
+        result["xsbackup_log_warnings"] = log_warnings(root)
+    return finish(result, args.out, print_table)
 
 
 def print_table(r: dict[str, Any]) -> None:

@@ -55,18 +55,19 @@ from bench._common import (
     XSBACKUP,
     cjson_encode,
     exit_on_sigterm,
+    finish,
     keygen,
-    machine_info,
     median,
+    new_result,
+    quiet_wait,
+    run_args,
     run_timed,
-    source_versions,
     sugar_metadata,
     summary,
     temp_dir,
     timed,
     tree_dirs,
-    wait_for_quiet,
-    write_results,
+    write_bench_config,
 )
 
 SN = "SHF00BENCH02"
@@ -151,6 +152,7 @@ class Promotion:
         env = {k: v for k, v in os.environ.items() if not k.startswith("XSBACKUP_")}
         subprocess.run([XSBACKUP, "--root", str(self.root), "init"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
+        write_bench_config(self.root)
         key = keygen(tmp / "id_client", SN)
         subprocess.run([XSBACKUP, "--root", str(self.root), "clients", "add", SN, "--pubkey",
                         str(key.with_suffix(".pub"))], check=True, env=env,
@@ -199,7 +201,7 @@ class Promotion:
         prev = postprocess.previous_snapshot(self.store, SN, VOLUME, e.id)
         os.sync()
         found: list[str] = []
-        rx = postprocess._pattern_re(self.settings["postprocess.cjson_patterns"])
+        rx = postprocess._pattern_re(self.settings.postprocess.cjson_patterns)
         # The post-processor's one walk (stats + finding metadata), then the validation.
         t_stats, _ = timed(lambda: compute_stats(incoming, prev, rx, found))
         t_cjson, _ = timed(lambda: postprocess.validate_metadata(incoming, found,
@@ -414,26 +416,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds to poll for xsbackup/cjson.py when it is missing (1200)")
     ap.add_argument("--skip-promotion", action="store_true")
     ap.add_argument("--skip-cjson", action="store_true")
-    ap.add_argument("--quiet-load", type=float, default=0,
-                    help="first wait until the 1-min load average is at most this (0: no)")
-    ap.add_argument("--quiet-timeout", type=float, default=900,
-                    help="wait at most this many seconds for --quiet-load (900)")
-    ap.add_argument("--seed", type=int, default=20240601)
-    ap.add_argument("--out", default="snapshot.json", help="file name under bench/results/")
+    run_args(ap, out="snapshot.json", quiet_load=0, quiet_timeout=900)
     args = ap.parse_args(argv)
     exit_on_sigterm()
 
     cjson = wait_for_cjson(args.wait_cjson)
-    wait_for_quiet(args.quiet_load, args.quiet_timeout)
+    quiet = quiet_wait(args.quiet_load, args.quiet_timeout)
     if cjson is None:
         _stub_cjson()
-    result: dict[str, Any] = {
-        "benchmark": "snapshot",
-        "machine": machine_info(),
-        "xsbackup_sources": source_versions("cjson", "postprocess", "snapshot", "ingest"),
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "cjson_module_present": cjson is not None,
-    }
+    result = new_result("snapshot", ("snapshots.cjson", "snapshots.postprocess",
+                                     "snapshots.snapshot", "ingest.upload"))
+    result |= {"quiet_wait": quiet,
+               "config": {k: v for k, v in vars(args).items() if k != "out"},
+               "cjson_module_present": cjson is not None}
     with temp_dir("xsbench-snapshot-") as tmp:
         if not args.skip_promotion:
             (tmp / "a").mkdir()
@@ -444,17 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 (tmp / "b").mkdir()
                 result["cjson"] = bench_cjson(tmp / "b", cjson, args)
-    result["machine"]["loadavg_at_end"] = os.getloadavg()
-    after = source_versions(*result["xsbackup_sources"])
-    result["xsbackup_sources_changed_during_run"] = sorted(
-        m for m, v in after.items() if v != result["xsbackup_sources"][m])
-    if result["xsbackup_sources_changed_during_run"]:
-        print("warning: xsbackup sources changed during the run: "
-              + ", ".join(result["xsbackup_sources_changed_during_run"]))
-    path = write_results(args.out, result)
-    print_table(result)
-    print(f"wrote {path}")
-    return 0
+    return finish(result, args.out, print_table)
 
 
 def print_table(r: dict[str, Any]) -> None:

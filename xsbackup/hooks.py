@@ -36,7 +36,6 @@ from xsbackup.errors import HookVeto
 from xsbackup.logs import LOG
 
 MAX_OUTPUT = 64 * 1024  # bytes of a hook's output kept for the log and a veto line
-STAGES = ("pre-ingest", "post-ingest", "post-snapshot", "post-prune", "on-failure")
 
 
 @dataclass(frozen=True)

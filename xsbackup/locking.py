@@ -8,7 +8,10 @@
 
 We use ``fcntl.flock`` directly rather than the filelock package because we need shared
 locks (readers of a snapshot), locks on directory descriptors (the snapshot itself) and
-a non-blocking try over N slot files, all with the same semantics.
+a non-blocking try over N slot files, all with the same semantics. filelock 4.x takes
+only exclusive flocks (``UnixFileLock``, ``lock_descriptor``). Its ``ReadWriteLock`` is an
+SQLite database, not a flock, and by default it falls back to marker files that it
+unlinks (docs/design-dependencies.md).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from tests.hostile_cases import DOWN, HOSTILE, SN, UP
 from xsbackup.errors import RequestRefused
-from xsbackup.ingest.command import parse
+from xsbackup.ingest.command import VERB_PATHS, VERBS, Request, parse
+from xsbackup.store import CLIENT_RE, SNAPSHOT_RE, VOLUME_RE
 
 
 @pytest.mark.parametrize(("command", "expected"), [(c, e) for _, c, e in HOSTILE],
@@ -82,7 +83,40 @@ TOKENS = st.sampled_from([
     "--partial-dir", "-T", "--timeout=10", "--link-dest=/", "-B512", "-@-1", "--", "-s",
     "datastore-current", "datastore-latest", "/var/lib/ds-backup/completion/SHF00112233",
     "2026-01-02T030405Z", "\\ ", ";", "$(x)", "--files-from=-", "--info=progress2",
+    "list", "archive", "manifest", "--volume", "--at", "--format", "--from", "tar", "zip",
+    "--volume=documents", "--from=SHF00000042", "clients", "a/../b", "true",
 ])
+
+
+def assert_contract(req: Request, command: str) -> None:
+    """What ``parse`` promises the dispatcher about a request it accepts, kind by kind."""
+    for text in (*req.options, *(v for _, v in req.verb_opts), req.verb_path):
+        assert "\n" not in text
+        assert "\0" not in text
+    assert req.source == "" or CLIENT_RE.fullmatch(req.source)
+    if req.kind == "true":
+        assert command.strip() == "true"
+    elif req.kind == "upload":
+        assert VOLUME_RE.fullmatch(req.volume)
+        assert not req.source
+        assert not any(o.startswith(("--partial-dir", "--temp-dir")) for o in req.options)
+    elif req.kind == "completion":
+        assert not req.volume
+        assert not req.source
+    elif req.kind == "download":
+        assert VOLUME_RE.fullmatch(req.volume)
+        assert req.snapshot == "latest" or SNAPSHOT_RE.fullmatch(req.snapshot) \
+            or req.snapshot.startswith("minute:")
+        assert ".." not in req.subpath
+    elif req.kind == "verb":
+        assert req.verb in VERBS
+        assert all(key in VERBS[req.verb] for key, _ in req.verb_opts)
+        assert req.source == dict(req.verb_opts).get("--from", "")
+        assert not req.verb_path or req.verb in VERB_PATHS
+        assert not req.verb_path.startswith("/")
+        assert ".." not in req.verb_path.split("/")
+    else:
+        raise AssertionError(f"unknown request kind {req.kind!r}")
 
 
 @settings(max_examples=400, deadline=None)
@@ -94,10 +128,7 @@ def test_parser_raises_only_refusals(words: list[str]) -> None:
     except RequestRefused as e:
         message = e.message
     else:
-        assert req.kind in {"true", "upload", "completion", "download"}
-        if req.kind == "upload":
-            assert req.volume
-            assert "/" not in req.volume
+        assert_contract(req, command)
         return
     assert message
     assert "\n" not in message

@@ -108,10 +108,6 @@ class Request:
     def opt(self, name: str) -> str | None:
         return dict(self.verb_opts).get(name)
 
-    @property
-    def is_write(self) -> bool:
-        return self.kind in ("upload", "completion")
-
 
 def refuse(message: str) -> RequestRefused:
     return RequestRefused(message)

@@ -35,11 +35,11 @@ from xsbackup.clients.registry import Registry
 from xsbackup.config import Settings
 from xsbackup.errors import PathNotFound
 from xsbackup.logs import LOG
+from xsbackup.resources import KIT
 from xsbackup.restore import access, resolve
 from xsbackup.restore import archive as restore
 from xsbackup.store import Store, check_snapshot_id, check_volume
 
-KIT = Path(__file__).resolve().parents[2] / "restore" / "xsrestore.py"
 _UID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _DONE = object()
 
