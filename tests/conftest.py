@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
 from xsbackup import config
 from xsbackup.clients.registry import Registry, write_authorized_keys
@@ -33,6 +34,16 @@ def _scrub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if k.startswith("XSBACKUP_"):
             monkeypatch.delenv(k)
     monkeypatch.setenv("XSBACKUP_ROOT", str(tmp_path / "state"))
+
+
+def run_cli(*args: str, input: str | None = None) -> Result:
+    """``xsbackup ARGS`` in this process (click's CliRunner), for tests of parsing, output
+    and exit codes; a test that needs a real process (a signal, a crash, sshd's forced
+    command, ``serve``) runs ``XSBACKUP`` instead."""
+    from xsbackup.cli.main import cli
+
+    return CliRunner().invoke(cli, list(args), input=input, prog_name="xsbackup",
+                              catch_exceptions=False)
 
 
 def free_port() -> int:
@@ -70,6 +81,14 @@ class Server:
         write_authorized_keys(Registry(self.store), XSBACKUP)
         self.keys[serial] = key
         return key
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None) -> Result:
+        """``xsbackup --root ROOT ARGS`` in this process (``run_cli``); ``check``: it must
+        succeed, as ``xsbackup(check=True)``."""
+        r = run_cli("--root", str(self.root), *args, input=input)
+        if check:
+            assert r.exit_code == 0, f"xsbackup {' '.join(args)}: {r.output}"
+        return r
 
     def xsbackup(self, *args: str, check: bool = True,
                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
