@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from xsbackup.context import Context
 from xsbackup.store import Store, init_root
 
 XSBACKUP = str(Path(sys.executable).with_name("xsbackup"))
+TEST_LIMITS = {"max_load": 1000.0, "max_blocks_pct": 100.0, "max_inodes_pct": 100.0}
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +73,15 @@ class Server:
         return Context.open(self.settings())
 
     def configure(self, text: str) -> None:
+        """Write the configuration file. The tests own their load and disk limits: those
+        ``text`` does not set are raised out of reach, so a busy machine never turns a
+        test's transfer into a refusal."""
+        unset = "".join(f"{k} = {v}\n" for k, v in TEST_LIMITS.items()
+                        if not re.search(rf"^{k}\s*=", text, re.MULTILINE))
+        if "[admission]\n" in text:
+            text = text.replace("[admission]\n", "[admission]\n" + unset, 1)
+        else:
+            text = "[admission]\n" + unset + text
         (self.root / "xsbackup.toml").write_text(text)
 
     def add_client(self, serial: str, nickname: str = "") -> Path:
@@ -102,7 +113,9 @@ def server(tmp_path: Path) -> Server:
     init_root(root)
     keydir = tmp_path / "keys"
     keydir.mkdir()
-    return Server(root, keydir)
+    server = Server(root, keydir)
+    server.configure("")
+    return server
 
 
 @pytest.fixture(scope="session")

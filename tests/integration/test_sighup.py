@@ -23,13 +23,12 @@ from xsbackup.store import Store
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"
 VOLUME = "documents"
-LIMITS = ("[admission]\nmax_load = 1000.0\nmax_blocks_pct = 100.0\nmax_inodes_pct = 100.0\n"
-          "[quota]\nsoft_quota_pct = 100.0\n")
+QUOTA = "[quota]\nsoft_quota_pct = 100.0\n"  # never trim for disk space in this test
 # Before: never prune, keep everything of 90 days and every month's first snapshot.
-BEFORE = LIMITS + '[prune]\nschedule = ""\n'
+BEFORE = QUOTA + '[prune]\nschedule = ""\n'
 # After: prune at once (00:00 has passed today), keeping the two newest snapshots; check
 # *.note files as Canonical JSON instead of *.metadata; hooks from another directory.
-AFTER = LIMITS + """[prune]
+AFTER = QUOTA + """[prune]
 schedule = "00:00"
 [retention]
 keep_last = 2
@@ -84,7 +83,8 @@ def lines(path: Path) -> list[str]:
 def test_sighup_reaches_the_postprocessor_and_the_scheduler(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    (root / "xsbackup.toml").write_text(BEFORE)
+    server = Server(root, tmp_path)
+    server.configure(BEFORE)
     served = start(root)
     try:
         store = Store(root)
@@ -97,11 +97,10 @@ def test_sighup_reaches_the_postprocessor_and_the_scheduler(tmp_path: Path) -> N
         # Neither is canonical: what the report flags shows which patterns were used.
         (src / "a.metadata").write_bytes(b'{"b":1,"a":2}')
         (src / "b.note").write_bytes(b'{"d":1,"c":2}')
-        pusher = Server(root, tmp_path)
 
         def push() -> str:
             before = set(store.snapshot_ids(SN, VOLUME))
-            r = local_push(pusher, SN, src, VOLUME)
+            r = local_push(server, SN, src, VOLUME)
             assert r.returncode == 0, r.stderr
             wait_for("the snapshot is promoted", lambda: len(store.snapshot_ids(SN, VOLUME))
                      > len(before) and not os.listdir(store.queue_dir))
@@ -109,7 +108,7 @@ def test_sighup_reaches_the_postprocessor_and_the_scheduler(tmp_path: Path) -> N
             return sid
 
         # The new file is on disk, but without SIGHUP the service still runs the old one.
-        (root / "xsbackup.toml").write_text(AFTER)
+        server.configure(AFTER)
         first = push()
         assert checked_files(store, first) == ["a.metadata"]
         assert (lines(root / "marks-v1"), lines(root / "marks-v2")) == ([first], [])
