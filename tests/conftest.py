@@ -212,6 +212,23 @@ def sshd(server: Server, host_key: Path, tmp_path: Path) -> Iterator[Sshd]:
         yield Sshd(port, log, user)
 
 
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A private 48 MiB tmpfs with 4000 inodes: disk use that no other process changes."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,nr_inodes=4000", "tmpfs",
+                        str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def tree_state(root: Path) -> dict[str, tuple[int, int, int, int, bytes]]:
     """Every path under root with (mode, size, mtime_ns, inode, content-or-link)."""
     out = {}

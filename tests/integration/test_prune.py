@@ -188,22 +188,6 @@ def test_set_policy_is_validated_and_applied(server: Server) -> None:
     assert server.store.snapshot_ids(SN, "documents") == ids  # dry run deleted nothing
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,nr_inodes=4000", "tmpfs",
-                        str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_soft_quota_on_a_real_small_filesystem(small_fs: Path, tmp_path: Path) -> None:
     root = small_fs / "state"
     init_root(root)
