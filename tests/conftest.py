@@ -8,17 +8,18 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
 from xsbackup import config
 from xsbackup.clients.registry import Registry, write_authorized_keys
@@ -26,6 +27,7 @@ from xsbackup.context import Context
 from xsbackup.store import Store, init_root
 
 XSBACKUP = str(Path(sys.executable).with_name("xsbackup"))
+TEST_LIMITS = {"max_load": 1000.0, "max_blocks_pct": 100.0, "max_inodes_pct": 100.0}
 
 
 @pytest.fixture(autouse=True)
@@ -36,15 +38,20 @@ def _scrub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XSBACKUP_ROOT", str(tmp_path / "state"))
 
 
+def run_cli(*args: str, input: str | None = None) -> Result:
+    """``xsbackup ARGS`` in this process (click's CliRunner), for tests of parsing, output
+    and exit codes; a test that needs a real process (a signal, a crash, sshd's forced
+    command, ``serve``) runs ``XSBACKUP`` instead."""
+    from xsbackup.cli.main import cli
+
+    return CliRunner().invoke(cli, list(args), input=input, prog_name="xsbackup",
+                              catch_exceptions=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-# The load limit depends on what else the test machine runs (parallel suites, benches),
-# and no test is about it unless it sets it: those that are override it.
-TEST_DEFAULTS: dict[str, dict[str, object]] = {"admission": {"max_load": 1000.0}}
 
 
 @dataclass
@@ -66,15 +73,16 @@ class Server:
         return Context.open(self.settings())
 
     def configure(self, text: str) -> None:
-        """Write the state root's configuration: ``text`` over ``TEST_DEFAULTS``."""
-        merged = {k: dict(v) for k, v in TEST_DEFAULTS.items()}
-        for section, body in tomllib.loads(text).items():
-            merged.setdefault(section, {}).update(body)
-        lines = []
-        for section, body in merged.items():
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {config._toml_value(v)}" for k, v in body.items()]
-        (self.root / "xsbackup.toml").write_text("\n".join(lines) + "\n")
+        """Write the configuration file. The tests own their load and disk limits: those
+        ``text`` does not set are raised out of reach, so a busy machine never turns a
+        test's transfer into a refusal."""
+        unset = "".join(f"{k} = {v}\n" for k, v in TEST_LIMITS.items()
+                        if not re.search(rf"^{k}\s*=", text, re.MULTILINE))
+        if "[admission]\n" in text:
+            text = text.replace("[admission]\n", "[admission]\n" + unset, 1)
+        else:
+            text = "[admission]\n" + unset + text
+        (self.root / "xsbackup.toml").write_text(text)
 
     def add_client(self, serial: str, nickname: str = "") -> Path:
         key = self.keydir / f"id_{serial}"
@@ -84,6 +92,14 @@ class Server:
         write_authorized_keys(Registry(self.store), XSBACKUP)
         self.keys[serial] = key
         return key
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None) -> Result:
+        """``xsbackup --root ROOT ARGS`` in this process (``run_cli``); ``check``: it must
+        succeed, as ``xsbackup(check=True)``."""
+        r = run_cli("--root", str(self.root), *args, input=input)
+        if check:
+            assert r.exit_code == 0, f"xsbackup {' '.join(args)}: {r.output}"
+        return r
 
     def xsbackup(self, *args: str, check: bool = True,
                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -194,6 +210,23 @@ def sshd(server: Server, host_key: Path, tmp_path: Path) -> Iterator[Sshd]:
                       ("PermitRootLogin forced-commands-only",
                        "Subsystem sftp internal-sftp")) as (port, log):
         yield Sshd(port, log, user)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A private 48 MiB tmpfs with 4000 inodes: disk use that no other process changes."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,nr_inodes=4000", "tmpfs",
+                        str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int, int, int, bytes]]:

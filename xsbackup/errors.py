@@ -252,12 +252,23 @@ class ServerError(XsbackupError):
 
 
 def all_errors() -> list[type[XsbackupError]]:
-    """Every error class, ordered by exit code, for documentation."""
+    """One class per exit code, ordered by code, for documentation.
+
+    A class is listed when it sets ``exit_code`` itself (a subclass that inherits its code
+    is documented by its parent), except a class whose code a subclass sets again: that
+    class only groups its subclasses (``Refused``), and the subclass is what a user meets.
+    Only the subclasses of ``XsbackupError`` imported so far are seen; ``xsbackup
+    exit-codes`` imports every module first.
+    """
     seen: list[type[XsbackupError]] = []
     todo: list[type[XsbackupError]] = [XsbackupError]
     while todo:
         cls = todo.pop()
         if cls not in seen:
             seen.append(cls)
-        todo.extend(cls.__subclasses__())
-    return sorted(seen, key=lambda c: (c.exit_code, c.__name__))
+            todo.extend(cls.__subclasses__())
+    own = [c for c in seen if "exit_code" in vars(c)]
+    listed = [c for c in own
+              if not any(o is not c and issubclass(o, c) and o.exit_code == c.exit_code
+                         for o in own)]
+    return sorted(listed, key=lambda c: (c.exit_code, c.__name__))

@@ -55,12 +55,12 @@ def test_maintenance_command_and_disabled_client(server: Server, sshd: Sshd,
                                                  tmp_path: Path) -> None:
     key = server.add_client(SN)
     src = small_tree(tmp_path / "src")
-    assert server.xsbackup("maintenance", "on").stdout.strip() == "maintenance on"
+    assert server.cli("maintenance", "on").stdout.strip() == "maintenance on"
     res = sshd.ssh(key, "rsync --server -logDtpre.iLsfxCIvu . documents/")
     assert res.returncode == 43
     assert res.stderr.strip() == "xsbackup: server is in maintenance mode; try again later"
-    server.xsbackup("maintenance", "off")
-    server.xsbackup("clients", "disable", SN)
+    server.cli("maintenance", "off")
+    server.cli("clients", "disable", SN)
     res = sshd.ssh(key, "rsync --server -logDtpre.iLsfxCIvu . documents/")
     # A disabled client's key leaves authorized_keys: sshd itself refuses it.
     assert res.returncode == 255
@@ -70,7 +70,7 @@ def test_maintenance_command_and_disabled_client(server: Server, sshd: Sshd,
                                "SSH_ORIGINAL_COMMAND": "rsync --server -logDtpre.iLsfxCIvu . d/"})
     assert res.returncode == 42
     assert res.stderr.strip() == f"xsbackup: client {SN} is disabled"
-    server.xsbackup("clients", "enable", SN)
+    server.cli("clients", "enable", SN)
     r = sshd.rsync(key, "-a", f"{src}/", "127.0.0.1:documents/")
     assert r.returncode == 0, r.stderr
 

@@ -126,7 +126,7 @@ def authorized_keys(server: Server) -> str:
 def test_availability_answers(web: Web) -> None:
     web.server.add_client(SN)
     web.server.add_client("SHF00000099")
-    web.server.xsbackup("clients", "disable", "SHF00000099")
+    web.server.cli("clients", "disable", "SHF00000099")
     web.configure("[availability]\nwindow_count = 2\n")
     first = web.get(f"/backup/1/available/{SN}")
     assert (first.status, first.body) == (200, b"")
@@ -172,7 +172,7 @@ def test_window_full_gives_503_and_reservation_repeats_200(web: Web) -> None:
 
 def test_maintenance_refuses_with_retry_after(web: Web) -> None:
     Registry(web.server.store).add(SN, None)
-    web.server.xsbackup("maintenance", "on")
+    web.server.cli("maintenance", "on")
     r = web.get(f"/backup/1/available/{SN}")
     assert (r.status, r.body, r.headers["Retry-After"]) == (503, b"", "300")
     assert web.counters()[
@@ -250,9 +250,9 @@ def test_new_key_waits_for_approval(web: Web, tmp_path: Path) -> None:
     assert old in authorized_keys(web.server)
     waiting = registration.pending(Registry(web.server.store))
     assert [(sn, k.blob, k.status) for sn, k in waiting] == [(SN, new, "pending")]
-    rows = orjson.loads(web.server.xsbackup("clients", "pending", "--json").stdout)
+    rows = orjson.loads(web.server.cli("clients", "pending", "--json").stdout)
     assert [(r["serial"], r["type"], r["status"]) for r in rows] == [(SN, "ssh-rsa", "pending")]
-    out = web.server.xsbackup("clients", "approve", SN).stdout
+    out = web.server.cli("clients", "approve", SN).stdout
     assert out == f"approved: {SN} now has 1 active key(s) (ssh-rsa)\n"
     keys = authorized_keys(web.server)
     assert new in keys
@@ -272,10 +272,10 @@ def test_approve_keep_old_and_reject(web: Web, tmp_path: Path) -> None:
     assert a in keys
     assert b in keys
     assert web.register(SN, "", "", c)["success"] == "PENDING"
-    out = web.server.xsbackup("clients", "reject", SN).stdout
+    out = web.server.cli("clients", "reject", SN).stdout
     assert out == f"rejected 1 pending key(s) of {SN}\n"
-    again = web.server.xsbackup("clients", "reject", SN, check=False)
-    assert again.returncode == registration.NothingPending.exit_code
+    again = web.server.cli("clients", "reject", SN, check=False)
+    assert again.exit_code == registration.NothingPending.exit_code
     assert [k.blob for k in Registry(web.server.store).get(SN).keys] == [a, b]
     assert c not in authorized_keys(web.server)
 

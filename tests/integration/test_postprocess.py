@@ -104,8 +104,8 @@ def test_crash_at_every_step_then_recover(server: Server, tmp_path: Path, point:
     latest = store.latest_id(SN, "documents")
     if latest is not None:  # whatever is visible is complete
         assert "files" in read_facts(vol / "snapshots" / latest)
-    recovered = server.xsbackup("postprocess", "--once", "--json")
-    assert recovered.returncode == 0, recovered.stderr
+    recovered = server.cli("postprocess", "--once", "--json")
+    assert recovered.exit_code == 0, recovered.stderr
     ids = store.snapshot_ids(SN, "documents")
     assert len(ids) == 2
     assert store.incoming_ids(SN, "documents") == []
@@ -161,7 +161,7 @@ def test_cjson_findings_flag_but_never_alter(server: Server, tmp_path: Path) -> 
     # The symlink (stored inert by --fake-super as a plain file) is judged on its own
     # bytes, never by following it to /etc/passwd.
     assert by_path["store/link.metadata"]["status"] == "invalid"
-    status = orjson.loads(server.xsbackup("status", "--json").stdout)
+    status = orjson.loads(server.cli("status", "--json").stdout)
     assert status[0]["flagged"] == [f"datastore/{sid}"]
     assert status[0]["snapshot_count"] == 1
 
@@ -220,15 +220,14 @@ def test_snapshots_cli_json(server: Server, tmp_path: Path) -> None:
     (src / "x").write_bytes(b"12345")
     assert local_push(server, SN, src).returncode == 0
     run_pp(server)
-    rows = orjson.loads(server.xsbackup("snapshots", "list", SN, "--json").stdout)
+    rows = orjson.loads(server.cli("snapshots", "list", SN, "--json").stdout)
     assert len(rows) == 1
     assert (rows[0]["files"], rows[0]["bytes"], rows[0]["new_bytes"]) == (1, 5, 5)
     assert rows[0]["latest"] is True
-    shown = orjson.loads(server.xsbackup("snapshots", "show", SN, rows[0]["id"],
-                                         "--json").stdout)
+    shown = orjson.loads(server.cli("snapshots", "show", SN, rows[0]["id"], "--json").stdout)
     assert shown["origin"]["rsync_exit"] == 0
-    missing = server.xsbackup("snapshots", "show", SN, "2001-01-01T000000Z", check=False)
-    assert missing.returncode == 51
+    missing = server.cli("snapshots", "show", SN, "2001-01-01T000000Z", check=False)
+    assert missing.exit_code == 51
     assert "no snapshot 2001-01-01T000000Z" in missing.stderr
 
 

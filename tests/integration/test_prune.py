@@ -89,7 +89,7 @@ def test_du_matches_brute_force(server: Server, tmp_path: Path) -> None:
     assert {s.id: s.exclusive for s in got.snapshots} == expected
     oldest = next(s for s in got.snapshots if s.id == first.name)
     assert oldest.shared == 20_000 + 5 * 20_000  # its own file (linked outside) + shared ones
-    r = server.xsbackup("du", SN, "--json")
+    r = server.cli("du", SN, "--json")
     (row,) = orjson.loads(r.stdout)
     assert row["total"] == got.total
     assert [s["exclusive"] for s in row["snapshots"]] == [s.exclusive for s in got.snapshots]
@@ -148,8 +148,7 @@ def test_killed_prune_is_finished_by_the_next_run(server: Server, point: str) ->
         d = server.store.snapshots_dir(SN, "documents") / sid
         assert len(list((d / "sub").iterdir())) == 40
     assert os.listdir(server.store.trash_dir)
-    r = server.xsbackup("prune", "--policy-only")
-    assert r.returncode == 0
+    server.cli("prune", "--policy-only")
     assert os.listdir(server.store.trash_dir) == []
     assert server.store.snapshot_ids(SN, "documents") == ids[-1:]
 
@@ -161,48 +160,32 @@ def test_over_quota_client_is_refused_and_status_says_why(server: Server,
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(300_000))
     assert local_push(server, SN, src).returncode == 0
-    server.xsbackup("postprocess", "--once")
-    server.xsbackup("clients", "set-policy", SN, "--quota-bytes", "100000")
-    server.xsbackup("du", SN)
+    server.cli("postprocess", "--once")
+    server.cli("clients", "set-policy", SN, "--quota-bytes", "100000")
+    server.cli("du", SN)
     r = server.xsbackup("ssh-command", "--client", SN, check=False,
                         env={**os.environ, "SSH_ORIGINAL_COMMAND":
                              "rsync --server -logDtpre.iLsfxCIvu . documents/"})
     assert r.returncode == 49
     assert r.stderr.startswith(f"xsbackup: client {SN} is over its quota:")
-    (row,) = orjson.loads(server.xsbackup("status", "--json").stdout)
+    (row,) = orjson.loads(server.cli("status", "--json").stdout)
     assert row["over_quota"] is True
     assert "over its quota" in row["last_error"]
-    server.xsbackup("clients", "set-policy", SN, "--quota-bytes", "0")
+    server.cli("clients", "set-policy", SN, "--quota-bytes", "0")
     assert local_push(server, SN, src).returncode == 0
 
 
 def test_set_policy_is_validated_and_applied(server: Server) -> None:
     server.add_client(SN)
-    bad = server.xsbackup("clients", "set-policy", SN, "--keep-within", "soon", check=False)
-    assert bad.returncode == 3
-    server.xsbackup("clients", "set-policy", SN, "--keep-daily", "2", "--keep-within", "",
-                    "--keep-first-monthly", "0")
+    bad = server.cli("clients", "set-policy", SN, "--keep-within", "soon", check=False)
+    assert bad.exit_code == 3
+    server.cli("clients", "set-policy", SN, "--keep-daily", "2", "--keep-within", "",
+               "--keep-first-monthly", "0")
     ids = make_history(server, SN, [5, 4, 3, 2, 1])
     report = prune.policy_prune(server.ctx(), NOW, dry_run=True)
     kept = [i.id for i in report.items if i.keep]
     assert kept == ids[-2:]
     assert server.store.snapshot_ids(SN, "documents") == ids  # dry run deleted nothing
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,nr_inodes=4000", "tmpfs",
-                        str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_soft_quota_on_a_real_small_filesystem(small_fs: Path, tmp_path: Path) -> None:

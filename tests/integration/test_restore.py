@@ -155,7 +155,7 @@ def three_clients(server: Server, embedded: Sshd,  # noqa: F811
         src.mkdir()
         (src / "owner.txt").write_text(f"{serial}\n")
         push(server, embedded, serial, src, "documents")
-    server.xsbackup("clients", "alias", NEW, OLD)
+    server.cli("clients", "alias", NEW, OLD)
     return server, embedded
 
 

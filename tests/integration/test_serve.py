@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import XSBACKUP, free_port
+from tests.conftest import TEST_LIMITS, XSBACKUP, free_port
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"
@@ -52,10 +52,14 @@ class Served:
 
 
 def start(root: Path, *extra: str) -> Served:
+    """``xsbackup serve`` on free loopback ports. Its load and disk limits (which reach its
+    forced commands too) are the tests' own: a busy machine must not refuse a transfer."""
     ssh_port, http_port = free_port(), free_port()
+    limits = {f"XSBACKUP_ADMISSION_{k.upper()}": str(v) for k, v in TEST_LIMITS.items()}
     proc = subprocess.Popen([XSBACKUP, "--root", str(root), "serve", "--ssh-port", str(ssh_port),
                              "--http-port", str(http_port), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **limits})
     assert proc.stdout is not None
     banner = proc.stdout.readline().strip()
     assert banner.startswith("xsbackup serving"), proc.stderr.read() if proc.stderr else ""

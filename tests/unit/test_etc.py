@@ -45,13 +45,3 @@ def test_nginx_snippet_maps_the_availability_path() -> None:
     assert "location /backup/1/" in text
     assert "proxy_pass http://127.0.0.1:8080;" in text
 
-
-def test_readme_documents_every_exit_code() -> None:
-    readme = (ETC.parent / "README.md").read_text()
-    r = subprocess.run([XSBACKUP, "exit-codes", "--json"], capture_output=True, text=True,
-                       check=True)
-    import orjson
-
-    for row in orjson.loads(r.stdout):
-        if row["name"] != "Refused":
-            assert f"| {row['code']} | {row['name']} |" in readme, row

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import click
 
 from xsbackup import config as config_mod
@@ -9,10 +12,22 @@ from xsbackup.cli._common import Invocation, emit_json, pass_invocation
 from xsbackup.errors import all_errors
 
 
+def import_every_module() -> None:
+    """Import every ``xsbackup`` module, so that the error classes defined anywhere are
+    subclasses of ``XsbackupError`` that ``all_errors()`` can see, whatever this process
+    imported so far. (``__main__`` would run the CLI again.)"""
+    import xsbackup
+
+    for info in pkgutil.walk_packages(xsbackup.__path__, "xsbackup."):
+        if info.name != "xsbackup.__main__":
+            importlib.import_module(info.name)
+
+
 @click.command("exit-codes")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def exit_codes(as_json: bool) -> None:
     """List every exit code and its meaning."""
+    import_every_module()
     table = [(0, "OK", "Success."), (2, "UsageError", "The command line is invalid.")]
     table += [(c.exit_code, c.__name__, c.describe()) for c in all_errors()]
     rows = [{"code": code, "name": name, "meaning": meaning}
@@ -22,6 +37,7 @@ def exit_codes(as_json: bool) -> None:
         return
     for r in rows:
         click.echo(f"{r['code']:>3}  {r['name']:<18} {r['meaning']}")
+
 
 @click.command("config")
 @click.option("--defaults", is_flag=True, help="Print the documented defaults as TOML.")

@@ -1,14 +1,17 @@
 """The ``xsbackup`` command line: the top-level group, and ``main()``.
 
 Every command lives in a ``*_cmd.py`` module of this package; each only parses, calls the
-core and prints. Only ``main()`` catches ``XsbackupError``: it prints one line and exits
-with the error's code (see ``xsbackup exit-codes``).
+core and prints. Only the top-level group catches ``XsbackupError``: it prints one line
+and exits with the error's code (see ``xsbackup exit-codes``), so a command run in-process
+(click's ``CliRunner``) behaves as the installed ``xsbackup`` does. ``main()`` adds what
+only a real process needs: Ctrl-C and a closed stdout.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -25,7 +28,19 @@ from xsbackup.cli._common import Invocation
 from xsbackup.errors import XsbackupError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class XsbackupGroup(click.Group):
+    """The top-level group: an ``XsbackupError`` from any command ends the run with its
+    one-line message on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except XsbackupError as e:
+            click.echo(f"xsbackup: error: {e.message}", err=True)
+            sys.exit(e.exit_code)
+
+
+@click.group(cls=XsbackupGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", envvar="XSBACKUP_ROOT", metavar="DIR",
               help="State root (default ./xsbackup-state; env XSBACKUP_ROOT).")
 @click.option("--config", "config_file", envvar="XSBACKUP_CONFIG", metavar="FILE",
@@ -55,9 +70,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
-    except XsbackupError as e:
-        click.echo(f"xsbackup: error: {e.message}", err=True)
         sys.exit(e.exit_code)
     except BrokenPipeError:
         os._exit(141)

@@ -8,12 +8,15 @@ signals:
   after its current entry, give running transfers up to ``server.shutdown_timeout``
   seconds, then terminate what is left (an interrupted transfer is resumed by the
   client's next backup; stored snapshots are never touched) and exit 0;
-* SIGHUP: reload the configuration and regenerate ``authorized_keys`` from the registry.
+* SIGHUP: reload the configuration and regenerate ``authorized_keys`` from the registry;
+  the scheduled prune checks its (possibly new) schedule at the scheduler's next tick
+  rather than at the end of its minute.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import signal
 import threading
@@ -48,6 +51,12 @@ class Scheduler:
 
     def add(self, name: str, every: float, run: Callable[[], Any]) -> None:
         self.jobs.append(Job(name, every, run))
+
+    def wake(self, name: str) -> None:
+        """Run job ``name`` at the next tick instead of at the end of its period."""
+        for job in self.jobs:
+            if job.name == name:
+                job.last = -math.inf
 
     def loop(self, stop: threading.Event, tick: float = 1.0) -> None:
         while not stop.is_set():
@@ -175,7 +184,12 @@ class Service:
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, lambda signum, frame: self.reload())
+
+        def on_reload(signum: int, frame: object) -> None:
+            self.reload()
+            scheduler.wake("prune")
+
+        signal.signal(signal.SIGHUP, on_reload)
         for t in threads:
             t.start()
         banner = (f"xsbackup serving {s.root}: ssh on {bind}:{ssh.port}, "
