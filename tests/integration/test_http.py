@@ -11,7 +11,7 @@ import struct
 import subprocess
 import threading
 import xmlrpc.client
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
@@ -26,9 +26,10 @@ from tests.conftest import XSBACKUP, Server, local_push
 from xsbackup import counters
 from xsbackup.clients import registration
 from xsbackup.clients.registry import Registry
+from xsbackup.context import Context
 from xsbackup.snapshots import postprocess
 from xsbackup.web import users
-from xsbackup.web.app import App, make_app, make_server
+from xsbackup.web.app import WebApp, create_app, make_server
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"
@@ -52,7 +53,7 @@ class Reply:
 class Web:
     server: Server
     port: int
-    app: App
+    app: WebApp
 
     def counters(self) -> dict[str, float]:
         self.app.flush_counters()  # availability counts are batched for up to a second
@@ -89,10 +90,16 @@ class Web:
             return proxy.register(*args)
 
 
+def contexts(server: Server) -> Callable[[], Context]:
+    """What ``serve`` hands the app: the current Context, asked for on every request
+    (here read afresh each time, so a test's configuration change applies at once)."""
+    return lambda: Context.open(server.settings())
+
+
 @pytest.fixture
 def web(server: Server) -> Iterator[Web]:
     server.configure(BASE_CONFIG)
-    app = make_app(server.settings)
+    app = create_app(contexts(server))
     srv = make_server(app, "127.0.0.1", 0, 8)
     thread = threading.Thread(target=srv.run_forever, name="http-test", daemon=True)
     thread.start()
@@ -414,7 +421,9 @@ def test_session_cookie_flow(web: Web) -> None:
     assert r.json()["user"] == "bob"
     assert r.json()["role"] == "teacher"
     cookie = r.headers["Set-Cookie"]
-    m = re.fullmatch(r"xsbackup_session=([A-Za-z0-9_-]{40,}); (.*)", cookie)
+    # The value is Flask's signed session: base64url payload, timestamp and signature.
+    m = re.fullmatch(r"xsbackup_session=([\w-]{40,}\.[\w-]+\.[\w-]{40,}); (.*)", cookie,
+                     re.ASCII)
     assert m is not None, cookie
     flags = m.group(2).split("; ")
     assert set(flags) == {"Path=/", "Max-Age=43200", "HttpOnly", "SameSite=Strict"}
@@ -452,7 +461,7 @@ def test_session_ends_when_user_is_disabled(web: Web) -> None:
 
 @pytest.mark.usefixtures("people")
 def test_session_cookie_is_secure_under_https(server: Server) -> None:
-    app = make_app(server.settings)
+    app = create_app(contexts(server))
     body = orjson.dumps({"user": "alice", "password": PASSWORD})
     environ: dict[str, Any] = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/v1/session",
                                "CONTENT_LENGTH": str(len(body)), "wsgi.input": BytesIO(body),

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Server, local_push
+from tests.integration.test_http import contexts
 from tests.integration.test_restore import sugar_datastore
 from xsbackup.clients import registration
 from xsbackup.clients.registry import Registry
@@ -34,7 +35,7 @@ from xsbackup.restore import journal
 from xsbackup.snapshots import postprocess, usage
 from xsbackup.store import init_root, set_xattrs
 from xsbackup.web import users
-from xsbackup.web.app import App, HttpServer, make_app, make_server
+from xsbackup.web.app import HttpServer, WebApp, create_app, make_server
 from xsbackup.web.pages import human_bytes
 
 pytestmark = pytest.mark.integration
@@ -68,7 +69,7 @@ EVIL_DIR = "<svg onload=alert(1)>"
 @dataclass
 class Site:
     server: Server
-    app: App
+    app: WebApp
     http: HttpServer
     thread: threading.Thread
     extra: dict[str, Any] = field(default_factory=dict)
@@ -94,7 +95,7 @@ def start_site(base: Path, config: str = "") -> Site:
     server.configure(BASE_CONFIG + config)
     users.add_user(server.store, ADMIN, ADMIN_PW, role="admin")
     users.add_user(server.store, TEACHER, TEACHER_PW, role="teacher")
-    app = make_app(server.settings)
+    app = create_app(contexts(server))
     http = make_server(app, "127.0.0.1", 0, 8)
     thread = threading.Thread(target=http.run_forever, name="webui-test", daemon=True)
     thread.start()

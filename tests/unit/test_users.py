@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from xsbackup.cli.admin_cmd import admin
 from xsbackup.cli.main import Ctx
-from xsbackup.errors import InvalidName
+from xsbackup.errors import InvalidName, InvalidPassword, UserExists, UserNotFound
 from xsbackup.store import Store, init_root
 from xsbackup.web import users
 
@@ -99,13 +99,13 @@ def test_good_names_accepted(store: Store) -> None:
 
 def test_duplicates_roles_and_weak_passwords_refused(store: Store) -> None:
     users.add_user(store, "alice", PASSWORD)
-    with pytest.raises(users.UserExists):
+    with pytest.raises(UserExists):
         users.add_user(store, "alice", PASSWORD)
-    with pytest.raises(users.InvalidPassword, match="invalid role"):
+    with pytest.raises(InvalidPassword, match="invalid role"):
         users.add_user(store, "dave", PASSWORD, "root")
-    with pytest.raises(users.InvalidPassword, match="too short"):
+    with pytest.raises(InvalidPassword, match="too short"):
         users.add_user(store, "dave", "short")
-    with pytest.raises(users.UserNotFound):
+    with pytest.raises(UserNotFound):
         users.disable(store, "nobody")
     assert [u.name for u in users.list_users(store)] == ["alice"]
 

@@ -12,6 +12,7 @@ import click
 
 from xsbackup.cli._common import emit_json, with_store
 from xsbackup.config import Settings
+from xsbackup.errors import UserExists
 from xsbackup.store import Store
 from xsbackup.web import users
 
@@ -39,7 +40,7 @@ def add_user(settings: Settings, store: Store, name: str, role: str,
              password_stdin: bool) -> None:
     """Create user NAME (asks for the password twice unless --password-stdin)."""
     if users.check_name(name) in users.load(store):
-        raise users.UserExists(f"user {name} already exists")
+        raise UserExists(f"user {name} already exists")
     user = users.add_user(store, name, _read_password(name, password_stdin), role)
     click.echo(f"added {user.role} {user.name}")
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from xsbackup import config
 from xsbackup.clients.registry import Registry, write_authorized_keys
+from xsbackup.context import Context
 from xsbackup.ingest import admission
 from xsbackup.logs import LOG
 from xsbackup.snapshots import postprocess
@@ -115,11 +116,16 @@ class Service:
                  overrides: dict[str, Any]) -> None:
         self._args = (root, config_file, overrides)
         self._settings = config.load(root, config_file, overrides)
+        self._ctx = Context.open(self._settings, require=False)
         self.lock = threading.Lock()
 
     def settings(self) -> config.Settings:
         with self.lock:
             return self._settings
+
+    def context(self) -> Context:
+        with self.lock:
+            return self._ctx
 
     def reload(self) -> None:
         try:
@@ -128,14 +134,14 @@ class Service:
             LOG.error("SIGHUP: configuration not reloaded: %s", e)
             return
         with self.lock:
-            self._settings = new
+            self._settings, self._ctx = new, Context.open(new, require=False)
         path = write_authorized_keys(Registry(Store(new.root)))
         LOG.info("SIGHUP: configuration reloaded, %s regenerated", path)
 
     def run(self, ready: Callable[[str], None] | None = None) -> int:
         from xsbackup import logs
         from xsbackup.server.sshserver import SshServer
-        from xsbackup.web.app import make_app, make_server
+        from xsbackup.web.app import create_app, make_server
 
         s = self.settings()
         store = init_root(s.root)
@@ -143,7 +149,7 @@ class Service:
         write_authorized_keys(Registry(store))
         bind = s.server.bind
         ssh = SshServer(self.settings, bind, s.server.ssh_port)
-        app = make_app(self.settings)
+        app = create_app(self.context)
         http = make_server(app, bind, s.server.http_port, s.http.threads)
         http_port = http.effective_port
         stop = threading.Event()
