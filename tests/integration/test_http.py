@@ -4,12 +4,15 @@ check, OLPC registration over XML-RPC, the authenticated JSON API and /metrics."
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import os
 import re
+import stat
 import struct
 import subprocess
 import threading
+import time
 import xmlrpc.client
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +31,10 @@ from xsbackup.clients import registration
 from xsbackup.clients.registry import Registry
 from xsbackup.context import Context
 from xsbackup.snapshots import postprocess
+from xsbackup.store import init_root
 from xsbackup.web import users
 from xsbackup.web.app import WebApp, create_app, make_server
+from xsbackup.web.sessions import SessionKeys
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"
@@ -96,11 +101,11 @@ def contexts(server: Server) -> Callable[[], Context]:
     return lambda: Context.open(server.settings())
 
 
-@pytest.fixture
-def web(server: Server) -> Iterator[Web]:
-    server.configure(BASE_CONFIG)
+@contextlib.contextmanager
+def serving(server: Server, port: int = 0) -> Iterator[Web]:
+    """A new application and waitress server over ``server``'s state root."""
     app = create_app(contexts(server))
-    srv = make_server(app, "127.0.0.1", 0, 8)
+    srv = make_server(app, "127.0.0.1", port, 8)
     thread = threading.Thread(target=srv.run_forever, name="http-test", daemon=True)
     thread.start()
     try:
@@ -109,6 +114,13 @@ def web(server: Server) -> Iterator[Web]:
         srv.close()
         thread.join(timeout=10)
         assert not thread.is_alive()
+
+
+@pytest.fixture
+def web(server: Server) -> Iterator[Web]:
+    server.configure(BASE_CONFIG)
+    with serving(server) as w:
+        yield w
 
 
 def rsa_blob(tmp_path: Path, name: str) -> str:
@@ -457,6 +469,69 @@ def test_session_ends_when_user_is_disabled(web: Web) -> None:
     assert web.get("/api/v1/health", headers=jar).status == 401
     users.enable(web.server.store, "alice")
     assert web.get("/api/v1/health", headers=jar).status == 401  # that session is gone
+
+
+def _login(web: Web, user: str, password: str = PASSWORD) -> dict[str, str]:
+    r = web.request("POST", "/api/v1/session",
+                    body=orjson.dumps({"user": user, "password": password}))
+    assert r.status == 200, r.body
+    return {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
+
+
+@pytest.mark.usefixtures("people")
+def test_sessions_survive_a_restart_and_sign_outs_too(web: Web) -> None:
+    """The session cookie is signed under a key kept in the state root (0600): a new
+    application over the same root honours it, and a signed-out cookie stays dead."""
+    kept, ended = _login(web, "bob"), _login(web, "alice")
+    assert web.request("DELETE", "/api/v1/session", headers=ended).status == 200
+    secret = web.server.root / "admin" / "web-secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((secret.parent / "revoked-sessions.json").stat().st_mode) == 0o600
+    with serving(web.server) as again:
+        assert again.app is not web.app
+        assert again.get("/api/v1/session", headers=kept).json() == \
+            {"user": "bob", "role": "teacher"}
+        assert again.get("/api/v1/clients", headers=ended).status == 401
+    # Another state root (another secret) knows neither.
+    other = web.server.root.parent / "other"
+    init_root(other)
+    users.add_user(Server(other, web.server.keydir).store, "bob", PASSWORD, "teacher")
+    with serving(Server(other, web.server.keydir)) as elsewhere:
+        assert elsewhere.get("/api/v1/clients", headers=kept).status == 401
+
+
+@pytest.mark.usefixtures("people")
+def test_password_change_ends_sessions(web: Web) -> None:
+    jar = _login(web, "bob")
+    other = _login(web, "alice")
+    users.set_password(web.server.store, "bob", "a new password")
+    assert web.get("/api/v1/health", headers=jar).status == 401
+    assert web.get("/api/v1/health", headers=other).status == 200  # only bob's
+    assert web.get("/api/v1/health", headers=_login(web, "bob", "a new password")).status \
+        == 200
+
+
+@pytest.mark.usefixtures("people")
+def test_expired_or_altered_session_cookies_are_refused(web: Web) -> None:
+    jar = _login(web, "bob")
+    value = jar["Cookie"].split("=", 1)[1]
+    payload, stamp, signature = value.split(".")
+    forged = base64.urlsafe_b64encode(
+        base64.urlsafe_b64decode(payload + "==").replace(b'"bob"', b'"alice"')).rstrip(b"=")
+    for bad in (f"{forged.decode()}.{stamp}.{signature}", f"{payload}.{stamp}.{'A' * 43}"):
+        assert web.get("/api/v1/session", headers={"Cookie": f"xsbackup_session={bad}"}) \
+            .status == 401
+    # A session past its twelve hours, signed with the real key, is refused all the same.
+    keys = SessionKeys()
+    stale = keys.serializer(web.server.store).dumps(
+        {"user": "bob", "epoch": 0, "sid": "s" * 22, "exp": int(time.time()) - 1})
+    assert web.get("/api/v1/session",
+                   headers={"Cookie": f"xsbackup_session={stale}"}).status == 401
+    fresh = keys.serializer(web.server.store).dumps(
+        {"user": "bob", "epoch": 0, "sid": "s" * 22, "exp": int(time.time()) + 60})
+    assert web.get("/api/v1/session",
+                   headers={"Cookie": f"xsbackup_session={fresh}"}).status == 200
 
 
 @pytest.mark.usefixtures("people")

@@ -86,6 +86,18 @@ class Site:
         self.http.close()
         self.thread.join(timeout=10)
 
+    def restart(self) -> None:
+        """What restarting ``serve`` does to the web side: the server stops, and a new
+        application (nothing kept in memory) serves the same state root on the same port."""
+        port = self.http.effective_port
+        self.close()
+        assert not self.thread.is_alive()
+        self.app = create_app(contexts(self.server))
+        self.http = make_server(self.app, "127.0.0.1", port, 8)
+        self.thread = threading.Thread(target=self.http.run_forever, name="webui-test",
+                                       daemon=True)
+        self.thread.start()
+
 
 def start_site(base: Path, config: str = "") -> Site:
     root = base / "state"
@@ -395,6 +407,35 @@ def test_sign_in_and_out(browser: Browser, two_clients: Site) -> None:
     assert browser.driver.execute_script("return document.cookie") == ""
     browser.click(browser.one("header form button"))
     assert browser.driver.current_url == f"{site.url}/ui/login"
+    browser.get(f"{site.url}/ui/")
+    assert "/ui/login" in browser.driver.current_url
+
+
+def test_signed_in_across_a_restart(browser: Browser, sites: Callable[..., Site]) -> None:
+    """Sessions are signed cookies under a key kept in the state root: a restarted server
+    knows the browser's session, and its forms' CSRF tokens, without a new sign-in."""
+    site = sites("restart")
+    site.server.add_client(FRESH, "Ana's XO")
+    browser.sign_in(site, ADMIN, ADMIN_PW)
+    old_app = site.app
+    site.restart()
+    assert site.app is not old_app
+    browser.get(f"{site.url}/ui/")
+    assert browser.driver.current_url == f"{site.url}/ui/", browser.text()
+    assert browser.heading() == "Backups"
+    assert f"{ADMIN} (admin)" in browser.text()
+    browser.get(f"{site.url}/ui/clients/{FRESH}")
+    assert browser.heading().startswith(FRESH)
+    browser.shot("20-after-restart")
+    # A form rendered before a restart is accepted after it (its CSRF token too): signing
+    # out works, and the signed-out cookie stays dead, across another restart as well.
+    cookie = browser.driver.get_cookie("xsbackup_session")
+    assert cookie is not None
+    site.restart()
+    browser.click(browser.one("header form button"))
+    assert browser.driver.current_url == f"{site.url}/ui/login", browser.text()
+    site.restart()
+    browser.driver.add_cookie({"name": cookie["name"], "value": cookie["value"], "path": "/"})
     browser.get(f"{site.url}/ui/")
     assert "/ui/login" in browser.driver.current_url
 

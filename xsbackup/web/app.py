@@ -45,7 +45,7 @@ from xsbackup.web.auth import AUTH_KEY, Authenticator
 from xsbackup.web.availability import COUNTS_KEY, Counts
 from xsbackup.web.base import CTX_KEY, ContextGetter, HttpError, Plain, json_response
 from xsbackup.web.render import error_page, setup_templates
-from xsbackup.web.sessions import CookieSessions
+from xsbackup.web.sessions import KEYS_KEY, CookieSessions, SessionKeys
 
 INTERNAL = {"json": "internal server error; see the server log",
             "ui": "The server failed; the details are in its log."}
@@ -100,7 +100,8 @@ def create_app(get_ctx: ContextGetter) -> WebApp:
     app = WebApp(get_ctx)
     app.url_map.merge_slashes = False  # "//" is an empty segment, not a redirect
     app.url_map.strict_slashes = False  # one trailing slash is tolerated, never redirected
-    app.session_interface = CookieSessions()
+    app.extensions[KEYS_KEY] = keys = SessionKeys()
+    app.session_interface = CookieSessions(keys)
     setup_templates(app)
     app.register_error_handler(Exception, handle_error)
     for blueprint in (availability.bp, rpc.bp, api.bp, ui.bp):

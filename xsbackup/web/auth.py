@@ -208,7 +208,7 @@ class Authenticator:
             return None
         user = self.load_users(store)[1].get(name)
         if user is None or user.disabled or user.session_epoch != epoch \
-                or sessions.is_revoked(store, sid):
+                or sessions.keys().is_revoked(store, sid):
             return None
         return user, sid
 

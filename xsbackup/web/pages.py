@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -335,8 +334,3 @@ def run_prune(settings: Settings, store: Store, serial: str, confirmed: set[str]
             item.reasons = ("not confirmed",)
     prune.apply(store, items)
     return [i for i in items if not i.keep]
-
-
-def snapshot_exists(store: Store, serial: str, volume: str, sid: str) -> bool:
-    return sid in store.snapshot_ids(serial, volume) and os.path.isdir(
-        store.snapshots_dir(serial, volume) / sid)

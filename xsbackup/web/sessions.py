@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from flask import Flask, Request, Response, g
+from flask import Flask, Request, Response, current_app, g
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from xsbackup.errors import StateRootError
 from xsbackup.locking import FileLock
 from xsbackup.logs import LOG
 from xsbackup.store import Store, atomic_write
@@ -48,55 +49,14 @@ KEY_FILE = "web-secret"
 REVOKED_FILE = "revoked-sessions.json"
 MAX_REVOKED = 100_000
 
-_lock = threading.Lock()
-_secrets: dict[Path, bytes] = {}
-_serializers: dict[bytes, URLSafeTimedSerializer] = {}
-_revoked: dict[Path, tuple[tuple[int, int, int], frozenset[str]]] = {}
-
-
-# ---- the secret --------------------------------------------------------------------------
+KEYS_KEY = "xsbackup.session-keys"
+Stamp = tuple[int, int, int]
 
 
 def _admin_dir(store: Store) -> Path:
     directory = store.root / "admin"
     directory.mkdir(mode=0o700, exist_ok=True)
     return directory
-
-
-def secret_key(store: Store) -> bytes:
-    """The state root's web secret, made on first use (two processes racing agree: the
-    second one's ``link`` fails and it reads the first one's)."""
-    path = store.root / "admin" / KEY_FILE
-    with _lock:
-        key = _secrets.get(path)
-    if key is not None:
-        return key
-    try:
-        key = bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        tmp = _admin_dir(store) / f".{KEY_FILE}.{secrets.token_hex(4)}.tmp"
-        atomic_write(tmp, secrets.token_hex(32).encode() + b"\n", mode=0o600)
-        try:
-            os.link(tmp, path)
-            LOG.info("web: made the session secret %s", path)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
-        key = bytes.fromhex(path.read_text().strip())
-    if len(key) < 16:
-        raise ValueError(f"{path} holds no usable key; delete it to make a new one")
-    with _lock:
-        _secrets[path] = key
-    return key
-
-
-def derived_key(store: Store, label: str) -> bytes:
-    """A key for ``label`` (CSRF tokens), derived from the state root's web secret."""
-    return hmac.new(secret_key(store), label.encode(), hashlib.sha256).digest()
-
-
-# ---- signed-out sessions -----------------------------------------------------------------
 
 
 def _revoked_path(store: Store) -> Path:
@@ -115,22 +75,6 @@ def _read_revoked(path: Path) -> dict[str, float]:
             if isinstance(v, int | float)} if isinstance(raw, dict) else {}
 
 
-def is_revoked(store: Store, sid: str) -> bool:
-    path = _revoked_path(store)
-    try:
-        st = os.stat(path)
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-    except FileNotFoundError:
-        return False
-    with _lock:
-        hit = _revoked.get(path)
-    if hit is None or hit[0] != stamp:
-        hit = (stamp, frozenset(_read_revoked(path)))
-        with _lock:
-            _revoked[path] = hit
-    return sid in hit[1]
-
-
 def revoke(store: Store, sid: str, expires: float) -> None:
     """End the session ``sid`` for good (it would have expired at ``expires``)."""
     path = _revoked_path(store)
@@ -145,18 +89,78 @@ def revoke(store: Store, sid: str, expires: float) -> None:
         atomic_write(path, orjson.dumps(current), mode=0o600)
 
 
-# ---- the cookie --------------------------------------------------------------------------
+class SessionKeys:
+    """One application's reading of the state root's web secret and revocation list:
+    read from disk on first use, never made up in memory, so a new application (a
+    restarted ``serve``) signs and checks exactly as the old one did."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: dict[Path, bytes] = {}
+        self._serializers: dict[Path, URLSafeTimedSerializer] = {}
+        self._revoked: dict[Path, tuple[Stamp, frozenset[str]]] = {}
+
+    def secret_key(self, store: Store) -> bytes:
+        """The state root's web secret, made on first use (two processes racing agree:
+        the second one's ``link`` fails and it reads the first one's)."""
+        path = store.root / "admin" / KEY_FILE
+        with self._lock:
+            key = self._secrets.get(path)
+        if key is not None:
+            return key
+        try:
+            key = bytes.fromhex(path.read_text().strip())
+        except FileNotFoundError:
+            tmp = _admin_dir(store) / f".{KEY_FILE}.{secrets.token_hex(4)}.tmp"
+            atomic_write(tmp, secrets.token_hex(32).encode() + b"\n", mode=0o600)
+            try:
+                os.link(tmp, path)
+                LOG.info("web: made the session secret %s", path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+            key = bytes.fromhex(path.read_text().strip())
+        if len(key) < 16:
+            raise StateRootError(f"{path} holds no usable key; delete it to make a new one")
+        with self._lock:
+            self._secrets[path] = key
+        return key
+
+    def derived_key(self, store: Store, label: str) -> bytes:
+        """A key for ``label`` (CSRF tokens), derived from the web secret."""
+        return hmac.new(self.secret_key(store), label.encode(), hashlib.sha256).digest()
+
+    def serializer(self, store: Store) -> URLSafeTimedSerializer:
+        with self._lock:
+            found = self._serializers.get(store.root)
+        if found is None:
+            found = URLSafeTimedSerializer(
+                self.secret_key(store), salt="xsbackup-session",
+                serializer=SecureCookieSessionInterface.serializer,
+                signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256})
+            with self._lock:
+                self._serializers[store.root] = found
+        return found
+
+    def is_revoked(self, store: Store, sid: str) -> bool:
+        path = _revoked_path(store)
+        try:
+            st = os.stat(path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            hit = self._revoked.get(path)
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, frozenset(_read_revoked(path)))
+            with self._lock:
+                self._revoked[path] = hit
+        return sid in hit[1]
 
 
-def _serializer(key: bytes) -> URLSafeTimedSerializer:
-    with _lock:
-        found = _serializers.get(key)
-    if found is None:
-        found = URLSafeTimedSerializer(
-            key, salt="xsbackup-session", serializer=SecureCookieSessionInterface.serializer,
-            signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256})
-        with _lock:
-            _serializers[key] = found
+def keys() -> SessionKeys:
+    found: SessionKeys = current_app.extensions[KEYS_KEY]
     return found
 
 
@@ -164,12 +168,15 @@ class CookieSessions(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, keyed by the state root's secret, with the cookie
     attributes above. A request without the cookie never touches the secret."""
 
+    def __init__(self, keys: SessionKeys) -> None:
+        self.keys = keys
+
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession:
         value = request.cookies.get(SESSION_COOKIE)
         if not value:
             return self.session_class()
         try:
-            data: Any = _serializer(secret_key(current_ctx().store)).loads(
+            data: Any = self.keys.serializer(current_ctx().store).loads(
                 value, max_age=SESSION_SECONDS)
         except BadSignature:
             return self.session_class()
@@ -183,7 +190,7 @@ class CookieSessions(SecureCookieSessionInterface):
         if not session:
             response.headers.add("Set-Cookie", cookie(SESSION_COOKIE, "", 0))
             return
-        value = _serializer(secret_key(current_ctx().store)).dumps(dict(session))
+        value = self.keys.serializer(current_ctx().store).dumps(dict(session))
         max_age: int = g.get("xs_new_session_seconds", 0)  # a session begun just now
         if not max_age:
             with contextlib.suppress(KeyError, TypeError, ValueError):

@@ -87,7 +87,7 @@ def allow(*methods: str) -> Visit:
 
 
 def csrf_key(store: Store) -> bytes:
-    return sessions.derived_key(store, "webui-csrf")
+    return sessions.keys().derived_key(store, "webui-csrf")
 
 
 def read_form(v: Visit) -> None:
