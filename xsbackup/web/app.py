@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from typing import Any
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -58,10 +59,19 @@ class WebApp(Flask):
 
     def __init__(self, get_ctx: ContextGetter) -> None:
         super().__init__("xsbackup.web", static_folder=None, template_folder="templates")
+        self.get_ctx = get_ctx
         self.counts = Counts(get_ctx)
         self.extensions[CTX_KEY] = get_ctx
         self.extensions[AUTH_KEY] = Authenticator()
         self.extensions[COUNTS_KEY] = self.counts
+
+    def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        if str(environ.get("PATH_INFO", "")).startswith(availability.PREFIX):
+            answer = availability.fast_path(self.get_ctx, self.counts, environ,
+                                            start_response)
+            if answer is not None:
+                return answer
+        return super().wsgi_app(environ, start_response)
 
     def flush_counters(self) -> None:
         """Add the batched availability counts to ``counters.json`` now."""
