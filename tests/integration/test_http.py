@@ -709,3 +709,28 @@ def test_metrics_after_a_transfer(web: Web, tmp_path: Path) -> None:
         m = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
         assert m is not None
         assert 0.0 <= float(m.group(1)) <= 1.0
+
+
+# ---- the one error handler -----------------------------------------------------------
+
+
+@pytest.mark.usefixtures("people")
+def test_errors_map_through_http_status(web: Web, caplog: pytest.LogCaptureFixture) -> None:
+    """Every error answers with its class's ``http_status``; a server-side failure is a
+    bare 500 (details only in the log), as JSON here and as a page in the web UI."""
+    web.server.add_client(SN)
+    (web.server.store.client_dir(SN) / "client.json").write_text("{not json")
+    r = web.get(f"/api/v1/clients/{SN}", user="alice")
+    assert r.status == 500
+    assert r.json() == {"error": "internal server error; see the server log"}
+    assert "corrupt registry record" in caplog.text  # StateRootError, logged in full
+    assert web.get(f"/backup/1/available/{SN}").status == 500
+    r = web.request("PROPFIND", "/nothing")
+    assert (r.status, r.json()) == (404, {"error": "not found"})
+    r = web.request("PROPFIND", "/api/v1/health", user="alice")
+    assert (r.status, r.headers["Allow"]) == (405, "GET")
+    assert r.json() == {"error": "method not allowed"}
+    from xsbackup.errors import ClientNotFound, InvalidName, NotReadable, XsbackupError
+
+    assert (XsbackupError.http_status, InvalidName.http_status, NotReadable.http_status,
+            ClientNotFound.http_status) == (500, 400, 403, 404)

@@ -38,6 +38,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Rule
 
 from xsbackup.errors import XsbackupError
 from xsbackup.logs import LOG
@@ -52,10 +53,20 @@ INTERNAL = {"json": "internal server error; see the server log",
             "ui": "The server failed; the details are in its log."}
 
 
+class AnyMethodRule(Rule):
+    """A route that matches whatever the method: each view answers a method it does not
+    take with its own 405 (and its own ``Allow``), as before the move to Flask."""
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        options["methods"] = None
+        super().__init__(*args, **options)
+
+
 class WebApp(Flask):
     """The Flask application, with the counts it batches (flushed on ``close``)."""
 
     response_class = Plain
+    url_rule_class = AnyMethodRule
 
     def __init__(self, get_ctx: ContextGetter) -> None:
         super().__init__("xsbackup.web", static_folder=None, template_folder="templates")
@@ -90,10 +101,7 @@ def handle_error(e: Exception) -> Response:
     elif isinstance(e, HTTPException) and e.code is not None and e.code < 500:
         status = e.code
         message = "There is no such page." if in_ui and status == 404 else \
-            "not found" if status == 404 else "method not allowed" if status == 405 else \
-            str(e.description or e.name)
-        if status == 405 and hasattr(e, "valid_methods") and e.valid_methods:
-            headers = [("Allow", ", ".join(e.valid_methods))]
+            "not found" if status == 404 else str(e.description or e.name)
     else:
         status, message = 500, ""
     if status >= 500:

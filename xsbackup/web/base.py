@@ -22,7 +22,8 @@ from xsbackup.errors import XsbackupError
 
 MAX_BODY = 64 * 1024
 JSON = "application/json"
-# Every route takes every method and answers a wrong one itself, with its own 405.
+# Every route takes every method (``app.AnyMethodRule``) and answers a wrong one itself,
+# with its own 405; listing OPTIONS keeps Flask from answering OPTIONS on its own.
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 NO_STORE = ("Cache-Control", "no-store")
 NOSNIFF = ("X-Content-Type-Options", "nosniff")

@@ -108,9 +108,7 @@ class SessionKeys:
             key = self._secrets.get(path)
         if key is not None:
             return key
-        try:
-            key = bytes.fromhex(path.read_text().strip())
-        except FileNotFoundError:
+        if not path.exists():
             tmp = _admin_dir(store) / f".{KEY_FILE}.{secrets.token_hex(4)}.tmp"
             atomic_write(tmp, secrets.token_hex(32).encode() + b"\n", mode=0o600)
             try:
@@ -120,7 +118,10 @@ class SessionKeys:
                 pass
             finally:
                 os.unlink(tmp)
+        try:
             key = bytes.fromhex(path.read_text().strip())
+        except (OSError, ValueError):
+            key = b""
         if len(key) < 16:
             raise StateRootError(f"{path} holds no usable key; delete it to make a new one")
         with self._lock:
