@@ -25,6 +25,11 @@ CSRF: every state-changing form carries a token, the HMAC-SHA256 of the session'
 under a key derived from the state root's web secret (so a page's token outlives a
 restart, like its session). The sign-in form, before there is a session, carries one
 bound the same way to a random pre-session cookie. Tokens are compared in constant time.
+This is kept rather than Flask-WTF's CSRFProtect: only the UI's forms take a token (the
+JSON API is Basic or a SameSite=Strict cookie, XML-RPC and availability have no session),
+and CSRFProtect keeps its token in the session cookie, so the sign-in page would set
+``xsbackup_session`` before anyone signed in, tokens would expire after an hour, and
+https POSTs would need a matching Referer: all visible changes to the web UI's contract.
 """
 
 from __future__ import annotations
