@@ -617,8 +617,10 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_1min_after_quiet_wait": load_after_wait,
                     "paramiko": paramiko.__version__,
                     "wrk": wrk_version(wrk) if wrk else None},
-        "xsbackup_sources": source_versions("serve", "sshserver", "webapp", "admission",
-                                            "registry", "dispatch", "ingest", "postprocess"),
+        "xsbackup_sources": source_versions(
+            "server/service", "server/sshserver", "web/app", "web/availability", "web/base",
+            "ingest/admission", "clients/registry", "ingest/dispatch", "ingest/upload",
+            "snapshots/postprocess"),
         "config": {"mb": args.mb, "bytes": total_bytes, "files": args.files,
                    "runs": args.runs, "warmup": args.warmup, "cipher": args.cipher,
                    "mac": args.mac or "negotiated", "duration_s": args.duration,

@@ -26,6 +26,7 @@ class XsbackupError(Exception):
 
     exit_code = 1
     reason = "error"  # short label for metrics
+    http_status = 500  # the HTTP status the web layer answers with (500: logged, not shown)
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.describe())
@@ -61,6 +62,7 @@ class ClientNotFound(XsbackupError):
     """No such client in the registry."""
 
     exit_code = 6
+    http_status = 404
 
 
 class ClientExists(XsbackupError):
@@ -79,12 +81,14 @@ class InvalidName(XsbackupError):
     """A serial number, volume or snapshot id is malformed."""
 
     exit_code = 9
+    http_status = 400
 
 
 class LockBusy(XsbackupError):
     """Another process holds the lock."""
 
     exit_code = 11
+    http_status = 409
 
 
 class SystemUserError(XsbackupError):
@@ -93,10 +97,32 @@ class SystemUserError(XsbackupError):
     exit_code = 12
 
 
+class UserNotFound(XsbackupError):
+    """No such admin user."""
+
+    exit_code = 13
+    http_status = 404
+
+
+class UserExists(XsbackupError):
+    """The admin user already exists."""
+
+    exit_code = 14
+    http_status = 409
+
+
+class InvalidPassword(XsbackupError):
+    """The password or role is not acceptable."""
+
+    exit_code = 15
+    http_status = 400
+
+
 class NothingPending(XsbackupError):
     """No key of this client is awaiting approval."""
 
     exit_code = 16
+    http_status = 409
 
 
 class CanonicalJSONError(XsbackupError, ValueError):
@@ -117,6 +143,7 @@ class Refused(XsbackupError):
     """The request was refused."""
 
     exit_code = 40
+    http_status = 403
 
 
 class RequestRefused(Refused):
@@ -145,6 +172,7 @@ class Maintenance(Refused):
 
     exit_code = 43
     reason = "maintenance"
+    http_status = 503
 
 
 class LoadTooHigh(Refused):
@@ -152,6 +180,7 @@ class LoadTooHigh(Refused):
 
     exit_code = 44
     reason = "load"
+    http_status = 503
 
 
 class DiskFull(Refused):
@@ -159,6 +188,7 @@ class DiskFull(Refused):
 
     exit_code = 45
     reason = "blocks"
+    http_status = 503
 
 
 class InodesFull(Refused):
@@ -166,6 +196,7 @@ class InodesFull(Refused):
 
     exit_code = 46
     reason = "inodes"
+    http_status = 503
 
 
 class NoSlot(Refused):
@@ -173,6 +204,7 @@ class NoSlot(Refused):
 
     exit_code = 47
     reason = "slots"
+    http_status = 503
 
 
 class BackupInProgress(Refused):
@@ -180,6 +212,7 @@ class BackupInProgress(Refused):
 
     exit_code = 48
     reason = "in-progress"
+    http_status = 503
 
 
 class OverQuota(Refused):
@@ -201,6 +234,7 @@ class SnapshotNotFound(Refused):
 
     exit_code = 51
     reason = "no-snapshot"
+    http_status = 404
 
 
 class NotReadable(Refused):
@@ -222,6 +256,7 @@ class PathNotFound(Refused):
 
     exit_code = 54
     reason = "no-path"
+    http_status = 404
 
 
 class JournalError(Refused, ValueError):

@@ -4,14 +4,17 @@ check, OLPC registration over XML-RPC, the authenticated JSON API and /metrics."
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import os
 import re
+import stat
 import struct
 import subprocess
 import threading
+import time
 import xmlrpc.client
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
@@ -26,9 +29,12 @@ from tests.conftest import XSBACKUP, Server, local_push
 from xsbackup import counters
 from xsbackup.clients import registration
 from xsbackup.clients.registry import Registry
+from xsbackup.context import Context
 from xsbackup.snapshots import postprocess
+from xsbackup.store import init_root
 from xsbackup.web import users
-from xsbackup.web.app import App, make_app, make_server
+from xsbackup.web.app import WebApp, create_app, make_server
+from xsbackup.web.sessions import SessionKeys
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"
@@ -52,7 +58,7 @@ class Reply:
 class Web:
     server: Server
     port: int
-    app: App
+    app: WebApp
 
     def counters(self) -> dict[str, float]:
         self.app.flush_counters()  # availability counts are batched for up to a second
@@ -89,11 +95,17 @@ class Web:
             return proxy.register(*args)
 
 
-@pytest.fixture
-def web(server: Server) -> Iterator[Web]:
-    server.configure(BASE_CONFIG)
-    app = make_app(server.settings)
-    srv = make_server(app, "127.0.0.1", 0, 8)
+def contexts(server: Server) -> Callable[[], Context]:
+    """What ``serve`` hands the app: the current Context, asked for on every request
+    (here read afresh each time, so a test's configuration change applies at once)."""
+    return lambda: Context.open(server.settings())
+
+
+@contextlib.contextmanager
+def serving(server: Server, port: int = 0) -> Iterator[Web]:
+    """A new application and waitress server over ``server``'s state root."""
+    app = create_app(contexts(server))
+    srv = make_server(app, "127.0.0.1", port, 8)
     thread = threading.Thread(target=srv.run_forever, name="http-test", daemon=True)
     thread.start()
     try:
@@ -102,6 +114,13 @@ def web(server: Server) -> Iterator[Web]:
         srv.close()
         thread.join(timeout=10)
         assert not thread.is_alive()
+
+
+@pytest.fixture
+def web(server: Server) -> Iterator[Web]:
+    server.configure(BASE_CONFIG)
+    with serving(server) as w:
+        yield w
 
 
 def rsa_blob(tmp_path: Path, name: str) -> str:
@@ -414,7 +433,9 @@ def test_session_cookie_flow(web: Web) -> None:
     assert r.json()["user"] == "bob"
     assert r.json()["role"] == "teacher"
     cookie = r.headers["Set-Cookie"]
-    m = re.fullmatch(r"xsbackup_session=([A-Za-z0-9_-]{40,}); (.*)", cookie)
+    # The value is Flask's signed session: base64url payload, timestamp and signature.
+    m = re.fullmatch(r"xsbackup_session=([\w-]{40,}\.[\w-]+\.[\w-]{40,}); (.*)", cookie,
+                     re.ASCII)
     assert m is not None, cookie
     flags = m.group(2).split("; ")
     assert set(flags) == {"Path=/", "Max-Age=43200", "HttpOnly", "SameSite=Strict"}
@@ -450,9 +471,72 @@ def test_session_ends_when_user_is_disabled(web: Web) -> None:
     assert web.get("/api/v1/health", headers=jar).status == 401  # that session is gone
 
 
+def _login(web: Web, user: str, password: str = PASSWORD) -> dict[str, str]:
+    r = web.request("POST", "/api/v1/session",
+                    body=orjson.dumps({"user": user, "password": password}))
+    assert r.status == 200, r.body
+    return {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
+
+
+@pytest.mark.usefixtures("people")
+def test_sessions_survive_a_restart_and_sign_outs_too(web: Web) -> None:
+    """The session cookie is signed under a key kept in the state root (0600): a new
+    application over the same root honours it, and a signed-out cookie stays dead."""
+    kept, ended = _login(web, "bob"), _login(web, "alice")
+    assert web.request("DELETE", "/api/v1/session", headers=ended).status == 200
+    secret = web.server.root / "admin" / "web-secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((secret.parent / "revoked-sessions.json").stat().st_mode) == 0o600
+    with serving(web.server) as again:
+        assert again.app is not web.app
+        assert again.get("/api/v1/session", headers=kept).json() == \
+            {"user": "bob", "role": "teacher"}
+        assert again.get("/api/v1/clients", headers=ended).status == 401
+    # Another state root (another secret) knows neither.
+    other = web.server.root.parent / "other"
+    init_root(other)
+    users.add_user(Server(other, web.server.keydir).store, "bob", PASSWORD, "teacher")
+    with serving(Server(other, web.server.keydir)) as elsewhere:
+        assert elsewhere.get("/api/v1/clients", headers=kept).status == 401
+
+
+@pytest.mark.usefixtures("people")
+def test_password_change_ends_sessions(web: Web) -> None:
+    jar = _login(web, "bob")
+    other = _login(web, "alice")
+    users.set_password(web.server.store, "bob", "a new password")
+    assert web.get("/api/v1/health", headers=jar).status == 401
+    assert web.get("/api/v1/health", headers=other).status == 200  # only bob's
+    assert web.get("/api/v1/health", headers=_login(web, "bob", "a new password")).status \
+        == 200
+
+
+@pytest.mark.usefixtures("people")
+def test_expired_or_altered_session_cookies_are_refused(web: Web) -> None:
+    jar = _login(web, "bob")
+    value = jar["Cookie"].split("=", 1)[1]
+    payload, stamp, signature = value.split(".")
+    forged = base64.urlsafe_b64encode(
+        base64.urlsafe_b64decode(payload + "==").replace(b'"bob"', b'"alice"')).rstrip(b"=")
+    for bad in (f"{forged.decode()}.{stamp}.{signature}", f"{payload}.{stamp}.{'A' * 43}"):
+        assert web.get("/api/v1/session", headers={"Cookie": f"xsbackup_session={bad}"}) \
+            .status == 401
+    # A session past its twelve hours, signed with the real key, is refused all the same.
+    keys = SessionKeys()
+    stale = keys.serializer(web.server.store).dumps(
+        {"user": "bob", "epoch": 0, "sid": "s" * 22, "exp": int(time.time()) - 1})
+    assert web.get("/api/v1/session",
+                   headers={"Cookie": f"xsbackup_session={stale}"}).status == 401
+    fresh = keys.serializer(web.server.store).dumps(
+        {"user": "bob", "epoch": 0, "sid": "s" * 22, "exp": int(time.time()) + 60})
+    assert web.get("/api/v1/session",
+                   headers={"Cookie": f"xsbackup_session={fresh}"}).status == 200
+
+
 @pytest.mark.usefixtures("people")
 def test_session_cookie_is_secure_under_https(server: Server) -> None:
-    app = make_app(server.settings)
+    app = create_app(contexts(server))
     body = orjson.dumps({"user": "alice", "password": PASSWORD})
     environ: dict[str, Any] = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/v1/session",
                                "CONTENT_LENGTH": str(len(body)), "wsgi.input": BytesIO(body),
@@ -625,3 +709,28 @@ def test_metrics_after_a_transfer(web: Web, tmp_path: Path) -> None:
         m = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
         assert m is not None
         assert 0.0 <= float(m.group(1)) <= 1.0
+
+
+# ---- the one error handler -----------------------------------------------------------
+
+
+@pytest.mark.usefixtures("people")
+def test_errors_map_through_http_status(web: Web, caplog: pytest.LogCaptureFixture) -> None:
+    """Every error answers with its class's ``http_status``; a server-side failure is a
+    bare 500 (details only in the log), as JSON here and as a page in the web UI."""
+    web.server.add_client(SN)
+    (web.server.store.client_dir(SN) / "client.json").write_text("{not json")
+    r = web.get(f"/api/v1/clients/{SN}", user="alice")
+    assert r.status == 500
+    assert r.json() == {"error": "internal server error; see the server log"}
+    assert "corrupt registry record" in caplog.text  # StateRootError, logged in full
+    assert web.get(f"/backup/1/available/{SN}").status == 500
+    r = web.request("PROPFIND", "/nothing")
+    assert (r.status, r.json()) == (404, {"error": "not found"})
+    r = web.request("PROPFIND", "/api/v1/health", user="alice")
+    assert (r.status, r.headers["Allow"]) == (405, "GET")
+    assert r.json() == {"error": "method not allowed"}
+    from xsbackup.errors import ClientNotFound, InvalidName, NotReadable, XsbackupError
+
+    assert (XsbackupError.http_status, InvalidName.http_status, NotReadable.http_status,
+            ClientNotFound.http_status) == (500, 400, 403, 404)

@@ -20,10 +20,11 @@ import pytest
 
 from tests.conftest import Server, Sshd
 from tests.integration.test_sshserver import embedded  # noqa: F401 - fixture
+from xsbackup.context import Context
 from xsbackup.locking import lock_directory
 from xsbackup.snapshots import postprocess
 from xsbackup.web import users
-from xsbackup.web.app import make_app, make_server
+from xsbackup.web.app import create_app, make_server
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"
@@ -200,7 +201,7 @@ def test_alias_matrix_ssh_archive(three_clients: tuple[Server, Sshd]) -> None:
 @pytest.fixture
 def web(server: Server) -> Iterator[str]:
     users.add_user(server.store, "teacher", "a long password", role="teacher")
-    http = make_server(make_app(server.settings), "127.0.0.1", 0, 4)
+    http = make_server(create_app(lambda: Context.open(server.settings())), "127.0.0.1", 0, 4)
     t = threading.Thread(target=http.run_forever, daemon=True)
     t.start()
     try:

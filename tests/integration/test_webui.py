@@ -26,15 +26,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import Server, local_push
+from tests.integration.test_http import contexts
 from tests.integration.test_restore import sugar_datastore
 from xsbackup.clients import registration
 from xsbackup.clients.registry import Registry
-from xsbackup.restore import archive as restore
-from xsbackup.restore import journal
+from xsbackup.restore import access, journal
 from xsbackup.snapshots import postprocess, usage
 from xsbackup.store import init_root, set_xattrs
 from xsbackup.web import users
-from xsbackup.web.app import App, HttpServer, make_app, make_server
+from xsbackup.web.app import HttpServer, WebApp, create_app, make_server
 from xsbackup.web.pages import human_bytes
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,7 @@ EVIL_DIR = "<svg onload=alert(1)>"
 @dataclass
 class Site:
     server: Server
-    app: App
+    app: WebApp
     http: HttpServer
     thread: threading.Thread
     extra: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +85,18 @@ class Site:
         self.http.close()
         self.thread.join(timeout=10)
 
+    def restart(self) -> None:
+        """What restarting ``serve`` does to the web side: the server stops, and a new
+        application (nothing kept in memory) serves the same state root on the same port."""
+        port = self.http.effective_port
+        self.close()
+        assert not self.thread.is_alive()
+        self.app = create_app(contexts(self.server))
+        self.http = make_server(self.app, "127.0.0.1", port, 8)
+        self.thread = threading.Thread(target=self.http.run_forever, name="webui-test",
+                                       daemon=True)
+        self.thread.start()
+
 
 def start_site(base: Path, config: str = "") -> Site:
     root = base / "state"
@@ -94,7 +106,7 @@ def start_site(base: Path, config: str = "") -> Site:
     server.configure(BASE_CONFIG + config)
     users.add_user(server.store, ADMIN, ADMIN_PW, role="admin")
     users.add_user(server.store, TEACHER, TEACHER_PW, role="teacher")
-    app = make_app(server.settings)
+    app = create_app(contexts(server))
     http = make_server(app, "127.0.0.1", 0, 8)
     thread = threading.Thread(target=http.run_forever, name="webui-test", daemon=True)
     thread.start()
@@ -396,6 +408,35 @@ def test_sign_in_and_out(browser: Browser, two_clients: Site) -> None:
     assert "/ui/login" in browser.driver.current_url
 
 
+def test_signed_in_across_a_restart(browser: Browser, sites: Callable[..., Site]) -> None:
+    """Sessions are signed cookies under a key kept in the state root: a restarted server
+    knows the browser's session, and its forms' CSRF tokens, without a new sign-in."""
+    site = sites("restart")
+    site.server.add_client(FRESH, "Ana's XO")
+    browser.sign_in(site, ADMIN, ADMIN_PW)
+    old_app = site.app
+    site.restart()
+    assert site.app is not old_app
+    browser.get(f"{site.url}/ui/")
+    assert browser.driver.current_url == f"{site.url}/ui/", browser.text()
+    assert browser.heading() == "Backups"
+    assert f"{ADMIN} (admin)" in browser.text()
+    browser.get(f"{site.url}/ui/clients/{FRESH}")
+    assert browser.heading().startswith(FRESH)
+    browser.shot("20-after-restart")
+    # A form rendered before a restart is accepted after it (its CSRF token too): signing
+    # out works, and the signed-out cookie stays dead, across another restart as well.
+    cookie = browser.driver.get_cookie("xsbackup_session")
+    assert cookie is not None
+    site.restart()
+    browser.click(browser.one("header form button"))
+    assert browser.driver.current_url == f"{site.url}/ui/login", browser.text()
+    site.restart()
+    browser.driver.add_cookie({"name": cookie["name"], "value": cookie["value"], "path": "/"})
+    browser.get(f"{site.url}/ui/")
+    assert "/ui/login" in browser.driver.current_url
+
+
 def test_dashboard_two_clients_one_overdue(browser: Browser, two_clients: Site) -> None:
     site = two_clients
     browser.sign_in(site, TEACHER, TEACHER_PW)
@@ -502,7 +543,7 @@ def test_download_a_journal_entry(browser: Browser, two_clients: Site) -> None:
     uid = "00000002-0000-4000-8000-000000000002"
     (sid,) = site.store.snapshot_ids(FRESH, "datastore")
     expected = io.BytesIO()
-    with restore.OpenSnapshot(site.store, FRESH, "datastore", sid) as snap:
+    with access.OpenSnapshot(site.store, FRESH, "datastore", sid) as snap:
         journal.write_bundle(snap.fd, uid, expected)
     assert got.read_bytes() == expected.getvalue()
     with zipfile.ZipFile(got) as zf:

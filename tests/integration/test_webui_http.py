@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.integration.test_http import contexts
 from tests.integration.test_webui import (
     ADMIN,
     ADMIN_PW,
@@ -35,7 +36,7 @@ from tests.integration.test_webui import (
     start_site,
 )
 from xsbackup.clients.registry import Registry
-from xsbackup.web.app import make_app
+from xsbackup.web.app import create_app
 
 pytestmark = pytest.mark.integration
 OTHER = "SHF00000OLD"
@@ -290,7 +291,7 @@ def test_session_cookie_flags_and_logout(site: Site) -> None:
 
 def test_cookies_are_secure_under_tls(site: Site) -> None:
     """Behind TLS (wsgi.url_scheme https) both cookies carry Secure."""
-    app = make_app(site.server.settings)
+    app = create_app(contexts(site.server))
     got: dict[str, Any] = {}
 
     headers: list[tuple[str, str]] = []

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from xsbackup.cli._common import Invocation
 from xsbackup.cli.admin_cmd import admin
-from xsbackup.errors import InvalidName
+from xsbackup.cli.main import Ctx
+from xsbackup.errors import InvalidName, InvalidPassword, UserExists, UserNotFound
 from xsbackup.store import Store, init_root
 from xsbackup.web import users
 
@@ -99,13 +99,13 @@ def test_good_names_accepted(store: Store) -> None:
 
 def test_duplicates_roles_and_weak_passwords_refused(store: Store) -> None:
     users.add_user(store, "alice", PASSWORD)
-    with pytest.raises(users.UserExists):
+    with pytest.raises(UserExists):
         users.add_user(store, "alice", PASSWORD)
-    with pytest.raises(users.InvalidPassword, match="invalid role"):
+    with pytest.raises(InvalidPassword, match="invalid role"):
         users.add_user(store, "dave", PASSWORD, "root")
-    with pytest.raises(users.InvalidPassword, match="too short"):
+    with pytest.raises(InvalidPassword, match="too short"):
         users.add_user(store, "dave", "short")
-    with pytest.raises(users.UserNotFound):
+    with pytest.raises(UserNotFound):
         users.disable(store, "nobody")
     assert [u.name for u in users.list_users(store)] == ["alice"]
 
@@ -126,7 +126,7 @@ def test_public_record_has_no_hash(store: Store) -> None:
 
 def test_admin_cli_commands(store: Store) -> None:
     runner = CliRunner()
-    obj = Invocation(str(store.root), None)
+    obj = Ctx(str(store.root), None)
     r = runner.invoke(admin, ["add-user", "alice", "--password-stdin"], input=PASSWORD + "\n",
                       obj=obj)
     assert r.exit_code == 0, r.output

@@ -12,6 +12,7 @@ import click
 
 from xsbackup.cli._common import emit_json, with_context
 from xsbackup.context import Context
+from xsbackup.errors import UserExists
 from xsbackup.web import users
 
 
@@ -38,7 +39,7 @@ def add_user(ctx: Context, name: str, role: str,
              password_stdin: bool) -> None:
     """Create user NAME (asks for the password twice unless --password-stdin)."""
     if users.check_name(name) in users.load(ctx.store):
-        raise users.UserExists(f"user {name} already exists")
+        raise UserExists(f"user {name} already exists")
     user = users.add_user(ctx.store, name, _read_password(name, password_stdin), role)
     click.echo(f"added {user.role} {user.name}")
 

@@ -1,15 +1,18 @@
-"""Restore over HTTP: archives, single files and Sugar Journal entries, streamed.
+"""Restore over HTTP: archives, single files and Sugar Journal entries, streamed; the one
+implementation behind the JSON API's snapshot routes and the web UI's downloads.
 
-Routes, below ``/api/v1/clients/<SN>/volumes/<V>/snapshots/<ID>/`` (authenticated by the
-JSON API), each taking ``?from=OLD`` to read an aliased client's snapshot as ``SN``:
+* ``download_archive``: the snapshot or a subtree as tar or zip;
+* ``download_file``: one file, with its content type and ``Content-Disposition``;
+* ``download_bundle``: one Journal entry as a Journal Entry Bundle (``.xoj``);
+* ``journal_listing``: a page of Sugar Journal entries (the JSON API's);
+* ``kit``: the stdlib-only restore kit a bare device downloads before it has any
+  credentials (``GET /restore/kit``).
 
-* ``archive.tar`` / ``archive.zip`` ``?path=``: the snapshot or a subtree;
-* ``file?path=``: one file, with its content type and ``Content-Disposition``;
-* ``journal?offset=&limit=&q=``: a page of Sugar Journal entries;
-* ``journal/<uid>.xoj``: one entry as a Journal Entry Bundle.
-
-And ``GET /restore/kit``, without authentication: the stdlib-only restore kit a bare
-device downloads before it has any credentials.
+Each download checks everything (the snapshot exists, the path stays inside it and
+passes through no symlink, the entry exists) before it returns, so an error is still an
+HTTP error and not a truncated 200; it returns the response headers (an attachment with
+a harmless ASCII ``filename``, the exact name in ``filename*``, and a ``sandbox``
+Content-Security-Policy) and the ``Stream`` of its bytes.
 
 Archives are produced by a thread writing into a bounded queue that the WSGI iterable
 drains, so memory stays constant and a slow client slows the producer down; a client
@@ -25,22 +28,24 @@ import os
 import queue
 import re
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from xsbackup.clients.registry import Registry
-from xsbackup.config import Settings
-from xsbackup.errors import PathNotFound
+from xsbackup.errors import InvalidName, PathNotFound, SnapshotNotFound
 from xsbackup.logs import LOG
 from xsbackup.resources import KIT
-from xsbackup.restore import access, resolve
+from xsbackup.restore import access, journal, resolve
 from xsbackup.restore import archive as restore
-from xsbackup.store import Store, check_snapshot_id, check_volume
+from xsbackup.store import Store, check_client, check_snapshot_id, check_volume
 
-_UID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+DOWNLOAD_HEADERS = [
+    ("Content-Security-Policy", "default-src 'none'; sandbox"),
+    ("Referrer-Policy", "same-origin"),
+]
 _DONE = object()
 
 
@@ -134,116 +139,161 @@ class Stream:
         self._done.wait(timeout=5)
 
 
-def _disposition(name: str) -> str:
-    ascii_name = re.sub(r'[^A-Za-z0-9._-]', "_", name)[:100] or "download"
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+Download = tuple[list[tuple[str, str]], Stream]
 
 
-def source_of(store: Store, login: str, query: dict[str, list[str]]) -> str:
-    src = query.get("from", [""])[0]
-    return restore.check_readable(Registry(store), login, src or login)
+# ---- names -------------------------------------------------------------------------------
 
 
-def snapshot_route(settings: Settings, store: Store, environ: dict[str, Any], login: str,
-                   volume: str, sid: str, rest: list[str]) -> tuple[int, list[tuple[str, str]],
-                                                                   bytes | Stream]:
-    """Serve one snapshot sub-resource: (status, headers, body or stream)."""
-    query = parse_qs(str(environ.get("QUERY_STRING", "")), keep_blank_values=True)
-    client = source_of(store, login, query)
+def shown(name: str) -> str:
+    """A name as text a person can read: undecodable bytes as U+FFFD, and control and
+    format characters (newlines, bidi overrides) as visible escapes."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def disposition(name: str) -> str:
+    """An attachment named ``name``: a harmless ASCII ``filename`` and the exact bytes
+    (a name that is not UTF-8 included) in ``filename*``."""
+    raw = name.encode("utf-8", "surrogateescape")
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", shown(name))[:100] or "download"
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8\'\'{quote(raw, safe='')}"
+
+
+# ---- which snapshot ----------------------------------------------------------------------
+
+
+def check_snapshot(store: Store, serial: str, volume: str, sid: str) -> None:
+    """``serial`` is registered and ``sid`` is a visible snapshot of its ``volume``."""
+    check_client(serial)
     check_volume(volume)
     check_snapshot_id(sid)
-    if not resolve.exists(store, client, volume, sid):
-        from xsbackup.errors import SnapshotNotFound
+    if not Registry(store).exists(serial):
+        raise SnapshotNotFound(f"no client {serial}")
+    if not resolve.exists(store, serial, volume, sid):
+        raise SnapshotNotFound(f"no snapshot {sid} of {volume} for {serial}")
 
-        raise SnapshotNotFound(f"no snapshot {sid} of {volume} for {client}")
-    path = query.get("path", [""])[0]
-    access.split_path(path)  # refuse '..' and absolute paths before anything opens
-    match rest:
-        case ["archive.tar"] | ["archive.zip"]:
-            fmt = rest[0].rsplit(".", 1)[1]
-            name = f"{client}-{volume}-{sid}" + (f"-{Path(path).name}" if path else "")
-            # Open and check everything before the 200 goes out: errors stay HTTP errors.
-            snap = access.OpenSnapshot(store, client, volume, sid)
-            try:
-                os.close(access.open_dir(snap.fd, access.split_path(path)))
-            except BaseException:
-                snap.close()
-                raise
 
-            def archive(out: IO[bytes]) -> None:
-                try:
-                    (restore.write_tar if fmt == "tar" else restore.write_zip)(snap.fd, path, out)
-                finally:
-                    snap.close()
+def source_of(store: Store, login: str, source: str) -> str:
+    """The client whose snapshots ``login`` reads: itself, or (``?from=``) an alias."""
+    return restore.check_readable(Registry(store), login, source or login)
 
-            stream = Stream(archive, f"client={client} volume={volume} snapshot={sid} archive")
-            kind = "application/x-tar" if fmt == "tar" else "application/zip"
-            return 200, [("Content-Type", kind),
-                         ("Content-Disposition", _disposition(f"{name}.{fmt}"))], stream
-        case ["file"]:
-            snap = access.OpenSnapshot(store, client, volume, sid)
-            try:
-                fd, st, _ = access.open_file(snap.fd, path)
-            except BaseException:
-                snap.close()
-                raise
-            name = os.fsdecode(path.rsplit("/", 1)[-1].encode(errors="surrogateescape"))
 
-            def send(out: IO[bytes]) -> None:
-                try:
-                    while chunk := os.read(fd, access.CHUNK):
-                        out.write(chunk)
-                finally:
-                    os.close(fd)
-                    snap.close()
+def open_datastore(snap_fd: int, path: str) -> int:
+    """The Sugar datastore at ``path`` in the snapshot; the caller closes the result."""
+    fd = access.open_dir(snap_fd, access.split_path(path))
+    if journal.detect_layout(fd) is None:
+        os.close(fd)
+        raise PathNotFound(f"{shown(path) or 'the snapshot'} is not a Sugar datastore")
+    return fd
 
-            return 200, [("Content-Type", restore.content_type(name)),
-                         ("Content-Length", str(st.st_size)),
-                         ("Content-Disposition", _disposition(name))], Stream(send, "file")
-        case ["journal"]:
-            from xsbackup.restore import journal
 
-            offset = int(query.get("offset", ["0"])[0] or 0)
-            limit = min(int(query.get("limit", ["100"])[0] or 100), 1000)
-            q = query.get("q", [""])[0] or None
-            with access.OpenSnapshot(store, client, volume, sid) as snap:
-                try:
-                    entries, more = journal.list_entries(snap.fd, offset, limit, q)
-                except journal.NotADatastore:
-                    raise PathNotFound(f"{volume}/{sid} is not a Sugar datastore") \
-                        from None
-            import orjson
+# ---- downloads (streamed; every check happens before the 200) -------------------------------
 
-            body = orjson.dumps({"offset": offset, "limit": limit, "more": more,
-                                 "entries": [dataclasses.asdict(e) for e in entries]})
-            return 200, [("Content-Type", "application/json")], body
-        case ["journal", bundle] if bundle.endswith(".xoj") and \
-                _UID_RE.fullmatch(bundle[:-4]):
-            from xsbackup.restore import journal
 
-            uid = bundle[:-4]
-            snap = access.OpenSnapshot(store, client, volume, sid)
-            try:
-                meta = journal.read_metadata(snap.fd, uid)
-            except journal.JournalError:
-                snap.close()
-                raise PathNotFound(f"no Journal entry {uid} in {volume}/{sid}") \
-                    from None
-            except BaseException:
-                snap.close()
-                raise
+def download_file(store: Store, serial: str, volume: str, sid: str,
+                  path: str) -> Download:
+    """One regular file of the snapshot, with its content type and name."""
+    check_snapshot(store, serial, volume, sid)
+    snap = access.OpenSnapshot(store, serial, volume, sid)
+    try:
+        fd, st, _ = access.open_file(snap.fd, path)
+    except BaseException:
+        snap.close()
+        raise
+    name = path.rsplit("/", 1)[-1]
 
-            def bundle_out(out: IO[bytes]) -> None:
-                try:
-                    journal.write_bundle(snap.fd, uid, out)
-                finally:
-                    snap.close()
+    def send(out: IO[bytes]) -> None:
+        try:
+            while chunk := os.read(fd, access.CHUNK):
+                out.write(chunk)
+        finally:
+            os.close(fd)
+            snap.close()
 
-            return 200, [("Content-Type", journal.XOJ_MIME),
-                         ("Content-Disposition",
-                          _disposition(journal.entry_filename({**meta, "uid": uid})))], \
-                Stream(bundle_out, f"client={client} journal entry {uid}")
-    raise PathNotFound("no such resource")
+    return [("Content-Type", restore.content_type(shown(name))),
+            ("Content-Length", str(st.st_size)),
+            ("Content-Disposition", disposition(name)), *DOWNLOAD_HEADERS], \
+        Stream(send, f"client={serial} volume={volume} snapshot={sid} file")
+
+
+def download_archive(store: Store, serial: str, volume: str, sid: str, path: str,
+                     fmt: str) -> Download:
+    """The snapshot, or its directory ``path``, as a tar or zip archive."""
+    check_snapshot(store, serial, volume, sid)
+    snap = access.OpenSnapshot(store, serial, volume, sid)
+    try:
+        os.close(access.open_dir(snap.fd, access.split_path(path)))
+    except BaseException:
+        snap.close()
+        raise
+    tail = path.rstrip("/").rsplit("/", 1)[-1]
+    name = f"{serial}-{volume}-{sid}" + (f"-{tail}" if tail else "") + f".{fmt}"
+
+    def archive(out: IO[bytes]) -> None:
+        try:
+            (restore.write_tar if fmt == "tar" else restore.write_zip)(snap.fd, path, out)
+        finally:
+            snap.close()
+
+    kind = "application/x-tar" if fmt == "tar" else "application/zip"
+    return [("Content-Type", kind), ("Content-Disposition", disposition(name)),
+            *DOWNLOAD_HEADERS], \
+        Stream(archive, f"client={serial} volume={volume} snapshot={sid} archive")
+
+
+def download_bundle(store: Store, serial: str, volume: str, sid: str, path: str,
+                    uid: str) -> Download:
+    """The Journal entry ``uid`` of the datastore at ``path`` as a ``.xoj`` bundle."""
+    check_snapshot(store, serial, volume, sid)
+    if not journal.UID_RE.fullmatch(uid):
+        raise InvalidName(f"invalid Journal entry uid {uid[:80]!r}")
+    snap = access.OpenSnapshot(store, serial, volume, sid)
+    try:
+        root = open_datastore(snap.fd, path)
+    except BaseException:
+        snap.close()
+        raise
+    try:
+        meta = journal.read_metadata(root, uid)
+    except journal.JournalError:
+        os.close(root)
+        snap.close()
+        raise PathNotFound(f"no Journal entry {uid} in {volume}/{sid}") from None
+    except BaseException:
+        os.close(root)
+        snap.close()
+        raise
+
+    def bundle(out: IO[bytes]) -> None:
+        try:
+            journal.write_bundle(root, uid, out)
+        finally:
+            os.close(root)
+            snap.close()
+
+    return [("Content-Type", journal.XOJ_MIME),
+            ("Content-Disposition", disposition(journal.entry_filename({**meta, "uid": uid}))),
+            *DOWNLOAD_HEADERS], Stream(bundle, f"client={serial} journal entry {uid}")
+
+
+def journal_listing(store: Store, serial: str, volume: str, sid: str, offset: int,
+                    limit: int, query: str | None) -> dict[str, Any]:
+    """One page of the Journal entries at the snapshot's root, for the JSON API."""
+    check_snapshot(store, serial, volume, sid)
+    with access.OpenSnapshot(store, serial, volume, sid) as snap:
+        try:
+            entries, more = journal.list_entries(snap.fd, offset, limit, query)
+        except journal.NotADatastore:
+            raise PathNotFound(f"{volume}/{sid} is not a Sugar datastore") from None
+    return {"offset": offset, "limit": limit, "more": more,
+            "entries": [dataclasses.asdict(e) for e in entries]}
 
 
 def kit() -> bytes:

@@ -150,7 +150,7 @@ class Service:
     def run(self, ready: Callable[[str], None] | None = None) -> int:
         from xsbackup import logs
         from xsbackup.server.sshserver import SshServer
-        from xsbackup.web.app import make_app, make_server
+        from xsbackup.web.app import create_app, make_server
 
         s = self.settings()
         init_root(s.root)
@@ -158,7 +158,7 @@ class Service:
         write_authorized_keys(self.context().registry)
         bind = s.server.bind
         ssh = SshServer(self.settings, bind, s.server.ssh_port)
-        app = make_app(self.settings)
+        app = create_app(self.context)
         http = make_server(app, bind, s.server.http_port, s.http.threads)
         http_port = http.effective_port
         stop = threading.Event()

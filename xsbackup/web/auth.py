@@ -1,35 +1,66 @@
-"""Sign-in throttling and CSRF tokens for the web UI (and the JSON session login).
+"""Who is asking, for the JSON API, /metrics and the web UI: sessions and HTTP Basic;
+sign-in throttling; CSRF tokens.
+
+Authentication: the ``xsbackup_session`` cookie (``sessions.py``) or, except in the web
+UI, HTTP Basic. A session is trusted while it has not expired, its user exists and is
+enabled, its epoch is the user's current one and its id was not signed out. So that
+scrypt does not run on every request, a Basic credential's outcome is cached for 60
+seconds under an HMAC of the credential with a per-process key; the cache is only
+trusted while ``admin/users.json`` is unchanged (same inode, mtime and size), so
+disabling a user or changing a password takes effect on the next request.
 
 Throttling: each failed sign-in is remembered under two keys, the source address and the
 user name. Once either key has ``ui.max_login_failures`` failures within the last
 ``ui.login_lockout_minutes``, sign-ins under that key are refused, without checking the
 password (so a refused guess teaches nothing), until the oldest counted failure leaves
 the window. Refused attempts are not counted, so a refusal does not extend itself. A
-successful sign-in clears its user name's failures. Everything is in memory, bounded,
-and per process, like the sessions.
+successful sign-in clears its user name's failures. The failures are in memory, bounded,
+and per process.
 
 Note the trade-off of the per-name key: someone who knows a user name can keep that user
 out for a while by failing on purpose. The per-address key alone would let a
 distributed guesser through, and a school server has few admin names to protect.
 
-CSRF: every state-changing form carries a token, the HMAC-SHA256 of the session token
-under a per-process key. The sign-in form, before there is a session, carries one bound
-the same way to a random pre-session cookie. Tokens are compared in constant time.
+CSRF: every state-changing form carries a token, the HMAC-SHA256 of the session's id
+under a key derived from the state root's web secret (so a page's token outlives a
+restart, like its session). The sign-in form, before there is a session, carries one
+bound the same way to a random pre-session cookie. Tokens are compared in constant time.
+This is kept rather than Flask-WTF's CSRFProtect: only the UI's forms take a token (the
+JSON API is Basic or a SameSite=Strict cookie, XML-RPC and availability have no session),
+and CSRFProtect keeps its token in the session cookie, so the sign-in page would set
+``xsbackup_session`` before anyone signed in, tokens would expire after an hour, and
+https POSTs would need a matching Referer: all visible changes to the web UI's contract.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
+
+from flask import current_app, g, session
+
+from xsbackup.config import Settings
+from xsbackup.logs import LOG
+from xsbackup.store import Store
+from xsbackup.web import sessions, users
+from xsbackup.web.base import HttpError, client_address
 
 MAX_KEYS = 50_000
 LOGIN_COOKIE = "xsbackup_login"
+BASIC_CACHE_SECONDS = 60.0
+MAX_CACHED_CREDENTIALS = 10_000
+REALM = 'Basic realm="xsbackup"'
+AUTH_KEY = "xsbackup.auth"
+Stamp = tuple[int, int, int]
 
 
 class LoginThrottle:
@@ -107,3 +138,135 @@ def token_ok(expected: str, given: str | None) -> bool:
 
 def new_presession() -> str:
     return secrets.token_urlsafe(24)
+
+
+# ---- authentication ----------------------------------------------------------------------
+
+
+@dataclass
+class _CachedCredential:
+    users_stamp: Stamp
+    expires: float
+    user: users.User | None
+
+
+class Authenticator:
+    """One per application: the users file as last read, the Basic credential cache and
+    the sign-in throttle."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key = secrets.token_bytes(32)  # keys the credential cache only
+        self._users: dict[str, tuple[Stamp, dict[str, users.User]]] = {}
+        self._credentials: dict[str, _CachedCredential] = {}
+        self.throttle = LoginThrottle()
+
+    def load_users(self, store: Store) -> tuple[Stamp, dict[str, users.User]]:
+        path = users.users_path(store)
+        try:
+            st = os.stat(path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = (0, 0, 0)
+        with self._lock:
+            hit = self._users.get(path)
+        if hit is not None and hit[0] == stamp:
+            return hit
+        loaded = (stamp, users.load(store) if stamp != (0, 0, 0) else {})
+        with self._lock:
+            self._users[path] = loaded
+        return loaded
+
+    def from_basic(self, store: Store, header: str) -> users.User | None:
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            raw = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        name, sep, password = raw.decode("utf-8", "replace").partition(":")
+        if not sep:
+            return None
+        stamp, current = self.load_users(store)
+        key = hmac.new(self._key, str(store.root).encode() + b"\0" + raw,
+                       hashlib.sha256).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._credentials.get(key)
+        if hit is not None and hit.users_stamp == stamp and hit.expires > now:
+            return hit.user
+        user = users.verify_in(current, name, password)
+        if user is None:
+            LOG.warning("http authentication failed for user %r", name[:64])
+        with self._lock:
+            if len(self._credentials) >= MAX_CACHED_CREDENTIALS:
+                self._credentials.clear()
+            self._credentials[key] = _CachedCredential(stamp, now + BASIC_CACHE_SECONDS, user)
+        return user
+
+    def from_session(self, store: Store) -> tuple[users.User, str] | None:
+        """(user, session id) of a valid session cookie; never HTTP Basic."""
+        name, sid, epoch, exp = (session.get(k) for k in ("user", "sid", "epoch", "exp"))
+        if not (isinstance(name, str) and isinstance(sid, str) and isinstance(epoch, int)
+                and isinstance(exp, int | float)) or exp <= time.time():
+            return None
+        user = self.load_users(store)[1].get(name)
+        if user is None or user.disabled or user.session_epoch != epoch \
+                or sessions.keys().is_revoked(store, sid):
+            return None
+        return user, sid
+
+    def authenticate(self, store: Store, header: str) -> users.User | None:
+        found = self.from_session(store)
+        if found is not None:
+            return found[0]
+        return self.from_basic(store, header) if header else None
+
+    def require_user(self, store: Store, header: str) -> users.User:
+        user = self.authenticate(store, header)
+        if user is None:
+            raise HttpError(401, "authentication required", [("WWW-Authenticate", REALM)])
+        return user
+
+    def verify(self, store: Store, name: str, password: str) -> users.User | None:
+        return users.verify_in(self.load_users(store)[1], name, password)
+
+    # -- sessions --
+
+    @staticmethod
+    def start_session(user: users.User) -> int:
+        """A new session for ``user`` in this response's cookie; returns its expiry."""
+        expires = int(time.time()) + sessions.SESSION_SECONDS
+        session.clear()
+        session.update(user=user.name, epoch=user.session_epoch,
+                       sid=secrets.token_urlsafe(16), exp=expires)
+        g.xs_new_session_seconds = sessions.SESSION_SECONDS
+        LOG.info("http login: user %s (%s)", user.name, user.role)
+        return expires
+
+    @staticmethod
+    def end_session(store: Store) -> None:
+        """Sign this request's session out for good, and clear its cookie."""
+        sid, exp = session.get("sid"), session.get("exp")
+        if isinstance(sid, str) and isinstance(exp, int | float) and exp > time.time():
+            sessions.revoke(store, sid, float(exp))
+        session.clear()
+        session.modified = True
+
+    # -- throttling --
+
+    def login_throttled(self, settings: Settings, name: str) -> int:
+        """Seconds until ``name`` may try to sign in from this address (0: now)."""
+        return self.throttle.retry_after(client_address(), name,
+                                         settings.ui.max_login_failures,
+                                         60.0 * settings.ui.login_lockout_minutes)
+
+    def login_failed(self, settings: Settings, name: str) -> None:
+        self.throttle.failed(client_address(), name, settings.ui.max_login_failures,
+                             60.0 * settings.ui.login_lockout_minutes)
+
+
+def authenticator() -> Authenticator:
+    found: Authenticator = current_app.extensions[AUTH_KEY]
+    return found

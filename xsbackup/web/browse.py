@@ -1,5 +1,5 @@
-"""Browsing and downloading a snapshot in the web UI: directory pages, the Sugar Journal
-view, file, zip and tar downloads, Journal bundles and preview thumbnails.
+"""Browsing a snapshot in the web UI: directory pages, the Sugar Journal view and preview
+thumbnails (downloads are ``restore.downloads``', shared with the JSON API).
 
 Every path is opened below the snapshot's directory descriptor with ``O_NOFOLLOW``
 (``access.open_dir`` / ``open_file``); a real symlink is never followed, a symlink the
@@ -16,28 +16,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 import stat
-import unicodedata
-from typing import IO, Any
+from typing import Any
 from urllib.parse import parse_qs, quote
 
-from xsbackup.clients.registry import Registry
-from xsbackup.errors import InvalidName, PathNotFound, PathRefused, SnapshotNotFound
+from xsbackup.errors import InvalidName, PathNotFound, PathRefused
 from xsbackup.restore import access, journal, resolve
-from xsbackup.restore import archive as restore
-from xsbackup.restore.downloads import Stream
-from xsbackup.store import Store, check_client, check_snapshot_id, check_volume
+from xsbackup.restore.downloads import check_snapshot, open_datastore, shown
+from xsbackup.store import Store
 
 PAGE_SIZE = 100
 JOURNAL_PAGE = 50
 PREVIEW_MAX = 1 << 20
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-Headers = list[tuple[str, str]]
-DOWNLOAD_HEADERS: Headers = [
-    ("Content-Security-Policy", "default-src 'none'; sandbox"),
-    ("Referrer-Policy", "same-origin"),
-]
 
 
 # ---- names and paths -------------------------------------------------------------------
@@ -51,35 +42,6 @@ def parse_query(environ: dict[str, Any]) -> dict[str, list[str]]:
 
 def quote_path(path: str) -> str:
     return quote(path.encode("utf-8", "surrogateescape"), safe="/")
-
-
-def shown(name: str) -> str:
-    """A name as text a person can read: undecodable bytes as U+FFFD, and control and
-    format characters (newlines, bidi overrides) as visible escapes."""
-    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    out = []
-    for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _disposition(name: str) -> str:
-    raw = name.encode("utf-8", "surrogateescape")
-    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", shown(name))[:100] or "download"
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(raw, safe='')}"
-
-
-def snapshot_or_404(store: Store, serial: str, volume: str, sid: str) -> None:
-    check_client(serial)
-    check_volume(volume)
-    check_snapshot_id(sid)
-    if not Registry(store).exists(serial):
-        raise SnapshotNotFound(f"no client {serial}")
-    if not resolve.exists(store, serial, volume, sid):
-        raise SnapshotNotFound(f"no snapshot {sid} of {volume} for {serial}")
 
 
 # ---- directory pages -------------------------------------------------------------------
@@ -157,7 +119,7 @@ def crumbs(path: str) -> list[dict[str, str]]:
 
 def browse(store: Store, serial: str, volume: str, sid: str, path: str,
            page: int) -> dict[str, Any]:
-    snapshot_or_404(store, serial, volume, sid)
+    check_snapshot(store, serial, volume, sid)
     with access.OpenSnapshot(store, serial, volume, sid) as snap:
         entries, total, is_datastore = list_dir(snap.fd, path, page)
     pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)
@@ -166,30 +128,24 @@ def browse(store: Store, serial: str, volume: str, sid: str, path: str,
     return {"entries": entries, "total": total, "page": page, "pages": pages,
             "path": path, "path_label": shown(path) or "/",
             "path_quoted": quote_path(path), "crumbs": crumbs(path),
-            "is_datastore": is_datastore, "ids": store.snapshot_ids(serial, volume)}
+            "is_datastore": is_datastore, "ids": resolve.snapshot_ids(store, serial, volume)}
 
 
 # ---- the Journal -----------------------------------------------------------------------
 
 
-def _open_datastore(snap: access.OpenSnapshot, path: str) -> int:
-    fd = access.open_dir(snap.fd, access.split_path(path))
-    if journal.detect_layout(fd) is None:
-        os.close(fd)
-        raise PathNotFound(f"{shown(path) or 'the snapshot'} is not a Sugar datastore")
-    return fd
-
-
 def journal_page(store: Store, serial: str, volume: str, sid: str, path: str, page: int,
                  query: str) -> dict[str, Any]:
-    snapshot_or_404(store, serial, volume, sid)
+    check_snapshot(store, serial, volume, sid)
     needle = query.strip().casefold()
     with access.OpenSnapshot(store, serial, volume, sid) as snap:
-        fd = _open_datastore(snap, path)
+        fd = open_datastore(snap.fd, path)
         try:
             with contextlib.closing(journal.iter_entries(fd)) as found:
                 entries = [e for e in found if not needle or any(
                     needle in v.casefold() for v in (e.title, e.activity, e.uid) if v)]
+        except journal.JournalError as err:
+            raise PathNotFound(str(err) or "not a Sugar datastore") from None
         finally:
             os.close(fd)
     # Newest first, as Sugar's Journal shows them (an entry without a date last).
@@ -213,11 +169,11 @@ def journal_page(store: Store, serial: str, volume: str, sid: str, path: str, pa
 def preview(store: Store, serial: str, volume: str, sid: str, path: str,
             uid: str) -> bytes:
     """An entry's preview thumbnail, only if it is a PNG (what Sugar writes)."""
-    snapshot_or_404(store, serial, volume, sid)
+    check_snapshot(store, serial, volume, sid)
     if not journal.UID_RE.fullmatch(uid):
         raise InvalidName(f"invalid Journal entry uid {uid[:80]!r}")
     with access.OpenSnapshot(store, serial, volume, sid) as snap:
-        root = _open_datastore(snap, path)
+        root = open_datastore(snap.fd, path)
         try:
             layout = journal.detect_layout(root)
             rel = (f"store/preview/{uid}" if layout == 0 else
@@ -234,90 +190,3 @@ def preview(store: Store, serial: str, volume: str, sid: str, path: str,
     if not data.startswith(PNG_MAGIC):
         raise PathNotFound("this entry has no PNG preview")
     return data
-
-
-# ---- downloads (streamed; every check happens before the 200) --------------------------
-
-
-def download_file(store: Store, serial: str, volume: str, sid: str,
-                  path: str) -> tuple[Headers, Stream]:
-    snapshot_or_404(store, serial, volume, sid)
-    snap = access.OpenSnapshot(store, serial, volume, sid)
-    try:
-        fd, st, _ = access.open_file(snap.fd, path)
-    except BaseException:
-        snap.close()
-        raise
-    name = path.rsplit("/", 1)[-1]
-
-    def send(out: IO[bytes]) -> None:
-        try:
-            while chunk := os.read(fd, access.CHUNK):
-                out.write(chunk)
-        finally:
-            os.close(fd)
-            snap.close()
-
-    return [("Content-Type", restore.content_type(shown(name))),
-            ("Content-Length", str(st.st_size)),
-            ("Content-Disposition", _disposition(name)), *DOWNLOAD_HEADERS], \
-        Stream(send, f"ui client={serial} volume={volume} snapshot={sid} file")
-
-
-def download_archive(store: Store, serial: str, volume: str, sid: str, path: str,
-                     fmt: str) -> tuple[Headers, Stream]:
-    snapshot_or_404(store, serial, volume, sid)
-    snap = access.OpenSnapshot(store, serial, volume, sid)
-    try:
-        os.close(access.open_dir(snap.fd, access.split_path(path)))
-    except BaseException:
-        snap.close()
-        raise
-    tail = path.rstrip("/").rsplit("/", 1)[-1]
-    name = f"{serial}-{volume}-{sid}" + (f"-{tail}" if tail else "") + f".{fmt}"
-
-    def archive(out: IO[bytes]) -> None:
-        try:
-            (restore.write_tar if fmt == "tar" else restore.write_zip)(snap.fd, path, out)
-        finally:
-            snap.close()
-
-    kind = "application/x-tar" if fmt == "tar" else "application/zip"
-    return [("Content-Type", kind), ("Content-Disposition", _disposition(name)),
-            *DOWNLOAD_HEADERS], \
-        Stream(archive, f"ui client={serial} volume={volume} snapshot={sid} archive")
-
-
-def download_bundle(store: Store, serial: str, volume: str, sid: str, path: str,
-                    uid: str) -> tuple[Headers, Stream]:
-    snapshot_or_404(store, serial, volume, sid)
-    if not journal.UID_RE.fullmatch(uid):
-        raise InvalidName(f"invalid Journal entry uid {uid[:80]!r}")
-    snap = access.OpenSnapshot(store, serial, volume, sid)
-    try:
-        root = _open_datastore(snap, path)
-    except BaseException:
-        snap.close()
-        raise
-    try:
-        meta = journal.read_metadata(root, uid)
-    except journal.JournalError:
-        os.close(root)
-        snap.close()
-        raise PathNotFound(f"no Journal entry {uid} here") from None
-    except BaseException:
-        os.close(root)
-        snap.close()
-        raise
-
-    def bundle(out: IO[bytes]) -> None:
-        try:
-            journal.write_bundle(root, uid, out)
-        finally:
-            os.close(root)
-            snap.close()
-
-    return [("Content-Type", journal.XOJ_MIME),
-            ("Content-Disposition",
-             _disposition(journal.entry_filename({**meta, "uid": uid}))),
-            *DOWNLOAD_HEADERS], Stream(bundle, f"ui client={serial} journal entry {uid}")

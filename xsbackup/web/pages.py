@@ -288,7 +288,7 @@ def client_page(settings: Settings, store: Store, serial: str,
     volumes = store.volumes(serial)
     vol_rows, snaps = [], []
     for volume in volumes:
-        ids = store.snapshot_ids(serial, volume)
+        ids = resolve.snapshot_ids(store, serial, volume)
         rows = []
         for sid in ids:
             f = read_facts(store.snapshots_dir(serial, volume) / sid)
@@ -302,7 +302,7 @@ def client_page(settings: Settings, store: Store, serial: str,
             rows.append(row)
             snaps.append(row)
         vol_rows.append({"name": volume, "snapshots": rows[::-1], "count": len(ids),
-                         "latest": store.latest_id(serial, volume) or (ids[-1] if ids else None)})
+                         "latest": resolve.latest(store, serial, volume)})
     doomed = [dataclasses.asdict(i) for i in plan if not i.keep]
     others = sorted(c.serial for c in registry.all() if c.serial != serial)
     aliased_by = sorted(c.serial for c in registry.all() if serial in c.aliases)
@@ -336,7 +336,3 @@ def run_prune(settings: Settings, store: Store, serial: str, confirmed: set[str]
             item.reasons = ("not confirmed",)
     prune.apply(store, items)
     return [i for i in items if not i.keep]
-
-
-def snapshot_exists(store: Store, serial: str, volume: str, sid: str) -> bool:
-    return resolve.exists(store, serial, volume, sid)

@@ -5,7 +5,8 @@ document) authenticate to the HTTP side with a name and a password. The file hol
 record per user: name, role (``admin`` may change things, ``teacher`` only reads),
 a disabled flag, the creation time and the password as an scrypt hash with its own
 random salt and its parameters, so the parameters can be raised later without
-invalidating existing hashes.
+invalidating existing hashes, and a session epoch: web sessions carry the epoch they began
+in, so raising it (a password change, disabling the user) ends every one of them.
 
 The file is written atomically with mode 0600 inside a 0700 directory, under a flock so
 two admin commands never lose each other's change. ``verify`` compares in constant time
@@ -27,7 +28,13 @@ from typing import Any
 
 import orjson
 
-from xsbackup.errors import InvalidName, StateRootError, XsbackupError
+from xsbackup.errors import (
+    InvalidName,
+    InvalidPassword,
+    StateRootError,
+    UserExists,
+    UserNotFound,
+)
 from xsbackup.locking import FileLock
 from xsbackup.store import Store, atomic_write
 
@@ -41,24 +48,6 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
 
-class UserNotFound(XsbackupError):
-    """No such admin user."""
-
-    exit_code = 13
-
-
-class UserExists(XsbackupError):
-    """The admin user already exists."""
-
-    exit_code = 14
-
-
-class InvalidPassword(XsbackupError):
-    """The password or role is not acceptable."""
-
-    exit_code = 15
-
-
 @dataclass
 class User:
     name: str
@@ -66,16 +55,12 @@ class User:
     disabled: bool = False
     created: str = ""
     password: dict[str, Any] = field(default_factory=dict)
+    session_epoch: int = 0  # raised to end every web session of this user
 
     def public(self) -> dict[str, Any]:
         """The record without its password hash (for listings and the API)."""
         return {"name": self.name, "role": self.role, "disabled": self.disabled,
                 "created": self.created}
-
-    @property
-    def fingerprint(self) -> str:
-        """Changes whenever the password changes (sessions remember it)."""
-        return str(self.password.get("hash", ""))
 
 
 def check_name(name: str) -> str:
@@ -203,7 +188,7 @@ def add_user(store: Store, name: str, password: str, role: str = "admin",
     return user
 
 
-def _update(store: Store, name: str, **changes: Any) -> User:
+def _update(store: Store, name: str, end_sessions: bool, **changes: Any) -> User:
     check_name(name)
     with _lock(store):
         users = _read(store)
@@ -212,24 +197,24 @@ def _update(store: Store, name: str, **changes: Any) -> User:
             raise UserNotFound(f"no user {name}")
         for k, v in changes.items():
             setattr(user, k, v)
+        if end_sessions:
+            user.session_epoch += 1
         _write(store, users)
     return user
 
 
 def set_password(store: Store, name: str, password: str) -> User:
-    return _update(store, name, password=hash_password(_check_password(password)))
-
-
-def set_role(store: Store, name: str, role: str) -> User:
-    return _update(store, name, role=_check_role(role))
+    """A new password; it ends every web session of the user."""
+    return _update(store, name, True, password=hash_password(_check_password(password)))
 
 
 def disable(store: Store, name: str) -> User:
-    return _update(store, name, disabled=True)
+    """Disable the user; it ends every web session (enabling again does not revive them)."""
+    return _update(store, name, True, disabled=True)
 
 
 def enable(store: Store, name: str) -> User:
-    return _update(store, name, disabled=False)
+    return _update(store, name, False, disabled=False)
 
 
 def verify_in(users: dict[str, User], name: str, password: str) -> User | None:

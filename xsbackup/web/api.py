@@ -1,0 +1,329 @@
+"""The JSON API (``/api/v1/...``), ``/metrics`` and ``/restore/kit``.
+
+Routes, every one read-only and open to both roles:
+
+* ``GET /api/v1/health``, ``/clients``, ``/clients/<SN>``, ``/clients/<SN>/volumes``,
+  ``/clients/<SN>/volumes/<V>/snapshots[/<ID>]``, ``/clients/<SN>/restore?volume=&at=&from=``;
+* below ``/clients/<SN>/volumes/<V>/snapshots/<ID>/``, each taking ``?from=OLD`` to read
+  an aliased client's snapshot as ``SN``: ``archive.tar`` / ``archive.zip`` ``?path=``,
+  ``file?path=``, ``journal?offset=&limit=&q=`` and ``journal/<uid>.xoj``
+  (``restore.downloads``);
+* ``POST``/``GET``/``DELETE /api/v1/session``: sign in with JSON ``{"user", "password"}``
+  (throttled like the web UI's sign-in), who am I, sign out;
+* ``GET /metrics``: Prometheus text format (``metrics.render``);
+* ``GET /restore/kit``, without authentication: the restore kit for a bare device.
+
+Everything else under ``/api/v1/`` and ``/metrics`` needs a session cookie or HTTP Basic
+(``auth.py``); a wrong method is a 405, one trailing slash is tolerated. Every path
+segment a client supplies goes through ``check_client`` / ``check_volume`` /
+``check_snapshot_id`` before it names anything on disk: a malformed one is a 400, a
+well-formed one that does not exist a 404. Errors are JSON ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, request
+
+from xsbackup import __version__
+from xsbackup.clients import registration
+from xsbackup.clients.registry import Client
+from xsbackup.context import Context
+from xsbackup.ingest import admission
+from xsbackup.logs import LOG
+from xsbackup.monitor import metrics, status
+from xsbackup.restore import archive as restore
+from xsbackup.restore import downloads, resolve
+from xsbackup.restore import journal as sugar_journal
+from xsbackup.snapshots.snapshot import read_facts
+from xsbackup.store import (
+    Store,
+    check_client,
+    check_snapshot_id,
+    check_volume,
+    disk_use,
+    get_xattrs,
+)
+from xsbackup.web.auth import REALM, authenticator
+from xsbackup.web.availability import counts
+from xsbackup.web.base import (
+    ALL_METHODS,
+    NO_STORE,
+    NOSNIFF,
+    HttpError,
+    Plain,
+    body,
+    current_ctx,
+    json_response,
+    request_host,
+)
+
+bp = Blueprint("api", __name__)
+LOGIN_SHAPE = "the body must be JSON {\"user\": ..., \"password\": ...}"
+
+
+def only(*methods: str) -> None:
+    if request.method not in methods:
+        raise HttpError(405, "method not allowed", [("Allow", ", ".join(methods))])
+
+
+def require_user() -> None:
+    authenticator().require_user(current_ctx().store,
+                                 str(request.environ.get("HTTP_AUTHORIZATION") or ""))
+
+
+# ---- what the routes read ----------------------------------------------------------------
+
+
+def client_or_404(ctx: Context, serial: str) -> str:
+    check_client(serial)
+    if not ctx.registry.exists(serial):
+        raise HttpError(404, f"no client {serial}")
+    return serial
+
+
+def _volume_or_404(store: Store, serial: str, volume: str) -> str:
+    check_volume(volume)
+    try:
+        st = os.lstat(store.volume_dir(serial, volume))
+    except FileNotFoundError:
+        raise HttpError(404, f"no volume {volume} for client {serial}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise HttpError(404, f"no volume {volume} for client {serial}")
+    return volume
+
+
+def _snapshot_row(store: Store, serial: str, volume: str, sid: str,
+                  latest: str | None) -> dict[str, Any]:
+    facts = read_facts(store.snapshots_dir(serial, volume) / sid)
+    return {**facts, "client": serial, "volume": volume, "id": sid, "latest": latest == sid}
+
+
+def _key_summary(client: Client) -> list[dict[str, Any]]:
+    return [registration.key_summary(k) for k in client.keys]
+
+
+def _volume_rows(store: Store, serial: str) -> list[dict[str, Any]]:
+    rows = []
+    for v in store.volumes(serial):
+        ids = resolve.snapshot_ids(store, serial, v)
+        rows.append({"volume": v, "snapshots": len(ids),
+                     "latest": resolve.latest(store, serial, v),
+                     "oldest": ids[0] if ids else None})
+    return rows
+
+
+def health(ctx: Context) -> dict[str, Any]:
+    use = disk_use(ctx.store.root)
+    return {"status": "ok", "version": __version__,
+            "queue_depth": metrics.queue_depth(ctx.store),
+            "maintenance": admission.maintenance_on(ctx),
+            "disk": {"blocks_used_ratio": use.blocks_pct / 100.0,
+                     "inodes_used_ratio": use.inodes_pct / 100.0,
+                     "free_bytes": use.free_bytes}}
+
+
+def clients_list(ctx: Context) -> list[dict[str, Any]]:
+    records = {c.serial: c for c in ctx.registry.all()}
+    rows = status.client_rows(ctx.store, dt.datetime.now(dt.UTC))
+    for row in rows:
+        client = records.get(row["serial"])
+        row["uuid"] = client.uuid if client else ""
+        row["keys"] = _key_summary(client) if client else []
+        row["pending_keys"] = sum(1 for k in row["keys"] if k["status"] == "pending")
+    return rows
+
+
+def client_detail(ctx: Context, serial: str) -> dict[str, Any]:
+    client_or_404(ctx, serial)
+    client = ctx.registry.get(serial)
+    facts = get_xattrs(ctx.store.client_dir(serial))
+    return {"serial": client.serial, "nickname": client.nickname, "uuid": client.uuid,
+            "disabled": client.disabled, "aliases": client.aliases, "created": client.created,
+            "keys": _key_summary(client), "status": facts,
+            "volumes": _volume_rows(ctx.store, serial)}
+
+
+def snapshot_rows(ctx: Context, serial: str, volume: str) -> list[dict[str, Any]]:
+    store = ctx.store
+    client_or_404(ctx, serial)
+    _volume_or_404(store, serial, volume)
+    latest = resolve.latest(store, serial, volume)
+    return [_snapshot_row(store, serial, volume, s, latest)
+            for s in resolve.snapshot_ids(store, serial, volume)]
+
+
+def snapshot_one(ctx: Context, serial: str, volume: str, sid: str) -> dict[str, Any]:
+    store = ctx.store
+    client_or_404(ctx, serial)
+    check_volume(volume)
+    check_snapshot_id(sid)
+    _volume_or_404(store, serial, volume)
+    if not resolve.exists(store, serial, volume, sid):
+        raise HttpError(404, f"no snapshot {sid} of {serial} {volume}")
+    return _snapshot_row(store, serial, volume, sid, resolve.latest(store, serial, volume))
+
+
+def _arg(name: str) -> str:
+    return request.args.get(name, "")
+
+
+# ---- the JSON routes ---------------------------------------------------------------------
+
+
+@bp.before_request
+def _authenticate() -> None:
+    if request.endpoint not in ("api.session_route", "api.restore_kit"):
+        require_user()
+
+
+@bp.route("/api/v1/health", methods=ALL_METHODS)
+def health_route() -> Response:
+    only("GET")
+    return json_response(health(current_ctx()))
+
+
+@bp.route("/api/v1/clients", methods=ALL_METHODS)
+def clients_route() -> Response:
+    only("GET")
+    return json_response(clients_list(current_ctx()))
+
+
+@bp.route("/api/v1/clients/<sn>", methods=ALL_METHODS)
+def client_route(sn: str) -> Response:
+    only("GET")
+    return json_response(client_detail(current_ctx(), sn))
+
+
+@bp.route("/api/v1/clients/<sn>/volumes", methods=ALL_METHODS)
+def volumes_route(sn: str) -> Response:
+    only("GET")
+    ctx = current_ctx()
+    return json_response(_volume_rows(ctx.store, client_or_404(ctx, sn)))
+
+
+@bp.route("/api/v1/clients/<sn>/volumes/<vol>/snapshots", methods=ALL_METHODS)
+def snapshots_route(sn: str, vol: str) -> Response:
+    only("GET")
+    return json_response(snapshot_rows(current_ctx(), sn, vol))
+
+
+@bp.route("/api/v1/clients/<sn>/volumes/<vol>/snapshots/<sid>", methods=ALL_METHODS)
+def snapshot_route(sn: str, vol: str, sid: str) -> Response:
+    only("GET")
+    return json_response(snapshot_one(current_ctx(), sn, vol, sid))
+
+
+@bp.route("/api/v1/clients/<sn>/restore", methods=ALL_METHODS)
+def restore_route(sn: str) -> Response:
+    ctx = current_ctx()
+    client_or_404(ctx, sn)
+    only("GET")
+    plan = restore.plan(ctx.store, sn, _arg("volume") or None, _arg("at") or None,
+                        request_host(ctx.settings), ctx.settings.server.ssh_port,
+                        _arg("from") or None)
+    return json_response(plan.as_dict())
+
+
+@bp.route("/api/v1/clients/<sn>/volumes/<vol>/snapshots/<sid>/<path:sub>",
+          methods=ALL_METHODS)
+def snapshot_part_route(sn: str, vol: str, sid: str, sub: str) -> Response:
+    """A snapshot's files, archives and Journal, streamed (``restore.downloads``)."""
+    only("GET")
+    ctx = current_ctx()
+    client_or_404(ctx, sn)
+    source = downloads.source_of(ctx.store, sn, _arg("from"))
+    path = _arg("path")
+    parts = sub.split("/")
+    if parts[-1] == "" and len(parts) > 1:
+        parts.pop()
+    match parts:
+        case ["archive.tar" | "archive.zip" as name]:
+            headers, stream = downloads.download_archive(ctx.store, source, vol, sid, path,
+                                                         name[-3:])
+        case ["file"]:
+            headers, stream = downloads.download_file(ctx.store, source, vol, sid, path)
+        case ["journal"]:
+            listing = downloads.journal_listing(
+                ctx.store, source, vol, sid, int(_arg("offset") or 0),
+                min(int(_arg("limit") or 100), 1000), _arg("q") or None)
+            return json_response(listing)
+        case ["journal", bundle] if bundle.endswith(".xoj") and \
+                sugar_journal.UID_RE.fullmatch(bundle[:-4]):
+            headers, stream = downloads.download_bundle(ctx.store, source, vol, sid, path,
+                                                        bundle[:-4])
+        case _:
+            raise HttpError(404, "no such resource")
+    return Plain(stream, 200, [*headers, NO_STORE, NOSNIFF], direct_passthrough=True)
+
+
+@bp.route("/api/v1/<path:rest>", methods=ALL_METHODS)
+def unknown_route(rest: str) -> Response:
+    raise HttpError(404, "not found")
+
+
+# ---- sessions ----------------------------------------------------------------------------
+
+
+@bp.route("/api/v1/session", methods=ALL_METHODS)
+def session_route() -> Response:
+    auth = authenticator()
+    ctx = current_ctx()
+    if request.method == "POST":
+        return _login(ctx)
+    if request.method == "DELETE":
+        auth.end_session(ctx.store)
+        return json_response({"status": "logged out"})
+    if request.method == "GET":
+        user = auth.require_user(ctx.store, str(request.environ.get("HTTP_AUTHORIZATION") or ""))
+        return json_response({"user": user.name, "role": user.role})
+    raise HttpError(405, "method not allowed", [("Allow", "GET, POST, DELETE")])
+
+
+def _login(ctx: Context) -> Response:
+    auth = authenticator()
+    try:
+        data = orjson.loads(body())
+    except orjson.JSONDecodeError:
+        raise HttpError(400, LOGIN_SHAPE) from None
+    if not isinstance(data, dict) or not isinstance(data.get("user"), str) \
+            or not isinstance(data.get("password"), str):
+        raise HttpError(400, LOGIN_SHAPE)
+    wait = auth.login_throttled(ctx.settings, data["user"])
+    if wait:
+        raise HttpError(429, f"too many failed logins; try again in {wait} seconds",
+                        [("Retry-After", str(wait))])
+    user = auth.verify(ctx.store, data["user"], data["password"])
+    if user is None:
+        LOG.warning("http login failed for user %r", data["user"][:64])
+        auth.login_failed(ctx.settings, data["user"])
+        raise HttpError(401, "invalid user or password", [("WWW-Authenticate", REALM)])
+    auth.throttle.succeeded(user.name)
+    expires = auth.start_session(user)
+    return json_response({"user": user.name, "role": user.role,
+                          "expires": dt.datetime.fromtimestamp(expires, dt.UTC)
+                          .isoformat(timespec="seconds")})
+
+
+# ---- metrics and the restore kit ---------------------------------------------------------
+
+
+@bp.route("/metrics", methods=ALL_METHODS)
+def metrics_route() -> Response:
+    only("GET")
+    store = current_ctx().store
+    counts().flush(store)
+    return Plain(metrics.render(store), 200, content_type=metrics.CONTENT_TYPE)
+
+
+@bp.route("/restore/kit", methods=ALL_METHODS)
+def restore_kit() -> Response:
+    only("GET", "HEAD")
+    return Plain(downloads.kit(), 200,
+                 [("Content-Disposition", 'attachment; filename="xsrestore.py"')],
+                 content_type="text/x-python; charset=utf-8")
