@@ -11,8 +11,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from xsbackup.cli._common import Invocation
 from xsbackup.cli.admin_cmd import admin
-from xsbackup.cli.main import Ctx
 from xsbackup.errors import InvalidName, InvalidPassword, UserExists, UserNotFound
 from xsbackup.store import Store, init_root
 from xsbackup.web import users
@@ -126,7 +126,7 @@ def test_public_record_has_no_hash(store: Store) -> None:
 
 def test_admin_cli_commands(store: Store) -> None:
     runner = CliRunner()
-    obj = Ctx(str(store.root), None)
+    obj = Invocation(str(store.root), None)
     r = runner.invoke(admin, ["add-user", "alice", "--password-stdin"], input=PASSWORD + "\n",
                       obj=obj)
     assert r.exit_code == 0, r.output
