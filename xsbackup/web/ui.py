@@ -46,6 +46,7 @@ from xsbackup import __version__
 from xsbackup.clients import registration
 from xsbackup.clients.registry import Registry
 from xsbackup.config import Settings
+from xsbackup.context import Context
 from xsbackup.errors import (
     ClientNotFound,
     InvalidName,
@@ -58,7 +59,6 @@ from xsbackup.errors import (
 )
 from xsbackup.logs import LOG
 from xsbackup.restore import journal
-from xsbackup.retention import prune
 from xsbackup.store import Store, check_client
 from xsbackup.web import users
 from xsbackup.web.app import SESSION_SECONDS, App, HttpError, Response, read_body
@@ -478,7 +478,7 @@ class UI:
 
         def run() -> None:
             try:
-                prune.delete_trash(store)
+                Context(self.app.settings(), store, Registry(store)).storage.purge()
             except Exception:
                 LOG.exception("web ui: deleting the trash failed; the next sweep retries")
             finally:
