@@ -295,10 +295,11 @@ class HardlinkBackend:
                                 entry[1] += 1
                                 if entry[0] != idx:
                                     entry[0] = -1
-        for owner, links, alloc, size, nlink, _ in shared_inodes.values():
-            if owner >= 0 and links >= nlink:
+        for owner, links, alloc, size, nlink, is_reg in shared_inodes.values():
+            if owner >= 0 and links >= nlink:  # every link inside that one snapshot
                 snaps[owner].exclusive += alloc
-                exclusive_apparent[owner] += size
+                if is_reg:
+                    exclusive_apparent[owner] += size * links
         # Shared: apparent bytes of files whose inode is linked from elsewhere too.
         for su, own in zip(snaps, exclusive_apparent, strict=True):
             su.shared = su.apparent - own
