@@ -4,10 +4,11 @@ Part A, deletion. A base snapshot of ``--files`` small files (default 100,000: 1
 directories of 100 files, 100 B-4 KB each) is the client's newest snapshot; each run makes
 fresh ``cp -al`` copies of it (untimed), so every file of a copy is a hardlink of the base,
 exactly as ``--link-dest`` leaves an older snapshot. One copy is an older snapshot in the
-state root, deleted the way xsbackup does it: ``prune.to_trash`` under the client's locks
-(the storage backend's ``delete``: one rename into ``trash/``), ``prune.finish_client``,
-then the backend's ``purge`` (timed as ``delete_trash``, its name before the storage
-seam); each part and the whole are timed. An identical copy outside the state root is
+state root, deleted the way xsbackup does it: ``prune.delete_snapshot`` under the
+client's locks (the storage backend's ``delete``: one rename into ``trash/``; timed as
+``to_trash``), ``prune.finish_client``, then the backend's ``purge`` (timed as
+``delete_trash``; the keys keep their names from before the storage seam); each part and
+the whole are timed. An identical copy outside the state root is
 deleted with ``rm -rf``; a third with ``shutil.rmtree`` (diagnostic). The cases alternate
 which goes first, with an untimed ``sync`` before each.
 Target: xsbackup's whole deletion at most 1.2 x ``rm -rf``.
@@ -217,9 +218,9 @@ class Deletion:
 
         t0 = time.perf_counter()
         with prune.ClientLocks(self.store, SN):
-            t_rename, why = timed(lambda: prune.to_trash(self.ctx, SN, VOLUME, sid))
+            t_rename, why = timed(lambda: prune.delete_snapshot(self.ctx, SN, VOLUME, sid))
             if why:
-                raise RuntimeError(f"to_trash refused {sid}: {why}")
+                raise RuntimeError(f"delete_snapshot refused {sid}: {why}")
             t_finish, _ = timed(lambda: prune.finish_client(self.store, SN))
         t_delete, removed = timed(self.ctx.storage.purge)
         total = time.perf_counter() - t0
@@ -293,7 +294,7 @@ def bench_deletion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         sid = snapshot_id(args.runs)
         d.copy(d.snaps / sid)
         with prune.ClientLocks(d.store, SN):
-            prune.to_trash(d.ctx, SN, VOLUME, sid)
+            prune.delete_snapshot(d.ctx, SN, VOLUME, sid)
         sync()
         t, top = profiled(d.ctx.storage.purge)
         out["profile_delete_trash"] = {"wall_s_under_cprofile": t, "top_by_tottime": top}

@@ -112,7 +112,7 @@ class ClientLocks:
         self.ingest.release()
 
 
-def to_trash(ctx: Context, client: str, volume: str, sid: str) -> str:
+def delete_snapshot(ctx: Context, client: str, volume: str, sid: str) -> str:
     """Take one snapshot out of sight (caller holds the client's locks); its space is
     reclaimed by ``ctx.storage.purge()``. Returns why not, or "" when done. Refuses the
     newest snapshot (whatever the policy) and, through the backend, one being read."""
@@ -143,7 +143,7 @@ def apply(ctx: Context, items: list[Item]) -> None:
         try:
             with ClientLocks(ctx.store, client):
                 for it in todo:
-                    why = to_trash(ctx, client, it.volume, it.id)
+                    why = delete_snapshot(ctx, client, it.volume, it.id)
                     it.outcome = f"skipped: {why}" if why else "pruned"
                     if not why:
                         LOG.info("client=%s volume=%s snapshot=%s pruned (%s)", client,
@@ -235,7 +235,7 @@ def _trim_oldest(ctx: Context, client: str, total: int, dry_run: bool) -> Item |
     try:
         with ClientLocks(store, client):
             for _, vol, sid in candidates:
-                why = to_trash(ctx, client, vol, sid)
+                why = delete_snapshot(ctx, client, vol, sid)
                 if not why:
                     finish_client(store, client)
                     LOG.info("client=%s volume=%s snapshot=%s pruned: over its fair share "
