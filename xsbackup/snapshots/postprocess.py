@@ -18,8 +18,8 @@ ingest was killed between its rename and its queue write.
 The post-processor takes its own per-client lock rather than the ingest lock: the ingest
 lock is held for a whole transfer, and a backup must never be refused because the
 previous one is still being validated. The two never touch the same paths: ingest
-writes ``current/`` and pins its ``--link-dest`` base by descriptor, so the rename of
-``incoming/<id>`` cannot disturb a running transfer.
+writes ``current/``, and the storage backend pins a base it reads from ``incoming/`` by
+descriptor, so promoting ``incoming/<id>`` cannot disturb a running transfer.
 
 ``XSBACKUP_CRASH_AT=<point>`` kills the process with SIGKILL at one of ``CRASH_POINTS``
 (``crashpoints``); the crash tests use it to prove the recovery above.
