@@ -16,6 +16,7 @@ post-processor, prune, ingest and ``du`` know the layout's names, never the mech
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -49,20 +50,20 @@ class IngestTarget:
 
     ``rsync_args`` are server-side options (``--link-dest``, temp and partial
     directories, ...) to place before ``--``; ``pass_fds`` are descriptors those options
-    name as ``/proc/self/fd/N``, which the rsync child must inherit. ``close()`` releases
-    them (and, after ``Backend.complete``, whatever the backend kept only for this
-    transfer); use the target as a context manager."""
+    name as ``/proc/self/fd/N``, which the rsync child must inherit. ``close()`` runs
+    the backend's ``cleanup`` steps, newest first and each even if another fails: it
+    releases those descriptors and, after ``Backend.complete``, whatever the backend
+    kept only for this transfer. Use the target as a context manager."""
 
     client: str
     volume: str
     path: Path
     rsync_args: tuple[str, ...] = ()
     pass_fds: tuple[int, ...] = ()
-    cleanup: list[Callable[[], None]] = field(default_factory=list)
+    cleanup: ExitStack = field(default_factory=ExitStack)
 
     def close(self) -> None:
-        while self.cleanup:
-            self.cleanup.pop()()
+        self.cleanup.close()
 
     def __enter__(self) -> IngestTarget:
         return self
@@ -110,37 +111,30 @@ class Backend(Protocol):
 
     def describe(self) -> BackendInfo:
         """Name, one-line summary and capabilities."""
-        ...
 
     def prepare(self, client: str, volume: str) -> IngestTarget:
         """Make the volume's ``current/`` ready for a new upload (the caller holds the
         client's ingest lock) and say what rsync needs to write into it."""
-        ...
 
     def complete(self, target: IngestTarget, sid: str) -> Path:
         """The upload succeeded: ``current/`` becomes ``incoming/<sid>``, durably.
         Returns that path."""
-        ...
 
     def promote(self, client: str, volume: str, sid: str) -> Path:
         """Make ``incoming/<sid>`` visible as ``snapshots/<sid>`` (its facts are already
         written) and point ``latest`` at the newest snapshot. Idempotent. Returns the
         visible path."""
-        ...
 
     def delete(self, client: str, volume: str, sid: str) -> str:
         """Take one snapshot out of sight at once (the caller holds the client's locks);
         its space is reclaimed by ``purge``. Returns "" when done, else why not
         ("being read", "already gone")."""
-        ...
 
     def purge(self, progress: Progress | None = None) -> int:
         """Reclaim the space of what ``delete`` took away, outside any client lock;
         resumable after a kill, one purger at a time (a second returns 0 at once).
         Returns the entries removed."""
-        ...
 
     def measure(self, client: str, progress: MeasureProgress | None = None) -> ClientUsage:
         """Every snapshot's apparent, exclusive and shared bytes, and the client's
         total."""
-        ...

@@ -94,7 +94,7 @@ class HardlinkBackend:
         args = [f"--link-dest={base}"] if base is not None else []
         if fd is not None:
             target.pass_fds = (fd,)
-            target.cleanup.append(lambda: os.close(fd))
+            target.cleanup.callback(os.close, fd)
         if resume.is_dir():
             args.append(f"--link-dest={resume}")
         args += [f"--partial-dir={vol / 'partial'}", f"--temp-dir={vol / 'tmp'}"]
@@ -132,7 +132,7 @@ class HardlinkBackend:
         os.rename(target.path, incoming)
         fsync_dir(vol / "incoming")
         fsync_dir(vol)
-        target.cleanup.append(lambda: self._discard(vol / "resume"))
+        target.cleanup.callback(self._discard, vol / "resume")
         return incoming
 
     def _discard(self, path: Path) -> None:
