@@ -4,19 +4,21 @@ Part A, deletion. A base snapshot of ``--files`` small files (default 100,000: 1
 directories of 100 files, 100 B-4 KB each) is the client's newest snapshot; each run makes
 fresh ``cp -al`` copies of it (untimed), so every file of a copy is a hardlink of the base,
 exactly as ``--link-dest`` leaves an older snapshot. One copy is an older snapshot in the
-state root, deleted the way xsbackup does it: ``prune.to_trash`` under the client's locks
-(one rename into ``trash/``), ``prune.finish_client``, then ``prune.delete_trash``; each part
-and the whole are timed. An identical copy outside the state root is deleted with
-``rm -rf``; a third with ``shutil.rmtree`` (diagnostic: the library call ``delete_trash``
-uses). The cases alternate which goes first, with an untimed ``sync`` before each.
+state root, deleted the way xsbackup does it: ``prune.delete_snapshot`` under the
+client's locks (the storage backend's ``delete``: one rename into ``trash/``; timed as
+``to_trash``), ``prune.finish_client``, then the backend's ``purge`` (timed as
+``delete_trash``; the keys keep their names from before the storage seam); each part and
+the whole are timed. An identical copy outside the state root is
+deleted with ``rm -rf``; a third with ``shutil.rmtree`` (diagnostic). The cases alternate
+which goes first, with an untimed ``sync`` before each.
 Target: xsbackup's whole deletion at most 1.2 x ``rm -rf``.
 
 Part B, usage. ``--du-snapshots`` snapshots (30) of ``--du-files`` files (10,000), each a
 ``cp -al`` of the previous one with ``--du-change`` (1 %) of its files replaced by new
-inodes. ``usage.measure`` (what ``xsbackup du`` runs; it also computes every snapshot's
-exclusive and shared bytes) against ``du -s -B1`` of the snapshots directory (GNU du also
-counts each inode once): warm (after one untimed pass of each, interleaved), and cold
-(page, dentry and inode caches dropped before each timed call) when
+inodes. The hardlink backend's ``measure`` (what ``xsbackup du`` runs; it also computes
+every snapshot's exclusive and shared bytes) against ``du -s -B1`` of the snapshots
+directory (GNU du also counts each inode once): warm (after one untimed pass of each,
+interleaved), and cold (page, dentry and inode caches dropped before each timed call) when
 ``/proc/sys/vm/drop_caches`` is writable. Also timed once: the ``xsbackup du SN --refresh
 --json`` command line, start-up included. Peak RSS and the tracemalloc peak of one
 ``measure`` call are taken in a child process, with the traced memory at the start of each
@@ -190,9 +192,12 @@ def snapshot_id(n: int) -> str:
 
 class Deletion:
     def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        from xsbackup import config
+        from xsbackup.context import Context
         from xsbackup.store import atomic_symlink
 
         self.store = new_store(tmp / "xsroot")
+        self.ctx = Context.open(config.load(self.store.root, environ={}))
         self.snaps = self.store.snapshots_dir(SN, VOLUME)
         self.base = self.snaps / BASE_ID
         self.plain = tmp / "plain"
@@ -213,11 +218,11 @@ class Deletion:
 
         t0 = time.perf_counter()
         with prune.ClientLocks(self.store, SN):
-            t_rename, why = timed(lambda: prune.to_trash(self.store, SN, VOLUME, sid))
+            t_rename, why = timed(lambda: prune.delete_snapshot(self.ctx, SN, VOLUME, sid))
             if why:
-                raise RuntimeError(f"to_trash refused {sid}: {why}")
+                raise RuntimeError(f"delete_snapshot refused {sid}: {why}")
             t_finish, _ = timed(lambda: prune.finish_client(self.store, SN))
-        t_delete, removed = timed(lambda: prune.delete_trash(self.store))
+        t_delete, removed = timed(self.ctx.storage.purge)
         total = time.perf_counter() - t0
         if os.listdir(self.store.trash_dir) or sid in self.store.snapshot_ids(SN, VOLUME):
             raise RuntimeError("xsbackup deletion left something behind")
@@ -289,9 +294,9 @@ def bench_deletion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         sid = snapshot_id(args.runs)
         d.copy(d.snaps / sid)
         with prune.ClientLocks(d.store, SN):
-            prune.to_trash(d.store, SN, VOLUME, sid)
+            prune.delete_snapshot(d.ctx, SN, VOLUME, sid)
         sync()
-        t, top = profiled(lambda: prune.delete_trash(d.store))
+        t, top = profiled(d.ctx.storage.purge)
         out["profile_delete_trash"] = {"wall_s_under_cprofile": t, "top_by_tottime": top}
     return out
 
@@ -303,16 +308,17 @@ MEMORY_CHILD = r"""
 import json, resource, sys, tracemalloc
 from pathlib import Path
 import psutil
-from xsbackup.snapshots import usage
+from xsbackup.storage.hardlink import HardlinkBackend
 from xsbackup.store import Store
 store, client, mode = Store(Path(sys.argv[1])), sys.argv[2], sys.argv[3]
+backend = HardlinkBackend(store)
 kib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 curve = []
 if mode == "tracemalloc":
     tracemalloc.start()
     def progress(volume, sid):
         curve.append(tracemalloc.get_traced_memory()[0])
-    r = usage.measure(store, client, progress)
+    r = backend.measure(client, progress)
     curve.append(tracemalloc.get_traced_memory()[0])
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -332,7 +338,7 @@ else:
         reset = False
     rss = psutil.Process().memory_info().rss // 1024
     before = kib()
-    r = usage.measure(store, client)
+    r = backend.measure(client)
     print(json.dumps({"rss_kib_before": rss, "vmhwm_reset_before_call": reset,
                       "vmhwm_kib_after": status("VmHWM"), "ru_maxrss_kib_before": before,
                       "ru_maxrss_kib_after": kib(), "total": r.total}))
@@ -397,17 +403,18 @@ def build_history(root: Path, args: argparse.Namespace) -> tuple[Any, list[str]]
 
 
 def bench_usage(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from xsbackup.snapshots import usage
+    from xsbackup.storage.hardlink import HardlinkBackend
 
     print(f"du: building {args.du_snapshots} snapshots of {args.du_files} files ...",
           flush=True)
     t_build, (store, ids) = timed(lambda: build_history(tmp / "duroot", args))
     snaps = store.snapshots_dir(SN, VOLUME)
+    backend = HardlinkBackend(store)
     facts = tree_facts(snaps)
     du_argv = ["du", "-s", "-B1", str(snaps)]
 
     def run_measure() -> tuple[float, Any]:
-        return timed(lambda: usage.measure(store, SN))
+        return timed(lambda: backend.measure(SN))
 
     def run_du() -> tuple[float, int]:
         t, text = run_out(du_argv)
@@ -495,7 +502,7 @@ def bench_usage(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         out["targets"]["met_cold"] = ratios["measure/du_s (cold)"] <= DU_TARGET
     if args.profile == "always" or (args.profile == "auto" and not all(
             v for k, v in out["targets"].items() if k.startswith("met"))):
-        t, top = profiled(lambda: usage.measure(store, SN))
+        t, top = profiled(lambda: backend.measure(SN))
         out["profile_measure_warm"] = {"wall_s_under_cprofile": t, "top_by_tottime": top}
     return out
 

@@ -8,7 +8,7 @@ no network). So every ``incoming/<id>`` and queue entry is written by xsbackup i
 After a first full backup (post-processed), each round does three no-change ingests and
 times:
 
-* ``promote``: ``xsbackup.snapshots.snapshot.promote`` + ``update_latest`` alone (the rename step,
+* ``promote``: the storage backend's ``promote`` alone (the rename and the ``latest`` swap,
   after ``sync``) -- the target is under 50 ms whatever the tree size;
 * ``process``: the whole ``postprocess.process`` of one queue entry (CJSON validation of the
   metadata files, the stats walk against the previous snapshot, xattrs, fsync, rename,
@@ -145,6 +145,7 @@ def write_fake_rsh(path: Path, root: Path) -> Path:
 class Promotion:
     def __init__(self, tmp: Path, src: Path) -> None:
         from xsbackup import config
+        from xsbackup.context import Context
         from xsbackup.store import Store
 
         self.tmp, self.src = tmp, src
@@ -160,6 +161,7 @@ class Promotion:
         self.env = env
         self.store = Store(self.root)
         self.settings = config.load(self.root, environ={})
+        self.ctx = Context.open(self.settings)
         self.rsh = write_fake_rsh(tmp / "fake-rsh", self.root)
         self.plain = tmp / "plain"
         self.plain.mkdir()
@@ -172,9 +174,9 @@ class Promotion:
                           "localhost:datastore-current/"], self.env)
 
     def entry(self) -> Any:
-        from xsbackup.snapshots import postprocess
+        from xsbackup.snapshots import queue
 
-        entries = postprocess.pending(self.store)
+        entries = queue.pending(self.store)
         if len(entries) != 1:
             raise RuntimeError(f"expected one queue entry, found {len(entries)}")
         return entries[0]
@@ -184,7 +186,7 @@ class Promotion:
         from xsbackup.snapshots.snapshot import read_facts
 
         e = self.entry()
-        t, outcome = timed(lambda: postprocess.process(self.store, self.settings, e))
+        t, outcome = timed(lambda: postprocess.process(self.ctx, e))
         if outcome != "promoted":
             raise RuntimeError(f"process returned {outcome!r}")
         facts = read_facts(self.store.snapshots_dir(SN, VOLUME) / e.id)
@@ -194,7 +196,7 @@ class Promotion:
     def breakdown_and_promote(self) -> dict[str, float]:
         """On a fresh incoming: time the two walks, then the rename step alone."""
         from xsbackup.snapshots import postprocess
-        from xsbackup.snapshots.snapshot import compute_stats, promote, update_latest
+        from xsbackup.snapshots.snapshot import compute_stats
 
         e = self.entry()
         incoming = self.store.incoming_dir(SN, VOLUME) / e.id
@@ -209,13 +211,12 @@ class Promotion:
         os.sync()
 
         def rename() -> None:
-            promote(self.store, SN, VOLUME, e.id)
-            update_latest(self.store, SN, VOLUME)
+            self.ctx.storage.promote(SN, VOLUME, e.id)
 
         t_promote, _ = timed(rename)
         if self.store.latest_id(SN, VOLUME) != e.id:
             raise RuntimeError("latest does not name the promoted snapshot")
-        postprocess.process(self.store, self.settings, e)  # finish the entry (untimed)
+        postprocess.process(self.ctx, e)  # finish the entry (untimed)
         return {"validate_metadata": t_cjson, "compute_stats": t_stats, "promote": t_promote}
 
     def plain_first(self) -> float:

@@ -90,6 +90,17 @@ class IngestSettings:
                         minimum=0)
 
 
+# The storage backends (``xsbackup.storage``); the factory there maps each name to its class.
+STORAGE_BACKENDS = ("hardlink",)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    backend: str = _key("hardlink", "how snapshots are stored: hardlink (one tree per "
+                        "snapshot, unchanged files hardlinked to the previous one)",
+                        choices=STORAGE_BACKENDS)
+
+
 @dataclass(frozen=True)
 class PostprocessSettings:
     cjson_patterns: list[str] = _key(["*.metadata", "*.cjson"],  # noqa: RUF009 (a field())
@@ -151,9 +162,9 @@ class LogSettings:
 SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings, "http": HttpSettings, "availability": AvailabilitySettings,
     "registration": RegistrationSettings, "admission": AdmissionSettings,
-    "ingest": IngestSettings, "postprocess": PostprocessSettings, "hooks": HooksSettings,
-    "retention": RetentionSettings, "quota": QuotaSettings, "prune": PruneSettings,
-    "ui": UiSettings, "log": LogSettings,
+    "ingest": IngestSettings, "storage": StorageSettings, "postprocess": PostprocessSettings,
+    "hooks": HooksSettings, "retention": RetentionSettings, "quota": QuotaSettings,
+    "prune": PruneSettings, "ui": UiSettings, "log": LogSettings,
 }
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
@@ -236,6 +247,7 @@ class Settings:
     registration: RegistrationSettings
     admission: AdmissionSettings
     ingest: IngestSettings
+    storage: StorageSettings
     postprocess: PostprocessSettings
     hooks: HooksSettings
     retention: RetentionSettings

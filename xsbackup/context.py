@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from xsbackup.clients.registry import Registry
 from xsbackup.config import Settings
+from xsbackup.storage import open_backend
+from xsbackup.storage.base import Backend
 from xsbackup.store import Store
 
 
@@ -29,3 +31,8 @@ class Context:
         if require:
             store.require()
         return cls(settings, store, Registry(store))
+
+    @property
+    def storage(self) -> Backend:
+        """The configured storage backend (``storage.backend``) of this state root."""
+        return open_backend(self.settings.storage.backend, self.store)

@@ -271,6 +271,12 @@ class DiskUse:
         """The "Use%" column of ``df`` (rounded up, as df does)."""
         return math.ceil(self.blocks_pct)
 
+    def as_dict(self) -> dict[str, float | int]:
+        """The figure as ``status --json`` reports it."""
+        return {"blocks_pct": self.blocks_pct, "df_blocks_pct": self.df_blocks_pct,
+                "inodes_pct": self.inodes_pct, "free_bytes": self.free_bytes,
+                "total_bytes": self.total_bytes}
+
 
 def disk_use(path: os.PathLike[str] | str) -> DiskUse:
     st = os.statvfs(path)

@@ -161,7 +161,7 @@ def test_cjson_findings_flag_but_never_alter(server: Server, tmp_path: Path) -> 
     # The symlink (stored inert by --fake-super as a plain file) is judged on its own
     # bytes, never by following it to /etc/passwd.
     assert by_path["store/link.metadata"]["status"] == "invalid"
-    status = orjson.loads(server.cli("status", "--json").stdout)
+    status = orjson.loads(server.cli("status", "--json").stdout)["clients"]
     assert status[0]["flagged"] == [f"datastore/{sid}"]
     assert status[0]["snapshot_count"] == 1
 

@@ -14,7 +14,6 @@ import pytest
 from tests.conftest import XSBACKUP, Server, local_push
 from xsbackup.locking import client_lock, lock_directory
 from xsbackup.retention import prune
-from xsbackup.snapshots import usage
 from xsbackup.store import atomic_symlink, init_root
 
 pytestmark = pytest.mark.integration
@@ -84,7 +83,7 @@ def test_du_matches_brute_force(server: Server, tmp_path: Path) -> None:
     first = server.store.snapshots_dir(SN, "documents") / server.store.snapshot_ids(
         SN, "documents")[0]
     os.link(next(first.glob("own-*.bin")), tmp_path / "outside-link")
-    got = usage.measure(server.store, SN)
+    got = server.ctx().storage.measure(SN)
     expected = brute_force(server, SN)
     assert {s.id: s.exclusive for s in got.snapshots} == expected
     oldest = next(s for s in got.snapshots if s.id == first.name)
@@ -103,7 +102,7 @@ def test_policy_prune_keeps_newest_and_reports(server: Server) -> None:
     verdicts = {i.id: (i.keep, i.outcome) for i in report.items}
     assert [verdicts[i][0] for i in ids] == [False, False, False, False, True, True]
     assert verdicts[ids[0]][1] == "pruned"
-    prune.delete_trash(server.store)
+    server.ctx().storage.purge()
     assert server.store.snapshot_ids(SN, "documents") == ids[-2:]
     assert os.listdir(server.store.trash_dir) == []
     # Whatever the policy, the newest survives.
@@ -168,7 +167,7 @@ def test_over_quota_client_is_refused_and_status_says_why(server: Server,
                              "rsync --server -logDtpre.iLsfxCIvu . documents/"})
     assert r.returncode == 49
     assert r.stderr.startswith(f"xsbackup: client {SN} is over its quota:")
-    (row,) = orjson.loads(server.cli("status", "--json").stdout)
+    (row,) = orjson.loads(server.cli("status", "--json").stdout)["clients"]
     assert row["over_quota"] is True
     assert "over its quota" in row["last_error"]
     server.cli("clients", "set-policy", SN, "--quota-bytes", "0")

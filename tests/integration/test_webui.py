@@ -582,7 +582,7 @@ def test_prune_after_confirmation(browser: Browser, sites: Callable[..., Site],
     browser.shot("10-prune-plan")
     browser.click(browser.link("Prune now…"))
     assert browser.heading().startswith(f"Prune snapshots of {PRUNED}?")
-    use = usage.cached(site.store, PRUNED)  # the two old versions of work.odt, at least
+    use = usage.cached(site.server.ctx(), PRUNED)  # the two old versions of work.odt, at least
     freed = sum(use.exclusive_of("documents", i) for i in ids[:2])
     assert freed > 120_000
     assert f"freeing about {human_bytes(freed)}" in browser.text()

@@ -23,7 +23,7 @@ EXEMPT = frozenset({"xsbackup", "xsbackup.__main__"})
 # and example hooks; standard library only) sits with config.
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer.split()) for layer in (
     "errors",
-    "config procs logs locking resources",
+    "config procs logs locking resources crashpoints",
     "store counters hooks",
     "storage",
     "clients",

@@ -37,7 +37,7 @@ def prune(ctx: Context, client: str | None, dry_run: bool,
         report = core.policy_prune(ctx, now, client, dry_run)
         out["policy"] = report.as_dict()
     if not dry_run:
-        out["deleted"] = _delete_trash(ctx.store, as_json)
+        out["deleted"] = _purge(ctx, as_json)
     if mode in (None, "quota"):
         out["quota"] = core.quota_trim(ctx, client, dry_run).as_dict()
     if as_json:
@@ -60,10 +60,10 @@ def prune(ctx: Context, client: str | None, dry_run: bool,
     if dry_run:
         click.echo("dry run: nothing was deleted")
 
-def _delete_trash(store: Any, quiet: bool) -> int:
-    from xsbackup.retention import prune as core
 
-    pending = len(os.listdir(store.trash_dir))
+def _purge(ctx: Context, quiet: bool) -> int:
+    """Reclaim what prune took out of sight, with a progress bar on a terminal."""
+    pending = len(os.listdir(ctx.store.trash_dir))
     if pending and sys.stderr.isatty() and not quiet:
         with click.progressbar(length=pending, label="deleting", file=sys.stderr) as bar:
             done = [0]
@@ -72,8 +72,9 @@ def _delete_trash(store: Any, quiet: bool) -> int:
                 bar.update(max(0, min(n, pending) - done[0]))
                 done[0] = min(n, pending)
 
-            return core.delete_trash(store, step)
-    return core.delete_trash(store)
+            return ctx.storage.purge(step)
+    return ctx.storage.purge()
+
 
 @click.command()
 @click.argument("serial", required=False)
@@ -94,9 +95,9 @@ def du(ctx: Context, serial: str | None, volume: str | None,
         if show:
             n = sum(len(ctx.store.snapshot_ids(sn, v)) for v in ctx.store.volumes(sn))
             with click.progressbar(length=n, label=f"measuring {sn}", file=sys.stderr) as bar:
-                res = usage.cached(ctx.store, sn, lambda v, s: bar.update(1), refresh=refresh)
+                res = usage.cached(ctx, sn, lambda v, s: bar.update(1), refresh=refresh)
         else:
-            res = usage.cached(ctx.store, sn, refresh=refresh)
+            res = usage.cached(ctx, sn, refresh=refresh)
         if volume:
             res.snapshots = [s for s in res.snapshots if s.volume == volume]
         results.append(res)

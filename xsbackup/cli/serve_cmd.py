@@ -7,7 +7,13 @@ import sys
 
 import click
 
-from xsbackup.cli._common import Invocation, emit_json, pass_invocation, with_context
+from xsbackup.cli._common import (
+    Invocation,
+    emit_json,
+    format_bytes,
+    pass_invocation,
+    with_context,
+)
 from xsbackup.context import Context
 
 
@@ -56,16 +62,21 @@ def serve(inv: Invocation, bind: str | None, ssh_port: int | None,
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @with_context
 def status(ctx: Context, as_json: bool) -> None:
-    """One row per client from its status xattrs, without walking snapshot trees."""
-    from xsbackup.monitor.status import client_rows
+    """Disk use (as df counts it), the storage backend, and one row per client from its
+    status xattrs, without walking snapshot trees."""
+    from xsbackup.monitor.status import server_status
 
-    rows = client_rows(ctx.store, dt.datetime.now(dt.UTC))
+    out = server_status(ctx, dt.datetime.now(dt.UTC))
     if as_json:
-        emit_json(rows)
+        emit_json(out)
         return
-    if not rows:
+    disk, storage = out["disk"], out["storage"]
+    click.echo(f"disk: {disk['df_blocks_pct']}% of blocks used ({disk['blocks_pct']:.1f}%), "
+               f"{disk['inodes_pct']:.1f}% of inodes, {format_bytes(disk['free_bytes'])} "
+               f"free; storage: {storage['name']}")
+    if not out["clients"]:
         click.echo("no clients")
-    for r in rows:
+    for r in out["clients"]:
         click.echo(f"{r['serial']:<16} last={r['last_success'] or 'never':<26} "
                    f"age={r['age'] or '-':<10} snapshots={r['snapshot_count']:<5} "
                    f"flagged={len(r['flagged'])} error={r['last_error'] or '-'}")

@@ -12,8 +12,6 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-import orjson
-
 from xsbackup.clients.registry import Client, Registry
 from xsbackup.context import Context
 from xsbackup.errors import (
@@ -25,6 +23,7 @@ from xsbackup.errors import (
     OverQuota,
     UnknownClient,
 )
+from xsbackup.snapshots.usage import last_total
 from xsbackup.store import Store, disk_use
 
 
@@ -47,10 +46,8 @@ def check_quota(store: Store, client: Client) -> None:
     limit = client.policy.get("quota_bytes")
     if not isinstance(limit, int) or limit <= 0:
         return
-    try:
-        with open(store.client_dir(client.serial) / "usage.json", "rb") as fh:
-            total = int(orjson.loads(fh.read())["usage"]["total"])
-    except (OSError, ValueError, KeyError, TypeError):
+    total = last_total(store, client.serial)
+    if total is None:
         return  # never measured: nothing to hold against the client yet
     if total >= limit:
         raise OverQuota(f"client {client.serial} is over its quota: {total} of {limit} bytes "

@@ -4,18 +4,13 @@ The caller (``dispatch``) has parsed the command and admitted the client. Here w
 
 * take the per-client lock and a slot without waiting; both descriptors are inherited
   by the rsync child, so the lock outlives a killed wrapper for as long as rsync runs;
-* prepare ``volumes/<v>/current/`` fresh. An interrupted transfer's ``current/`` is
-  renamed to ``resume/`` and offered as a second ``--link-dest``: its finished files
-  are reused, its stale files never reach a snapshot because it is never the destination;
-* link against the newest of ``snapshots/`` and ``incoming/``. A visible snapshot is
-  passed by path: only prune deletes snapshots, and it needs the client lock this
-  session holds. A base still in ``incoming/<id>`` may be promoted mid-transfer by the
-  post-processor, so it is pinned as an open directory and rsync gets
-  ``/proc/self/fd/N``. (Pinning always would be simpler, but it measured 30% slower on
-  a no-change backup of 10,000 files: every lookup goes through the magic link.);
+* have the storage backend prepare ``volumes/<v>/current/`` (``Backend.prepare``: for
+  the hardlink backend a fresh tree, ``--link-dest`` to the newest completed transfer,
+  an interrupted transfer reused as a second basis, temp and partial directories);
 * run rsync with ``--fake-super`` (owners, devices, setuid bits and the like are recorded
-  as xattrs, never applied) and the server's own temp and partial directories;
-* on exit 0 or 24, rename ``current/`` to ``incoming/<id>`` and write the queue entry.
+  as xattrs, never applied) and the backend's options;
+* on exit 0 or 24, have the backend turn ``current/`` into ``incoming/<id>``
+  (``Backend.complete``) and write the queue entry (``snapshots.queue``).
 
 Downloads open the snapshot and every component below it with ``O_NOFOLLOW`` relative to
 directory descriptors, hold a shared flock on the snapshot (prune skips it), and give
@@ -28,12 +23,9 @@ import contextlib
 import datetime as dt
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import orjson
 
 from xsbackup import hooks, procs
 from xsbackup.config import Settings
@@ -44,14 +36,9 @@ from xsbackup.locking import FileLock, client_lock, take_slot
 from xsbackup.logs import LOG
 from xsbackup.restore.access import O_DIR, OpenSnapshot
 from xsbackup.restore.resolve import resolve
-from xsbackup.store import (
-    Store,
-    atomic_write,
-    fsync_dir,
-    set_xattrs,
-    snapshot_id_for,
-    snapshot_sort_key,
-)
+from xsbackup.snapshots import queue
+from xsbackup.storage.base import IngestTarget
+from xsbackup.store import Store, set_xattrs, snapshot_id_for
 
 SUCCESS_CODES = (0, 24)
 Clock = Callable[[], dt.datetime]
@@ -127,62 +114,8 @@ def unique_snapshot_id(store: Store, client: str, volume: str, now: dt.datetime)
     return f"{base}-{n}"
 
 
-def newest_base(store: Store, client: str, volume: str) -> tuple[str, str] | None:
-    """(subdir, id) of the newest completed transfer, visible or waiting."""
-    found = [("snapshots", i) for i in store.snapshot_ids(client, volume)]
-    found += [("incoming", i) for i in store.incoming_ids(client, volume)]
-    if not found:
-        return None
-    return max(found, key=lambda p: snapshot_sort_key(p[1]))
-
-
-def _open_dir(path: Path | str, dir_fd: int | None = None) -> int:
+def _open_dir(path: str, dir_fd: int) -> int:
     return os.open(path, O_DIR, dir_fd=dir_fd)
-
-
-def link_base(store: Store, client: str, volume: str) -> tuple[str | None, int | None]:
-    """The ``--link-dest`` value, and the descriptor to pass along when it is pinned."""
-    vol = store.volume_dir(client, volume)
-    for _ in range(3):
-        base = newest_base(store, client, volume)
-        if base is None:
-            return None, None
-        where, sid = base
-        if where == "snapshots":
-            return str(vol / "snapshots" / sid), None
-        try:
-            fd = _open_dir(vol / "incoming" / sid)
-        except FileNotFoundError:
-            continue  # promoted between listing and open: look again
-        return f"/proc/self/fd/{fd}", fd
-    return None, None
-
-
-def _discard(store: Store, path: Path) -> None:
-    """Rename into trash (fast), then delete."""
-    if not path.exists():
-        return
-    aside = store.trash_dir / f"{path.parent.name}-{path.name}-{os.getpid()}-{time.time_ns()}"
-    os.rename(path, aside)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def prepare_volume(store: Store, client: str, volume: str) -> Path:
-    vol = store.volume_dir(client, volume)
-    for sub in ("snapshots", "incoming", "tmp"):
-        (vol / sub).mkdir(parents=True, exist_ok=True)
-    current = vol / "current"
-    if current.is_dir() and not current.is_symlink():
-        # An interrupted transfer: keep its finished files as a link-dest basis only.
-        resume = vol / "resume"
-        if resume.exists():
-            _discard(store, resume)
-        os.rename(current, resume)
-        LOG.info("client=%s volume=%s resuming from an interrupted transfer", client, volume)
-    elif current.exists() or current.is_symlink():
-        _discard(store, current)
-    current.mkdir()
-    return current
 
 
 def _server_opts(settings: Settings, req: Request) -> list[str]:
@@ -203,74 +136,53 @@ def run_upload(ctx: Context, client: str, req: Request, clock: Clock = utcnow,
                remote: str = "") -> int:
     store, settings = ctx.store, ctx.settings
     session = Session(ctx, client)
-    base_fd: int | None = None
     transfer = Transfer(client, req.volume, clock(), remote=remote)
     try:
         hook_env = {"XSBACKUP_CLIENT": client, "XSBACKUP_VOLUME": req.volume,
                     "XSBACKUP_REMOTE": remote}
         hooks.veto("pre-ingest", settings, hook_env)
-        current = prepare_volume(store, client, req.volume)
-        vol = current.parent
-        argv = [settings.ingest.rsync, "--server", *_server_opts(settings, req),
-                "--fake-super", f"--confine-root={store.client_dir(client)}"]
-        pass_fds = list(session.fds())
-        base, base_fd = link_base(store, client, req.volume)
-        if base is not None:
-            argv.append(f"--link-dest={base}")
-        if base_fd is not None:
-            pass_fds.append(base_fd)
-        if (vol / "resume").is_dir():
-            argv.append(f"--link-dest={vol / 'resume'}")
-        argv += [f"--partial-dir={vol / 'partial'}", f"--temp-dir={vol / 'tmp'}",
-                 "--", ".", f"{current}/"]
-        LOG.info("client=%s volume=%s upload started from %s", client, req.volume,
-                 remote or "?")
-        rc = _run(argv, pass_fds)
-        transfer.finished = clock()
-        transfer.returncode = rc
-        if rc in SUCCESS_CODES:
-            mark_success(store, transfer, current)
-            hooks.run_post("post-ingest", settings, {
-                **hook_env, "XSBACKUP_SNAPSHOT_ID": transfer.snapshot_id or "",
-                "XSBACKUP_SNAPSHOT_PATH": str(vol / "incoming" / (transfer.snapshot_id or "")),
-                "XSBACKUP_RSYNC_EXIT": str(rc),
-            })
-        else:
-            error = f"rsync exited {rc} on {req.volume}"
-            LOG.warning("client=%s volume=%s upload failed: %s", client, req.volume, error)
-            _client_xattrs(store, client, {"last_error": error,
-                                           "last_error_at": transfer.finished.isoformat()})
-            hooks.run_post("on-failure", settings, {**hook_env, "XSBACKUP_ERROR": error,
-                                                    "XSBACKUP_RSYNC_EXIT": str(rc)})
+        with ctx.storage.prepare(client, req.volume) as target:
+            argv = [settings.ingest.rsync, "--server", *_server_opts(settings, req),
+                    "--fake-super", f"--confine-root={store.client_dir(client)}",
+                    *target.rsync_args, "--", ".", f"{target.path}/"]
+            LOG.info("client=%s volume=%s upload started from %s", client, req.volume,
+                     remote or "?")
+            rc = _run(argv, [*session.fds(), *target.pass_fds])
+            transfer.finished = clock()
+            transfer.returncode = rc
+            if rc in SUCCESS_CODES:
+                incoming = mark_success(ctx, transfer, target)
+                hooks.run_post("post-ingest", settings, {
+                    **hook_env, "XSBACKUP_SNAPSHOT_ID": transfer.snapshot_id or "",
+                    "XSBACKUP_SNAPSHOT_PATH": str(incoming), "XSBACKUP_RSYNC_EXIT": str(rc),
+                })
+            else:
+                error = f"rsync exited {rc} on {req.volume}"
+                LOG.warning("client=%s volume=%s upload failed: %s", client, req.volume,
+                            error)
+                _client_xattrs(store, client, {"last_error": error,
+                                               "last_error_at": transfer.finished.isoformat()})
+                hooks.run_post("on-failure", settings, {**hook_env, "XSBACKUP_ERROR": error,
+                                                        "XSBACKUP_RSYNC_EXIT": str(rc)})
         return rc
     finally:
-        if base_fd is not None:
-            os.close(base_fd)
         session.close()
 
 
-def mark_success(store: Store, transfer: Transfer, current: Path) -> None:
-    """``current/`` becomes ``incoming/<id>/`` and a queue entry names it (DESIGN 3.5)."""
+def mark_success(ctx: Context, transfer: Transfer, target: IngestTarget) -> Path:
+    """``current/`` becomes ``incoming/<id>/`` and a queue entry names it (DESIGN 3.5).
+    Returns the ``incoming/<id>`` path."""
+    store = ctx.store
     client, volume = transfer.client, transfer.volume
-    vol = current.parent
     finished = transfer.finished or utcnow()
     sid = unique_snapshot_id(store, client, volume, finished)
     transfer.snapshot_id = sid
-    os.rename(current, vol / "incoming" / sid)
-    fsync_dir(vol / "incoming")
-    fsync_dir(vol)
-    entry = {"id": sid, **transfer.origin()}
-    atomic_write(store.queue_dir / queue_name(sid, client, volume),
-                 orjson.dumps(entry, option=orjson.OPT_SORT_KEYS))
-    if (vol / "resume").exists():
-        _discard(store, vol / "resume")
+    incoming = ctx.storage.complete(target, sid)
+    queue.write(store, sid, client, volume, transfer.origin())
     _client_xattrs(store, client, {"last_transfer": finished.isoformat()})
     LOG.info("client=%s volume=%s snapshot=%s transfer complete (rsync exit %s), queued",
              client, volume, sid, transfer.returncode)
-
-
-def queue_name(sid: str, client: str, volume: str) -> str:
-    return f"{sid}.{client}.{volume}.json"
+    return incoming
 
 
 def run_completion(ctx: Context, client: str, req: Request, clock: Clock = utcnow) -> int:

@@ -21,7 +21,6 @@ this module registers nothing and two apps in one process never clash.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -32,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 
 from xsbackup import counters
+from xsbackup.snapshots import queue
 from xsbackup.store import Store, disk_use, get_xattrs, iter_clients
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -97,11 +97,7 @@ def _counter_families(store: Store) -> list[Metric]:
 
 
 def queue_depth(store: Store) -> int:
-    try:
-        names = os.listdir(store.queue_dir)
-    except FileNotFoundError:
-        return 0
-    return sum(1 for n in names if n.endswith(".json") and not n.startswith("."))
+    return queue.depth(store)
 
 
 def _parse_time(text: str) -> dt.datetime | None:

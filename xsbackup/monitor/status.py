@@ -1,15 +1,21 @@
-"""Client status from the client-directory xattrs: no snapshot tree is walked."""
+"""Server and client status: no snapshot tree is walked.
+
+Per client: the client-directory xattrs, the snapshots' CJSON summaries and the cached
+usage. For the server: the disk figure (``store.disk_use``, df's definition; the same
+one admission, prune's soft quota, ``/metrics`` and the dashboard use) and the storage
+backend.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-import orjson
-
 from xsbackup.clients.registry import Registry
+from xsbackup.context import Context
 from xsbackup.snapshots.snapshot import read_facts
-from xsbackup.store import Store, get_xattrs
+from xsbackup.snapshots.usage import last_total
+from xsbackup.store import Store, disk_use, get_xattrs
 
 
 def _age(since: str | None, now: dt.datetime) -> str | None:
@@ -46,12 +52,8 @@ def flagged_snapshots(store: Store, client: str) -> list[str]:
 
 
 def _usage(store: Store, serial: str, quota: object) -> dict[str, Any]:
-    """The cached hardlink-aware usage (``xsbackup du``) against the client's quota."""
-    try:
-        total: int | None = int(orjson.loads(
-            (store.client_dir(serial) / "usage.json").read_bytes())["usage"]["total"])
-    except (OSError, ValueError, KeyError, TypeError):
-        total = None
+    """The cached usage (``xsbackup du``) against the client's quota."""
+    total = last_total(store, serial)
     limit = quota if isinstance(quota, int) and quota > 0 else None
     return {"usage_bytes": total, "quota_bytes": limit,
             "over_quota": bool(limit and total is not None and total >= limit)}
@@ -77,3 +79,10 @@ def client_rows(store: Store, now: dt.datetime) -> list[dict[str, Any]]:
             **_usage(store, client.serial, client.policy.get("quota_bytes")),
         })
     return rows
+
+
+def server_status(ctx: Context, now: dt.datetime) -> dict[str, Any]:
+    """``xsbackup status --json``: the disk figure, the storage backend, every client."""
+    return {"disk": disk_use(ctx.store.root).as_dict(),
+            "storage": ctx.storage.describe().as_dict(),
+            "clients": client_rows(ctx.store, now)}

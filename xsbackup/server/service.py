@@ -32,7 +32,7 @@ from xsbackup.errors import XsbackupError
 from xsbackup.ingest import admission
 from xsbackup.logs import LOG
 from xsbackup.snapshots import postprocess
-from xsbackup.store import Store, init_root
+from xsbackup.store import init_root
 
 
 @dataclass
@@ -71,11 +71,9 @@ class Scheduler:
             stop.wait(tick)
 
 
-def sweep_trash(store: Store) -> None:
-    """Finish deletions that a killed process left in ``trash/``."""
-    from xsbackup.retention.prune import delete_trash
-
-    delete_trash(store)
+def sweep_trash(ctx: Context) -> None:
+    """Finish deletions that a killed process left behind (``Backend.purge``)."""
+    ctx.storage.purge()
 
 
 class DailyPrune:
@@ -104,7 +102,7 @@ class DailyPrune:
             return
         self.done_on = now.date()
         report = prune.policy_prune(ctx, now.astimezone(dt.UTC))
-        prune.delete_trash(ctx.store)
+        ctx.storage.purge()
         quota = prune.quota_trim(ctx)
         pruned = sum(1 for i in report.items if i.outcome == "pruned")
         LOG.info("scheduled prune: %d snapshots pruned by policy; quota: %s", pruned,
@@ -117,7 +115,7 @@ def refresh_usage(ctx: Context) -> None:
 
     for client in ctx.registry.all():
         if client.policy.get("quota_bytes"):
-            usage.cached(ctx.store, client.serial)
+            usage.cached(ctx, client.serial)
 
 
 class Service:
@@ -166,7 +164,7 @@ class Service:
         scheduler = Scheduler()
         scheduler.add("expire-admissions", 60, lambda: admission.expire_grants(
             self.context(), time.time()))
-        scheduler.add("sweep-trash", 3600, lambda: sweep_trash(self.context().store))
+        scheduler.add("sweep-trash", 3600, lambda: sweep_trash(self.context()))
         scheduler.add("prune", 60, DailyPrune(self.context))
         scheduler.add("usage", 900, lambda: refresh_usage(self.context()))
         threads = [

@@ -1,12 +1,13 @@
 """The post-processor: queue entries become snapshots (DESIGN.md section 4).
 
-For each entry ``queue/<id>.<client>.<volume>.json``, under the client's post-processing
+For each entry of the queue (``snapshots.queue``), under the client's post-processing
 lock:
 
 1. validate the metadata files as Canonical JSON and write the report to ``reports/``;
 2. compute stats against the previous snapshot;
-3. write the facts as xattrs on ``incoming/<id>``, fsync, ``rename`` to ``snapshots/<id>``;
-4. swap ``latest``; mark the entry promoted; update the client's status xattrs;
+3. write the facts as xattrs on ``incoming/<id>`` and fsync; the storage backend makes
+   it visible as ``snapshots/<id>`` and swaps ``latest`` (``Backend.promote``);
+4. mark the entry promoted; update the client's status xattrs;
 5. run the ``post-snapshot`` hooks, then delete the entry.
 
 Every step is idempotent, so a process killed anywhere is finished by the next run: an
@@ -17,11 +18,11 @@ ingest was killed between its rename and its queue write.
 The post-processor takes its own per-client lock rather than the ingest lock: the ingest
 lock is held for a whole transfer, and a backup must never be refused because the
 previous one is still being validated. The two never touch the same paths: ingest
-writes ``current/`` and pins its ``--link-dest`` base by descriptor, so the rename of
-``incoming/<id>`` cannot disturb a running transfer.
+writes ``current/``, and the storage backend pins a base it reads from ``incoming/`` by
+descriptor, so promoting ``incoming/<id>`` cannot disturb a running transfer.
 
-``XSBACKUP_CRASH_AT=<point>`` kills the process with SIGKILL at a named point; the crash
-tests use it to prove the recovery above. It is read once per process.
+``XSBACKUP_CRASH_AT=<point>`` kills the process with SIGKILL at one of ``CRASH_POINTS``
+(``crashpoints``); the crash tests use it to prove the recovery above.
 """
 
 from __future__ import annotations
@@ -31,13 +32,11 @@ import datetime as dt
 import fnmatch
 import os
 import re
-import signal
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,62 +45,18 @@ import orjson
 from xsbackup import counters, hooks
 from xsbackup.config import Settings
 from xsbackup.context import Context
-from xsbackup.errors import InvalidName
+from xsbackup.crashpoints import crash
 from xsbackup.locking import postprocess_lock
 from xsbackup.logs import LOG
-from xsbackup.snapshots.snapshot import compute_stats, promote, update_latest, write_facts
-from xsbackup.store import (
-    Store,
-    atomic_write,
-    check_client,
-    check_snapshot_id,
-    check_volume,
-    iter_clients,
-    set_xattrs,
-    snapshot_sort_key,
-)
+from xsbackup.snapshots import queue
+from xsbackup.snapshots.queue import Entry
+from xsbackup.snapshots.snapshot import compute_stats, read_facts, write_facts
+from xsbackup.store import Store, atomic_write, set_xattrs, snapshot_sort_key
 
+# Where ``XSBACKUP_CRASH_AT`` may kill a run (``crashpoints``); "after-rename" is inside
+# the backend's promotion, between its rename and the ``latest`` swap.
 CRASH_POINTS = ("start", "after-cjson", "after-xattrs", "after-rename",
                 "after-latest", "after-mark", "after-hooks", "after-dequeue")
-_CRASH_AT = os.environ.get("XSBACKUP_CRASH_AT", "")
-
-
-def _crash(point: str) -> None:
-    if point == _CRASH_AT:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass(frozen=True)
-class Entry:
-    path: Path
-    client: str
-    volume: str
-    id: str
-    data: dict[str, Any]
-
-
-def read_entry(path: Path) -> Entry | None:
-    parts = path.name.split(".")
-    if len(parts) < 4 or parts[-1] != "json" or path.name.startswith("."):
-        return None
-    try:
-        sid, client = check_snapshot_id(parts[0]), check_client(parts[1])
-        volume = check_volume(".".join(parts[2:-1]))
-        data = orjson.loads(path.read_bytes())
-    except (InvalidName, orjson.JSONDecodeError, OSError):
-        return None
-    if not isinstance(data, dict):
-        data = {}
-    return Entry(path, client, volume, sid, data)
-
-
-def pending(store: Store) -> list[Entry]:
-    try:
-        names = os.listdir(store.queue_dir)
-    except FileNotFoundError:
-        return []
-    entries = [e for n in names if (e := read_entry(store.queue_dir / n)) is not None]
-    return sorted(entries, key=lambda e: (snapshot_sort_key(e.id), e.client, e.volume))
 
 
 def _pattern_re(patterns: Iterable[str]) -> re.Pattern[str] | None:
@@ -146,9 +101,9 @@ def process(ctx: Context, entry: Entry,
     with postprocess_lock(store.locks_dir, client).acquire(wait=True):
         if not entry.path.exists():
             return "done-elsewhere"
-        _crash("start")
-        vol = store.volume_dir(client, volume)
-        incoming, visible = vol / "incoming" / sid, vol / "snapshots" / sid
+        crash("start")
+        incoming = store.incoming_dir(client, volume) / sid
+        visible = store.snapshots_dir(client, volume) / sid
         outcome = "recovered"
         if incoming.is_dir() and not visible.exists():
             # One walk gives both the stats and the metadata files to validate.
@@ -165,14 +120,14 @@ def process(ctx: Context, entry: Entry,
             if findings:
                 LOG.warning("%s metadata flagged: %d of %d files not canonical JSON",
                             who, len(findings), summary["checked"])
-            _crash("after-cjson")
+            crash("after-cjson")
             write_facts(incoming, {
                 "created": now().isoformat(timespec="seconds"),
                 "files": stats.files, "bytes": stats.bytes, "new_bytes": stats.new_bytes,
                 "linked_files": stats.linked_files, "stats": stats.as_dict(),
                 "cjson": summary, "origin": entry.data,
             })
-            _crash("after-xattrs")
+            crash("after-xattrs")
             counters.add(store, {"promotions": 1, "bytes_received": stats.new_bytes,
                                  "files_received": stats.new_files})
             outcome = "promoted"
@@ -180,30 +135,21 @@ def process(ctx: Context, entry: Entry,
             LOG.error("%s queue entry names no transfer; dropping it", who)
             entry.path.unlink(missing_ok=True)
             return "dropped"
-        promote(store, client, volume, sid)
-        _crash("after-rename")
-        update_latest(store, client, volume)
-        _crash("after-latest")
-        if not entry.data.get("promoted"):
-            atomic_write(entry.path, orjson.dumps({**entry.data, "promoted": True}))
-        _crash("after-mark")
+        ctx.storage.promote(client, volume, sid)
+        crash("after-latest")
+        queue.mark_promoted(entry)
+        crash("after-mark")
         update_client_status(store, client, now())
-        stats_json = orjson.dumps(_facts_stats(visible)).decode()
+        stats_json = orjson.dumps(read_facts(visible).get("stats", {})).decode()
         hooks.run_post("post-snapshot", settings, {
             "XSBACKUP_CLIENT": client, "XSBACKUP_VOLUME": volume, "XSBACKUP_SNAPSHOT_ID": sid,
             "XSBACKUP_SNAPSHOT_PATH": str(visible), "XSBACKUP_STATS": stats_json})
-        _crash("after-hooks")
+        crash("after-hooks")
         entry.path.unlink(missing_ok=True)
-        _crash("after-dequeue")
+        crash("after-dequeue")
         LOG.info("%s %s", who, "snapshot created" if outcome == "promoted" else
                  "snapshot recovered after an interrupted run")
         return outcome
-
-
-def _facts_stats(path: Path) -> Any:
-    from xsbackup.snapshots.snapshot import read_facts
-
-    return read_facts(path).get("stats", {})
 
 
 def update_client_status(store: Store, client: str, now: dt.datetime) -> None:
@@ -215,27 +161,12 @@ def update_client_status(store: Store, client: str, now: dt.datetime) -> None:
         })
 
 
-def requeue_orphans(store: Store) -> int:
-    """Queue ``incoming/<id>`` trees that have no entry (ingest killed mid-mark)."""
-    queued = {(e.client, e.volume, e.id) for e in pending(store)}
-    n = 0
-    for client in iter_clients(store):
-        for volume in store.volumes(client):
-            for sid in store.incoming_ids(client, volume):
-                if (client, volume, sid) not in queued:
-                    atomic_write(store.queue_dir / f"{sid}.{client}.{volume}.json",
-                                 orjson.dumps({"id": sid, "client": client, "volume": volume,
-                                               "recovered": True}))
-                    n += 1
-    return n
-
-
 def run_once(ctx: Context) -> dict[str, int]:
     """Drain the queue: clients in parallel (bounded pool), each client's entries in order."""
     store = ctx.store
-    requeue_orphans(store)
+    queue.requeue_orphans(store)
     by_client: dict[str, list[Entry]] = defaultdict(list)
-    for e in pending(store):
+    for e in queue.pending(store):
         by_client[e.client].append(e)
     counts: dict[str, int] = defaultdict(int)
     lock = threading.Lock()

@@ -1,10 +1,9 @@
-"""Snapshots: statistics, facts (xattrs) and the one-rename promotion (DESIGN.md section 4).
+"""Snapshots: statistics and facts (xattrs) (DESIGN.md section 4).
 
-A snapshot becomes visible by exactly one ``rename(incoming/<id>, snapshots/<id>)`` after
-its xattrs are written and synced; ``latest`` is then swapped by renaming a temporary
-symlink over it. Directories are never hardlinked, so the snapshot directory's xattrs
-belong to that snapshot alone. Files inside were hardlinked by rsync's ``--link-dest``
-during ingest; nothing here ever writes to them.
+The post-processor writes a snapshot's facts on ``incoming/<id>`` and syncs them before
+the storage backend makes it visible (``storage.Backend.promote``). Directories are never
+hardlinked, so the snapshot directory's xattrs belong to that snapshot alone; nothing
+here ever writes to the files inside.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from xsbackup.store import Store, atomic_symlink, fsync_dir, get_xattrs, set_xattrs
+from xsbackup.store import get_xattrs, set_xattrs
 
 
 @dataclass
@@ -104,30 +103,3 @@ def read_facts(path: Path) -> dict[str, object]:
         except orjson.JSONDecodeError:
             out[k] = v
     return out
-
-
-def promote(store: Store, client: str, volume: str, sid: str) -> Path:
-    """Make ``incoming/<sid>`` visible as ``snapshots/<sid>`` with one rename.
-    Idempotent: an already-promoted id is left as it is. ``update_latest`` follows."""
-    vol = store.volume_dir(client, volume)
-    src = vol / "incoming" / sid
-    dst = vol / "snapshots" / sid
-    (vol / "snapshots").mkdir(exist_ok=True)
-    if src.is_dir() and not dst.exists():
-        os.rename(src, dst)
-        fsync_dir(vol / "snapshots")
-        fsync_dir(vol / "incoming")
-    return dst
-
-
-def update_latest(store: Store, client: str, volume: str) -> str | None:
-    """Point ``latest`` at the newest visible snapshot (atomic; no-op when it already does)."""
-    ids = store.snapshot_ids(client, volume)
-    vol = store.volume_dir(client, volume)
-    if not ids:
-        return None
-    newest = ids[-1]
-    if store.latest_id(client, volume) != newest:
-        atomic_symlink(f"snapshots/{newest}", vol / "latest")
-        fsync_dir(vol)
-    return newest

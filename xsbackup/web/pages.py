@@ -22,7 +22,8 @@ from xsbackup.monitor import status
 from xsbackup.restore import resolve
 from xsbackup.retention import policy as retention
 from xsbackup.retention import prune
-from xsbackup.snapshots import postprocess, usage
+from xsbackup.snapshots import queue as work_queue
+from xsbackup.snapshots import usage
 from xsbackup.snapshots.snapshot import read_facts
 from xsbackup.store import Store, check_client, disk_use, get_xattrs, snapshot_time
 
@@ -142,7 +143,7 @@ def dashboard(settings: Settings, store: Store, query: str, sort: str, order: st
     rows.sort(key=_sort_key(sort), reverse=order == "desc")
     use = disk_use(store.root)
     soft = settings.quota.soft_quota_pct
-    queue = postprocess.pending(store)
+    queue = work_queue.pending(store)
     return {
         "rows": rows, "total": total, "overdue_count": overdue, "query": query,
         "sort": sort, "order": order, "overdue_days": settings.ui.overdue_days,
@@ -282,7 +283,7 @@ def client_page(settings: Settings, store: Store, serial: str,
     age = int((now - when).total_seconds()) if when else None
     overdue = not client.disabled and (
         age is None or age > settings.ui.overdue_days * 86400)
-    use = usage.cached(store, serial)
+    use = usage.cached(Context(settings, store, registry), serial)
     plan = prune.plan_client(Context(settings, store, registry), client, now)
     verdicts = {(i.volume, i.id): i for i in plan}
     volumes = store.volumes(serial)
@@ -334,5 +335,5 @@ def run_prune(settings: Settings, store: Store, serial: str, confirmed: set[str]
         if not item.keep and f"{item.volume}/{item.id}" not in confirmed:
             item.keep = True
             item.reasons = ("not confirmed",)
-    prune.apply(store, items)
+    prune.apply(Context(settings, store, Registry(store)), items)
     return [i for i in items if not i.keep]

@@ -36,9 +36,9 @@ from urllib.parse import parse_qs, urlencode
 from flask import Blueprint, Response, flash, g, request
 
 from xsbackup.clients import registration
+from xsbackup.context import Context
 from xsbackup.logs import LOG
 from xsbackup.restore import downloads, resolve
-from xsbackup.retention import prune
 from xsbackup.store import Store, check_client
 from xsbackup.web import sessions
 from xsbackup.web.auth import (
@@ -391,18 +391,18 @@ def prune_page(sn: str) -> Response:
           f"about {human_bytes(sum(i.exclusive for i in pruned))}.", "ok")
     for i in skipped:
         flash(f"Kept {i.volume}/{i.id}: {i.outcome or i.reasons[0]}.", "warn")
-    sweep_trash(ctx.store)
+    sweep_trash(ctx)
     return redirect(f"/ui/clients/{sn}")
 
 
-def sweep_trash(store: Store) -> threading.Thread | None:
+def sweep_trash(ctx: Context) -> threading.Thread | None:
     """Delete the pruned trees in the background (they are already out of sight)."""
     if not _sweeping.acquire(blocking=False):
         return None
 
     def run() -> None:
         try:
-            prune.delete_trash(store)
+            ctx.storage.purge()
         except Exception:
             LOG.exception("web ui: deleting the trash failed; the next sweep retries")
         finally:

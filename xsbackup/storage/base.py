@@ -1,0 +1,140 @@
+"""The storage-backend seam: how a snapshot is made, made visible, deleted and measured.
+
+The state root's layout (``store``) is shared by every backend: a client volume has
+``current/`` (the transfer in progress), ``incoming/<id>/`` (completed, waiting for the
+post-processor), ``snapshots/<id>/`` (visible, immutable) and ``latest``; deleted
+snapshots pass through ``trash/``. What differs between backends is what those
+directories are and how they come to be: the hardlink backend makes each snapshot a
+plain tree whose unchanged files rsync's ``--link-dest`` hardlinks to the previous one
+(pdumpfs style); a btrfs backend would keep ``current`` as a persistent subvolume and take
+a read-only subvolume snapshot per transfer.
+
+Callers go through ``Backend`` for every such step and never assume one of them; the
+post-processor, prune, ingest and ``du`` know the layout's names, never the mechanism.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+Progress = Callable[[int], None]              # trash entries deleted so far
+MeasureProgress = Callable[[str, str], None]  # (volume, snapshot id) as each one starts
+
+# Capabilities a backend may declare in ``describe()`` (status and docs show them).
+DEDUP_FILES = "dedup-files"          # an unchanged file costs no space in a new snapshot
+DEDUP_BLOCKS = "dedup-blocks"        # an unchanged block costs no space (copy-on-write)
+RESUME = "resume"                    # an interrupted transfer's finished files are reused
+READ_ONLY = "read-only-snapshots"    # the filesystem itself refuses writes to a snapshot
+EXACT_USAGE = "exact-usage"          # measure() gives exact exclusive bytes per snapshot
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    summary: str
+    capabilities: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "summary": self.summary,
+                "capabilities": list(self.capabilities)}
+
+
+@dataclass
+class IngestTarget:
+    """Where one upload writes, and what rsync needs from the backend to write there.
+
+    ``rsync_args`` are server-side options (``--link-dest``, temp and partial
+    directories, ...) to place before ``--``; ``pass_fds`` are descriptors those options
+    name as ``/proc/self/fd/N``, which the rsync child must inherit. ``close()`` runs
+    the backend's ``cleanup`` steps, newest first and each even if another fails: it
+    releases those descriptors and, after ``Backend.complete``, whatever the backend
+    kept only for this transfer. Use the target as a context manager."""
+
+    client: str
+    volume: str
+    path: Path
+    rsync_args: tuple[str, ...] = ()
+    pass_fds: tuple[int, ...] = ()
+    cleanup: ExitStack = field(default_factory=ExitStack)
+
+    def close(self) -> None:
+        self.cleanup.close()
+
+    def __enter__(self) -> IngestTarget:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+@dataclass
+class SnapshotUsage:
+    volume: str
+    id: str
+    files: int = 0
+    apparent: int = 0     # sizes of its regular files, as the client sees them
+    exclusive: int = 0    # what deleting only this snapshot would free
+    shared: int = 0       # apparent bytes of files also held elsewhere
+
+
+@dataclass
+class ClientUsage:
+    client: str
+    total: int = 0        # allocated bytes of every distinct inode of its snapshots
+    apparent: int = 0
+    snapshots: list[SnapshotUsage] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClientUsage:
+        snaps = [SnapshotUsage(**s) for s in data.get("snapshots", [])]
+        return cls(data["client"], data.get("total", 0), data.get("apparent", 0), snaps)
+
+    def exclusive_of(self, volume: str, sid: str) -> int:
+        for s in self.snapshots:
+            if s.volume == volume and s.id == sid:
+                return s.exclusive
+        return 0
+
+
+class Backend(Protocol):
+    """One storage mechanism. Every method is safe to kill at any instant: the next
+    call (or the post-processor's and prune's recovery) finishes or discards the work."""
+
+    def describe(self) -> BackendInfo:
+        """Name, one-line summary and capabilities."""
+
+    def prepare(self, client: str, volume: str) -> IngestTarget:
+        """Make the volume's ``current/`` ready for a new upload (the caller holds the
+        client's ingest lock) and say what rsync needs to write into it."""
+
+    def complete(self, target: IngestTarget, sid: str) -> Path:
+        """The upload succeeded: ``current/`` becomes ``incoming/<sid>``, durably.
+        Returns that path."""
+
+    def promote(self, client: str, volume: str, sid: str) -> Path:
+        """Make ``incoming/<sid>`` visible as ``snapshots/<sid>`` (its facts are already
+        written) and point ``latest`` at the newest snapshot. Idempotent. Returns the
+        visible path."""
+
+    def delete(self, client: str, volume: str, sid: str) -> str:
+        """Take one snapshot out of sight at once (the caller holds the client's locks);
+        its space is reclaimed by ``purge``. Returns "" when done, else why not
+        ("being read", "already gone")."""
+
+    def purge(self, progress: Progress | None = None) -> int:
+        """Reclaim the space of what ``delete`` took away, outside any client lock;
+        resumable after a kill, one purger at a time (a second returns 0 at once).
+        Returns the entries removed."""
+
+    def measure(self, client: str, progress: MeasureProgress | None = None) -> ClientUsage:
+        """Every snapshot's apparent, exclusive and shared bytes, and the client's
+        total."""

@@ -1,0 +1,321 @@
+"""The hardlink backend: one plain tree per snapshot, pdumpfs style (DESIGN.md 3.4, 4, 6).
+
+**Prepare.** Every upload gets a fresh ``current/``. An interrupted transfer's
+``current/`` is renamed to ``resume/`` and offered as a second ``--link-dest``: its
+finished files are reused, its stale files never reach a snapshot because it is never
+the destination. The first ``--link-dest`` is the newest of ``snapshots/`` and
+``incoming/``. A visible snapshot is passed by path: only prune deletes snapshots, and it
+needs the client lock the uploading session holds. A base still in ``incoming/<id>`` may
+be promoted mid-transfer by the post-processor, so it is pinned as an open directory and
+rsync gets ``/proc/self/fd/N``. (Pinning always would be simpler, but it measured 30%
+slower on a no-change backup of 10,000 files: every lookup goes through the magic link.)
+rsync's temp and partial directories are the volume's own, on the same filesystem.
+
+**Complete** renames ``current/`` to ``incoming/<id>``; ``resume/`` is discarded when
+the target is closed, after the caller has queued the transfer. **Promote** is one
+``rename(incoming/<id>, snapshots/<id>)`` and a ``latest`` swap (a temporary symlink
+renamed over it). Directories are never hardlinked, so a snapshot directory's xattrs
+are its own; nothing here ever writes to the hardlinked files.
+
+**Delete** renames the snapshot into ``trash/`` while holding an exclusive flock on it:
+a reader (a restore holds a shared flock) makes it refuse. **Purge** then removes
+``trash/`` entry by entry with ``rm -rf --one-file-system`` (``shutil.rmtree`` measured
+1.4x its time: it builds a path string per file; ``rm`` never follows links), so a kill
+leaves a smaller tree to finish later, and one purger runs at a time.
+
+**Measure** is a hardlink-aware ``du``: one walk per client, each inode counted once.
+Only inodes with more than one link are remembered (a few dozen bytes each), so memory
+is bounded by the number of distinct shared inodes, never by the number of paths. An
+inode with links outside the walked snapshots (``st_nlink`` larger than the links seen)
+is never exclusive. An inode already counted is recognised by readdir's ``d_ino`` and not
+``lstat``-ed again (95% of the paths of a typical history).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+
+from xsbackup import procs
+from xsbackup.crashpoints import crash
+from xsbackup.errors import LockBusy
+from xsbackup.locking import FileLock, lock_directory
+from xsbackup.logs import LOG
+from xsbackup.storage.base import (
+    DEDUP_FILES,
+    EXACT_USAGE,
+    RESUME,
+    BackendInfo,
+    ClientUsage,
+    IngestTarget,
+    MeasureProgress,
+    Progress,
+    SnapshotUsage,
+)
+from xsbackup.store import Store, atomic_symlink, fsync_dir, snapshot_sort_key
+
+NAME = "hardlink"
+
+
+def _open_dir(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+class HardlinkBackend:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def describe(self) -> BackendInfo:
+        return BackendInfo(NAME, "one tree per snapshot; unchanged files are hardlinks to "
+                           "the previous snapshot (rsync --link-dest)",
+                           (DEDUP_FILES, RESUME, EXACT_USAGE))
+
+    # ---- ingest ------------------------------------------------------------------------
+
+    def prepare(self, client: str, volume: str) -> IngestTarget:
+        vol = self.store.volume_dir(client, volume)
+        for sub in ("snapshots", "incoming", "tmp"):
+            (vol / sub).mkdir(parents=True, exist_ok=True)
+        current, resume = vol / "current", vol / "resume"
+        if current.is_dir() and not current.is_symlink():
+            # An interrupted transfer: keep its finished files as a link-dest basis only.
+            self._discard(resume)
+            os.rename(current, resume)
+            LOG.info("client=%s volume=%s resuming from an interrupted transfer", client,
+                     volume)
+        else:
+            self._discard(current)
+        current.mkdir()
+        target = IngestTarget(client, volume, current)
+        base, fd = self._link_base(client, volume)
+        args = [f"--link-dest={base}"] if base is not None else []
+        if fd is not None:
+            target.pass_fds = (fd,)
+            target.cleanup.callback(os.close, fd)
+        if resume.is_dir():
+            args.append(f"--link-dest={resume}")
+        args += [f"--partial-dir={vol / 'partial'}", f"--temp-dir={vol / 'tmp'}"]
+        target.rsync_args = tuple(args)
+        return target
+
+    def _newest_base(self, client: str, volume: str) -> tuple[str, str] | None:
+        """(subdir, id) of the newest completed transfer, visible or waiting."""
+        found = [("snapshots", i) for i in self.store.snapshot_ids(client, volume)]
+        found += [("incoming", i) for i in self.store.incoming_ids(client, volume)]
+        if not found:
+            return None
+        return max(found, key=lambda p: snapshot_sort_key(p[1]))
+
+    def _link_base(self, client: str, volume: str) -> tuple[str | None, int | None]:
+        """The ``--link-dest`` value, and the descriptor to pass along when it is pinned."""
+        vol = self.store.volume_dir(client, volume)
+        for _ in range(3):
+            base = self._newest_base(client, volume)
+            if base is None:
+                return None, None
+            where, sid = base
+            if where == "snapshots":
+                return str(vol / "snapshots" / sid), None
+            try:
+                fd = _open_dir(vol / "incoming" / sid)
+            except FileNotFoundError:
+                continue  # promoted between listing and open: look again
+            return f"/proc/self/fd/{fd}", fd
+        return None, None
+
+    def complete(self, target: IngestTarget, sid: str) -> Path:
+        vol = target.path.parent
+        incoming = vol / "incoming" / sid
+        os.rename(target.path, incoming)
+        fsync_dir(vol / "incoming")
+        fsync_dir(vol)
+        target.cleanup.callback(self._discard, vol / "resume")
+        return incoming
+
+    def _discard(self, path: Path) -> None:
+        """Rename into trash/ (fast), then delete; a failed delete is left to ``purge``."""
+        if not path.exists() and not path.is_symlink():
+            return
+        aside = self.store.trash_dir / f"{path.parent.name}-{path.name}-{os.getpid()}-" \
+                                       f"{time.time_ns()}"
+        os.rename(path, aside)
+        error = _remove(aside)
+        if error:
+            LOG.warning("could not delete %s (the next trash sweep retries): %s", aside, error)
+
+    # ---- promotion ---------------------------------------------------------------------
+
+    def promote(self, client: str, volume: str, sid: str) -> Path:
+        vol = self.store.volume_dir(client, volume)
+        src, dst = vol / "incoming" / sid, vol / "snapshots" / sid
+        (vol / "snapshots").mkdir(exist_ok=True)
+        if src.is_dir() and not dst.exists():
+            os.rename(src, dst)
+            fsync_dir(vol / "snapshots")
+            fsync_dir(vol / "incoming")
+        crash("after-rename")
+        ids = self.store.snapshot_ids(client, volume)
+        if ids and self.store.latest_id(client, volume) != ids[-1]:
+            atomic_symlink(f"snapshots/{ids[-1]}", vol / "latest")
+            fsync_dir(vol)
+        return dst
+
+    # ---- deletion ----------------------------------------------------------------------
+
+    def delete(self, client: str, volume: str, sid: str) -> str:
+        snapshots = self.store.snapshots_dir(client, volume)
+        try:
+            fd = lock_directory(snapshots / sid, shared=False)
+        except LockBusy:
+            return "being read"
+        except FileNotFoundError:
+            return "already gone"
+        try:
+            name = f"{client}.{volume}.{sid}.{secrets.token_hex(4)}"
+            os.rename(snapshots / sid, self.store.trash_dir / name)
+        finally:
+            os.close(fd)
+        fsync_dir(snapshots)
+        crash("prune-after-rename")
+        return ""
+
+    def purge(self, progress: Progress | None = None) -> int:
+        try:
+            with FileLock(self.store.locks_dir / "trash.lock").acquire():
+                return self._purge(progress)
+        except LockBusy:
+            return 0
+
+    def _purge(self, progress: Progress | None) -> int:
+        removed = 0
+
+        def count() -> None:
+            nonlocal removed
+            removed += 1
+            if progress is not None:
+                progress(removed)
+
+        for name in sorted(os.listdir(self.store.trash_dir)):
+            path = self.store.trash_dir / name
+            if not path.is_dir() or path.is_symlink():
+                path.unlink(missing_ok=True)
+                count()
+                continue
+            # Entry by entry, so a kill leaves a smaller tree in trash/ to finish later.
+            try:
+                with os.scandir(path) as it:
+                    entries = [e.name for e in it]
+            except FileNotFoundError:
+                continue  # an ingest's discard removed it meanwhile
+            for entry in entries:
+                error = _remove(path / entry)
+                if error:
+                    raise OSError(f"rm -rf {path / entry}: {error}")
+                count()
+                crash("prune-during-delete")
+            path.rmdir()
+            count()
+        return removed
+
+    # ---- usage -------------------------------------------------------------------------
+
+    def measure(self, client: str, progress: MeasureProgress | None = None) -> ClientUsage:
+        store = self.store
+        result = ClientUsage(client)
+        snaps: list[SnapshotUsage] = []
+        # inode -> [owner snapshot index (-1: several), links seen, allocated, apparent,
+        #           nlink, is regular]
+        shared_inodes: dict[tuple[int, int], list[int]] = {}
+        trust_inode = True  # readdir's d_ino equals st_ino (not so on some overlayfs)
+        exclusive_apparent: list[int] = []  # per snapshot: apparent bytes only it holds
+        for volume in store.volumes(client):
+            for sid in store.snapshot_ids(client, volume):
+                if progress is not None:
+                    progress(volume, sid)
+                su = SnapshotUsage(volume, sid)
+                idx = len(snaps)
+                snaps.append(su)
+                exclusive_apparent.append(0)
+                top = str(store.snapshots_dir(client, volume) / sid)
+                try:
+                    stack = [(top, os.stat(top).st_dev)]
+                except OSError:
+                    continue
+                while stack:
+                    d, dev = stack.pop()
+                    try:
+                        it = os.scandir(d)
+                    except OSError:
+                        continue
+                    with it:
+                        for e in it:
+                            if trust_inode and not e.is_dir(follow_symlinks=False):
+                                # An inode counted already needs no stat: readdir named it.
+                                seen = shared_inodes.get((dev, e.inode()))
+                                if seen is not None:
+                                    su.files += 1
+                                    if seen[5]:
+                                        su.apparent += seen[3]
+                                    seen[1] += 1
+                                    if seen[0] != idx:
+                                        seen[0] = -1
+                                    continue
+                            try:
+                                st = e.stat(follow_symlinks=False)
+                            except OSError:
+                                continue
+                            if st.st_ino != e.inode():
+                                trust_inode = False
+                            alloc = st.st_blocks * 512
+                            if stat.S_ISDIR(st.st_mode):
+                                su.exclusive += alloc
+                                result.total += alloc
+                                stack.append((e.path, st.st_dev))
+                                continue
+                            su.files += 1
+                            regular = stat.S_ISREG(st.st_mode)
+                            if regular:
+                                su.apparent += st.st_size
+                            if st.st_nlink <= 1:
+                                su.exclusive += alloc
+                                result.total += alloc
+                                if regular:
+                                    exclusive_apparent[idx] += st.st_size
+                                continue
+                            key = (st.st_dev, st.st_ino)
+                            entry = shared_inodes.get(key)
+                            if entry is None:
+                                shared_inodes[key] = [idx, 1, alloc, st.st_size, st.st_nlink,
+                                                      int(regular)]
+                                result.total += alloc
+                            else:
+                                entry[1] += 1
+                                if entry[0] != idx:
+                                    entry[0] = -1
+        for owner, links, alloc, size, nlink, is_reg in shared_inodes.values():
+            if owner >= 0 and links >= nlink:  # every link inside that one snapshot
+                snaps[owner].exclusive += alloc
+                if is_reg:
+                    exclusive_apparent[owner] += size * links
+        # Shared: apparent bytes of files whose inode is linked from elsewhere too.
+        for su, own in zip(snaps, exclusive_apparent, strict=True):
+            su.shared = su.apparent - own
+        result.snapshots = snaps
+        result.apparent = sum(s.apparent for s in snaps)
+        return result
+
+
+def _remove(path: Path) -> str:
+    """Delete one tree or file for good; "" on success, else rm's first error line."""
+    if path.is_dir() and not path.is_symlink():
+        res = procs.run(["rm", "-rf", "--one-file-system", "--", str(path)],
+                        why="delete pruned snapshots")
+        return "" if res.ok else res.first_error_line()
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        return e.strerror or str(e)
+    return ""
