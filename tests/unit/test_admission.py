@@ -169,7 +169,7 @@ def test_quota_against_the_measured_usage(server: Server) -> None:
     snap = server.store.snapshots_dir("SHF00000001", "documents") / "2024-05-01T120000Z"
     snap.mkdir(parents=True)
     (snap / "data.bin").write_bytes(os.urandom(200_000))
-    total = usage.cached(server.store, "SHF00000001").total
+    total = usage.cached(server.ctx(), "SHF00000001").total
     written = orjson.loads((server.store.client_dir("SHF00000001") / "usage.json").read_bytes())
     assert written["usage"]["total"] == total >= 200_000
 
