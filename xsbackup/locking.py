@@ -11,7 +11,7 @@ locks (readers of a snapshot), locks on directory descriptors (the snapshot itse
 a non-blocking try over N slot files, all with the same semantics. filelock 4.x takes
 only exclusive flocks (``UnixFileLock``, ``lock_descriptor``). Its ``ReadWriteLock`` is an
 SQLite database, not a flock, and by default it falls back to marker files that it
-unlinks (docs/design-dependencies.md).
+unlinks (docs/design.md, section 9).
 """
 
 from __future__ import annotations
