@@ -79,6 +79,12 @@ class InvalidName(XsbackupError):
     exit_code = 9
 
 
+class KeyInUse(XsbackupError):
+    """The public key already belongs to another client."""
+
+    exit_code = 10
+
+
 class LockBusy(XsbackupError):
     """Another process holds the lock."""
 
@@ -95,6 +101,12 @@ class NothingPending(XsbackupError):
     """No key of this client is awaiting approval."""
 
     exit_code = 16
+
+
+class SeveralPending(XsbackupError):
+    """Several registrations of this client are waiting; choose one by fingerprint."""
+
+    exit_code = 17
 
 
 # ---- refusals of the forced command (40-59) ------------------------------------------

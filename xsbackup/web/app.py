@@ -447,7 +447,7 @@ class App:
         def register(serial: Any, nickname: Any, uuid: Any, pubkey: Any) -> dict[str, str]:
             try:
                 return registration.register(settings, Registry(store), serial, nickname,
-                                             uuid, pubkey, host)
+                                             uuid, pubkey, host, environ.get("REMOTE_ADDR", ""))
             except (XsbackupError, OSError):
                 LOG.exception("registration of %r failed", str(serial)[:80])
                 return {"success": registration.ERROR,
