@@ -110,8 +110,9 @@ def xsbackup_executable() -> str:
     raise StateRootError("cannot find the installed xsbackup executable for the forced command")
 
 
-def forced_command(executable: str, root: Path, serial: str) -> str:
-    return shlex.join([executable, "--root", str(root), "ssh-command", "--client", serial])
+def forced_command(executable: str, root: Path) -> str:
+    """The forced command without its serial: each line appends `` <serial>``."""
+    return shlex.join([executable, "--root", str(root), "ssh-command", "--client"])
 
 
 def authorized_keys_text(index: dict[str, KeyEntry], root: Path,
@@ -127,12 +128,13 @@ def authorized_keys_text(index: dict[str, KeyEntry], root: Path,
     for serial in serials:
         for key in index[serial].keys:
             holders[key].append(serial)
+    command = forced_command(executable, root)
     lines = [HEADER]
     for serial in serials:
         entry = index[serial]
         if entry.disabled:
             continue
-        cmd = forced_command(executable, root, serial)
+        cmd = f"{command} {shlex.quote(serial)}"
         for ktype, blob in entry.keys:
             if ktype in TRANSFER_KEY_TYPES and len(holders[(ktype, blob)]) == 1:
                 lines.append(f'restrict,command="{cmd}" {ktype} {blob} {serial}')

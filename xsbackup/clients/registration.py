@@ -230,7 +230,7 @@ def _decide(settings: Settings, txn: Transaction, asked: Request,
     client.nickname = asked.nickname or client.nickname
     client.uuid = asked.uuid or client.uuid
     txn.save(client)
-    LOG.warning("client=%s registered a %s key %s from %s", sn, key.type, fp, asked.remote)
+    LOG.info("client=%s registered a %s key %s from %s", sn, key.type, fp, asked.remote)
     return _answer(sn, active, host)
 
 

@@ -275,6 +275,7 @@ class Transaction:
         self.registry = registry
         self._executable = executable
         self._index: dict[str, KeyEntry] | None = None
+        self._holders: dict[tuple[str, str], list[str]] | None = None  # from the index
         self._registrations: Registrations | None = None
         self._registrations_read = b""
         self._read: dict[str, KeyEntry | None] = {}
@@ -290,7 +291,12 @@ class Transaction:
     def holders(self, key_type: str, blob: str) -> list[str]:
         """The clients holding this key among their active keys: one at most, unless the
         records come from before the rule (see the module doc)."""
-        return [sn for sn, entry in self.index().items() if (key_type, blob) in entry.keys]
+        if self._holders is None:
+            self._holders = {}
+            for sn, entry in self.index().items():
+                for key in entry.keys:
+                    self._holders.setdefault(key, []).append(sn)
+        return list(self._holders.get((key_type, blob), []))
 
     def save(self, client: Client) -> None:
         """Write ``client``'s record. A key it did not hold before must belong to no other
@@ -368,7 +374,9 @@ class Transaction:
         return shared
 
     def _publish(self) -> list[tuple[str, list[str]]]:
+        """Write the (changed) index and render ``authorized_keys`` from it."""
         index = self.index()
+        self._holders = None
         atomic_write(self.registry.index_path, orjson.dumps(
             {sn: {"disabled": e.disabled, "keys": e.keys} for sn, e in index.items()},
             option=orjson.OPT_SORT_KEYS))
