@@ -19,7 +19,7 @@ steadier figure. The base commit's ``register`` had no ``remote`` argument; the 
 it only where the function takes it, so the same script measures both.
 
 Usage: ``python bench/registration.py [--count 300] [--rounds 3]``.
-Smoke run: ``python bench/registration.py --count 30 --rounds 1 --quiet-load 0``.
+Smoke run: ``python bench/registration.py --count 30 --window 5 --rounds 1 --quiet-load 0``.
 Timings are reported, never asserted.
 """
 
