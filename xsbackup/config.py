@@ -70,6 +70,13 @@ class RegistrationSettings:
     new_serial: str = _key("open", "policy for an unknown serial", choices=POLICIES)
     new_key: str = _key("approve", "policy for a known serial with a new key",
                         choices=POLICIES)
+    max_new_per_address_per_hour: int = _key(
+        20, "new serials registered from one address per hour at most (0: unlimited)",
+        minimum=0)
+    max_new_per_hour: int = _key(300, "new serials registered per hour at most, from all "
+                                 "addresses (0: unlimited)", minimum=0)
+    max_pending_per_serial: int = _key(5, "registrations of one serial kept waiting for "
+                                       "approval at most", minimum=1)
 
 
 @dataclass(frozen=True)

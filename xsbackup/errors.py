@@ -84,6 +84,12 @@ class InvalidName(XsbackupError):
     http_status = 400
 
 
+class KeyInUse(XsbackupError):
+    """The public key already belongs to another client."""
+
+    exit_code = 10
+
+
 class LockBusy(XsbackupError):
     """Another process holds the lock."""
 
@@ -134,6 +140,12 @@ class CanonicalJSONError(XsbackupError, ValueError):
         """``violation``: the ``snapshots.cjson.Violation`` saying where and why."""
         super().__init__(str(violation))
         self.violation = violation
+
+
+class SeveralPending(XsbackupError):
+    """Several registrations of this client are waiting; choose one by fingerprint."""
+
+    exit_code = 18
 
 
 # ---- refusals of the forced command (40-59) ------------------------------------------

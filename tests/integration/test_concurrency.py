@@ -54,7 +54,8 @@ if what == "alias":
     print("OK")
 else:
     settings = config.load(root, environ={})
-    print(registration.register(settings, registry, serial, "", "", arg, "127.0.0.1")["success"])
+    print(registration.register(settings, registry, serial, "", "", arg, "xs", "127.0.0.1")[
+    "success"])
 """
 
 
@@ -142,7 +143,8 @@ def test_concurrent_registrations_over_http_threads_and_processes(tmp_path: Path
     root.mkdir()
     # new_key = open: a known serial's new key is added, so concurrent registrations of
     # one serial with different keys must all survive too.
-    (root / "xsbackup.toml").write_text('[registration]\nnew_key = "open"\n')
+    (root / "xsbackup.toml").write_text(
+        '[registration]\nnew_key = "open"\nmax_new_per_address_per_hour = 0\n')
     served = start(root)
     try:
         keys = {f"SHF000004{i:02d}": ed25519() for i in range(24)}
@@ -165,7 +167,7 @@ def test_concurrent_registrations_over_http_threads_and_processes(tmp_path: Path
 
         def by_call(sn: str, key: str) -> str:
             ready.wait()
-            return registration.register(settings, registry, sn, "", "", key,
+            return registration.register(settings, registry, sn, "", "", key, "xs",
                                          "127.0.0.1")["success"]
 
         with ThreadPoolExecutor(24) as pool:

@@ -268,7 +268,7 @@ def test_new_key_waits_for_approval(web: Web, tmp_path: Path) -> None:
     assert new not in authorized_keys(web.server)
     assert old in authorized_keys(web.server)
     waiting = registration.pending(Registry(web.server.store))
-    assert [(sn, k.blob, k.status) for sn, k in waiting] == [(SN, new, "pending")]
+    assert [(r.serial, r.key.blob, r.key.status) for r in waiting] == [(SN, new, "pending")]
     rows = orjson.loads(web.server.cli("clients", "pending", "--json").stdout)
     assert [(r["serial"], r["type"], r["status"]) for r in rows] == [(SN, "ssh-rsa", "pending")]
     out = web.server.cli("clients", "approve", SN).stdout
@@ -304,8 +304,9 @@ def test_new_serial_under_approve_policy(web: Web, tmp_path: Path) -> None:
     blob = rsa_blob(tmp_path, "k")
     assert web.register(SN, "Ana", "", blob) == \
         {"success": "PENDING", "error": "key awaiting administrator approval"}
-    assert [k.status for k in Registry(web.server.store).get(SN).keys] == ["pending"]
-    assert blob not in authorized_keys(web.server)
+    assert not Registry(web.server.store).exists(SN)  # nothing changes before approval
+    assert [r.key.blob for r in registration.pending(Registry(web.server.store))] == [blob]
+    assert not (web.server.root / "ssh" / "authorized_keys").exists()  # nothing written
     registration.approve(Registry(web.server.store), SN)
     assert blob in authorized_keys(web.server)
     assert web.register(SN, "Ana", "", blob)["success"] == "OK"

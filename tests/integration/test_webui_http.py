@@ -35,6 +35,7 @@ from tests.integration.test_webui import (
     register_pending,
     start_site,
 )
+from xsbackup.clients import registration
 from xsbackup.clients.registry import Registry
 from xsbackup.web.app import create_app
 
@@ -135,7 +136,7 @@ def signed_in(site: Site, user: str = ADMIN, password: str = ADMIN_PW) -> Client
 
 def nothing_changed(site: Site) -> None:
     registry = Registry(site.store)
-    assert [k.status for k in registry.get(PENDING).keys] == ["pending"]
+    assert [r.serial for r in registration.pending(registry)] == [PENDING]
     assert site.store.snapshot_ids(PRUNED, "documents") == site.extra["ids"]
     assert registry.get(PRUNED).aliases == []
 

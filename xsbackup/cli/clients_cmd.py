@@ -36,7 +36,7 @@ def clients_add(ctx: Context, serial: str,
     if (pubkey_file is None) == (pubkey_blob is None):
         raise InvalidKey("give exactly one of --pubkey FILE or --pubkey-blob BASE64")
     key = Path(pubkey_file).read_text() if pubkey_file else pubkey_blob
-    client = ctx.registry.add(serial, key, nickname=nickname, uuid=uuid, rekey=True)
+    client = ctx.registry.add(serial, key, nickname=nickname, uuid=uuid)
     if system_user:
         from xsbackup.clients.sysuser import create_login
 
@@ -85,7 +85,7 @@ def clients_remove(ctx: Context, serial: str, purge: bool) -> None:
     click.echo(f"removed {serial}" + (" and its data" if purge else "; data kept"))
 
 def _set_disabled(ctx: Context, serial: str, disabled: bool) -> None:
-    ctx.registry.modify(serial, lambda c: setattr(c, "disabled", disabled), rekey=True)
+    ctx.registry.modify(serial, lambda c: setattr(c, "disabled", disabled))
     click.echo(f"{serial} {'disabled' if disabled else 'enabled'}")
 
 @clients.command("disable")
@@ -159,58 +159,68 @@ def clients_unalias(ctx: Context, new: str, old: str) -> None:
 @with_context
 def keys(ctx: Context) -> None:
     """Regenerate <root>/ssh/authorized_keys from the registry and print its path."""
-    from xsbackup.clients.registry import write_authorized_keys
-
-    click.echo(str(write_authorized_keys(ctx.registry)))
-
-
-def _pending_rows(ctx: Context) -> list[dict[str, Any]]:
-    from xsbackup.clients import registration
-
-    return [{"serial": serial, **registration.key_summary(key)}
-            for serial, key in registration.pending(ctx.registry)]
+    with ctx.registry.locked() as txn:
+        shared = txn.rebuild()
+    for fp, serials in shared:
+        click.echo(f"warning: key {fp} is registered to {', '.join(serials)}; it "
+                   "authenticates none of them until it is removed from all but one",
+                   err=True)
+    click.echo(str(ctx.store.ssh_dir / "authorized_keys"))
 
 
 @clients.command("pending")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @with_context
 def clients_pending(ctx: Context, as_json: bool) -> None:
-    """List keys registered under the 'approve' policy, waiting for approval."""
-    rows = _pending_rows(ctx)
+    """List registrations waiting for approval, each with its key's fingerprint."""
+    from xsbackup.clients import registration
+
+    rows = [registration.request_summary(ctx.registry, r)
+            for r in registration.pending(ctx.registry)]
     if as_json:
         emit_json(rows)
         return
     if not rows:
-        click.echo("no keys awaiting approval")
+        click.echo("no registration is waiting for approval")
     for r in rows:
+        what = ("removed client, has data" if r["history"] and not r["known"] else
+                "known client" if r["known"] else "new serial")
         note = "" if r["supported"] else " (unsupported for transfers)"
-        click.echo(f"{r['serial']:<16} {r['type']:<20} {r['fingerprint']} "
-                   f"added {r['added']}{note}")
+        click.echo(f"{r['serial']:<16} {r['fingerprint']} {r['type']}{note} from "
+                   f"{r['remote'] or '?'} at {r['added']}, nickname {r['nickname']!r} "
+                   f"({what})")
 
 
 @clients.command("approve")
 @click.argument("serial")
+@click.option("--fingerprint", metavar="SHA256:...",
+              help="The key to approve, as `clients pending` shows it (required when "
+                   "several registrations of SERIAL are waiting).")
 @click.option("--keep-old", is_flag=True,
               help="Keep the client's current keys active too (default: the approved key "
                    "replaces them, as for a reflashed device).")
 @with_context
-def clients_approve(ctx: Context, serial: str,
+def clients_approve(ctx: Context, serial: str, fingerprint: str | None,
                     keep_old: bool) -> None:
-    """Activate SERIAL's pending key; regenerates authorized_keys."""
+    """Activate one waiting registration of SERIAL (its key, nickname and uuid)."""
     from xsbackup.clients import registration
 
-    client = registration.approve(ctx.registry, serial, keep_old=keep_old)
+    client = registration.approve(ctx.registry, serial, fingerprint, keep_old=keep_old)
     active = [k.type for k in client.active_keys()]
+    left = sum(r.serial == serial for r in registration.pending(ctx.registry))
     click.echo(f"approved: {serial} now has {len(active)} active key(s) "
-               f"({', '.join(active)})")
+               f"({', '.join(active)})" + (f"; {left} other registration(s) still waiting"
+                                          if left else ""))
 
 
 @clients.command("reject")
 @click.argument("serial")
+@click.option("--fingerprint", metavar="SHA256:...",
+              help="Drop only the registration with this key (default: all of SERIAL's).")
 @with_context
-def clients_reject(ctx: Context, serial: str) -> None:
-    """Drop SERIAL's pending key(s); its active keys stay."""
+def clients_reject(ctx: Context, serial: str, fingerprint: str | None) -> None:
+    """Drop waiting registrations of SERIAL; its active keys stay."""
     from xsbackup.clients import registration
 
-    n = registration.reject(ctx.registry, serial)
+    n = registration.reject(ctx.registry, serial, fingerprint)
     click.echo(f"rejected {n} pending key(s) of {serial}")

@@ -10,47 +10,55 @@ that is not ``OK`` has an ``error`` string. The values:
     The key is active and authorised in ``authorized_keys``. Carries ``backupurl``
     (``SN@host:backup``) and ``jabberserver`` (``host``).
 ``PENDING``
-    The key is stored but waits for the admin (``xsbackup clients approve SN``): the
-    ``approve`` policy for a new serial (``registration.new_serial``) or for a known serial
-    with a different key (``registration.new_key``, a reflashed device or an impostor).
-    Not ``OK`` on purpose: the device cannot back up yet, and Sugar retries registration
-    later, which then gets ``OK`` once the key is approved.
+    The request waits for the admin (``xsbackup clients approve SN --fingerprint FP``):
+    the ``approve`` policy for a new serial (``registration.new_serial``) or for a known
+    serial with a different key (``registration.new_key``, a reflashed device or an
+    impostor), and always for a serial that has data but no record (a removed client's
+    history is never handed to a new key without the admin). Not ``OK`` on purpose: the
+    device cannot back up yet, and Sugar retries registration later, which then gets
+    ``OK`` once the key is approved.
 ``DENIED``
-    Policy ``closed`` (for a new serial, or for a known serial with a new key), or the
-    client is disabled. Nothing is stored.
+    Policy ``closed`` (for a new serial, or for a known serial with a new key), the client
+    is disabled, or the key already belongs to another client. Nothing is stored.
 ``UNSUPPORTED_KEY``
-    A DSA (``ssh-dss``) key, as old XOs have. The key *is* stored (with the status the
-    policy gives it) so the device is known and an admin can see it, but modern OpenSSH
+    A DSA (``ssh-dss``) key, as old XOs have. The key *is* stored (active or waiting, as
+    the policy says) so the device is known and an admin can see it, but modern OpenSSH
     and paramiko cannot authenticate DSA, so the device could never back up with it.
     Answering ``OK`` would make the device believe it is registered and then fail every
     night without anyone noticing; this answer makes Sugar show the failure, and the
     error says why.
+``TRY_LATER``
+    A limit was reached: too many new serials from this address or from everywhere in
+    the last hour (``max_new_per_address_per_hour``, ``max_new_per_hour``), or too many
+    requests of this serial already waiting (``max_pending_per_serial``). Nothing is
+    stored.
 ``ERROR``
     Malformed input (serial, key, over-long nickname) or a server failure.
 
-Re-registering the same serial with the same key is idempotent: it answers as the key's
-current state does (``OK`` when active, ``PENDING`` while waiting) and updates the
-nickname and uuid when given. Under ``approve`` a device keeps at most one pending key:
-a newer registration replaces an older pending key, so repeated attempts cannot pile up.
+A key belongs to at most one client (``Transaction.save`` enforces it for every path:
+this one, ``clients add``, approval). Re-registering the same serial with its active key
+is idempotent: ``OK``, and the nickname and uuid follow the device. A waiting request
+changes nothing, neither the client's keys nor its nickname or uuid, until the admin
+approves it; asking again with the same key changes nothing either. Every request is
+kept (its key and fingerprint, source address, time, nickname and uuid), at most
+``max_pending_per_serial`` per serial, so an impostor's request cannot replace the
+device's: the admin approves exactly one by fingerprint.
 
-``approve`` makes the pending key active and by default retires the client's previously
-active keys, since a reflashed device's old key is obsolete (``keep_old`` keeps them).
-Every change regenerates ``authorized_keys``. Registry read-modify-writes here take
-``locks/registry.lock`` so concurrent registrations of one serial never lose a key.
+Approval makes that key active and by default retires the client's previously active
+keys, since a reflashed device's old key is obsolete (``keep_old`` keeps them); it
+applies the request's nickname and uuid. Everything here runs under the registry lock.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import hashlib
 import socket
-from typing import Any
+from typing import Any, Protocol
 
-from xsbackup.clients.registry import Client, ClientKey, Registry, parse_key
+from xsbackup.clients.keys import ClientKey, parse_key
+from xsbackup.clients.registry import Client, Registrations, Registry, Request, Transaction
 from xsbackup.config import Settings
-from xsbackup.errors import InvalidKey, NothingPending
+from xsbackup.errors import InvalidKey, NothingPending, SeveralPending
 from xsbackup.logs import LOG
 from xsbackup.store import CLIENT_RE
 
@@ -58,27 +66,45 @@ OK = "OK"
 PENDING = "PENDING"
 DENIED = "DENIED"
 UNSUPPORTED_KEY = "UNSUPPORTED_KEY"
+TRY_LATER = "TRY_LATER"
 ERROR = "ERROR"
 MAX_NICKNAME = 256
 MAX_UUID = 128
+MAX_REMOTE = 64
 KNOWN_KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
+RATE_WINDOW = dt.timedelta(hours=1)
 
 
+class _Key(Protocol):
+    type: str
+    status: str
+    added: str
 
-def key_summary(key: ClientKey) -> dict[str, Any]:
+    @property
+    def supported(self) -> bool: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+def key_summary(key: _Key) -> dict[str, Any]:
     """A key as the admin sees it: type, status, and the ``SHA256:`` fingerprint that
     ``ssh-keygen -lf`` prints for it."""
-    try:
-        digest = hashlib.sha256(base64.b64decode(key.blob, validate=True)).digest()
-        fingerprint = "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-    except (binascii.Error, ValueError):
-        fingerprint = ""
     return {"type": key.type, "status": key.status, "supported": key.supported,
-            "added": key.added, "fingerprint": fingerprint}
+            "added": key.added, "fingerprint": key.fingerprint}
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+def request_summary(registry: Registry, request: Request) -> dict[str, Any]:
+    """A waiting request as ``clients pending`` shows it: the key, where and when it came
+    from, what it asks for, and whether its serial is known or has data (history)."""
+    return {"serial": request.serial, **key_summary(request.key), "remote": request.remote,
+            "nickname": request.nickname, "uuid": request.uuid,
+            "known": registry.exists(request.serial),
+            "history": registry.has_data(request.serial)}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def normalize_key(text: str) -> tuple[str, str]:
@@ -111,11 +137,13 @@ def _answer(serial: str, key: ClientKey, host: str) -> dict[str, str]:
 
 
 def register(settings: Settings, registry: Registry, serial: Any, nickname: Any, uuid: Any,
-             pubkey: Any, host: str) -> dict[str, str]:
+             pubkey: Any, host: str, remote: str,
+             now: dt.datetime | None = None) -> dict[str, str]:
     """Handle one OLPC ``register`` call; never raises for bad input (see module doc).
 
     ``host`` is the server name the device reached (the HTTP Host header without port);
-    ``server.public_host`` overrides it.
+    ``server.public_host`` overrides it. ``remote`` is the caller's address (the HTTP
+    ``REMOTE_ADDR``), which the rate limits count and the admin sees.
     """
     if not all(isinstance(v, str) for v in (serial, nickname, uuid, pubkey)):
         return _fail(ERROR, "serial, nickname, uuid and pubkey must be strings")
@@ -130,100 +158,169 @@ def register(settings: Settings, registry: Registry, serial: Any, nickname: Any,
     except InvalidKey as e:
         LOG.warning("client=%s registration refused: %s", sn, e.message)
         return _fail(ERROR, e.message)
+    stamp = (now or _now()).isoformat(timespec="seconds")
+    asked = Request(sn, ClientKey(ktype, blob, stamp, "pending"), remote[:MAX_REMOTE],
+                    nickname.strip(), uuid.strip())
     server_host = settings.server.public_host or host or socket.gethostname()
-    policy_serial = settings.registration.new_serial
-    policy_key = settings.registration.new_key
-    nickname, uuid = nickname.strip(), uuid.strip()
-    answer: dict[str, str] = {}
+    with registry.locked() as txn:
+        return _decide(settings, txn, asked, server_host)
 
-    def decide(client: Client | None) -> Client | None:
-        """Under the registry lock: the record to save (None: nothing), and the answer."""
-        stamp = _now()
+
+def _decide(settings: Settings, txn: Transaction, asked: Request,
+            host: str) -> dict[str, str]:
+    """Under the registry lock: store what the policy allows, and answer."""
+    sn, key = asked.serial, asked.key
+    fp = key.fingerprint
+    others = [o for o in txn.holders(key.type, key.blob) if o != sn]
+    if others:
+        LOG.warning("client=%s registration from %s refused: key %s belongs to client %s",
+                    sn, asked.remote, fp, ", ".join(others))
+        return _fail(DENIED, "this key is already registered to another device")
+    client = txn.get(sn)
+    if client is not None and client.disabled:
+        LOG.warning("client=%s registration refused: client is disabled", sn)
+        return _fail(DENIED, f"device {sn} is disabled on this server")
+    same = None if client is None else next(
+        (k for k in client.active_keys() if (k.type, k.blob) == (key.type, key.blob)), None)
+    if client is not None and same is not None:
+        named = (asked.nickname or client.nickname, asked.uuid or client.uuid)
+        if named != (client.nickname, client.uuid):
+            client.nickname, client.uuid = named
+            txn.save(client)
+        LOG.info("client=%s registered again with its %s key", sn, key.type)
+        return _answer(sn, same, host)
+    regs = txn.registrations()
+    waiting = [r for r in regs.pending if r.serial == sn]
+    if any((r.key.type, r.key.blob) == (key.type, key.blob) for r in waiting):
+        LOG.info("client=%s asked again for its waiting %s key %s", sn, key.type, fp)
+        return _answer(sn, key, host)
+
+    policy = settings.registration.new_key if client else settings.registration.new_serial
+    if policy == "closed":
+        LOG.warning("client=%s registration from %s refused: %s are closed", sn, asked.remote,
+                    "new keys" if client else "new serials")
+        if client:
+            return _fail(DENIED, f"a different key is already registered for {sn}; "
+                                 "ask the administrator")
+        return _fail(DENIED, "this server does not accept new devices; "
+                             "ask the administrator to register it")
+    # A serial without a record but with data is a removed client's history.
+    approve = policy == "approve" or (client is None and txn.registry.has_data(sn))
+    if approve and len(waiting) >= settings.registration.max_pending_per_serial:
+        LOG.warning("client=%s registration from %s refused: %d requests already waiting",
+                    sn, asked.remote, len(waiting))
+        return _fail(TRY_LATER, f"too many registrations of {sn} are waiting for approval; "
+                                "ask the administrator")
+    if client is None:
+        limited = _count_new_serial(settings, regs, asked)
+        if limited:
+            LOG.warning("client=%s registration from %s refused: %s", sn, asked.remote,
+                        limited)
+            return _fail(TRY_LATER, limited)
+    if approve:
+        regs.pending.append(asked)
+        LOG.warning("client=%s: registration of a %s key %s from %s waits for approval", sn,
+                    key.type, fp, asked.remote)
+        return _answer(sn, key, host)
+
+    active = ClientKey(key.type, key.blob, key.added)
+    if client is None:
+        client = Client(serial=sn, created=key.added)
+    client.keys.append(active)
+    client.nickname = asked.nickname or client.nickname
+    client.uuid = asked.uuid or client.uuid
+    txn.save(client)
+    LOG.info("client=%s registered a %s key %s from %s", sn, key.type, fp, asked.remote)
+    return _answer(sn, active, host)
+
+
+def _count_new_serial(settings: Settings, regs: Registrations, asked: Request) -> str:
+    """Count one more new serial from ``asked.remote``, or say why the hour's limits
+    refuse it ('' when counted). Forgets what is older than the window."""
+    per_address = settings.registration.max_new_per_address_per_hour
+    overall = settings.registration.max_new_per_hour
+    if not (per_address or overall):
+        return ""
+    since = (dt.datetime.fromisoformat(asked.key.added) - RATE_WINDOW).isoformat(
+        timespec="seconds")
+    regs.recent = [(t, a) for t, a in regs.recent if t > since]
+    if per_address and sum(a == asked.remote for _, a in regs.recent) >= per_address:
+        return "too many new devices registered from this address in the last hour; " \
+               "try again later"
+    if overall and len(regs.recent) >= overall:
+        return "too many new devices registered in the last hour; try again later"
+    regs.recent.append((asked.key.added, asked.remote))
+    return ""
+
+
+def pending(registry: Registry) -> list[Request]:
+    """Every request waiting for approval, by serial, oldest first within a serial."""
+    return sorted(registry.registrations().pending, key=lambda r: r.serial)
+
+
+def _choose(waiting: list[Request], serial: str, fingerprint: str | None) -> list[Request]:
+    """The requests of ``serial`` that ``fingerprint`` names (all of them without one)."""
+    mine = [r for r in waiting if r.serial == serial]
+    if not mine:
+        raise NothingPending(f"client {serial} has no registration awaiting approval")
+    if fingerprint is None:
+        return mine
+    wanted = fingerprint if fingerprint.startswith("SHA256:") else f"SHA256:{fingerprint}"
+    chosen = [r for r in mine if r.key.fingerprint == wanted]
+    if not chosen:
+        raise NothingPending(f"no registration of {serial} with key {wanted} is waiting "
+                             f"(waiting: {', '.join(r.key.fingerprint for r in mine)})")
+    return chosen
+
+
+def approve(registry: Registry, serial: str, fingerprint: str | None = None,
+            keep_old: bool = False, now: dt.datetime | None = None) -> Client:
+    """Activate the waiting request of ``serial`` with this key ``fingerprint`` (without
+    one: the only waiting request, else ``SeveralPending``), and apply its nickname and
+    uuid; retire the client's other active keys unless ``keep_old``. ``KeyInUse`` if
+    another client has that key by now."""
+    stamp = (now or _now()).isoformat(timespec="seconds")
+    with registry.locked() as txn:
+        regs = txn.registrations()
+        chosen = _choose(regs.pending, serial, fingerprint)
+        if len(chosen) > 1:
+            raise SeveralPending(f"{len(chosen)} registrations of {serial} are waiting; "
+                                 "choose one by fingerprint: "
+                                 + ", ".join(r.key.fingerprint for r in chosen))
+        (request,) = chosen
+        want = (request.key.type, request.key.blob)
+        key = ClientKey(request.key.type, request.key.blob, stamp)
+        client = txn.get(serial)
+        retired: list[ClientKey] = []
         if client is None:
-            if policy_serial == "closed":
-                LOG.warning("client=%s registration refused: new serials are closed", sn)
-                answer.update(_fail(DENIED, "this server does not accept new devices; "
-                                            "ask the administrator to register it"))
-                return None
-            status = "active" if policy_serial == "open" else "pending"
-            key = ClientKey(type=ktype, blob=blob, added=stamp, status=status)
-            LOG.info("client=%s registered with a %s key (%s)", sn, ktype, status)
-            answer.update(_answer(sn, key, server_host))
-            return Client(serial=sn, nickname=nickname, uuid=uuid, keys=[key], created=stamp)
-
-        if client.disabled:
-            LOG.warning("client=%s registration refused: client is disabled", sn)
-            answer.update(_fail(DENIED, f"device {sn} is disabled on this server"))
-            return None
-        same = next((k for k in client.keys if k.type == ktype and k.blob == blob), None)
-        if same is not None:
-            changed = False
-            if nickname and nickname != client.nickname:
-                client.nickname, changed = nickname, True
-            if uuid and uuid != client.uuid:
-                client.uuid, changed = uuid, True
-            LOG.info("client=%s registered again with its %s key (%s)", sn, ktype, same.status)
-            answer.update(_answer(sn, same, server_host))
-            return client if changed else None
-
-        if policy_key == "closed":
-            LOG.warning("client=%s registration refused: a different key is registered and "
-                        "new keys are closed", sn)
-            answer.update(_fail(DENIED, f"a different key is already registered for {sn}; "
-                                        "ask the administrator"))
-            return None
-        status = "active" if policy_key == "open" else "pending"
-        key = ClientKey(type=ktype, blob=blob, added=stamp, status=status)
-        if status == "pending":
-            client.keys = [k for k in client.keys if k.status != "pending"]
+            client = Client(serial=serial, created=stamp)
+        elif not keep_old:
+            retired = client.active_keys()
+        client.keys = [k for k in client.keys if k not in retired and (k.type, k.blob) != want]
         client.keys.append(key)
-        if nickname:
-            client.nickname = nickname
-        if uuid:
-            client.uuid = uuid
-        LOG.warning("client=%s registered a new %s key (%s)", sn, ktype, status)
-        answer.update(_answer(sn, key, server_host))
-        return client
-
-    registry.update(sn, decide, rekey=True)
-    return answer
-
-
-def pending(registry: Registry) -> list[tuple[str, ClientKey]]:
-    """Every key awaiting approval as (serial, key), by serial."""
-    return [(c.serial, k) for c in registry.all() for k in c.keys if k.status == "pending"]
-
-
-def approve(registry: Registry, serial: str, keep_old: bool = False) -> Client:
-    """Activate ``serial``'s pending key; retire its other active keys unless ``keep_old``."""
-    waiting: list[ClientKey] = []
-    retired: list[ClientKey] = []
-
-    def activate(client: Client) -> None:
-        waiting[:] = [k for k in client.keys if k.status == "pending"]
-        if not waiting:
-            raise NothingPending(f"client {serial} has no key awaiting approval")
-        retired[:] = [] if keep_old else [k for k in client.keys if k.status == "active"]
-        client.keys = [k for k in client.keys if k not in retired]
-        for k in waiting:
-            k.status = "active"
-
-    client = registry.modify(serial, activate, rekey=True)
-    LOG.warning("client=%s approved %s key(s)%s", serial, ",".join(k.type for k in waiting),
+        client.nickname = request.nickname or client.nickname
+        client.uuid = request.uuid or client.uuid
+        txn.save(client)
+        # That key is this client's now: other serials' requests for it can never succeed.
+        dropped = [r for r in regs.pending if (r.key.type, r.key.blob) == want]
+        regs.pending = [r for r in regs.pending if r not in dropped]
+    LOG.warning("client=%s approved the %s key %s (asked from %s)%s", serial, key.type,
+                key.fingerprint, request.remote or "?",
                 f"; retired {len(retired)} old key(s)" if retired else "")
+    for other in dropped:
+        if other.serial != serial:
+            LOG.warning("client=%s: dropped its request for key %s, now approved for %s",
+                        other.serial, key.fingerprint, serial)
     return client
 
 
-def reject(registry: Registry, serial: str) -> int:
-    """Drop ``serial``'s pending keys; returns how many were dropped."""
-    dropped: list[ClientKey] = []
-
-    def drop(client: Client) -> None:
-        dropped[:] = [k for k in client.keys if k.status == "pending"]
-        if not dropped:
-            raise NothingPending(f"client {serial} has no key awaiting approval")
-        client.keys = [k for k in client.keys if k.status != "pending"]
-
-    registry.modify(serial, drop, rekey=True)
-    LOG.warning("client=%s rejected %d pending key(s)", serial, len(dropped))
+def reject(registry: Registry, serial: str, fingerprint: str | None = None) -> int:
+    """Drop ``serial``'s waiting request with this key ``fingerprint`` (without one: all
+    of them); returns how many were dropped."""
+    with registry.locked() as txn:
+        regs = txn.registrations()
+        dropped = _choose(regs.pending, serial, fingerprint)
+        regs.pending = [r for r in regs.pending if r not in dropped]
+    LOG.warning("client=%s rejected %d waiting registration(s): %s", serial, len(dropped),
+                ", ".join(r.key.fingerprint for r in dropped))
     return len(dropped)

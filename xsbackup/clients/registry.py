@@ -1,25 +1,37 @@
 """The client registry: ``clients/<SN>/client.json`` records and their SSH keys.
 
-A record is JSON (written atomically) with the serial, nickname, uuid, keys, aliases,
-a disabled flag and policy overrides. Keys are kept as the OpenSSH type and base64 blob;
-the type is always taken from the blob's own header, since OLPC registration sends the
-blob without a type prefix. DSA keys are stored (old XOs have them) but flagged, because
-modern OpenSSH and paramiko cannot authenticate them.
+A record is JSON (written atomically) with the serial, nickname, uuid, keys (see
+``keys.py``), aliases, a disabled flag and policy overrides.
 
-``authorized_keys`` is generated from the registry, never edited by hand.
+A key (type and blob) belongs to at most one client. OpenSSH uses the first
+``authorized_keys`` line that matches a key, so a second client holding a victim's key
+would silently receive the victim's backups and serve it restores. Every write goes
+through a ``Transaction`` (``Registry.locked()``, under ``locks/registry.lock``), which
+refuses to save a record with a key another client holds (``KeyInUse``).
+
+Beside the records, under the same lock:
+
+``ssh/keys.json``
+    The key index: every client's active keys and disabled flag. Saving a record whose
+    keys or flag changed updates its entry, so finding a key's owner and rendering
+    ``authorized_keys`` read this one file instead of every record. ``xsbackup keys``
+    and the service's start and SIGHUP rebuild it from the records (which also repairs
+    it after a crash between a record's write and the index's).
+``ssh/authorized_keys``
+    Rendered from the index after every change; never edited by hand. A key that two
+    records hold anyway (a state root from before this rule, a record edited by hand)
+    authenticates neither: it is left out, and the rebuild reports it.
+``clients/registrations.json``
+    Registrations waiting for the admin (``Request``: they change nothing until approved)
+    and the recent new serials the rate limits count; ``registration.py`` has the rules.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import datetime as dt
 import os
-import shlex
 import shutil
-import struct
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,30 +39,20 @@ from typing import Any
 
 import orjson
 
-from xsbackup.errors import ClientExists, ClientNotFound, InvalidKey, InvalidName, StateRootError
+from xsbackup.clients.keys import (
+    ClientKey,
+    KeyEntry,
+    authorized_keys_text,
+    parse_key,
+    xsbackup_executable,
+)
+from xsbackup.errors import ClientExists, ClientNotFound, InvalidName, KeyInUse, StateRootError
 from xsbackup.locking import FileLock
+from xsbackup.logs import LOG
 from xsbackup.store import Store, atomic_write, check_client, iter_clients
 
-TRANSFER_KEY_TYPES = frozenset({
-    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
-})
-STORED_ONLY_KEY_TYPES = frozenset({"ssh-dss"})
-
-
-@dataclass
-class ClientKey:
-    type: str
-    blob: str
-    added: str
-    status: str = "active"  # active | pending (waiting for admin approval)
-
-    @property
-    def supported(self) -> bool:
-        return self.type in TRANSFER_KEY_TYPES
-
-    def openssh(self) -> str:
-        return f"{self.type} {self.blob}"
+__all__ = ["Client", "ClientKey", "Registrations", "Registry", "Request", "Transaction",
+           "parse_key", "write_authorized_keys", "xsbackup_executable"]
 
 
 @dataclass
@@ -78,33 +80,39 @@ class Client:
     def active_keys(self) -> list[ClientKey]:
         return [k for k in self.keys if k.status == "active"]
 
+    def key_entry(self) -> KeyEntry:
+        return KeyEntry(self.disabled, tuple((k.type, k.blob) for k in self.active_keys()))
 
-def parse_key(text: str) -> tuple[str, str]:
-    """Parse ``type blob [comment]`` or a bare base64 blob; return (type, blob).
 
-    The type comes from the blob itself (its first length-prefixed string); a stated
-    type that disagrees with it is refused.
-    """
-    parts = text.strip().split()
-    if not parts:
-        raise InvalidKey("empty public key")
-    if len(parts) == 1:
-        stated, blob = None, parts[0]
-    else:
-        stated, blob = parts[0], parts[1]
-    try:
-        raw = base64.b64decode(blob, validate=True)
-        (n,) = struct.unpack(">I", raw[:4])
-        if n < 1 or n > 64 or len(raw) < 4 + n:
-            raise ValueError("bad length")
-        inner = raw[4 : 4 + n].decode("ascii")
-    except (binascii.Error, struct.error, ValueError, UnicodeDecodeError):
-        raise InvalidKey("public key is not a valid base64 SSH key blob") from None
-    if inner not in TRANSFER_KEY_TYPES | STORED_ONLY_KEY_TYPES:
-        raise InvalidKey(f"unsupported public key type {inner!r}")
-    if stated is not None and stated != inner:
-        raise InvalidKey(f"key says {stated!r} but its blob is {inner!r}")
-    return inner, blob
+@dataclass
+class Request:
+    """A registration waiting for the admin: the key (status ``pending``; ``added`` is
+    when it was asked), where it came from, and the nickname and uuid it asked for."""
+
+    serial: str
+    key: ClientKey
+    remote: str = ""
+    nickname: str = ""
+    uuid: str = ""
+
+
+@dataclass
+class Registrations:
+    """``clients/registrations.json``: the waiting requests, oldest first, and the time
+    and source address of each new serial registered recently (for the rate limits)."""
+
+    pending: list[Request] = field(default_factory=list)
+    recent: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"pending": [asdict(r) for r in self.pending],
+                             "recent": self.recent}, option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Registrations:
+        raw = orjson.loads(data)
+        pending = [Request(**{**r, "key": ClientKey(**r["key"])}) for r in raw["pending"]]
+        return cls(pending, [(str(t), str(a)) for t, a in raw["recent"]])
 
 
 class Registry:
@@ -113,6 +121,14 @@ class Registry:
 
     def _path(self, serial: str) -> Path:
         return self.store.client_dir(serial) / "client.json"
+
+    @property
+    def index_path(self) -> Path:
+        return self.store.ssh_dir / "keys.json"
+
+    @property
+    def registrations_path(self) -> Path:
+        return self.store.clients_dir / "registrations.json"
 
     def get(self, serial: str) -> Client:
         try:
@@ -127,38 +143,52 @@ class Registry:
     def exists(self, serial: str) -> bool:
         return self._path(serial).is_file()
 
-    def _save(self, client: Client) -> None:
+    def has_data(self, serial: str) -> bool:
+        """Whether ``serial`` has a directory: a record, or the history of a removed one."""
+        return self.store.client_dir(serial).is_dir()
+
+    def registrations(self) -> Registrations:
+        """The waiting requests and recent new serials (written atomically: no lock to read)."""
+        try:
+            data = self.registrations_path.read_bytes()
+        except FileNotFoundError:
+            return Registrations()
+        try:
+            return Registrations.from_json(data)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise StateRootError(f"corrupt {self.registrations_path}: {e}") from None
+
+    def _write(self, client: Client) -> None:
         directory = self.store.client_dir(client.serial)
         (directory / "volumes").mkdir(parents=True, exist_ok=True)
         (directory / "reports").mkdir(exist_ok=True)
         atomic_write(self._path(client.serial), client.to_json())
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the registry lock (``locks/registry.lock``) for a read-modify-write of
-        several records. Not re-entrant: call ``update`` only outside it."""
+    def locked(self, executable: str | None = None) -> Iterator[Transaction]:
+        """Hold the registry lock (``locks/registry.lock``) and yield the ``Transaction``
+        that reads and writes under it. Not re-entrant: call ``update`` only outside it.
+        ``executable``: the xsbackup path for forced commands (default: this one's)."""
         with FileLock(self.store.locks_dir / "registry.lock").acquire(wait=True):
-            yield
+            txn = Transaction(self, executable)
+            yield txn
+            txn.commit()
 
-    def update(self, serial: str, change: Callable[[Client | None], Client | None], *,
-               rekey: bool = False) -> Client | None:
-        """Every registry write goes through here: under the registry lock, read
-        ``serial``'s record (None when there is none), let ``change`` edit it, and save
-        what it returns (nothing when it returns None). Concurrent updates from the CLI,
-        registration and the API are serialised, so none is lost. ``rekey``: also
-        regenerate ``authorized_keys`` under the same lock when something was saved."""
+    def update(self, serial: str, change: Callable[[Client | None], Client | None]
+               ) -> Client | None:
+        """A read-modify-write of one record under the registry lock: read ``serial``'s
+        record (None when there is none), let ``change`` edit it, and save what it returns
+        (nothing when it returns None) with ``Transaction.save``, which refuses another
+        client's key and keeps the key index and ``authorized_keys`` in step. Concurrent
+        updates from the CLI, registration and the API are serialised, so none is lost."""
         check_client(serial)
-        with self.locked():
-            current = self.get(serial) if self.exists(serial) else None
-            result = change(current)
+        with self.locked() as txn:
+            result = change(txn.get(serial))
             if result is not None:
-                self._save(result)
-                if rekey:
-                    _write_keys(self, xsbackup_executable())
+                txn.save(result)
             return result
 
-    def modify(self, serial: str, change: Callable[[Client], object], *,
-               rekey: bool = False) -> Client:
+    def modify(self, serial: str, change: Callable[[Client], object]) -> Client:
         """``update`` for an existing client (``ClientNotFound`` otherwise)."""
 
         saved: list[Client] = []
@@ -170,14 +200,15 @@ class Registry:
             saved.append(client)
             return client
 
-        self.update(serial, edit, rekey=rekey)
+        self.update(serial, edit)
         return saved[0]
 
     def all(self) -> list[Client]:
         return [self.get(sn) for sn in iter_clients(self.store) if self.exists(sn)]
 
     def add(self, serial: str, key_text: str | None, nickname: str = "", uuid: str = "",
-            now: dt.datetime | None = None, *, rekey: bool = False) -> Client:
+            now: dt.datetime | None = None) -> Client:
+        """Register ``serial`` (the admin's way); ``KeyInUse`` if another client has the key."""
         stamp = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
         key = None
         if key_text is not None:
@@ -192,7 +223,7 @@ class Registry:
                 raise ClientExists(f"client {serial} already exists")
             return client
 
-        self.update(serial, create, rekey=rekey)
+        self.update(serial, create)
         return client
 
     def remove(self, serial: str, purge: bool = False) -> None:
@@ -200,7 +231,7 @@ class Registry:
         ``authorized_keys``, under the registry lock."""
         check_client(serial)
         directory = self.store.client_dir(serial)
-        with self.locked():
+        with self.locked() as txn:
             self.get(serial)
             if purge:
                 trash = self.store.trash_dir / f"client-{serial}-{os.getpid()}"
@@ -208,7 +239,7 @@ class Registry:
             else:
                 # Keep the data; the record goes aside.
                 os.rename(self._path(serial), directory / f"client.json.removed-{os.getpid()}")
-            _write_keys(self, xsbackup_executable())
+            txn.forget(serial)
         if purge:
             shutil.rmtree(trash)
 
@@ -235,53 +266,130 @@ class Registry:
 
         return self.modify(serial, drop)
 
-    def find_by_key(self, key_type: str, blob: str) -> list[Client]:
-        return [c for c in self.all()
-                if any(k.type == key_type and k.blob == blob for k in c.active_keys())]
 
+class Transaction:
+    """The registry while its lock is held: records, the key index, ``authorized_keys``
+    and the registration requests, read and written consistently with each other."""
 
-def xsbackup_executable() -> str:
-    """Absolute path of the installed ``xsbackup`` script, for the forced command."""
-    argv0 = sys.argv[0] if sys.argv else ""
-    if os.path.basename(argv0) == "xsbackup" and os.path.isfile(argv0):
-        return os.path.abspath(argv0)
-    sibling = Path(sys.executable).with_name("xsbackup")
-    if sibling.is_file():
-        return str(sibling)
-    found = shutil.which("xsbackup")
-    if found:
-        return os.path.abspath(found)
-    raise StateRootError("cannot find the installed xsbackup executable for the forced command")
+    def __init__(self, registry: Registry, executable: str | None) -> None:
+        self.registry = registry
+        self._executable = executable
+        self._index: dict[str, KeyEntry] | None = None
+        self._holders: dict[tuple[str, str], list[str]] | None = None  # from the index
+        self._registrations: Registrations | None = None
+        self._registrations_read = b""
+        self._read: dict[str, KeyEntry | None] = {}
 
+    def get(self, serial: str) -> Client | None:
+        try:
+            client: Client | None = self.registry.get(serial)
+        except ClientNotFound:
+            client = None
+        self._read[serial] = client.key_entry() if client else None
+        return client
 
-def forced_command(executable: str, root: Path, serial: str) -> str:
-    return shlex.join([executable, "--root", str(root), "ssh-command", "--client", serial])
+    def holders(self, key_type: str, blob: str) -> list[str]:
+        """The clients holding this key among their active keys: one at most, unless the
+        records come from before the rule (see the module doc)."""
+        if self._holders is None:
+            self._holders = {}
+            for sn, entry in self.index().items():
+                for key in entry.keys:
+                    self._holders.setdefault(key, []).append(sn)
+        return list(self._holders.get((key_type, blob), []))
 
+    def save(self, client: Client) -> None:
+        """Write ``client``'s record. A key it did not hold before must belong to no other
+        client (``KeyInUse``); when its keys or disabled flag changed, its index entry and
+        ``authorized_keys`` follow."""
+        if client.serial not in self._read:
+            self.get(client.serial)
+        before, after = self._read[client.serial], client.key_entry()
+        if after != before:
+            for key in set(after.keys) - set(before.keys if before else ()):
+                others = [sn for sn in self.holders(*key) if sn != client.serial]
+                if others:
+                    raise KeyInUse(f"this key already belongs to client {others[0]}")
+        self.registry._write(client)
+        self._read[client.serial] = after
+        if after != before:
+            self.index()[client.serial] = after
+            self._publish()
 
-def authorized_keys_text(registry: Registry, executable: str) -> str:
-    root = registry.store.root
-    for text in (str(root), executable):
-        if any(c in text for c in '"\\\n'):
-            raise StateRootError(f"path {text!r} cannot be used in authorized_keys")
-    lines = ["# Generated by xsbackup keys from the client registry. Do not edit."]
-    for client in registry.all():
-        if client.disabled:
-            continue
-        for key in client.active_keys():
-            if not key.supported:
-                continue
-            cmd = forced_command(executable, root, client.serial)
-            lines.append(f'restrict,command="{cmd}" {key.openssh()} {client.serial}')
-    return "\n".join(lines) + "\n"
+    def forget(self, serial: str) -> None:
+        """``serial``'s record is gone: drop its keys from the index and authorized_keys."""
+        self._read[serial] = None
+        if self.index().pop(serial, None) is not None:
+            self._publish()
+
+    def registrations(self) -> Registrations:
+        """The requests and recent new serials, to edit in place: ``commit`` saves them."""
+        if self._registrations is None:
+            self._registrations = self.registry.registrations()
+            self._registrations_read = self._registrations.to_json()
+        return self._registrations
+
+    def commit(self) -> None:
+        """At the end of a transaction that raised nothing: save the registrations if
+        they changed (records, the index and authorized_keys are written as they go)."""
+        if self._registrations is not None:
+            data = self._registrations.to_json()
+            if data != self._registrations_read:
+                atomic_write(self.registry.registrations_path, data)
+
+    def index(self) -> dict[str, KeyEntry]:
+        if self._index is None:
+            self._index = self._load_index()
+        return self._index
+
+    def _load_index(self) -> dict[str, KeyEntry]:
+        path = self.registry.index_path
+        try:
+            raw = orjson.loads(path.read_bytes())
+            return {sn: KeyEntry(bool(e["disabled"]), tuple((t, b) for t, b in e["keys"]))
+                    for sn, e in raw.items()}
+        except FileNotFoundError:
+            pass
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            LOG.warning("%s is unreadable: rebuilding it from the records", path)
+        return {c.serial: c.key_entry() for c in self.registry.all()}
+
+    def rebuild(self) -> list[tuple[str, list[str]]]:
+        """Rebuild the key index from every record, then ``authorized_keys``; move keys
+        that older versions kept pending inside a record to the requests. Returns each
+        key that several clients hold, as (fingerprint, serials): it authenticates none."""
+        index: dict[str, KeyEntry] = {}
+        for client in self.registry.all():
+            waiting = [k for k in client.keys if k.status != "active"]
+            if waiting:
+                self.registrations().pending += [Request(client.serial, k) for k in waiting]
+                client.keys = client.active_keys()
+                self.registry._write(client)
+            index[client.serial] = client.key_entry()
+        self._index = index
+        shared = self._publish()
+        for fp, serials in shared:
+            LOG.error("key %s is registered to %s: it authenticates none of them until "
+                      "the admin removes it from all but one", fp, ", ".join(serials))
+        return shared
+
+    def _publish(self) -> list[tuple[str, list[str]]]:
+        """Write the (changed) index and render ``authorized_keys`` from it."""
+        index = self.index()
+        self._holders = None
+        atomic_write(self.registry.index_path, orjson.dumps(
+            {sn: {"disabled": e.disabled, "keys": e.keys} for sn, e in index.items()},
+            option=orjson.OPT_SORT_KEYS))
+        text, shared = authorized_keys_text(index, self.registry.store.root,
+                                            self._executable or xsbackup_executable())
+        atomic_write(self.registry.store.ssh_dir / "authorized_keys", text.encode(),
+                     mode=0o600)
+        return shared
 
 
 def write_authorized_keys(registry: Registry, executable: str | None = None) -> Path:
-    """Regenerate ``<root>/ssh/authorized_keys`` from the registry, under its lock."""
-    with registry.locked():
-        return _write_keys(registry, executable or xsbackup_executable())
-
-
-def _write_keys(registry: Registry, executable: str) -> Path:
-    path = registry.store.ssh_dir / "authorized_keys"
-    atomic_write(path, authorized_keys_text(registry, executable).encode(), mode=0o600)
-    return path
+    """Rebuild the key index and ``<root>/ssh/authorized_keys`` from every record, under
+    the registry lock (``Transaction.rebuild``); return the file's path."""
+    with registry.locked(executable) as txn:
+        txn.rebuild()
+    return registry.store.ssh_dir / "authorized_keys"

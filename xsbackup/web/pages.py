@@ -110,13 +110,15 @@ def pending_registrations(store: Store) -> list[dict[str, Any]]:
     approval would retire (0: a new device)."""
     registry = Registry(store)
     waiting = []
-    for serial, key in registration.pending(registry):
+    for request in registration.pending(registry):
+        serial, key = request.serial, request.key
         try:
             client: Client | None = registry.get(serial)
         except ClientNotFound:
             client = None
         active = len(client.active_keys()) if client else 0
-        waiting.append({"serial": serial, "nickname": client.nickname if client else "",
+        waiting.append({"serial": serial,
+                        "nickname": client.nickname if client else request.nickname,
                         "replaces": active, **registration.key_summary(key)})
     return waiting
 

@@ -40,11 +40,12 @@ def register_call() -> Response:
     ctx = current_ctx()
     settings = ctx.settings
     host = request_host(settings)
+    remote = str(request.environ.get("REMOTE_ADDR") or "")
 
     def register(serial: Any, nickname: Any, uuid: Any, pubkey: Any) -> dict[str, str]:
         try:
             return registration.register(settings, ctx.registry, serial, nickname, uuid, pubkey,
-                                         host)
+                                         host, remote)
         except (XsbackupError, OSError):
             LOG.exception("registration of %r failed", str(serial)[:80])
             return {"success": registration.ERROR,
