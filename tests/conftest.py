@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -253,14 +254,18 @@ def local_push(server: Server, serial: str, src: Path, volume: str = "documents"
     SSH_ORIGINAL_COMMAND the way sshd would and runs the dispatcher."""
     rsh = server.keydir / "local-rsh"
     if not rsh.exists():
-        rsh.write_text(
+        # Written aside and renamed into place: concurrent pushes (threads) must never run
+        # a half-written or not yet executable script (rsync would exit 14).
+        tmp = rsh.with_name(f"local-rsh.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(
             "#!/bin/sh\n"
             'while [ $# -gt 0 ]; do case "$1" in -l) shift 2;; -*) shift;; *) break;; esac; done\n'
             "shift\n"
             'SSH_ORIGINAL_COMMAND="$*" exec "$XSB" --root "$XSB_ROOT" '
             'ssh-command --client "$XSB_SN"\n'
         )
-        rsh.chmod(0o755)
+        tmp.chmod(0o755)
+        tmp.rename(rsh)
     env = {**os.environ, "XSB": XSBACKUP, "XSB_ROOT": str(server.root), "XSB_SN": serial}
     return subprocess.run(["rsync", "-e", str(rsh), "-a", "--delete", *opts, f"{src}/",
                            f"{serial}@local:{volume}/"], capture_output=True, text=True,
