@@ -110,6 +110,18 @@ class CanonicalJSONError(XsbackupError, ValueError):
         self.violation = violation
 
 
+class RsyncNotFound(XsbackupError):
+    """The configured rsync program (ingest.rsync) was not found."""
+
+    exit_code = 18
+
+
+class ListenError(XsbackupError):
+    """A server port could not be opened (in use, privileged, or a bad address)."""
+
+    exit_code = 19
+
+
 # ---- refusals of the forced command (40-59) ------------------------------------------
 
 
@@ -243,6 +255,13 @@ class NotADatastore(JournalError):
 
     exit_code = 57
     reason = "no-datastore"
+
+
+class TooManySessions(Refused):
+    """This client already has as many sessions as one client may run at once."""
+
+    exit_code = 58
+    reason = "sessions"
 
 
 class ServerError(XsbackupError):
