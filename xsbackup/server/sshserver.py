@@ -13,7 +13,7 @@ stdin, stdout and stderr bridged and the exit status returned.
   no environment requests. A shell request runs the dispatcher with no command, so the
   client sees the same one-line refusal OpenSSH deployments give.
 * Unauthenticated connections have their own small budget, ``server.max_startups``
-  (``startups.py``), and ``server.login_grace_seconds`` from accept to login, and again
+  (``prelogin.py``), and ``server.login_grace_seconds`` from accept to login, and again
   from login to the command. Authenticated sessions count against
   ``server.max_connections``; one over it is told so in one line. An address with
   ``server.max_auth_failures`` failed logins in five minutes is disconnected at once
@@ -30,13 +30,14 @@ stdin, stdout and stderr bridged and the exit status returned.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,10 @@ from paramiko.common import (
 from xsbackup import procs
 from xsbackup.clients.registry import xsbackup_executable
 from xsbackup.config import Settings
-from xsbackup.errors import NoSlot, Refused, RequestRefused
+from xsbackup.errors import ListenError, NoSlot, Refused, RequestRefused
 from xsbackup.logs import LOG
-from xsbackup.server.startups import Pending, StartupBudget
+from xsbackup.server.prelogin import Pending, StartupBudget, Throttle
 
-FAILURE_WINDOW = 300.0
 HOST_KEYS = ("ssh_host_ed25519_key", "ssh_host_rsa_key")
 
 
@@ -120,29 +120,6 @@ class KeyIndex:
                 serial = head[head.index("--client") + 1]
                 index[(parts[0], parts[1])].add(serial)
         return dict(index)
-
-
-class Throttle:
-    """Failed logins per source address in a sliding window."""
-
-    def __init__(self, limit: int, window: float = FAILURE_WINDOW) -> None:
-        self.limit = limit
-        self.window = window
-        self._fails: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def blocked(self, addr: str, now: float) -> bool:
-        with self._lock:
-            q = self._fails.get(addr)
-            if not q:
-                return False
-            while q and now - q[0] > self.window:
-                q.popleft()
-            return len(q) >= self.limit
-
-    def fail(self, addr: str, now: float) -> None:
-        with self._lock:
-            self._fails[addr].append(now)
 
 
 class _Session(paramiko.ServerInterface):
@@ -238,7 +215,10 @@ class SshServer:
         self.host_keys = ensure_host_keys(s.root / "ssh")
         self.keys = KeyIndex(s.root / "ssh" / "authorized_keys")
         self.throttle = Throttle(s.server.max_auth_failures)
-        self.sock = socket.create_server((bind, port), backlog=128, reuse_port=False)
+        try:
+            self.sock = socket.create_server((bind, port), backlog=128, reuse_port=False)
+        except (OSError, OverflowError) as e:
+            raise listen_error("ssh", bind, port, e) from None
         self.port = int(self.sock.getsockname()[1])
         self.executable = xsbackup_executable()
         self.startups = StartupBudget()
@@ -403,6 +383,15 @@ class SshServer:
         finally:
             with self._lock:
                 self._procs.discard(proc)
+
+
+def listen_error(which: str, bind: str, port: int, error: Exception) -> ListenError:
+    """One line for a port we cannot listen on: in use, privileged, or a bad address."""
+    code = getattr(error, "errno", None)
+    why = os.strerror(code) if code else str(error)
+    if code == errno.EACCES and port < 1024:
+        why += "; ports below 1024 need root or CAP_NET_BIND_SERVICE"
+    return ListenError(f"cannot listen on {bind}:{port} ({which}): {why}")
 
 
 def _await_login(transport: paramiko.Transport, entry: Pending,

@@ -1,4 +1,9 @@
-"""The budget of unauthenticated SSH connections (OpenSSH's ``MaxStartups``).
+"""Who may still try to log in to the embedded SSH server, and for how long.
+
+Failed logins: an address with ``server.max_auth_failures`` of them in five minutes
+(``Throttle``) is disconnected at once, until they age out.
+
+The budget of unauthenticated connections (OpenSSH's ``MaxStartups``):
 
 An unauthenticated connection costs a thread and a socket, and holds them until it logs in
 or its ``server.login_grace_seconds`` run out. Authenticated sessions have their own budget
@@ -26,9 +31,12 @@ import random
 import socket
 import threading
 import time
+from collections import defaultdict, deque
 from collections.abc import Callable
 
 from xsbackup.config import Startups
+
+FAILURE_WINDOW = 300.0
 
 
 class HeardSocket(socket.socket):
@@ -108,3 +116,26 @@ class StartupBudget:
             return True
         odds = limits.rate + (100 - limits.rate) * (n - limits.start) / (limits.full - limits.start)
         return self._rand() * 100 < odds
+
+
+class Throttle:
+    """Failed logins per source address in a sliding window."""
+
+    def __init__(self, limit: int, window: float = FAILURE_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._fails: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def blocked(self, addr: str, now: float) -> bool:
+        with self._lock:
+            q = self._fails.get(addr)
+            if not q:
+                return False
+            while q and now - q[0] > self.window:
+                q.popleft()
+            return len(q) >= self.limit
+
+    def fail(self, addr: str, now: float) -> None:
+        with self._lock:
+            self._fails[addr].append(now)
