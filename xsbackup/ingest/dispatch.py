@@ -15,6 +15,7 @@ block its own next backup for ever.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import select
@@ -130,13 +131,16 @@ def _serve(ctx: Context, client: str, req: rsyncargs.Request, remote: str) -> in
 def run_verb(ctx: Context, login: str, req: rsyncargs.Request) -> int:
     """``archive``, ``list`` and ``manifest``: read-only, streamed to stdout."""
     timeout = ctx.settings.ingest.timeout
-    out = io.BufferedWriter(ClientStdout(sys.stdout.fileno(), timeout))
+    out = io.BufferedWriter(ClientStdout(sys.stdout.fileno(), timeout), 1 << 16)
     try:
         return _verb(ctx, login, req, out)
     except Stalled:
         LOG.warning("client=%s %s stalled: nothing read for %ds (ingest.timeout); ended",
                     login, req.verb, timeout)
         return RSYNC_TIMEOUT_EXIT
+    finally:
+        with contextlib.suppress(Stalled, OSError):
+            out.close()
 
 
 def _verb(ctx: Context, login: str, req: rsyncargs.Request, out: BinaryIO) -> int:
@@ -181,15 +185,18 @@ class Stalled(Exception):
 
 
 class ClientStdout(io.RawIOBase):
-    """The verbs' stdout with rsync's ``--timeout`` rule: a write that cannot start
-    within ``timeout`` seconds (0: wait for ever) raises ``Stalled``, and anything
-    written after that is dropped, so closing the stream cannot block again."""
+    """The verbs' stdout with rsync's ``--timeout`` rule: when the client reads nothing
+    for ``timeout`` seconds (0: wait for ever) the write raises ``Stalled``, and anything
+    written after that is dropped, so closing the stream cannot block again. The
+    descriptor is non-blocking while this object is open."""
 
     def __init__(self, fd: int, timeout: int) -> None:
         super().__init__()
         self.fd = fd
         self.wait_ms = timeout * 1000 if timeout else -1
         self.stalled = False
+        self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, self._flags | os.O_NONBLOCK)
         self._poll = select.poll()
         self._poll.register(fd, select.POLLOUT)
 
@@ -197,11 +204,18 @@ class ClientStdout(io.RawIOBase):
         return True
 
     def write(self, data: ReadableBuffer) -> int:
-        # At most PIPE_BUF bytes once the pipe is writable: such a write never blocks.
-        chunk = memoryview(data).cast("B")[:select.PIPE_BUF]
-        if self.stalled:
-            return len(chunk)
-        if not self._poll.poll(self.wait_ms):
-            self.stalled = True
-            raise Stalled
-        return os.write(self.fd, chunk)
+        view = memoryview(data).cast("B")
+        while not self.stalled:
+            try:
+                return os.write(self.fd, view)
+            except BlockingIOError:
+                if not self._poll.poll(self.wait_ms):
+                    self.stalled = True
+                    raise Stalled from None
+        return len(view)
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, self._flags)
+        super().close()
