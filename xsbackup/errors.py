@@ -263,6 +263,11 @@ class TooManySessions(Refused):
     exit_code = 58
     reason = "sessions"
 
+    @classmethod
+    def of(cls, client: str, limit: int) -> TooManySessions:
+        return cls(f"client {client} already has {limit} sessions running; "
+                   "try again when they end")
+
 
 class ServerError(XsbackupError):
     """The server failed internally; the details are in its log."""

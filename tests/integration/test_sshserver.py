@@ -213,16 +213,47 @@ def test_authenticated_sessions_over_max_connections_get_one_line(server: Server
             end(held)
 
 
-def paramiko_exec(server: Server, port: int, key: Path, user: str,
-                  command: bytes) -> tuple[int, bytes]:
-    """Run ``command`` (raw bytes, which the ssh program cannot send) over a real
-    paramiko client that knows the server's host key; returns the exit status and stderr."""
+def test_one_key_cannot_take_every_ssh_session(server: Server, tmp_path: Path) -> None:
+    """Logged-in connections that never send a command hold SSH sessions; one client
+    holds at most admission.max_sessions_per_client of them."""
+    server.add_client(SN)
+    server.add_client(OTHER)
+    server.configure("[server]\nmax_connections = 4\n")
+    with running_embedded(server) as embedded:
+        idle = [paramiko_client(server, embedded.port, server.keys[SN], SN) for _ in range(5)]
+        try:
+            for client in idle:
+                transport = client.get_transport()
+                assert transport is not None
+                transport.open_session(timeout=10)
+            wait_for_log(server, f"client={SN} ssh session from 127.0.0.1 refused", 2)
+            r = embedded.ssh(server.keys[SN], "true", user=SN)
+            assert r.returncode == 58
+            assert r.stderr == (f"xsbackup: client {SN} already has 3 sessions running; "
+                                "try again when they end\n")
+            r = backup(server, embedded, OTHER, tmp_path)
+            assert r.returncode == 0, r.stderr
+        finally:
+            for client in idle:
+                client.close()
+
+
+def paramiko_client(server: Server, port: int, key: Path, user: str) -> paramiko.SSHClient:
+    """A logged-in paramiko client that knows the server's host key."""
     client = paramiko.SSHClient()
     host_key = paramiko.Ed25519Key.from_private_key_file(
         str(server.root / "ssh" / "ssh_host_ed25519_key"))
     client.get_host_keys().add(f"[127.0.0.1]:{port}", host_key.get_name(), host_key)
     client.connect("127.0.0.1", port, username=user, key_filename=str(key),
                    look_for_keys=False, allow_agent=False, timeout=10)
+    return client
+
+
+def paramiko_exec(server: Server, port: int, key: Path, user: str,
+                  command: bytes) -> tuple[int, bytes]:
+    """Run ``command`` (raw bytes, which the ssh program cannot send) over a real
+    paramiko client; returns the exit status and stderr."""
+    client = paramiko_client(server, port, key, user)
     try:
         transport = client.get_transport()
         assert transport is not None

@@ -102,8 +102,7 @@ def _session(ctx: Context, client: str) -> FileLock:
     limit = ctx.settings.admission.max_sessions_per_client
     lock = take_slot(ctx.store.locks_dir, limit, name=f"session-{client}")
     if lock is None:
-        raise TooManySessions(f"client {client} already has {limit} sessions running; "
-                              "try again when they end")
+        raise TooManySessions.of(client, limit)
     return lock
 
 

@@ -12,15 +12,12 @@ stdin, stdout and stderr bridged and the exit status returned.
 * No shell, pty, sftp or other subsystem, port forwarding, agent or X11 forwarding, and
   no environment requests. A shell request runs the dispatcher with no command, so the
   client sees the same one-line refusal OpenSSH deployments give.
-* Unauthenticated connections have their own small budget, ``server.max_startups``
-  (``prelogin.py``), and ``server.login_grace_seconds`` from accept to login, and again
-  from login to the command. Authenticated sessions count against
-  ``server.max_connections``; one over it is told so in one line. An address with
-  ``server.max_auth_failures`` failed logins in five minutes is disconnected at once
-  until its failures age out.
-* A command the dispatcher could not even be given (a NUL byte in it) is refused in one
-  line with exit 40, like every other refusal. paramiko's own records go to our log,
-  and only at debug level: each failed connection is one line of ours, with its reason.
+* Before login (``prelogin.py``): ``server.max_startups``, ``server.login_grace_seconds``
+  (and again from login to the command), ``server.max_auth_failures``. After it, a
+  connection takes one of ``server.max_connections`` and one of its client's
+  ``admission.max_sessions_per_client``, or gets the one-line refusal.
+* A NUL in a command is a one-line refusal (40), as the dispatcher's. paramiko's records
+  go to our log at debug level only: a failed connection is one line of ours.
 * The dispatcher runs as a child process in its own session (it is exactly the forced
   command of OpenSSH deployments); on shutdown its whole process group is signalled.
 * Back-pressure: ``Channel.sendall`` blocks while the client's window is full, and the
@@ -37,7 +34,7 @@ import signal
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,7 +52,7 @@ from paramiko.common import (
 from xsbackup import procs
 from xsbackup.clients.registry import xsbackup_executable
 from xsbackup.config import Settings
-from xsbackup.errors import ListenError, NoSlot, Refused, RequestRefused
+from xsbackup.errors import ListenError, NoSlot, Refused, RequestRefused, TooManySessions
 from xsbackup.logs import LOG
 from xsbackup.server.prelogin import Pending, StartupBudget, Throttle
 
@@ -222,7 +219,9 @@ class SshServer:
         self.port = int(self.sock.getsockname()[1])
         self.executable = xsbackup_executable()
         self.startups = StartupBudget()
-        self._slots = threading.BoundedSemaphore(s.server.max_connections)
+        self._max_connections = s.server.max_connections
+        self._slots = threading.BoundedSemaphore(self._max_connections)
+        self._sessions: Counter[str] = Counter()  # logged-in connections per client
         _route_paramiko_logs()
         self._closing = threading.Event()
         self._procs: set[procs.Popen[bytes]] = set()
@@ -288,7 +287,7 @@ class SshServer:
             self._active += 1
         transport: paramiko.Transport | None = None
         session: _Session | None = None
-        slot = False
+        admitted: str | None = None  # the client whose places this connection holds
         try:
             grace = self.settings().server.login_grace_seconds
             entry.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -304,18 +303,18 @@ class SshServer:
             if channel is None:
                 return
             self.startups.leave(entry)
-            slot = self._slots.acquire(blocking=False)
+            refusal = self._admit(session.client or "")
+            admitted = session.client or "" if refusal is None else None
+            if refusal is not None:
+                LOG.warning("client=%s ssh session from %s refused: %s", session.client,
+                            addr[0], refusal.message)
             if not _await_command(transport, session, time.monotonic() + grace):
                 channel.close()
                 return
-            if slot:
+            if refusal is None:
                 self._run(channel, session)
             else:
-                limit = self.settings().server.max_connections
-                LOG.warning("client=%s ssh session from %s refused: all %d SSH sessions are "
-                            "taken (server.max_connections)", session.client, addr[0], limit)
-                _refuse(channel, NoSlot(f"server busy: all {limit} SSH sessions are taken; "
-                                        "try again later"))
+                _refuse(channel, refusal)
             # Let the client close the connection after reading the exit status; closing
             # it first would reset the connection under a client that is still reading.
             deadline = time.monotonic() + 10
@@ -332,10 +331,27 @@ class SshServer:
                 transport.close()
             with contextlib.suppress(OSError):
                 entry.sock.close()
-            if slot:
-                self._slots.release()
             with self._lock:
                 self._active -= 1
+                if admitted is not None:
+                    self._slots.release()
+                    self._sessions[admitted] -= 1
+                    if not self._sessions[admitted]:
+                        del self._sessions[admitted]
+
+    def _admit(self, client: str) -> Refused | None:
+        """A logged-in connection's places: one of its client's own
+        (``admission.max_sessions_per_client``, so one key cannot take every place) and
+        one of ``server.max_connections``; the refusal when there is none."""
+        per_client = self.settings().admission.max_sessions_per_client
+        with self._lock:
+            if self._sessions[client] >= per_client:
+                return TooManySessions.of(client, per_client)
+            if not self._slots.acquire(blocking=False):
+                return NoSlot(f"server busy: all {self._max_connections} SSH sessions are "
+                              "taken; try again later")
+            self._sessions[client] += 1
+        return None
 
     def _run(self, channel: paramiko.Channel, session: _Session) -> None:
         if session.client is None:  # paramiko only opens channels after authentication
