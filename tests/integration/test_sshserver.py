@@ -154,13 +154,14 @@ def test_no_sftp_and_no_forwarding(server: Server, embedded: Sshd) -> None:
 
 
 def backup(server: Server, embedded: Sshd, serial: str, tmp_path: Path,
-           timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """One plain rsync backup of a small tree, as the client's own login."""
+           timeout: float = 60, login: str | None = "") -> subprocess.CompletedProcess[str]:
+    """One plain rsync backup of a small tree, as ``login`` ("": the client's serial;
+    None: the SSH server's own user)."""
     src = tmp_path / f"src-{serial}"
     src.mkdir(exist_ok=True)
     (src / "a.txt").write_text(f"{serial}\n")
     return embedded.rsync(server.keys[serial], "-a", f"{src}/", "127.0.0.1:documents/",
-                          user=serial, timeout=timeout)
+                          user=serial if login == "" else login, timeout=timeout)
 
 
 def open_flood(port: int, idle: int, half: int) -> list[socket.socket]:
@@ -288,7 +289,8 @@ def test_garbage_at_is_a_refusal_not_a_server_error(server: Server, embedded: Ss
     assert "Traceback" not in log
 
 
-def stalled(embedded: Sshd, key: Path, user: str, command: str) -> subprocess.Popen[bytes]:
+def stalled(embedded: Sshd, key: Path, user: str | None,
+            command: str) -> subprocess.Popen[bytes]:
     """A client that runs ``command`` and then neither writes nor reads."""
     return subprocess.Popen([*embedded.ssh_base(key, user), "127.0.0.1", command],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -311,22 +313,27 @@ def wait_for_log(server: Server, text: str, count: int, deadline: float = 60) ->
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("via", ["embedded", "sshd"])
 def test_stalled_downloads_of_one_client_leave_slots_for_others(
-        server: Server, embedded: Sshd, tmp_path: Path) -> None:
+        server: Server, tmp_path: Path, via: str, request: pytest.FixtureRequest) -> None:
+    """The embedded server refuses a client's fourth session itself; behind OpenSSH the
+    forced command does."""
+    ssh: Sshd = request.getfixturevalue(via)
+    login = SN if via == "embedded" else None
     server.add_client(SN)
     server.add_client(OTHER)
     # Twelve logins at once: above max_startups' default start of 10, one could be dropped
     # before it logs in, which is another test's subject.
     server.configure('[server]\nmax_auth_failures = 3\nmax_startups = "20:30:60"\n')
-    assert backup(server, embedded, SN, tmp_path).returncode == 0
+    assert backup(server, ssh, SN, tmp_path, login=login).returncode == 0
     postprocess.run_once(server.ctx())
     sender = "rsync --server --sender -logDtpre.iLsfxCIvu . documents/latest/"
-    procs = [stalled(embedded, server.keys[SN], SN, sender) for _ in range(12)]
+    procs = [stalled(ssh, server.keys[SN], login, sender) for _ in range(12)]
     try:
         deadline = time.monotonic() + 60
         while True:
             log = (server.root / "log" / "xsbackup.log").read_text()
-            decided = log.count("download started") + log.count("request refused")
+            decided = log.count("download started") + log.count("3 sessions running")
             if decided >= 12:
                 break
             assert time.monotonic() < deadline, log
@@ -343,7 +350,7 @@ def test_stalled_downloads_of_one_client_leave_slots_for_others(
             assert p.stderr is not None
             assert p.stderr.read() == (f"xsbackup: client {SN} already has 3 sessions "
                                        "running; try again when they end\n").encode()
-        r = backup(server, embedded, OTHER, tmp_path)
+        r = backup(server, ssh, OTHER, tmp_path, login=None if via == "sshd" else "")
         assert r.returncode == 0, r.stderr
     finally:
         end(*procs)
