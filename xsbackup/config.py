@@ -34,18 +34,56 @@ def _key(default: Any, help: str, *, minimum: float | None = None,
 
 
 @dataclass(frozen=True)
+class Startups:
+    """OpenSSH's ``MaxStartups start:rate:full`` for unauthenticated SSH connections."""
+
+    start: int
+    rate: int
+    full: int
+
+
+def parse_startups(text: str, name: str = "server.max_startups") -> Startups:
+    """``start:rate:full`` (or one number N, meaning N:100:N), as sshd_config writes it."""
+    parts = text.split(":")
+    if len(parts) not in (1, 3) or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ConfigError(f"{name}: expected start:rate:full (e.g. \"10:30:60\"), got {text!r}")
+    numbers = [int(p) for p in parts]
+    start, rate, full = numbers if len(numbers) == 3 else (numbers[0], 100, numbers[0])
+    if not (1 <= start <= full and rate <= 100):
+        raise ConfigError(f"{name}: need 1 <= start <= full and rate <= 100, got {text!r}")
+    return Startups(start, rate, full)
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     bind: str = _key("127.0.0.1", "address the embedded SSH and HTTP servers bind")
-    ssh_port: int = _key(2222, "embedded SSH server port", minimum=0)
+    ssh_port: int = _key(2222, "SSH port: the embedded server's, and the one restore plans "
+                         "give clients", minimum=0)
+    embedded_ssh: bool = _key(True, "serve runs the embedded SSH server (false: OpenSSH "
+                              "answers SSH; also serve --no-ssh)")
     http_port: int = _key(8080, "HTTP server port", minimum=0)
     service_user: str = _key("xsbackup", "SSH login name that acts as the key's own client")
     public_host: str = _key("", "host name given to clients in backupurl "
                             "(default: the HTTP Host header)")
     shutdown_timeout: float = _key(30.0, "seconds running transfers get on SIGTERM", minimum=0)
-    max_connections: int = _key(64, "concurrent SSH connections at most", minimum=1)
-    auth_timeout: float = _key(30.0, "seconds an SSH client has to authenticate", minimum=1)
+    max_startups: str = _key("10:30:60", "unauthenticated SSH connections, start:rate:full "
+                             "as OpenSSH's MaxStartups: from start on, a new one drops the "
+                             "longest-silent one with rate% odds rising to 100% at full")
+    login_grace_seconds: float = _key(15.0, "seconds from an SSH connection's accept to a "
+                                      "successful login, and again to its command "
+                                      "(OpenSSH's LoginGraceTime; formerly auth_timeout)",
+                                      minimum=1)
+    max_connections: int = _key(64, "concurrent authenticated SSH sessions at most",
+                                minimum=1)
     max_auth_failures: int = _key(10, "failed SSH logins per address per 5 minutes before "
                                   "that address is refused", minimum=1)
+
+    def __post_init__(self) -> None:
+        parse_startups(self.max_startups)
+
+    @property
+    def startups(self) -> Startups:
+        return parse_startups(self.max_startups)
 
 
 @dataclass(frozen=True)
@@ -87,13 +125,16 @@ class AdmissionSettings:
                                  minimum=0)
     max_inodes_pct: float = _key(95.0, "refuse transfers above this % of inodes", minimum=0)
     slots: int = _key(10, "concurrent transfers at most", minimum=0)
+    max_sessions_per_client: int = _key(3, "concurrent SSH sessions (transfers, restores, "
+                                        "archives) of one client at most", minimum=1)
     maintenance: bool = _key(False, "refuse every transfer (also: xsbackup maintenance)")
 
 
 @dataclass(frozen=True)
 class IngestSettings:
     rsync: str = _key("rsync", "the rsync executable the server runs")
-    timeout: int = _key(0, "rsync --timeout forced on the server side (0: the client's)",
+    timeout: int = _key(300, "seconds of I/O silence after which the server ends a session "
+                        "(rsync --timeout; a client's own shorter --timeout is kept; 0: none)",
                         minimum=0)
 
 
@@ -197,6 +238,12 @@ def _schema() -> dict[str, Key]:
 
 # Every key, derived from the section dataclasses above (their fields are the one owner).
 SCHEMA: dict[str, Key] = _schema()
+# Old names still read, as the key they became (a file must not give both).
+RENAMED: dict[str, str] = {"server.auth_timeout": "server.login_grace_seconds"}
+
+
+def _env_name(name: str) -> str:
+    return "XSBACKUP_" + name.replace(".", "_").upper()
 
 
 def _coerce(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
@@ -297,9 +344,12 @@ def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ConfigError(f"{where}: [{section}] must be a table")
         for k, v in body.items():
-            name = f"{section}.{k}"
+            name = RENAMED.get(f"{section}.{k}", f"{section}.{k}")
             if name not in SCHEMA:
                 raise ConfigError(f"{where}: unknown setting {name}")
+            if name in out:
+                raise ConfigError(f"{where}: {section}.{k} and {name} are one setting; "
+                                  f"set only {name}")
             out[name] = v
     return out
 
@@ -334,8 +384,12 @@ def load(
             raise ConfigError(f"{cfg}: {e}") from None
         for name, v in _flatten(data, str(cfg)).items():
             values[name] = _coerce(name, SCHEMA[name], v, from_text=False)
+    for old, name in RENAMED.items():
+        if _env_name(old) in env:
+            values[name] = _coerce(_env_name(old), SCHEMA[name], env[_env_name(old)],
+                                   from_text=True)
     for name, key in SCHEMA.items():
-        env_name = "XSBACKUP_" + name.replace(".", "_").upper()
+        env_name = _env_name(name)
         if env_name in env:
             values[name] = _coerce(env_name, key, env[env_name], from_text=True)
     for name, v in (overrides or {}).items():

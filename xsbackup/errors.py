@@ -142,10 +142,22 @@ class CanonicalJSONError(XsbackupError, ValueError):
         self.violation = violation
 
 
+class RsyncNotFound(XsbackupError):
+    """The configured rsync program (ingest.rsync) was not found."""
+
+    exit_code = 18
+
+
+class ListenError(XsbackupError):
+    """A server port could not be opened (in use, privileged, or a bad address)."""
+
+    exit_code = 19
+
+
 class SeveralPending(XsbackupError):
     """Several registrations of this client are waiting; choose one by fingerprint."""
 
-    exit_code = 18
+    exit_code = 20
 
 
 # ---- refusals of the forced command (40-59) ------------------------------------------
@@ -290,6 +302,18 @@ class NotADatastore(JournalError):
 
     exit_code = 57
     reason = "no-datastore"
+
+
+class TooManySessions(Refused):
+    """This client already has as many sessions as one client may run at once."""
+
+    exit_code = 58
+    reason = "sessions"
+
+    @classmethod
+    def of(cls, client: str, limit: int) -> TooManySessions:
+        return cls(f"client {client} already has {limit} sessions running; "
+                   "try again when they end")
 
 
 class ServerError(XsbackupError):

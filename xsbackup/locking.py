@@ -73,10 +73,11 @@ def postprocess_lock(locks_dir: Path, client: str) -> FileLock:
     return FileLock(locks_dir / f"post-{client}.lock")
 
 
-def take_slot(locks_dir: Path, slots: int) -> FileLock | None:
-    """Take one of ``slots`` concurrency slots without waiting; None when all are taken."""
+def take_slot(locks_dir: Path, slots: int, name: str = "slot") -> FileLock | None:
+    """Take one of ``slots`` concurrency slots (``<name>-NNN.lock``) without waiting;
+    None when all are taken."""
     for i in range(slots):
-        lock = FileLock(locks_dir / f"slot-{i:03d}.lock")
+        lock = FileLock(locks_dir / f"{name}-{i:03d}.lock")
         try:
             return lock.acquire()
         except LockBusy:

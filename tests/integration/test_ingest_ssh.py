@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,49 +44,6 @@ def same_content(a: Path, b: Path) -> None:
         pa, pb = a / n, b / n
         if pa.is_file() and not pa.is_symlink():
             assert pa.read_bytes() == pb.read_bytes(), n
-
-
-def test_ds_backup_v015_command_lines(server: Server, sshd: Sshd, tmp_path: Path) -> None:
-    """The exact ds-backup rsync lines, logging in as the serial through a system user."""
-    if os.geteuid() != 0:
-        pytest.skip("creating the per-serial system login needs root")
-    key = server.add_client(SN)
-    subprocess.run(["userdel", "--force", SN], capture_output=True, check=False)
-    res = server.xsbackup("clients", "remove", SN)
-    res = server.xsbackup("clients", "add", SN, "--pubkey", str(key.with_suffix(".pub")),
-                          "--system-user")
-    assert res.returncode == 0, res.stderr
-    try:
-        home = tmp_path / "xo"
-        ds = make_tree(home / ".sugar/default/datastore")
-        logs = make_tree(home / "power-logs")
-        docs = make_tree(home / "Documents")
-        ssh = (f"ssh -F /dev/null -o \"PasswordAuthentication no\" -o \"StrictHostKeyChecking no\""
-               f" -i {key} -l {SN} -p {sshd.port} -o UserKnownHostsFile=/dev/null"
-               " -o LogLevel=ERROR")
-        host = "127.0.0.1"
-        for src, dest in ((ds, "datastore-current"), (logs, "power-logs"),
-                          (docs, "documents")):
-            r = subprocess.run(["rsync", "-z", "-rlt", "--partial", "--delete", "--timeout=160",
-                                "-e", ssh, f"{src}/", f"{host}:{dest}"],
-                               capture_output=True, text=True, timeout=60)
-            assert r.returncode == 0, r.stderr
-        flag = tmp_path / "flag"
-        flag.write_bytes(b"")
-        r = subprocess.run(["rsync", "-z", "-rlt", "--timeout", "10", "-T", "/tmp", "-e", ssh,
-                            str(flag), f"{host}:/var/lib/ds-backup/completion/{SN}"],
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        store = server.store
-        assert sorted(store.volumes(SN)) == ["datastore", "documents", "power-logs"]
-        assert os.getxattr(store.client_dir(SN), "user.xsbackup.last_completion")
-        promote_all(server)
-        for vol, src in (("datastore", ds), ("power-logs", logs), ("documents", docs)):
-            (snap,) = snapshot_dirs(server, vol)
-            same_content(src, snap)
-    finally:
-        server.xsbackup("clients", "remove", SN, check=False)
-        subprocess.run(["userdel", "--force", SN], capture_output=True, check=False)
 
 
 def test_second_backup_links_unchanged_and_keeps_history(server: Server, sshd: Sshd,

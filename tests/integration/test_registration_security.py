@@ -266,7 +266,7 @@ def test_the_admin_approves_the_device_not_the_impostor(site_factory: Any, case:
     assert fp_impostor in listed
     # Two are waiting: approving "the" request of the serial is ambiguous.
     r = site.xs("clients", "approve", VICTIM, check=False)
-    assert r.returncode == 18
+    assert r.returncode == 20
     assert r.stderr == (f"xsbackup: error: 2 registrations of {VICTIM} are waiting; choose "
                         f"one by fingerprint: {fp_device}, {fp_impostor}\n")
     out = site.xs("clients", "approve", VICTIM, "--fingerprint", fp_device).stdout

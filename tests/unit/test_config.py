@@ -64,3 +64,30 @@ def test_every_example_in_etc_loads(path: Path, tmp_path: Path) -> None:
 
 def test_etc_example_matches_the_schema_defaults() -> None:
     assert (ETC / "xsbackup.toml").read_text() == config.example_toml()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10:30:60", (10, 30, 60)), ("10", (10, 100, 10)), ("1:0:1", (1, 0, 1))])
+def test_max_startups(tmp_path: Path, text: str, expected: tuple[int, int, int]) -> None:
+    (tmp_path / "xsbackup.toml").write_text(f'[server]\nmax_startups = "{text}"\n')
+    s = config.load(tmp_path, environ={}).server.startups
+    assert (s.start, s.rate, s.full) == expected
+
+
+@pytest.mark.parametrize("text", ["", "10:30", "60:30:10", "10:130:60", "a:b:c", "0:30:60",
+                                  " 10:30:60"])
+def test_max_startups_refused_at_load(tmp_path: Path, text: str) -> None:
+    (tmp_path / "xsbackup.toml").write_text(f'[server]\nmax_startups = "{text}"\n')
+    with pytest.raises(ConfigError, match=r"server\.max_startups"):
+        config.load(tmp_path, environ={})
+
+
+def test_auth_timeout_is_read_as_login_grace_seconds(tmp_path: Path) -> None:
+    (tmp_path / "xsbackup.toml").write_text("[server]\nauth_timeout = 20\n")
+    assert config.load(tmp_path, environ={}).server.login_grace_seconds == 20
+    s = config.load(tmp_path, environ={"XSBACKUP_SERVER_AUTH_TIMEOUT": "7"})
+    assert s.server.login_grace_seconds == 7
+    (tmp_path / "xsbackup.toml").write_text(
+        "[server]\nauth_timeout = 20\nlogin_grace_seconds = 10\n")
+    with pytest.raises(ConfigError, match=r"set only server\.login_grace_seconds"):
+        config.load(tmp_path, environ={})

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.hostile_cases import DOWN, HOSTILE, SN, UP
+from xsbackup import config
 from xsbackup.errors import RequestRefused
 from xsbackup.ingest.command import VERB_PATHS, VERBS, Request, parse
+from xsbackup.ingest.upload import _server_opts
 from xsbackup.store import CLIENT_RE, SNAPSHOT_RE, VOLUME_RE
 
 
@@ -139,3 +142,34 @@ def test_parser_raises_only_refusals(words: list[str]) -> None:
 def test_parser_on_arbitrary_text(command: str) -> None:
     with contextlib.suppress(RequestRefused):
         parse(command, SN)
+
+
+@pytest.mark.parametrize(("command", "limit", "expected"), [
+    # ds-backup's own --timeout=160 is kept under the default limit of 300 s...
+    ("rsync --server -ltrze.iLsfxCIvu --timeout=160 --delete --partial . documents",
+     300, "--timeout=160"),
+    # ...and a client that asks for none, for 0 (none) or for more gets the limit.
+    ("rsync --server -logDtpre.iLsfxCIvu . documents/", 300, "--timeout=300"),
+    ("rsync --server -logDtpre.iLsfxCIvu --timeout=0 . documents/", 300, "--timeout=300"),
+    ("rsync --server -logDtpre.iLsfxCIvu --timeout=5 --timeout=9000 . documents/", 300,
+     "--timeout=300"),
+    ("rsync --server --sender -logDtpre.iLsfxCIvu . documents/latest/", 300, "--timeout=300"),
+    # ingest.timeout = 0: the client's own choice, as rsync would make it.
+    ("rsync --server -logDtpre.iLsfxCIvu --timeout=160 . documents/", 0, "--timeout=160"),
+    ("rsync --server -logDtpre.iLsfxCIvu . documents/", 0, None),
+])
+def test_server_side_io_timeout(tmp_path: Path, command: str, limit: int,
+                                expected: str | None) -> None:
+    settings = config.load(tmp_path, overrides={"ingest.timeout": limit}, environ={})
+    opts = _server_opts(settings, parse(command, SN))
+    assert [o for o in opts if o.startswith("--timeout")] == ([expected] if expected else [])
+
+
+def test_the_default_io_timeout_leaves_ds_backup_its_own() -> None:
+    assert config.SCHEMA["ingest.timeout"].default >= 160
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "١٢"])
+def test_timeout_takes_whole_seconds(value: str) -> None:
+    with pytest.raises(RequestRefused, match="whole number of seconds"):
+        parse(f"rsync --server -logDtpre.iLsfxCIvu --timeout={value} . documents/", SN)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from xsbackup.cli._common import emit_json, with_context
+from xsbackup.cli._common import Invocation, emit_json, pass_invocation, with_context
 from xsbackup.context import Context
 
 
@@ -24,24 +24,40 @@ def clients() -> None:
 @click.option("--nickname", default="", help="A human name for the device.")
 @click.option("--uuid", default="", help="The device's uuid.")
 @click.option("--system-user", is_flag=True,
-              help="Also create a login for SN sharing this account's uid, with no shell "
-                   "(root only; for ds-backup devices that log in as their serial).")
-@with_context
-def clients_add(ctx: Context, serial: str,
+              help="Also create a login for SN sharing the service account's uid and gid, "
+                   "with no shell (root only; for ds-backup devices that log in as their "
+                   "serial).")
+@click.option("--service-user", metavar="NAME",
+              help="With --system-user: the account xsbackup runs as (default: the owner "
+                   "of the state root). Never root.")
+@pass_invocation
+def clients_add(inv: Invocation, serial: str,
                 pubkey_file: str | None, pubkey_blob: str | None, nickname: str, uuid: str,
-                system_user: bool) -> None:
-    """Register client SERIAL with its public key; regenerates authorized_keys."""
+                system_user: bool, service_user: str | None) -> None:
+    """Register client SERIAL with its public key; regenerates authorized_keys.
+
+    Run as root, it writes the state root as the service account (the state root's owner,
+    or --service-user), so no file there ends up owned by root."""
+    from xsbackup import logs
+    from xsbackup.clients import sysuser
     from xsbackup.errors import InvalidKey
 
     if (pubkey_file is None) == (pubkey_blob is None):
         raise InvalidKey("give exactly one of --pubkey FILE or --pubkey-blob BASE64")
+    if service_user and not system_user:
+        raise click.UsageError("--service-user goes with --system-user")
     key = Path(pubkey_file).read_text() if pubkey_file else pubkey_blob
-    client = ctx.registry.add(serial, key, nickname=nickname, uuid=uuid)
+    settings = inv.settings()
+    ctx = Context.open(settings)  # reads only: the state root must be initialised
+    account = sysuser.prepare_login(serial, ctx.store.root, service_user) if system_user \
+        else sysuser.owner(ctx.store.root)
+    with sysuser.acting_as(account):
+        logs.setup(settings)
+        client = ctx.registry.add(serial, key, nickname=nickname, uuid=uuid)
     if system_user:
-        from xsbackup.clients.sysuser import create_login
-
-        create_login(serial)
-        client = ctx.registry.modify(serial, lambda c: setattr(c, "system_user", True))
+        sysuser.create_login(serial, account)
+        with sysuser.acting_as(account):
+            client = ctx.registry.modify(serial, lambda c: setattr(c, "system_user", True))
     path = ctx.store.ssh_dir / "authorized_keys"
     key0 = client.keys[0]
     note = "" if key0.supported else \
@@ -76,12 +92,13 @@ def clients_list(ctx: Context, as_json: bool) -> None:
 @with_context
 def clients_remove(ctx: Context, serial: str, purge: bool) -> None:
     """Remove a client (its data is kept unless --purge); regenerates authorized_keys."""
+    from xsbackup.clients import sysuser
+
     client = ctx.registry.get(serial)
     if client.system_user:
-        from xsbackup.clients.sysuser import remove_login
-
-        remove_login(serial)
-    ctx.registry.remove(serial, purge=purge)
+        sysuser.remove_login(serial)
+    with sysuser.acting_as(sysuser.owner(ctx.store.root)):  # as root: keep its ownership
+        ctx.registry.remove(serial, purge=purge)
     click.echo(f"removed {serial}" + (" and its data" if purge else "; data kept"))
 
 def _set_disabled(ctx: Context, serial: str, disabled: bool) -> None:

@@ -44,18 +44,22 @@ def ssh_command(inv: Invocation, client: str) -> None:
               "(server.bind; default 127.0.0.1).")
 @click.option("--ssh-port", type=int, default=None, help="Embedded SSH port (default 2222).")
 @click.option("--http-port", type=int, default=None, help="HTTP port (default 8080).")
+@click.option("--no-ssh", is_flag=True, help="No embedded SSH server: OpenSSH answers SSH "
+              "(server.embedded_ssh = false).")
 @pass_invocation
 def serve(inv: Invocation, bind: str | None, ssh_port: int | None,
-          http_port: int | None) -> None:
+          http_port: int | None, no_ssh: bool) -> None:
     """Run everything in one process: embedded SSH, HTTP, post-processing, scheduler.
 
     Creates the state root and host keys on first start. SIGTERM/SIGINT stop gracefully;
-    SIGHUP reloads the configuration and keys.
+    SIGHUP reloads the configuration and keys. Exits 18 when ingest.rsync is missing and
+    19 when a port cannot be had.
     """
     from xsbackup.server.service import Service
 
     service = Service(inv.root, inv.config_file, {
-        "server.bind": bind, "server.ssh_port": ssh_port, "server.http_port": http_port})
+        "server.bind": bind, "server.ssh_port": ssh_port, "server.http_port": http_port,
+        "server.embedded_ssh": False if no_ssh else None})
     sys.exit(service.run(ready=click.echo))
 
 @click.command()

@@ -192,6 +192,8 @@ def parse(command: str | None, client: str) -> Request:
             continue
         if "\n" in value or "\0" in value:
             raise refuse(f"option --{name} has a control character in its argument")
+        if name == "timeout" and not (value.isascii() and value.isdigit()):
+            raise refuse("option --timeout takes a whole number of seconds")
         options.append(f"--{name}={value}")
     if not saw_dot:
         raise refuse("invalid rsync command: missing '.' argument")

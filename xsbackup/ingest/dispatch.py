@@ -3,16 +3,26 @@
 OpenSSH (through ``authorized_keys``) and the embedded SSH server both end here. In
 this mode stderr belongs to the SSH client: the only thing ever written there is one
 refusal line; everything else goes to the log. rsync's own exit code passes through.
+
+Every session that does something (all but ``true``) holds one of the client's
+``admission.max_sessions_per_client`` session locks for as long as it runs, and ends
+when the client stops reading or writing for ``ingest.timeout`` seconds: rsync's own
+``--timeout`` for transfers, and the same rule for the streamed verbs, which then exit 30
+as rsync does. So a stalled client can neither hold the server's transfer slots nor
+block its own next backup for ever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import io
 import os
+import select
 import sys
 import time
 from collections.abc import Mapping
-from typing import TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from xsbackup import counters
 from xsbackup.context import Context
@@ -21,15 +31,23 @@ from xsbackup.errors import (
     InvalidName,
     OverQuota,
     Refused,
+    RequestRefused,
     ServerError,
+    TooManySessions,
     UnknownClient,
     XsbackupError,
 )
 from xsbackup.ingest import admission
 from xsbackup.ingest import command as rsyncargs
 from xsbackup.ingest import upload as ingest
+from xsbackup.locking import FileLock, take_slot
 from xsbackup.logs import LOG
 from xsbackup.store import CLIENT_RE, set_xattrs
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+RSYNC_TIMEOUT_EXIT = 30  # rsync's "timeout in data send/receive"
 
 
 def run(ctx: Context, client: str, environ: Mapping[str, str] | None = None,
@@ -40,9 +58,11 @@ def run(ctx: Context, client: str, environ: Mapping[str, str] | None = None,
     remote = env.get("SSH_CONNECTION", "").split(" ")[0]
     try:
         return _dispatch(ctx, client, command, remote)
-    except Refused as e:
+    except (Refused, InvalidName) as e:
+        # A malformed name the client sent (a volume, an --at time) is its error too.
+        refusal = e if isinstance(e, Refused) else RequestRefused(e.message)
         LOG.warning("client=%s request refused from %s: %s (command %r)", client,
-                    remote or "?", e.message, (command or "")[:300])
+                    remote or "?", refusal.message, (command or "")[:300])
         if isinstance(e, OverQuota | HookVeto):  # the admin sees why in `xsbackup status`
             with contextlib.suppress(OSError, InvalidName):
                 set_xattrs(ctx.store.client_dir(client), {
@@ -50,8 +70,8 @@ def run(ctx: Context, client: str, environ: Mapping[str, str] | None = None,
                     "last_error_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())})
         if ctx.store.locks_dir.is_dir():
             counters.bump(ctx.store, "admissions",
-                          {"path": "ssh", "result": "refused", "reason": e.reason})
-        error: XsbackupError = e
+                          {"path": "ssh", "result": "refused", "reason": refusal.reason})
+        error: XsbackupError = refusal
     except Exception as e:  # the client must see one line, never a traceback
         LOG.exception("client=%s request failed from %s (command %r)", client, remote or "?",
                       (command or "")[:300])
@@ -73,6 +93,21 @@ def _dispatch(ctx: Context, client: str, command: str | None, remote: str) -> in
     if req.kind == "upload":
         admission.check_quota(store, record)
     admission.check_server(ctx, reserved=admission.has_reservation(ctx, client, time.time()))
+    with _session(ctx, client):
+        return _serve(ctx, client, req, remote)
+
+
+def _session(ctx: Context, client: str) -> FileLock:
+    """One of the client's session locks, held by this process until the session ends."""
+    limit = ctx.settings.admission.max_sessions_per_client
+    lock = take_slot(ctx.store.locks_dir, limit, name=f"session-{client}")
+    if lock is None:
+        raise TooManySessions.of(client, limit)
+    return lock
+
+
+def _serve(ctx: Context, client: str, req: rsyncargs.Request, remote: str) -> int:
+    store = ctx.store
     if req.kind == "upload":
         rc = ingest.run_upload(ctx, client, req, remote=remote)
         result = "success" if rc in ingest.SUCCESS_CODES else "failure"
@@ -94,6 +129,20 @@ def _dispatch(ctx: Context, client: str, command: str | None, remote: str) -> in
 
 def run_verb(ctx: Context, login: str, req: rsyncargs.Request) -> int:
     """``archive``, ``list`` and ``manifest``: read-only, streamed to stdout."""
+    timeout = ctx.settings.ingest.timeout
+    out = io.BufferedWriter(ClientStdout(sys.stdout.fileno(), timeout), 1 << 16)
+    try:
+        return _verb(ctx, login, req, out)
+    except Stalled:
+        LOG.warning("client=%s %s stalled: nothing read for %ds (ingest.timeout); ended",
+                    login, req.verb, timeout)
+        return RSYNC_TIMEOUT_EXIT
+    finally:
+        with contextlib.suppress(Stalled, OSError):
+            out.close()
+
+
+def _verb(ctx: Context, login: str, req: rsyncargs.Request, out: BinaryIO) -> int:
     import orjson
 
     from xsbackup.restore import archive as restore
@@ -101,7 +150,6 @@ def run_verb(ctx: Context, login: str, req: rsyncargs.Request) -> int:
 
     store = ctx.store
     source = restore.check_readable(ctx.registry, login, req.source or login)
-    out = sys.stdout.buffer
     if req.verb == "list":
         vols = [resolve.pick_volume(store, source, req.opt("--volume"))] \
             if req.opt("--volume") else store.volumes(source)
@@ -129,3 +177,44 @@ def run_verb(ctx: Context, login: str, req: rsyncargs.Request) -> int:
     LOG.info("client=%s volume=%s snapshot=%s archive of %d items sent to %s", source,
              volume, sid, n, login)
     return 0
+
+
+class Stalled(Exception):
+    """The client read nothing for ``ingest.timeout`` seconds."""
+
+
+class ClientStdout(io.RawIOBase):
+    """The verbs' stdout with rsync's ``--timeout`` rule: when the client reads nothing
+    for ``timeout`` seconds (0: wait for ever) the write raises ``Stalled``, and anything
+    written after that is dropped, so closing the stream cannot block again. The
+    descriptor is non-blocking while this object is open."""
+
+    def __init__(self, fd: int, timeout: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.wait_ms = timeout * 1000 if timeout else -1
+        self.stalled = False
+        self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, self._flags | os.O_NONBLOCK)
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLOUT)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer) -> int:
+        view = memoryview(data).cast("B")
+        while not self.stalled:
+            try:
+                return os.write(self.fd, view)
+            except BlockingIOError:
+                if not self._poll.poll(self.wait_ms):
+                    self.stalled = True
+                    raise Stalled from None
+        return len(view)
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, self._flags)
+        super().close()

@@ -119,10 +119,14 @@ def _open_dir(path: str, dir_fd: int) -> int:
 
 
 def _server_opts(settings: Settings, req: Request) -> list[str]:
-    opts = list(req.options)
-    timeout = settings.ingest.timeout
+    """The client's options with the server's I/O timeout: the client's own ``--timeout``
+    (rsync keeps the last one) where it is shorter than ``ingest.timeout``, else that;
+    ds-backup's 160 s stays 160 s, and no session outlives a stalled client for ever."""
+    asked = [int(o.partition("=")[2]) for o in req.options if o.startswith("--timeout=")]
+    opts = [o for o in req.options if not o.startswith("--timeout=")]
+    timeout = min((t for t in (asked[-1] if asked else 0, settings.ingest.timeout) if t > 0),
+                  default=0)
     if timeout:
-        opts = [o for o in opts if not o.startswith("--timeout=")]
         opts.append(f"--timeout={timeout}")
     return opts
 
@@ -218,7 +222,7 @@ def run_download(ctx: Context, client: str, req: Request) -> int:
         snap_fd = OpenSnapshot(store, client, req.volume, sid).fd
         fds.append(snap_fd)
         source = _pin_source(snap_fd, req, fds, sid)
-        argv = [settings.ingest.rsync, "--server", "--sender", *req.options,
+        argv = [settings.ingest.rsync, "--server", "--sender", *_server_opts(settings, req),
                 "--fake-super", "--", ".", source]
         LOG.info("client=%s volume=%s snapshot=%s download started", client, req.volume, sid)
         rc = _run(argv, [*fds, *(fd for fd in (slot.fd,) if fd is not None)])

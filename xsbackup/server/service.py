@@ -1,8 +1,10 @@
 """``xsbackup serve``: the whole product in one process on embedded defaults.
 
-Threads: the embedded SSH server, the HTTP server (waitress), the post-processing worker
-(``postprocess.watch``) and a scheduler for periodic jobs. The main thread waits for
-signals:
+Threads: the embedded SSH server (unless ``server.embedded_ssh`` is false, for OpenSSH
+deployments), the HTTP server (waitress), the post-processing worker
+(``postprocess.watch``) and a scheduler for periodic jobs. Before any of them starts,
+serve checks that ``ingest.rsync`` exists (``RsyncNotFound``) and that it can have its
+ports (``ListenError``), each a one-line error. The main thread waits for signals:
 
 * SIGTERM/SIGINT: stop accepting SSH and HTTP connections, stop the post-processor
   after its current entry, give running transfers up to ``server.shutdown_timeout``
@@ -15,24 +17,27 @@ signals:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from xsbackup import config
 from xsbackup.clients.registry import write_authorized_keys
 from xsbackup.context import Context
-from xsbackup.errors import XsbackupError
+from xsbackup.errors import RsyncNotFound, XsbackupError
 from xsbackup.ingest import admission
 from xsbackup.logs import LOG
 from xsbackup.snapshots import postprocess
-from xsbackup.store import init_root
+from xsbackup.store import atomic_write, init_root
 
 
 @dataclass
@@ -79,11 +84,18 @@ def sweep_trash(ctx: Context) -> None:
 class DailyPrune:
     """The policy prune and the quota check, once a day at ``prune.schedule`` (server
     local time), and only while the 1-minute load is under ``admission.max_load``, as
-    the original server did; a busy day's run waits for the load to drop."""
+    the original server did; a busy day's run waits for the load to drop. When it last
+    ran is kept in ``<root>/last-prune``, so a restart later that day does not run it
+    again."""
 
     def __init__(self, get_ctx: Callable[[], Context]) -> None:
         self.get_ctx = get_ctx
         self.done_on: dt.date | None = None
+        with contextlib.suppress(OSError, ValueError):
+            self.done_on = dt.datetime.fromisoformat(self._stamp().read_text().strip()).date()
+
+    def _stamp(self) -> Path:
+        return self.get_ctx().store.root / "last-prune"
 
     def due(self, now: dt.datetime) -> bool:
         when = self.get_ctx().settings.prune.schedule.strip()
@@ -101,12 +113,24 @@ class DailyPrune:
         if not self.due(now) or os.getloadavg()[0] > ctx.settings.admission.max_load:
             return
         self.done_on = now.date()
+        atomic_write(self._stamp(), f"{now.isoformat(timespec='seconds')}\n".encode())
         report = prune.policy_prune(ctx, now.astimezone(dt.UTC))
         ctx.storage.purge()
         quota = prune.quota_trim(ctx)
         pruned = sum(1 for i in report.items if i.outcome == "pruned")
         LOG.info("scheduled prune: %d snapshots pruned by policy; quota: %s", pruned,
                  quota.quota.get("result"))
+
+
+def check_rsync(settings: config.Settings) -> str:
+    """The rsync every transfer runs, found now rather than at the first backup."""
+    rsync = settings.ingest.rsync
+    found = shutil.which(rsync)
+    if found is None:
+        where = "" if os.sep in rsync else " on PATH"
+        raise RsyncNotFound(f"rsync not found: ingest.rsync is {rsync!r}, and no such "
+                            f"executable exists{where}; install rsync or set ingest.rsync")
+    return found
 
 
 def refresh_usage(ctx: Context) -> None:
@@ -147,17 +171,24 @@ class Service:
 
     def run(self, ready: Callable[[str], None] | None = None) -> int:
         from xsbackup import logs
-        from xsbackup.server.sshserver import SshServer
+        from xsbackup.server.sshserver import SshServer, listen_error
         from xsbackup.web.app import create_app, make_server
 
         s = self.settings()
+        check_rsync(s)
         init_root(s.root)
         logs.setup(s)
         write_authorized_keys(self.context().registry)
         bind = s.server.bind
-        ssh = SshServer(self.settings, bind, s.server.ssh_port)
+        ssh = SshServer(self.settings, bind, s.server.ssh_port) if s.server.embedded_ssh \
+            else None
         app = create_app(self.context)
-        http = make_server(app, bind, s.server.http_port, s.http.threads)
+        try:
+            http = make_server(app, bind, s.server.http_port, s.http.threads)
+        except (OSError, OverflowError) as e:
+            if ssh is not None:
+                ssh.close()
+            raise listen_error("http", bind, s.server.http_port, e) from None
         http_port = http.effective_port
         stop = threading.Event()
         pp_stop = threading.Event()
@@ -167,13 +198,14 @@ class Service:
         scheduler.add("sweep-trash", 3600, lambda: sweep_trash(self.context()))
         scheduler.add("prune", 60, DailyPrune(self.context))
         scheduler.add("usage", 900, lambda: refresh_usage(self.context()))
+        post = threading.Thread(target=postprocess.watch, args=(self.context, pp_stop),
+                                name="postprocess", daemon=True)
         threads = [
-            threading.Thread(target=ssh.serve_forever, name="ssh", daemon=True),
-            threading.Thread(target=http.run, name="http", daemon=True),
-            threading.Thread(target=postprocess.watch, args=(self.context, pp_stop),
-                             name="postprocess", daemon=True),
+            threading.Thread(target=http.run, name="http", daemon=True), post,
             threading.Thread(target=scheduler.loop, args=(stop,), name="scheduler", daemon=True),
         ]
+        if ssh is not None:
+            threads.append(threading.Thread(target=ssh.serve_forever, name="ssh", daemon=True))
         got: list[int] = []
 
         def on_stop(signum: int, frame: object) -> None:
@@ -190,23 +222,26 @@ class Service:
         signal.signal(signal.SIGHUP, on_reload)
         for t in threads:
             t.start()
-        banner = (f"xsbackup serving {s.root}: ssh on {bind}:{ssh.port}, "
-                  f"http on {bind}:{http_port}")
+        banner = (f"xsbackup serving {s.root}: "
+                  + (f"ssh on {bind}:{ssh.port}, " if ssh is not None else
+                     "ssh off (server.embedded_ssh = false), ")
+                  + f"http on {bind}:{http_port}")
         LOG.info("%s (started %s)", banner, dt.datetime.now(dt.UTC).isoformat())
         if ready is not None:
             ready(banner)
         while not stop.wait(1.0):
             pass
         LOG.info("shutting down (signal %s): no new connections", got[0] if got else "?")
-        ssh.close()
         http.close()
         timeout = self.settings().server.shutdown_timeout
-        if not ssh.wait_idle(timeout):
-            LOG.warning("shutdown: transfers still running after %gs; terminating them",
-                        timeout)
-            ssh.terminate_all()
-            ssh.wait_idle(10)
+        if ssh is not None:
+            ssh.close()
+            if not ssh.wait_idle(timeout):
+                LOG.warning("shutdown: transfers still running after %gs; terminating them",
+                            timeout)
+                ssh.terminate_all()
+                ssh.wait_idle(10)
         pp_stop.set()
-        threads[2].join(timeout=max(timeout, 5))
+        post.join(timeout=max(timeout, 5))
         LOG.info("stopped")
         return 0

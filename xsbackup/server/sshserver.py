@@ -12,9 +12,12 @@ stdin, stdout and stderr bridged and the exit status returned.
 * No shell, pty, sftp or other subsystem, port forwarding, agent or X11 forwarding, and
   no environment requests. A shell request runs the dispatcher with no command, so the
   client sees the same one-line refusal OpenSSH deployments give.
-* ``server.auth_timeout`` bounds authentication, ``server.max_connections`` bounds
-  concurrent connections, and an address with ``server.max_auth_failures`` failed logins
-  in five minutes is disconnected at once until its failures age out.
+* Before login (``prelogin.py``): ``server.max_startups``, ``server.login_grace_seconds``
+  (and again from login to the command), ``server.max_auth_failures``. After it, a
+  connection takes one of ``server.max_connections`` and one of its client's
+  ``admission.max_sessions_per_client``, or gets the one-line refusal.
+* A NUL in a command is a one-line refusal (40), as the dispatcher's. paramiko's records
+  go to our log at debug level only: a failed connection is one line of ours.
 * The dispatcher runs as a child process in its own session (it is exactly the forced
   command of OpenSSH deployments); on shutdown its whole process group is signalled.
 * Back-pressure: ``Channel.sendall`` blocks while the client's window is full, and the
@@ -24,12 +27,14 @@ stdin, stdout and stderr bridged and the exit status returned.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,9 +52,10 @@ from paramiko.common import (
 from xsbackup import procs
 from xsbackup.clients.registry import xsbackup_executable
 from xsbackup.config import Settings
+from xsbackup.errors import ListenError, NoSlot, Refused, RequestRefused, TooManySessions
 from xsbackup.logs import LOG
+from xsbackup.server.prelogin import Pending, StartupBudget, Throttle
 
-FAILURE_WINDOW = 300.0
 HOST_KEYS = ("ssh_host_ed25519_key", "ssh_host_rsa_key")
 
 
@@ -111,29 +117,6 @@ class KeyIndex:
                 serial = head[head.index("--client") + 1]
                 index[(parts[0], parts[1])].add(serial)
         return dict(index)
-
-
-class Throttle:
-    """Failed logins per source address in a sliding window."""
-
-    def __init__(self, limit: int, window: float = FAILURE_WINDOW) -> None:
-        self.limit = limit
-        self.window = window
-        self._fails: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def blocked(self, addr: str, now: float) -> bool:
-        with self._lock:
-            q = self._fails.get(addr)
-            if not q:
-                return False
-            while q and now - q[0] > self.window:
-                q.popleft()
-            return len(q) >= self.limit
-
-    def fail(self, addr: str, now: float) -> None:
-        with self._lock:
-            self._fails[addr].append(now)
 
 
 class _Session(paramiko.ServerInterface):
@@ -229,10 +212,17 @@ class SshServer:
         self.host_keys = ensure_host_keys(s.root / "ssh")
         self.keys = KeyIndex(s.root / "ssh" / "authorized_keys")
         self.throttle = Throttle(s.server.max_auth_failures)
-        self.sock = socket.create_server((bind, port), backlog=128, reuse_port=False)
+        try:
+            self.sock = socket.create_server((bind, port), backlog=128, reuse_port=False)
+        except (OSError, OverflowError) as e:
+            raise listen_error("ssh", bind, port, e) from None
         self.port = int(self.sock.getsockname()[1])
         self.executable = xsbackup_executable()
-        self._slots = threading.BoundedSemaphore(s.server.max_connections)
+        self.startups = StartupBudget()
+        self._max_connections = s.server.max_connections
+        self._slots = threading.BoundedSemaphore(self._max_connections)
+        self._sessions: Counter[str] = Counter()  # logged-in connections per client
+        _route_paramiko_logs()
         self._closing = threading.Event()
         self._procs: set[procs.Popen[bytes]] = set()
         self._lock = threading.Lock()
@@ -254,19 +244,24 @@ class SshServer:
                 LOG.warning("ssh connection from %s dropped: too many failed logins", addr[0])
                 conn.close()
                 continue
-            if not self._slots.acquire(blocking=False):
-                LOG.warning("ssh connection from %s dropped: %d connections already",
-                            addr[0], self.settings().server.max_connections)
-                conn.close()
-                continue
-            threading.Thread(target=self._connection, args=(conn, addr), daemon=True,
+            entry = Pending(conn, addr)
+            victim = self.startups.admit(entry, self.settings().server.startups)
+            if victim is not None:
+                LOG.info("ssh connection from %s dropped before login, silent for %.1fs: "
+                         "%d unauthenticated connections (server.max_startups)",
+                         victim.addr[0], victim.silent_for(time.monotonic()),
+                         len(self.startups))
+                victim.evict()
+            threading.Thread(target=self._connection, args=(entry,), daemon=True,
                              name=f"ssh-{addr[0]}:{addr[1]}").start()
 
     def close(self) -> None:
-        """Stop accepting new connections; running sessions go on."""
+        """Stop accepting new connections and drop those not logged in; running
+        sessions go on."""
         self._closing.set()
         with contextlib.suppress(OSError):
             self.sock.close()
+        self.startups.evict_all()
 
     def active(self) -> int:
         with self._lock:
@@ -286,38 +281,40 @@ class SshServer:
                 os.killpg(proc.pid, signal.SIGTERM)
 
     # ---- one connection ----------------------------------------------------------------
-    def _connection(self, conn: socket.socket, addr: tuple[str, int]) -> None:
+    def _connection(self, entry: Pending) -> None:
+        addr = entry.addr
         with self._lock:
             self._active += 1
         transport: paramiko.Transport | None = None
         session: _Session | None = None
+        admitted: str | None = None  # the client whose places this connection holds
         try:
-            s = self.settings()
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            transport = paramiko.Transport(conn)
+            grace = self.settings().server.login_grace_seconds
+            entry.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport = paramiko.Transport(entry.sock)
+            transport.banner_timeout = transport.handshake_timeout = grace
+            transport.auth_timeout = grace
             transport.set_keepalive(30)
             for key in self.host_keys:
                 transport.add_server_key(key)
-            local = conn.getsockname()
-            session = _Session(self, addr, local)
-            transport.auth_timeout = s.server.auth_timeout
-            transport.banner_timeout = s.server.auth_timeout
-            transport.handshake_timeout = s.server.auth_timeout
-            try:
-                transport.start_server(server=session)
-            except (paramiko.SSHException, EOFError, OSError):
-                return
-            deadline = time.monotonic() + s.server.auth_timeout
-            channel = None
-            while channel is None and transport.is_active() and time.monotonic() < deadline:
-                channel = transport.accept(timeout=0.2)
+            session = _Session(self, addr, entry.sock.getsockname())
+            transport.start_server(event=threading.Event(), server=session)
+            channel = _await_login(transport, entry, entry.accepted + grace)
             if channel is None:
                 return
-            while not session.exec_event.wait(timeout=0.2):
-                if not transport.is_active() or time.monotonic() > deadline:
-                    channel.close()
-                    return
-            self._run(channel, session)
+            self.startups.leave(entry)
+            refusal = self._admit(session.client or "")
+            admitted = session.client or "" if refusal is None else None
+            if refusal is not None:
+                LOG.warning("client=%s ssh session from %s refused: %s", session.client,
+                            addr[0], refusal.message)
+            if not _await_command(transport, session, time.monotonic() + grace):
+                channel.close()
+                return
+            if refusal is None:
+                self._run(channel, session)
+            else:
+                _refuse(channel, refusal)
             # Let the client close the connection after reading the exit status; closing
             # it first would reset the connection under a client that is still reading.
             deadline = time.monotonic() + 10
@@ -326,20 +323,45 @@ class SshServer:
         except Exception:  # a broken connection must never take the server down
             LOG.exception("ssh connection from %s failed", addr[0])
         finally:
+            self.startups.leave(entry)
             if session is not None and transport is not None and \
                     not transport.is_authenticated() and session.attempts:
                 self.throttle.fail(addr[0], time.monotonic())
             if transport is not None:
                 transport.close()
             with contextlib.suppress(OSError):
-                conn.close()
-            self._slots.release()
+                entry.sock.close()
             with self._lock:
                 self._active -= 1
+                if admitted is not None:
+                    self._slots.release()
+                    self._sessions[admitted] -= 1
+                    if not self._sessions[admitted]:
+                        del self._sessions[admitted]
+
+    def _admit(self, client: str) -> Refused | None:
+        """A logged-in connection's places: one of its client's own
+        (``admission.max_sessions_per_client``, so one key cannot take every place) and
+        one of ``server.max_connections``; the refusal when there is none."""
+        per_client = self.settings().admission.max_sessions_per_client
+        with self._lock:
+            if self._sessions[client] >= per_client:
+                return TooManySessions.of(client, per_client)
+            if not self._slots.acquire(blocking=False):
+                return NoSlot(f"server busy: all {self._max_connections} SSH sessions are "
+                              "taken; try again later")
+            self._sessions[client] += 1
+        return None
 
     def _run(self, channel: paramiko.Channel, session: _Session) -> None:
         if session.client is None:  # paramiko only opens channels after authentication
             channel.close()
+            return
+        if session.command is not None and "\0" in session.command:
+            error = RequestRefused("the command contains a NUL byte")
+            LOG.warning("client=%s request refused from %s: %s", session.client,
+                        session.addr[0], error.message)
+            _refuse(channel, error)
             return
         s = self.settings()
         env = procs.environment({
@@ -377,6 +399,68 @@ class SshServer:
         finally:
             with self._lock:
                 self._procs.discard(proc)
+
+
+def listen_error(which: str, bind: str, port: int, error: Exception) -> ListenError:
+    """One line for a port we cannot listen on: in use, privileged, or a bad address."""
+    code = getattr(error, "errno", None)
+    why = os.strerror(code) if code else str(error)
+    if code == errno.EACCES and port < 1024:
+        why += "; ports below 1024 need root or CAP_NET_BIND_SERVICE"
+    return ListenError(f"cannot listen on {bind}:{port} ({which}): {why}")
+
+
+def _await_login(transport: paramiko.Transport, entry: Pending,
+                 deadline: float) -> paramiko.Channel | None:
+    """The client's first channel, which paramiko opens only after a successful login;
+    None if the connection ended, was dropped for room, or ran out of grace first."""
+    while True:
+        channel = transport.accept(timeout=1.0)  # wakes at once when the transport ends
+        if channel is not None and transport.is_authenticated():
+            return channel
+        if entry.evicted.is_set():
+            why = "dropped for room"
+        elif not transport.is_active():
+            why = str(transport.get_exception() or "closed by the client")
+        elif time.monotonic() >= deadline:
+            why = "no login within server.login_grace_seconds"
+        else:
+            continue
+        LOG.info("ssh connection from %s ended before login: %s", entry.addr[0], why[:200])
+        return None
+
+
+def _await_command(transport: paramiko.Transport, session: _Session, deadline: float) -> bool:
+    while not session.exec_event.wait(timeout=0.2):
+        if not transport.is_active() or time.monotonic() > deadline:
+            LOG.info("client=%s ssh connection from %s ended before its command",
+                     session.client, session.addr[0])
+            return False
+    return True
+
+
+def _refuse(channel: paramiko.Channel, error: Refused) -> None:
+    """The one-line refusal and exit status the dispatcher would have given."""
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        channel.sendall_stderr(f"xsbackup: {error.message}\n".encode())
+        channel.send_exit_status(error.exit_code)
+        channel.shutdown_write()
+    channel.close()
+
+
+def _route_paramiko_logs() -> None:
+    """paramiko's records into our log, never stderr, and only when debugging: each
+    connection that fails already leaves one line of ours with paramiko's reason."""
+    plog = logging.getLogger("paramiko")
+    for h in list(plog.handlers):
+        plog.removeHandler(h)
+    for h in LOG.handlers:
+        if type(h) is not logging.StreamHandler:  # not serve's stderr, if it has one
+            plog.addHandler(h)
+    if not plog.handlers:
+        plog.addHandler(logging.NullHandler())
+    plog.propagate = False
+    plog.setLevel(logging.DEBUG if LOG.isEnabledFor(logging.DEBUG) else logging.CRITICAL)
 
 
 def _pump_in(channel: paramiko.Channel, proc: procs.Popen[bytes]) -> None:
