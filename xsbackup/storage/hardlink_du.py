@@ -51,6 +51,10 @@ class _Walk:
             stack = [(top, os.stat(top).st_dev)]
         except OSError:
             return
+        shared = self.shared  # the loop below runs per path: locals, not attributes
+        trust_inode = self.trust_inode
+        total = 0
+        own_apparent = 0
         while stack:
             d, dev = stack.pop()
             try:
@@ -59,9 +63,9 @@ class _Walk:
                 continue
             with it:
                 for e in it:
-                    if self.trust_inode and not e.is_dir(follow_symlinks=False):
+                    if trust_inode and not e.is_dir(follow_symlinks=False):
                         # An inode counted already needs no stat: readdir named it.
-                        seen = self.shared.get((dev, e.inode()))
+                        seen = shared.get((dev, e.inode()))
                         if seen is not None:
                             su.files += 1
                             if seen[5]:
@@ -75,11 +79,11 @@ class _Walk:
                     except OSError:
                         continue
                     if st.st_ino != e.inode():
-                        self.trust_inode = False
+                        trust_inode = False
                     alloc = st.st_blocks * 512
                     if stat.S_ISDIR(st.st_mode):
                         su.exclusive += alloc
-                        self.total += alloc
+                        total += alloc
                         stack.append((e.path, st.st_dev))
                         continue
                     su.files += 1
@@ -88,20 +92,23 @@ class _Walk:
                         su.apparent += st.st_size
                     if st.st_nlink <= 1:
                         su.exclusive += alloc
-                        self.total += alloc
+                        total += alloc
                         if regular:
-                            self.own_apparent[idx] += st.st_size
+                            own_apparent += st.st_size
                         continue
                     key = (st.st_dev, st.st_ino)
-                    entry = self.shared.get(key)
+                    entry = shared.get(key)
                     if entry is None:
-                        self.shared[key] = [idx, 1, alloc, st.st_size, st.st_nlink,
-                                            int(regular)]
-                        self.total += alloc
+                        shared[key] = [idx, 1, alloc, st.st_size, st.st_nlink,
+                                       int(regular)]
+                        total += alloc
                     else:
                         entry[1] += 1
                         if entry[0] != idx:
                             entry[0] = -1
+        self.trust_inode = trust_inode
+        self.total += total
+        self.own_apparent[idx] += own_apparent
 
     def finish(self) -> None:
         for owner, links, alloc, size, nlink, is_reg in self.shared.values():
