@@ -214,9 +214,9 @@ def _group_id(group: str) -> int:
 
 
 def _chmod_at_most(path: Path, allowed: int) -> None:
-    mode = stat.S_IMODE(os.lstat(path).st_mode)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & ~allowed:
-        os.chmod(path, mode & allowed, follow_symlinks=False)
+        os.chmod(path, mode & allowed)
 
 
 def _close_root(root: Path, group: str | None) -> None:
@@ -224,8 +224,8 @@ def _close_root(root: Path, group: str | None) -> None:
         _chmod_at_most(root, GROUP_ROOT_MODE)
         return
     if group:
-        os.chown(root, -1, _group_id(group), follow_symlinks=False)
-    os.chmod(root, GROUP_ROOT_MODE if group else ROOT_MODE, follow_symlinks=False)
+        os.chown(root, -1, _group_id(group))
+    os.chmod(root, GROUP_ROOT_MODE if group else ROOT_MODE)
 
 
 def root_warnings(root: Path, group: str) -> list[str]:
@@ -239,9 +239,10 @@ def root_warnings(root: Path, group: str) -> list[str]:
     out = []
     mode = stat.S_IMODE(st.st_mode)
     if mode & ~allowed:
-        who = "every local user" if mode & 0o007 else "its group"
-        out.append(f"state root {root} is mode {mode:04o}: {who} can reach the backups; "
-                   f"run xsbackup init to make it {allowed:04o}")
+        what = ("every local user can reach the backups" if mode & 0o007 else
+                "its group can write there" if group else "its group can reach the backups")
+        out.append(f"state root {root} is mode {mode:04o}: {what}; run xsbackup init to "
+                   f"make it {allowed:04o}")
     if group:
         try:
             gid = grp.getgrnam(group).gr_gid

@@ -215,7 +215,8 @@ def test_a_root_group_may_read_but_no_more(server: Server) -> None:
     assert orjson.loads(server.cli("status", "--json").stdout)["warnings"] == []
     os.chmod(server.root, 0o770)  # noqa: S103 - the case itself
     (warning,) = orjson.loads(server.cli("status", "--json").stdout)["warnings"]
-    assert "is mode 0770: its group can reach the backups" in warning
+    assert "is mode 0770: its group can write there; run xsbackup init to make it 0750" \
+        in warning
     server.configure('[storage]\nroot_group = "no-such-group-xsb"\n')
     r = server.xsbackup("init", check=False)
     assert r.returncode != 0

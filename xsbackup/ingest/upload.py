@@ -178,10 +178,8 @@ def run_upload(ctx: Context, client: str, req: Request, clock: Clock = utcnow,
             else:
                 error = f"rsync exited {rc} on {req.volume}"
                 if _disk_full(ctx):
-                    gone = ctx.storage.discard_partial(client, req.volume)
                     error += "; the disk is full, so it will not be resumed"
-                    LOG.warning("client=%s volume=%s disk full after a failed upload: "
-                                "discarded %s", client, req.volume, ", ".join(gone))
+                    _discard_partial(ctx, client, req.volume)
                 LOG.warning("client=%s volume=%s upload failed: %s", client, req.volume,
                             error)
                 _client_xattrs(store, client, {"last_error": error,
@@ -203,6 +201,17 @@ def _disk_full(ctx: Context) -> bool:
     except Refused:
         return False
     return False
+
+
+def _discard_partial(ctx: Context, client: str, volume: str) -> None:
+    try:
+        gone = ctx.storage.discard_partial(client, volume)
+    except OSError as e:  # prune discards it later; the client's error is rsync's
+        LOG.warning("client=%s volume=%s disk full after a failed upload; could not "
+                    "discard what it left: %s", client, volume, e)
+        return
+    LOG.warning("client=%s volume=%s disk full after a failed upload: discarded %s",
+                client, volume, ", ".join(gone))
 
 
 def mark_success(ctx: Context, transfer: Transfer, target: IngestTarget) -> Path:
