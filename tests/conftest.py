@@ -248,10 +248,9 @@ def tree_state(root: Path) -> dict[str, tuple[int, int, int, int, bytes]]:
     return out
 
 
-def local_push(server: Server, serial: str, src: Path, volume: str = "documents",
-               *opts: str) -> subprocess.CompletedProcess[str]:
-    """rsync through the real forced command without sshd: a tiny rsh stand-in sets
-    SSH_ORIGINAL_COMMAND the way sshd would and runs the dispatcher."""
+def _local_rsh(server: Server, serial: str) -> tuple[Path, dict[str, str]]:
+    """A tiny rsh stand-in that sets SSH_ORIGINAL_COMMAND the way sshd would and runs the
+    real forced command for ``serial``, and the environment it needs."""
     rsh = server.keydir / "local-rsh"
     if not rsh.exists():
         # Written aside and renamed into place: concurrent pushes (threads) must never run
@@ -266,7 +265,21 @@ def local_push(server: Server, serial: str, src: Path, volume: str = "documents"
         )
         tmp.chmod(0o755)
         tmp.rename(rsh)
-    env = {**os.environ, "XSB": XSBACKUP, "XSB_ROOT": str(server.root), "XSB_SN": serial}
+    return rsh, {**os.environ, "XSB": XSBACKUP, "XSB_ROOT": str(server.root), "XSB_SN": serial}
+
+
+def local_push(server: Server, serial: str, src: Path, volume: str = "documents",
+               *opts: str) -> subprocess.CompletedProcess[str]:
+    """rsync through the real forced command without sshd (``_local_rsh``)."""
+    rsh, env = _local_rsh(server, serial)
     return subprocess.run(["rsync", "-e", str(rsh), "-a", "--delete", *opts, f"{src}/",
                            f"{serial}@local:{volume}/"], capture_output=True, text=True,
                           env=env, timeout=120)
+
+
+def local_pull(server: Server, serial: str, source: str, dest: Path,
+               *opts: str) -> subprocess.CompletedProcess[str]:
+    """rsync ``source`` (``documents/latest/``, ...) back through the real forced command."""
+    rsh, env = _local_rsh(server, serial)
+    return subprocess.run(["rsync", "-e", str(rsh), "-a", *opts, f"{serial}@local:{source}",
+                           f"{dest}/"], capture_output=True, text=True, env=env, timeout=120)

@@ -136,6 +136,10 @@ class IngestSettings:
     timeout: int = _key(300, "seconds of I/O silence after which the server ends a session "
                         "(rsync --timeout; a client's own shorter --timeout is kept; 0: none)",
                         minimum=0)
+    abandon_partial_hours: float = _key(24.0, "an interrupted transfer's tree, kept so the "
+                                        "next one can resume, is discarded by prune once "
+                                        "untouched this long (at once when the disk is "
+                                        "under pressure)", minimum=0)
 
 
 # The storage backends (``xsbackup.storage``); the factory there maps each name to its class.
@@ -147,6 +151,8 @@ class StorageSettings:
     backend: str = _key("hardlink", "how snapshots are stored: hardlink (one tree per "
                         "snapshot, unchanged files hardlinked to the previous one)",
                         choices=STORAGE_BACKENDS)
+    root_group: str = _key("", "group that may read the state root (init makes it 0750, "
+                           "owned by this group); empty: the service account only (0700)")
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import grp
 import math
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,12 @@ VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SNAPSHOT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{6}Z(?:-\d{1,6})?")
 XATTR_PREFIX = "user.xsbackup."
 LAYOUT_DIRS = ("clients", "queue", "locks", "trash", "ssh", "log")
+PRIVATE_DIRS = ("ssh", "locks")  # never the root group's
+ROOT_MODE = 0o700        # the state root: the service account only
+GROUP_ROOT_MODE = 0o750  # ... and, read-only, ``storage.root_group`` when one is set
+# The service's processes (serve, ssh-command, postprocess: ``cli.main``) create nothing
+# another user may read, nor their group write.
+SERVICE_UMASK = 0o027
 
 
 def check_client(name: str) -> str:
@@ -89,6 +97,12 @@ class Store:
     @property
     def log_dir(self) -> Path:
         return self.root / "log"
+
+    @property
+    def trash_lock(self) -> Path:
+        """Held by whoever empties ``trash/``; made by ``init_root``, so a purge on a disk
+        out of inodes needs none."""
+        return self.locks_dir / "trash.lock"
 
     @property
     def maintenance_flag(self) -> Path:
@@ -171,17 +185,74 @@ def check_xattrs(directory: Path) -> None:
         probe.unlink()
 
 
-def init_root(root: Path) -> Store:
-    """Create the layout (idempotent) and verify user xattrs work there."""
+def init_root(root: Path, group: str | None = None) -> Store:
+    """Create the layout (idempotent), verify user xattrs work there, and close the root
+    to other local users: mode 0700, or 0750 owned by ``group`` (``storage.root_group``)
+    when one is named. With ``group=None`` (``serve``'s start) a new root is 0700 and an
+    existing one only loses what no setting allows (world access, group write), so a
+    group the administrator configured stays."""
     store = Store(root)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=ROOT_MODE, parents=True, exist_ok=True)
+        _close_root(root, group)
         check_xattrs(root)
         for d in LAYOUT_DIRS:
-            (root / d).mkdir(mode=0o700 if d in ("ssh", "locks") else 0o755, exist_ok=True)
+            private = d in PRIVATE_DIRS
+            (root / d).mkdir(mode=0o700 if private else 0o750, exist_ok=True)
+            _chmod_at_most(root / d, 0o700 if private else 0o750)
+        os.close(os.open(store.trash_lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
     except OSError as e:
         raise StateRootError(f"cannot create state root {root}: {e.strerror or e}") from None
     return store
+
+
+def _group_id(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise StateRootError(f"storage.root_group: there is no group {group!r}") from None
+
+
+def _chmod_at_most(path: Path, allowed: int) -> None:
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & ~allowed:
+        os.chmod(path, mode & allowed)
+
+
+def _close_root(root: Path, group: str | None) -> None:
+    if group is None:
+        _chmod_at_most(root, GROUP_ROOT_MODE)
+        return
+    if group:
+        os.chown(root, -1, _group_id(group))
+    os.chmod(root, GROUP_ROOT_MODE if group else ROOT_MODE)
+
+
+def root_warnings(root: Path, group: str) -> list[str]:
+    """What makes the state root readable by more than the service account (and
+    ``group``, the configured ``storage.root_group``): ``status`` shows these."""
+    allowed = GROUP_ROOT_MODE if group else ROOT_MODE
+    try:
+        st = os.stat(root)
+    except OSError as e:
+        return [f"state root {root}: {e.strerror or e}"]
+    out = []
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & ~allowed:
+        what = ("every local user can reach the backups" if mode & 0o007 else
+                "its group can write there" if group else "its group can reach the backups")
+        out.append(f"state root {root} is mode {mode:04o}: {what}; run xsbackup init to "
+                   f"make it {allowed:04o}")
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            out.append(f"storage.root_group: there is no group {group!r}")
+        else:
+            if st.st_gid != gid:
+                out.append(f"state root {root} belongs to group {st.st_gid}, not "
+                           f"{group}; run xsbackup init")
+    return out
 
 
 def fsync_dir(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import orjson
@@ -106,3 +107,62 @@ def test_a_damaged_cache_reads_as_never_measured(ctx: Context, content: bytes) -
     measured = usage.cached(ctx, SN)  # and is measured again
     data = orjson.loads((store.client_dir(SN) / "usage.json").read_bytes())
     assert data["usage"]["total"] == measured.total == usage.last_total(store, SN)
+
+
+def test_unfinished_transfers_are_their_clients_own(ctx: Context) -> None:
+    """A transfer waiting in incoming/, and one running or interrupted in current/, count
+    in the client's total; ``pending`` is what only they hold; a snapshot file they link
+    to is not that snapshot's exclusive any more."""
+    store = ctx.store
+    old = write(snapshot(store, IDS[0]) / "old.bin", 4 * KB)
+    vol = store.volume_dir(SN, "documents")
+    waiting = vol / "incoming" / IDS[1]
+    waiting.mkdir(parents=True)
+    os.link(old, waiting / "old.bin")
+    new = write(waiting / "new.bin", 8 * KB)
+    current = vol / "current"
+    current.mkdir()
+    os.link(new, current / "new.bin")
+    half = write(current / "half.bin", 16 * KB)
+    (vol / "partial").mkdir()
+    kept = write(vol / "partial" / "big.bin", 2 * KB)
+
+    use = ctx.storage.measure(SN)
+    assert use.total == alloc(old) + alloc(new) + alloc(half) + alloc(kept)
+    assert use.pending == alloc(new) + alloc(half) + alloc(kept)
+    (only,) = use.snapshots
+    assert (only.exclusive, only.shared) == (0, 4 * KB)
+
+    # While current/ exists its size changes with no list changing: measured every time.
+    seen: list[str] = []
+    for _ in range(2):
+        assert usage.cached(ctx, SN, lambda v, s: seen.append(s)).total == use.total
+    assert seen == [IDS[0], IDS[0]]
+    assert usage.last_total(store, SN) == use.total
+    shutil.rmtree(current)
+    for _ in range(2):
+        usage.cached(ctx, SN, lambda v, s: seen.append(s))
+    assert seen == [IDS[0]] * 3
+
+
+def fill(path: Path) -> None:
+    with path.open("wb", buffering=0) as fh:
+        while True:
+            fh.write(b"\0" * 65536)
+
+
+def test_a_cache_that_finds_no_room_is_skipped(small_fs: Path) -> None:
+    """On a full disk the figures are still given, and the cache is simply not written."""
+    root = small_fs / "state"
+    init_root(root)
+    full = Context.open(config.load(root, environ={}))
+    write(snapshot(full.store, IDS[0]) / "a.bin", 4 * KB)
+    with pytest.raises(OSError, match="No space left on device"):
+        fill(small_fs / "ballast")
+    assert usage.cached(full, SN).total >= 4 * KB
+    assert not (full.store.client_dir(SN) / "usage.json").exists()
+    tally = usage.Tally(full)
+    assert tally.get(SN).total >= 4 * KB
+    (small_fs / "ballast").unlink()
+    tally.flush()
+    assert usage.last_total(full.store, SN) == tally.get(SN).total

@@ -26,6 +26,7 @@ from xsbackup.cli import (
 )
 from xsbackup.cli._common import Invocation
 from xsbackup.errors import XsbackupError
+from xsbackup.store import SERVICE_UMASK
 
 
 class XsbackupGroup(click.Group):
@@ -63,6 +64,7 @@ for _command in (
 
 
 def main(argv: list[str] | None = None) -> None:
+    os.umask(SERVICE_UMASK)  # nothing the service creates is another user's to read
     try:
         cli.main(args=argv, prog_name="xsbackup", standalone_mode=False)
     except click.exceptions.Abort:

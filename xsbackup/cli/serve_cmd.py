@@ -20,12 +20,20 @@ from xsbackup.context import Context
 @click.command()
 @pass_invocation
 def init(inv: Invocation) -> None:
-    """Create the state root layout and check that user xattrs work there."""
-    from xsbackup.store import init_root
+    """Create the state root layout, check that user xattrs work there, and close it to
+    other users: the root becomes 0700 (0750 with storage.root_group), and stored files
+    and directories of an existing root lose group and world write."""
+    from xsbackup.storage.permissions import tighten_tree
+    from xsbackup.store import init_root, iter_clients
 
     settings = inv.settings()
-    init_root(settings.root)
-    click.echo(f"initialised {settings.root}")
+    group = settings.storage.root_group
+    store = init_root(settings.root, group)
+    changed = sum(tighten_tree(str(store.client_dir(c) / "volumes"))
+                  for c in iter_clients(store))
+    mode = "0750, group " + group if group else "0700"
+    click.echo(f"initialised {settings.root} (mode {mode}"
+               + (f"; {changed} stored items lost group or world write)" if changed else ")"))
 
 @click.command("ssh-command")
 @click.option("--client", required=True, metavar="SN", help="The authenticated client's serial.")
@@ -74,6 +82,8 @@ def status(ctx: Context, as_json: bool) -> None:
     if as_json:
         emit_json(out)
         return
+    for warning in out["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     disk, storage = out["disk"], out["storage"]
     click.echo(f"disk: {disk['df_blocks_pct']}% of blocks used ({disk['blocks_pct']:.1f}%), "
                f"{disk['inodes_pct']:.1f}% of inodes, {format_bytes(disk['free_bytes'])} "

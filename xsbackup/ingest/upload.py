@@ -8,9 +8,16 @@ The caller (``dispatch``) has parsed the command and admitted the client. Here w
   the hardlink backend a fresh tree, ``--link-dest`` to the newest completed transfer,
   an interrupted transfer reused as a second basis, temp and partial directories);
 * run rsync with ``--fake-super`` (owners, devices, setuid bits and the like are recorded
-  as xattrs, never applied) and the backend's options;
+  as xattrs, never applied), a receiver rule that drops the client's xattrs in the
+  server's own ``user.xsbackup.*`` namespace (snapshot facts are the server's; a rule
+  given to the server comes before any the client sends, and survives its ``!``), and
+  the backend's options;
 * on exit 0 or 24, have the backend turn ``current/`` into ``incoming/<id>``
-  (``Backend.complete``) and write the queue entry (``snapshots.queue``).
+  (``Backend.complete``) and write the queue entry (``snapshots.queue``);
+* on any other exit, keep what the transfer wrote for the next one to resume from,
+  unless the disk is now past admission's limits (it filled up, most likely with this
+  very transfer): then that goes at once (``Backend.discard_partial``), so it never
+  keeps every client refused.
 
 Downloads open the snapshot and every component below it with ``O_NOFOLLOW`` relative to
 directory descriptors, hold a shared flock on the snapshot (prune skips it), and give
@@ -30,7 +37,16 @@ from pathlib import Path
 from xsbackup import hooks, procs
 from xsbackup.config import Settings
 from xsbackup.context import Context
-from xsbackup.errors import BackupInProgress, LockBusy, NoSlot, RequestRefused
+from xsbackup.errors import (
+    BackupInProgress,
+    DiskFull,
+    InodesFull,
+    LockBusy,
+    NoSlot,
+    Refused,
+    RequestRefused,
+)
+from xsbackup.ingest.admission import check_server
 from xsbackup.ingest.command import Request
 from xsbackup.locking import FileLock, client_lock, take_slot
 from xsbackup.logs import LOG
@@ -38,9 +54,11 @@ from xsbackup.restore.access import O_DIR, OpenSnapshot
 from xsbackup.restore.resolve import resolve
 from xsbackup.snapshots import queue
 from xsbackup.storage.base import IngestTarget
-from xsbackup.store import Store, set_xattrs, snapshot_id_for
+from xsbackup.store import XATTR_PREFIX, Store, set_xattrs, snapshot_id_for
 
 SUCCESS_CODES = (0, 24)
+# Given to every receiving rsync: the client's xattrs in our namespace are never stored.
+DROP_OWN_XATTRS = f"--filter=-x {XATTR_PREFIX}*"
 Clock = Callable[[], dt.datetime]
 
 
@@ -147,7 +165,8 @@ def run_upload(ctx: Context, client: str, req: Request, clock: Clock = utcnow,
         hooks.veto("pre-ingest", settings, hook_env)
         with ctx.storage.prepare(client, req.volume) as target:
             argv = [settings.ingest.rsync, "--server", *_server_opts(settings, req),
-                    "--fake-super", f"--confine-root={store.client_dir(client)}",
+                    "--fake-super", DROP_OWN_XATTRS,
+                    f"--confine-root={store.client_dir(client)}",
                     *target.rsync_args, "--", ".", f"{target.path}/"]
             LOG.info("client=%s volume=%s upload started from %s", client, req.volume,
                      remote or "?")
@@ -162,6 +181,9 @@ def run_upload(ctx: Context, client: str, req: Request, clock: Clock = utcnow,
                 })
             else:
                 error = f"rsync exited {rc} on {req.volume}"
+                if _disk_full(ctx):
+                    error += "; the disk is full, so it will not be resumed"
+                    _discard_partial(ctx, client, req.volume)
                 LOG.warning("client=%s volume=%s upload failed: %s", client, req.volume,
                             error)
                 _client_xattrs(store, client, {"last_error": error,
@@ -171,6 +193,29 @@ def run_upload(ctx: Context, client: str, req: Request, clock: Clock = utcnow,
         return rc
     finally:
         session.close()
+
+
+def _disk_full(ctx: Context) -> bool:
+    """Whether the disk is past admission's block or inode limit (the next transfer of
+    any client would be refused)."""
+    try:
+        check_server(ctx, reserved=True)
+    except (DiskFull, InodesFull):
+        return True
+    except Refused:
+        return False
+    return False
+
+
+def _discard_partial(ctx: Context, client: str, volume: str) -> None:
+    try:
+        gone = ctx.storage.discard_partial(client, volume)
+    except OSError as e:  # prune discards it later; the client's error is rsync's
+        LOG.warning("client=%s volume=%s disk full after a failed upload; could not "
+                    "discard what it left: %s", client, volume, e)
+        return
+    LOG.warning("client=%s volume=%s disk full after a failed upload: discarded %s",
+                client, volume, ", ".join(gone))
 
 
 def mark_success(ctx: Context, transfer: Transfer, target: IngestTarget) -> Path:
@@ -199,7 +244,7 @@ def run_completion(ctx: Context, client: str, req: Request, clock: Clock = utcno
             shutil.rmtree(flag_dir)
         flag_dir.mkdir()
         argv = [settings.ingest.rsync, "--server", *_server_opts(settings, req),
-                "--fake-super", f"--confine-root={store.client_dir(client)}",
+                "--fake-super", DROP_OWN_XATTRS, f"--confine-root={store.client_dir(client)}",
                 f"--temp-dir={flag_dir}", "--", ".", str(flag_dir / client)]
         rc = _run(argv, list(session.fds()))
         shutil.rmtree(flag_dir, ignore_errors=True)

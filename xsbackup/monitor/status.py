@@ -2,8 +2,9 @@
 
 Per client: the client-directory xattrs, the snapshots' CJSON summaries and the cached
 usage. For the server: the disk figure (``store.disk_use``, df's definition; the same
-one admission, prune's soft quota, ``/metrics`` and the dashboard use) and the storage
-backend.
+one admission, prune's soft quota, ``/metrics`` and the dashboard use), the storage
+backend, and a warning when the state root is open to more than the service account
+(and ``storage.root_group``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from xsbackup.clients.registry import Registry
 from xsbackup.context import Context
 from xsbackup.snapshots.snapshot import read_facts
 from xsbackup.snapshots.usage import last_total
-from xsbackup.store import Store, disk_use, get_xattrs
+from xsbackup.store import Store, disk_use, get_xattrs, root_warnings
 
 
 def _age(since: str | None, now: dt.datetime) -> str | None:
@@ -82,7 +83,9 @@ def client_rows(store: Store, now: dt.datetime) -> list[dict[str, Any]]:
 
 
 def server_status(ctx: Context, now: dt.datetime) -> dict[str, Any]:
-    """``xsbackup status --json``: the disk figure, the storage backend, every client."""
+    """``xsbackup status --json``: the disk figure, the storage backend, every client,
+    and what is wrong with the state root's permissions (``warnings``)."""
     return {"disk": disk_use(ctx.store.root).as_dict(),
             "storage": ctx.storage.describe().as_dict(),
-            "clients": client_rows(ctx.store, now)}
+            "clients": client_rows(ctx.store, now),
+            "warnings": root_warnings(ctx.store.root, ctx.settings.storage.root_group)}

@@ -15,9 +15,19 @@ The math is in ``retention`` (pure); this module only applies it, safely:
 
 The soft quota, as the original server meant it: above ``quota.soft_quota_pct`` of the
 state root's blocks or inodes, trim in rounds; each round every client whose usage (its
-hardlink-aware total) is over its fair share (the quota divided by the number of
-clients) loses its oldest prunable snapshot, heaviest client first. It stops when the
-filesystem is under the quota or when nothing prunable is left, and reports which.
+hardlink-aware total, its transfers that are not snapshots yet included) is over its
+fair share (the quota divided by the number of clients) loses its oldest prunable
+snapshot, heaviest client first. It stops when the filesystem is under the quota or when
+nothing prunable is left, and reports which.
+
+What interrupted transfers left for resuming (``Backend.discard_partial``) goes before
+any snapshot: every prune discards it once untouched for
+``ingest.abandon_partial_hours``, and the soft quota discards all of it (of clients not
+transferring) before its first round.
+
+Prune must work on a disk with no free block or inode: it writes nothing before it has
+deleted something (``usage.Tally`` holds the figures until then, and a cache write that
+still finds no room is skipped), and the locks it takes exist already.
 """
 
 from __future__ import annotations
@@ -66,21 +76,35 @@ class Item:
 
 
 @dataclass
+class Partial:
+    """What an interrupted transfer of one volume left for resuming."""
+
+    client: str
+    volume: str
+    age_seconds: int
+    outcome: str = ""       # discarded | skipped: <why> | "" (dry run)
+    discarded: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     items: list[Item] = field(default_factory=list)
     freed_estimate: int = 0
     deleted_files: int = 0
     quota: dict[str, Any] = field(default_factory=dict)
+    partials: list[Partial] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"items": [vars(i) for i in self.items], "freed_estimate": self.freed_estimate,
-                "deleted_files": self.deleted_files, "quota": self.quota}
+                "deleted_files": self.deleted_files, "quota": self.quota,
+                "partials": [vars(p) for p in self.partials]}
 
 
-def plan_client(ctx: Context, client: Client, now: dt.datetime) -> list[Item]:
+def plan_client(ctx: Context, client: Client, now: dt.datetime,
+                tally: usage.Tally | None = None) -> list[Item]:
     store = ctx.store
     policy = policy_for(ctx.settings, client)
-    use = usage.cached(ctx, client.serial)
+    use = (tally or usage.Tally(ctx)).get(client.serial)
     items: list[Item] = []
     for volume in store.volumes(client.serial):
         ids = store.snapshot_ids(client.serial, volume)
@@ -158,12 +182,49 @@ def policy_prune(ctx: Context, now: dt.datetime, client: str | None = None,
                  dry_run: bool = False) -> Report:
     clients = [ctx.registry.get(client)] if client else ctx.registry.all()
     report = Report()
+    report.partials = discard_partials(ctx, now, [c.serial for c in clients],
+                                       pressure=False, dry_run=dry_run)
+    tally = usage.Tally(ctx)
     for c in clients:
-        report.items += plan_client(ctx, c, now)
+        report.items += plan_client(ctx, c, now, tally)
     report.freed_estimate = sum(i.exclusive for i in report.items if not i.keep)
     if not dry_run:
         apply(ctx, report.items)
+        tally.flush()
     return report
+
+
+def discard_partials(ctx: Context, now: dt.datetime, clients: list[str], pressure: bool,
+                     dry_run: bool = False) -> list[Partial]:
+    """Discard what interrupted transfers left for resuming: untouched for
+    ``ingest.abandon_partial_hours``, or, under disk ``pressure``, all of it. A client
+    transferring (its ingest lock is held) keeps its own."""
+    limit = ctx.settings.ingest.abandon_partial_hours * 3600
+    out: list[Partial] = []
+    for c in clients:
+        for volume in ctx.store.volumes(c):
+            age = ctx.storage.partial_age(c, volume, now.timestamp())
+            if age is None or (not pressure and age < limit):
+                continue
+            found = Partial(c, volume, int(age))
+            out.append(found)
+            if dry_run:
+                continue
+            try:
+                with client_lock(ctx.store.locks_dir, c).acquire():
+                    age = ctx.storage.partial_age(c, volume, now.timestamp())
+                    if age is not None and (pressure or age >= limit):
+                        found.discarded = ctx.storage.discard_partial(c, volume)
+            except LockBusy:
+                found.outcome = "skipped: transfer in progress"
+                continue
+            found.outcome = "discarded" if found.discarded else "skipped: already gone"
+            if found.discarded:
+                usage.invalidate(ctx.store, c)
+                LOG.info("client=%s volume=%s interrupted transfer discarded (untouched "
+                         "for %ds%s)", c, volume, found.age_seconds,
+                         ", disk under pressure" if pressure else "")
+    return out
 
 
 # ---- the fair-share soft quota ---------------------------------------------------------
@@ -177,8 +238,10 @@ def over_quota(ctx: Context) -> tuple[bool, DiskUse]:
 
 
 def quota_trim(ctx: Context, client: str | None = None, dry_run: bool = False,
-               progress: Progress | None = None) -> Report:
-    """Trim in rounds until under the soft quota or nothing prunable is left."""
+               progress: Progress | None = None,
+               now: dt.datetime | None = None) -> Report:
+    """Trim in rounds until under the soft quota or nothing prunable is left; what
+    interrupted transfers left goes first."""
     report = Report()
     everyone = [c.serial for c in ctx.registry.all()]
     over, use = over_quota(ctx)
@@ -188,11 +251,22 @@ def quota_trim(ctx: Context, client: str | None = None, dry_run: bool = False,
     if not over:
         report.quota["result"] = "under quota"
         return report
+    report.partials = discard_partials(ctx, now or dt.datetime.now(dt.UTC),
+                                       [client] if client else everyone, pressure=True,
+                                       dry_run=dry_run)
+    if any(p.discarded for p in report.partials):
+        report.deleted_files += ctx.storage.purge(progress)
+        over, use = over_quota(ctx)
+        _update(report, use)
+        if not over:
+            report.quota["result"] = "under quota"
+            return report
     share = use.total_bytes * ctx.settings.quota.soft_quota_pct / 100 / max(1, len(everyone))
     report.quota["fair_share_bytes"] = int(share)
     exhausted: set[str] = set()
+    tally = usage.Tally(ctx)
     while over:
-        totals = {c: usage.cached(ctx, c).total for c in everyone}
+        totals = {c: tally.get(c).total for c in everyone}
         heavy = sorted((c for c in everyone if totals[c] > share and c not in exhausted
                         and (client is None or c == client)),
                        key=lambda c: totals[c], reverse=True)
@@ -201,7 +275,7 @@ def quota_trim(ctx: Context, client: str | None = None, dry_run: bool = False,
             break
         report.quota["rounds"] += 1
         for c in heavy:
-            item = _trim_oldest(ctx, c, totals[c], dry_run)
+            item = _trim_oldest(ctx, c, totals[c], tally, dry_run)
             if item is None:
                 exhausted.add(c)
                 continue
@@ -212,17 +286,24 @@ def quota_trim(ctx: Context, client: str | None = None, dry_run: bool = False,
             break
         report.deleted_files += ctx.storage.purge(progress)
         over, use = over_quota(ctx)
-        report.quota.update({"blocks_pct": use.blocks_pct, "inodes_pct": use.inodes_pct,
-                             "df_blocks_pct": use.df_blocks_pct})
+        _update(report, use)
     else:
         report.quota["result"] = "under quota"
+    if not dry_run:
+        tally.flush()
     return report
 
 
-def _trim_oldest(ctx: Context, client: str, total: int, dry_run: bool) -> Item | None:
+def _update(report: Report, use: DiskUse) -> None:
+    report.quota.update({"blocks_pct": use.blocks_pct, "inodes_pct": use.inodes_pct,
+                         "df_blocks_pct": use.df_blocks_pct})
+
+
+def _trim_oldest(ctx: Context, client: str, total: int, tally: usage.Tally,
+                 dry_run: bool) -> Item | None:
     """Delete the client's oldest prunable snapshot (never a volume's newest)."""
     store = ctx.store
-    use = usage.cached(ctx, client)
+    use = tally.get(client)
     candidates = sorted(
         (snapshot_time(sid), vol, sid) for vol in store.volumes(client)
          for sid in store.snapshot_ids(client, vol)[:-1])

@@ -4,7 +4,8 @@ For each entry of the queue (``snapshots.queue``), under the client's post-proce
 lock:
 
 1. validate the metadata files as Canonical JSON and write the report to ``reports/``;
-2. compute stats against the previous snapshot;
+2. compute stats against the previous snapshot, and in the same walk take group and
+   world write away from the stored modes (the client's stay recorded for restore);
 3. write the facts as xattrs on ``incoming/<id>`` and fsync; the storage backend makes
    it visible as ``snapshots/<id>`` and swaps ``latest`` (``Backend.promote``);
 4. mark the entry promoted; update the client's status xattrs;
@@ -110,7 +111,7 @@ def process(ctx: Context, entry: Entry,
             metadata: list[str] = []
             stats = compute_stats(incoming, previous_snapshot(store, client, volume, sid),
                                   _pattern_re(settings.postprocess.cjson_patterns),
-                                  metadata)
+                                  metadata, tighten=True)
             summary, findings = validate_metadata(incoming, metadata, settings)
             reports = store.reports_dir(client) / volume
             reports.mkdir(parents=True, exist_ok=True)

@@ -86,9 +86,12 @@ class SnapshotUsage:
 @dataclass
 class ClientUsage:
     client: str
-    total: int = 0        # allocated bytes of every distinct inode of its snapshots
-    apparent: int = 0
+    total: int = 0        # allocated bytes of every distinct inode it holds (snapshots,
+                          # and transfers not yet snapshots)
+    apparent: int = 0     # of its snapshots
     snapshots: list[SnapshotUsage] = field(default_factory=list)
+    pending: int = 0      # what only its transfers not yet snapshots hold: waiting in
+                          # incoming/, running, or interrupted and kept for resuming
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +99,8 @@ class ClientUsage:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClientUsage:
         snaps = [SnapshotUsage(**s) for s in data.get("snapshots", [])]
-        return cls(data["client"], data.get("total", 0), data.get("apparent", 0), snaps)
+        return cls(data["client"], data.get("total", 0), data.get("apparent", 0), snaps,
+                   data.get("pending", 0))
 
     def exclusive_of(self, volume: str, sid: str) -> int:
         for s in self.snapshots:
@@ -135,6 +139,16 @@ class Backend(Protocol):
         resumable after a kill, one purger at a time (a second returns 0 at once).
         Returns the entries removed."""
 
+    def partial_age(self, client: str, volume: str, now: float) -> float | None:
+        """Seconds (at ``now``, epoch time) since what interrupted transfers of the volume
+        left for the next one to resume from last changed; None when there is none."""
+
+    def discard_partial(self, client: str, volume: str) -> list[str]:
+        """Delete what interrupted transfers of the volume left for resuming (the caller
+        holds the client's ingest lock, so none is running); never a completed transfer.
+        Returns the names of what went."""
+
     def measure(self, client: str, progress: MeasureProgress | None = None) -> ClientUsage:
         """Every snapshot's apparent, exclusive and shared bytes, and the client's
-        total."""
+        total, which also counts its transfers that are not snapshots yet (``pending``:
+        what only they hold)."""

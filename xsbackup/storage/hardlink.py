@@ -23,19 +23,19 @@ a reader (a restore holds a shared flock) makes it refuse. **Purge** then remove
 1.4x its time: it builds a path string per file; ``rm`` never follows links), so a kill
 leaves a smaller tree to finish later, and one purger runs at a time.
 
-**Measure** is a hardlink-aware ``du``: one walk per client, each inode counted once.
-Only inodes with more than one link are remembered (a few dozen bytes each), so memory
-is bounded by the number of distinct shared inodes, never by the number of paths. An
-inode with links outside the walked snapshots (``st_nlink`` larger than the links seen)
-is never exclusive. An inode already counted is recognised by readdir's ``d_ino`` and not
-``lstat``-ed again (95% of the paths of a typical history).
+**Partial** trees: what an interrupted transfer leaves for the next one to resume from
+is ``current/`` (``resume/`` while the next one runs), with rsync's partial and temporary
+files in the volume's ``partial/`` and ``tmp/``. Its age is the time since the newest
+change (ctime) of those four; ``discard_partial`` deletes them, never ``incoming/``.
+
+**Measure** is a hardlink-aware ``du`` (``hardlink_du``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-import stat
 import time
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from xsbackup.crashpoints import crash
 from xsbackup.errors import LockBusy
 from xsbackup.locking import FileLock, lock_directory
 from xsbackup.logs import LOG
+from xsbackup.storage import hardlink_du
 from xsbackup.storage.base import (
     DEDUP_FILES,
     EXACT_USAGE,
@@ -53,7 +54,6 @@ from xsbackup.storage.base import (
     IngestTarget,
     MeasureProgress,
     Progress,
-    SnapshotUsage,
 )
 from xsbackup.store import Store, atomic_symlink, fsync_dir, snapshot_sort_key
 
@@ -146,6 +146,33 @@ class HardlinkBackend:
         if error:
             LOG.warning("could not delete %s (the next trash sweep retries): %s", aside, error)
 
+    # ---- interrupted transfers ---------------------------------------------------------
+
+    def _partials(self, client: str, volume: str) -> list[Path]:
+        vol = self.store.volume_dir(client, volume)
+        found = [vol / name for name in hardlink_du.RESUMABLE
+                 if (vol / name).exists() or (vol / name).is_symlink()]
+        for scratch in hardlink_du.SCRATCH:
+            with contextlib.suppress(FileNotFoundError):
+                found += [vol / scratch / n for n in os.listdir(vol / scratch)]
+        return found
+
+    def partial_age(self, client: str, volume: str, now: float) -> float | None:
+        changed = []
+        for path in self._partials(client, volume):
+            try:
+                changed.append(os.lstat(path).st_ctime)
+            except FileNotFoundError:
+                continue
+        return max(0.0, now - max(changed)) if changed else None
+
+    def discard_partial(self, client: str, volume: str) -> list[str]:
+        gone = []
+        for path in self._partials(client, volume):
+            self._discard(path)
+            gone.append(str(path.relative_to(self.store.volume_dir(client, volume))))
+        return gone
+
     # ---- promotion ---------------------------------------------------------------------
 
     def promote(self, client: str, volume: str, sid: str) -> Path:
@@ -184,7 +211,7 @@ class HardlinkBackend:
 
     def purge(self, progress: Progress | None = None) -> int:
         try:
-            with FileLock(self.store.locks_dir / "trash.lock").acquire():
+            with FileLock(self.store.trash_lock).acquire():
                 return self._purge(progress)
         except LockBusy:
             return 0
@@ -223,89 +250,7 @@ class HardlinkBackend:
     # ---- usage -------------------------------------------------------------------------
 
     def measure(self, client: str, progress: MeasureProgress | None = None) -> ClientUsage:
-        store = self.store
-        result = ClientUsage(client)
-        snaps: list[SnapshotUsage] = []
-        # inode -> [owner snapshot index (-1: several), links seen, allocated, apparent,
-        #           nlink, is regular]
-        shared_inodes: dict[tuple[int, int], list[int]] = {}
-        trust_inode = True  # readdir's d_ino equals st_ino (not so on some overlayfs)
-        exclusive_apparent: list[int] = []  # per snapshot: apparent bytes only it holds
-        for volume in store.volumes(client):
-            for sid in store.snapshot_ids(client, volume):
-                if progress is not None:
-                    progress(volume, sid)
-                su = SnapshotUsage(volume, sid)
-                idx = len(snaps)
-                snaps.append(su)
-                exclusive_apparent.append(0)
-                top = str(store.snapshots_dir(client, volume) / sid)
-                try:
-                    stack = [(top, os.stat(top).st_dev)]
-                except OSError:
-                    continue
-                while stack:
-                    d, dev = stack.pop()
-                    try:
-                        it = os.scandir(d)
-                    except OSError:
-                        continue
-                    with it:
-                        for e in it:
-                            if trust_inode and not e.is_dir(follow_symlinks=False):
-                                # An inode counted already needs no stat: readdir named it.
-                                seen = shared_inodes.get((dev, e.inode()))
-                                if seen is not None:
-                                    su.files += 1
-                                    if seen[5]:
-                                        su.apparent += seen[3]
-                                    seen[1] += 1
-                                    if seen[0] != idx:
-                                        seen[0] = -1
-                                    continue
-                            try:
-                                st = e.stat(follow_symlinks=False)
-                            except OSError:
-                                continue
-                            if st.st_ino != e.inode():
-                                trust_inode = False
-                            alloc = st.st_blocks * 512
-                            if stat.S_ISDIR(st.st_mode):
-                                su.exclusive += alloc
-                                result.total += alloc
-                                stack.append((e.path, st.st_dev))
-                                continue
-                            su.files += 1
-                            regular = stat.S_ISREG(st.st_mode)
-                            if regular:
-                                su.apparent += st.st_size
-                            if st.st_nlink <= 1:
-                                su.exclusive += alloc
-                                result.total += alloc
-                                if regular:
-                                    exclusive_apparent[idx] += st.st_size
-                                continue
-                            key = (st.st_dev, st.st_ino)
-                            entry = shared_inodes.get(key)
-                            if entry is None:
-                                shared_inodes[key] = [idx, 1, alloc, st.st_size, st.st_nlink,
-                                                      int(regular)]
-                                result.total += alloc
-                            else:
-                                entry[1] += 1
-                                if entry[0] != idx:
-                                    entry[0] = -1
-        for owner, links, alloc, size, nlink, is_reg in shared_inodes.values():
-            if owner >= 0 and links >= nlink:  # every link inside that one snapshot
-                snaps[owner].exclusive += alloc
-                if is_reg:
-                    exclusive_apparent[owner] += size * links
-        # Shared: apparent bytes of files whose inode is linked from elsewhere too.
-        for su, own in zip(snaps, exclusive_apparent, strict=True):
-            su.shared = su.apparent - own
-        result.snapshots = snaps
-        result.apparent = sum(s.apparent for s in snaps)
-        return result
+        return hardlink_du.measure(self.store, client, progress)
 
 
 def _remove(path: Path) -> str:
