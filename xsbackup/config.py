@@ -69,6 +69,12 @@ class AvailabilitySettings:
     window_minutes: float = _key(5.0, "the admission window", minimum=0.01)
     reservation_minutes: float = _key(10.0, "how long a 200 reserves admission for that "
                                       "client's SSH transfer", minimum=0.01)
+    max_per_address: int = _key(2, "grants one source address holds at once (0: no bound; "
+                                "raise it when devices share an address behind NAT)",
+                                minimum=0)
+    new_per_window: int = _key(5, "places of a window open to clients without a snapshot "
+                               "yet (any device can register itself); the rest stay for "
+                               "clients with history", minimum=1)
 
 
 POLICIES = ("open", "approve", "closed")

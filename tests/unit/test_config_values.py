@@ -35,6 +35,8 @@ BAD_FILE_VALUES = [
     ("postprocess", "cjson_max_bytes", '"1 megabyte"', "invalid size"),
     ("postprocess", "cjson_max_bytes", '"-1MiB"', "invalid size"),
     ("postprocess", "cjson_max_bytes", "1.5", "invalid size"),
+    ("availability", "max_per_address", "-1", "at least 0"),
+    ("availability", "new_per_window", "0", "at least 1"),
 ]
 
 
