@@ -93,12 +93,3 @@ def test_archive_to_a_pipe_is_a_tar_stream(server: Server, snapshot: str) -> Non
         assert sorted(m.name for m in tar.getmembers() if m.isfile()) == \
             ["essay.txt", "notes.txt"]
 
-
-def test_quota_takes_a_size_and_is_printed_in_iec_units(server: Server) -> None:
-    server.add_client(SN)
-    r = server.cli("clients", "set-policy", SN, "--quota-bytes", "20GiB")
-    assert r.output == f"{SN}: quota_bytes=20.0 GiB\n"
-    assert server.ctx().registry.get(SN).policy == {"quota_bytes": 20 << 30}
-    r = server.cli("clients", "set-policy", SN, "--quota-bytes", "20 gigs", check=False)
-    assert r.exit_code == 2
-    assert "invalid size '20 gigs'" in r.output

@@ -7,7 +7,13 @@ import sys
 
 import click
 
-from xsbackup.cli._common import Invocation, emit_json, pass_invocation, with_context
+from xsbackup.cli._common import (
+    Invocation,
+    emit_json,
+    pass_invocation,
+    size_text,
+    with_context,
+)
 from xsbackup.context import Context
 
 
@@ -66,9 +72,13 @@ def status(ctx: Context, as_json: bool) -> None:
     if not rows:
         click.echo("no clients")
     for r in rows:
+        usage = size_text(r["usage_bytes"]) + (
+            f"/{size_text(r['quota_bytes'])}" if r["quota_bytes"] else "") + (
+            " over-quota" if r["over_quota"] else "")
         click.echo(f"{r['serial']:<16} last={r['last_success'] or 'never':<26} "
                    f"age={r['age'] or '-':<10} snapshots={r['snapshot_count']:<5} "
-                   f"flagged={len(r['flagged'])} error={r['last_error'] or '-'}")
+                   f"flagged={len(r['flagged'])} usage={usage} "
+                   f"error={r['last_error'] or '-'}")
 
 @click.command()
 @click.argument("state", type=click.Choice(["on", "off", "status"]), default="status")

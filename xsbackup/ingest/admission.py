@@ -28,6 +28,7 @@ from xsbackup.errors import (
     UnknownClient,
 )
 from xsbackup.store import Store, disk_use
+from xsbackup.units import format_bytes
 
 
 def maintenance_on(ctx: Context) -> bool:
@@ -55,8 +56,9 @@ def check_quota(store: Store, client: Client) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return  # never measured: nothing to hold against the client yet
     if total >= limit:
-        raise OverQuota(f"client {client.serial} is over its quota: {total} of {limit} bytes "
-                        "used; ask the administrator to prune or raise the quota")
+        raise OverQuota(f"client {client.serial} is over its quota: {format_bytes(total)} of "
+                        f"{format_bytes(limit)} used; ask the administrator to prune or raise "
+                        "the quota")
 
 
 def check_server(ctx: Context, reserved: bool = False) -> None:
