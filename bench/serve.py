@@ -23,7 +23,7 @@ for ``--duration`` seconds (``--http-runs`` runs per case, interleaved; medians)
 ``wrk`` (C, event loop; a Lua script picks the path and prints the summary as JSON) or,
 if ``wrk`` is missing or ``--loadgen asyncio``, by an asyncio HTTP/1.1 client in this
 process. The configuration sets
-``availability.window_count = 1000000`` (so every answer is a 200) and
+``availability.window_count = new_per_window = 1000000`` (so every answer is a 200) and
 ``admission.max_load = 1000`` (so the bench's own load on a two-core machine never turns
 answers into 503s). Two cases: one fixed serial (after its first 200 every request is
 the reservation fast path) and ``--serials`` registered serials in rotation (each one's
@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     with temp_dir("xsbench-serve-") as tmp, contextlib.ExitStack() as stack:
         root = tmp / "xsroot"
         _xs(root, "init")
-        toml = ("[availability]\nwindow_count = 1000000\n\n"
+        toml = ("[availability]\nwindow_count = 1000000\nnew_per_window = 1000000\n\n"
                 "[admission]\nmax_load = 1000.0\n")
         (root / "xsbackup.toml").write_text(toml)
         result["config"]["xsbackup_toml"] = toml

@@ -11,23 +11,31 @@ The state root is chosen by ``--root`` or ``XSBACKUP_ROOT``; the file by ``--con
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from xsbackup import units
 from xsbackup.errors import ConfigError
 
 DEFAULT_ROOT = "./xsbackup-state"
 
 
 def _key(default: Any, help: str, *, minimum: float | None = None,
-         choices: tuple[str, ...] | None = None) -> Any:
-    """A setting: its default, its help line and its bounds, kept in the field's metadata."""
+         maximum: float | None = None, choices: tuple[str, ...] | None = None,
+         kind: str | None = None) -> Any:
+    """A setting: its default, its help line and its bounds, kept in the field's metadata.
+
+    ``kind`` names a text form the value must have (see ``_KINDS``): ``"duration"`` and
+    ``"clock"`` keep the checked text (``""`` turns the setting off), ``"size"`` turns a
+    size text (``"1MiB"``) into an ``int`` of bytes."""
     factory = (lambda: list(default)) if isinstance(default, list) else None
-    meta = {"help": help, "minimum": minimum, "choices": choices}
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices,
+            "kind": kind}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -58,10 +66,10 @@ def parse_startups(text: str, name: str = "server.max_startups") -> Startups:
 class ServerSettings:
     bind: str = _key("127.0.0.1", "address the embedded SSH and HTTP servers bind")
     ssh_port: int = _key(2222, "SSH port: the embedded server's, and the one restore plans "
-                         "give clients", minimum=0)
+                         "give clients", minimum=0, maximum=65535)
     embedded_ssh: bool = _key(True, "serve runs the embedded SSH server (false: OpenSSH "
                               "answers SSH; also serve --no-ssh)")
-    http_port: int = _key(8080, "HTTP server port", minimum=0)
+    http_port: int = _key(8080, "HTTP server port", minimum=0, maximum=65535)
     service_user: str = _key("xsbackup", "SSH login name that acts as the key's own client")
     public_host: str = _key("", "host name given to clients in backupurl "
                             "(default: the HTTP Host header)")
@@ -98,6 +106,12 @@ class AvailabilitySettings:
     window_minutes: float = _key(5.0, "the admission window", minimum=0.01)
     reservation_minutes: float = _key(10.0, "how long a 200 reserves admission for that "
                                       "client's SSH transfer", minimum=0.01)
+    max_per_address: int = _key(2, "grants one source address holds at once (0: no bound; "
+                                "raise it when devices share an address behind NAT)",
+                                minimum=0)
+    new_per_window: int = _key(5, "places of a window open to clients without a snapshot "
+                               "yet (any device can register itself); the rest stay for "
+                               "clients with history", minimum=1)
 
 
 POLICIES = ("open", "approve", "closed")
@@ -122,8 +136,9 @@ class AdmissionSettings:
     max_load: float = _key(8.0, "refuse transfers above this 1-minute load average",
                            minimum=0)
     max_blocks_pct: float = _key(95.0, "refuse transfers above this % of disk blocks",
-                                 minimum=0)
-    max_inodes_pct: float = _key(95.0, "refuse transfers above this % of inodes", minimum=0)
+                                 minimum=0, maximum=100)
+    max_inodes_pct: float = _key(95.0, "refuse transfers above this % of inodes",
+                                 minimum=0, maximum=100)
     slots: int = _key(10, "concurrent transfers at most", minimum=0)
     max_sessions_per_client: int = _key(3, "concurrent SSH sessions (transfers, restores, "
                                         "archives) of one client at most", minimum=1)
@@ -159,8 +174,9 @@ class StorageSettings:
 class PostprocessSettings:
     cjson_patterns: list[str] = _key(["*.metadata", "*.cjson"],  # noqa: RUF009 (a field())
                                      "file-name patterns validated as Canonical JSON")
-    cjson_max_bytes: int = _key(1 << 20, "metadata files larger are reported, not read",
-                                minimum=0)
+    cjson_max_bytes: int = _key(1 << 20, "metadata files larger are reported, not read "
+                                "(bytes, or a size such as \"1MiB\", \"512KiB\", \"1MB\")",
+                                minimum=0, kind="size")
     workers: int = _key(4, "clients post-processed in parallel", minimum=1)
     sweep_seconds: float = _key(60.0, "periodic queue sweep of --watch", minimum=0.1)
 
@@ -174,8 +190,8 @@ class HooksSettings:
 @dataclass(frozen=True)
 class RetentionSettings:
     keep_last: int = _key(0, "keep the N newest snapshots", minimum=-1)
-    keep_within: str = _key("90d", "keep everything newer than this (e.g. 90d, 12h; "
-                            "empty: off)")
+    keep_within: str = _key("90d", "keep everything newer than this (12h, 90d, 2w, "
+                            "1m = 31 days, 1y = 365 days; empty: off)", kind="duration")
     keep_hourly: int = _key(0, "keep the newest snapshot of N hours (-1: all)", minimum=-1)
     keep_daily: int = _key(0, "keep the newest snapshot of N days", minimum=-1)
     keep_weekly: int = _key(0, "keep the newest snapshot of N ISO weeks", minimum=-1)
@@ -188,13 +204,13 @@ class RetentionSettings:
 @dataclass(frozen=True)
 class QuotaSettings:
     soft_quota_pct: float = _key(70.0, "trim in fair-share rounds above this % of the state "
-                                 "root's blocks or inodes", minimum=0)
+                                 "root's blocks or inodes", minimum=0, maximum=100)
 
 
 @dataclass(frozen=True)
 class PruneSettings:
-    schedule: str = _key("03:00", "daily time (server local HH:MM) of the scheduled policy "
-                         "prune and quota check; empty: never")
+    schedule: str = _key("03:00", "daily time (server local HH:MM, 00:00-23:59) of the "
+                         "scheduled policy prune and quota check; empty: never", kind="clock")
 
 
 @dataclass(frozen=True)
@@ -229,7 +245,9 @@ class Key:
     default: Any
     help: str
     minimum: float | None = None
+    maximum: float | None = None
     choices: tuple[str, ...] | None = None
+    kind: str | None = None
 
 
 def _schema() -> dict[str, Key]:
@@ -237,8 +255,10 @@ def _schema() -> dict[str, Key]:
     for section, cls in SECTIONS.items():
         for f in fields(cls):
             default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[operator]
-            out[f"{section}.{f.name}"] = Key(_TYPES[str(f.type)], default, f.metadata["help"],
-                                             f.metadata["minimum"], f.metadata["choices"])
+            meta = f.metadata
+            out[f"{section}.{f.name}"] = Key(_TYPES[str(f.type)], default, meta["help"],
+                                             meta["minimum"], meta.get("maximum"),
+                                             meta["choices"], meta.get("kind"))
     return out
 
 
@@ -251,8 +271,42 @@ RENAMED: dict[str, str] = {"server.auth_timeout": "server.login_grace_seconds"}
 def _env_name(name: str) -> str:
     return "XSBACKUP_" + name.replace(".", "_").upper()
 
+# The text forms a ``kind`` names; each raises ValueError with a one-line reason.
+_KINDS: dict[str, Callable[[str], object]] = {
+    "duration": units.parse_duration, "clock": units.parse_clock}
+
 
 def _coerce(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
+    """``value`` as ``key``'s type, checked against its kind and bounds; ``ConfigError``
+    naming ``name`` (the key, or the environment variable it came from) otherwise."""
+    if key.kind == "size":
+        try:
+            out: Any = units.parse_size(value)
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e}") from None
+    elif key.kind is not None:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected str, got {value!r}")
+        try:
+            if value:
+                _KINDS[key.kind](value)
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e}") from None
+        out = value
+    else:
+        out = _as_type(name, key, value, from_text=from_text)
+    if isinstance(out, float) and not math.isfinite(out):
+        raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+    if key.minimum is not None and out < key.minimum:
+        raise ConfigError(f"{name}: must be at least {key.minimum:g}, got {out!r}")
+    if key.maximum is not None and out > key.maximum:
+        raise ConfigError(f"{name}: must be at most {key.maximum:g}, got {out!r}")
+    if key.choices is not None and out not in key.choices:
+        raise ConfigError(f"{name}: must be one of {', '.join(key.choices)}, got {out!r}")
+    return out
+
+
+def _as_type(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
     try:
         if key.type is bool:
             if isinstance(value, bool):
@@ -288,10 +342,6 @@ def _coerce(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
         raise ConfigError(
             f"{name}: expected {key.type.__name__}, got {value!r}"
         ) from None
-    if key.minimum is not None and out < key.minimum:
-        raise ConfigError(f"{name}: must be at least {key.minimum:g}, got {out!r}")
-    if key.choices is not None and out not in key.choices:
-        raise ConfigError(f"{name}: must be one of {', '.join(key.choices)}, got {out!r}")
     return out
 
 

@@ -26,6 +26,7 @@ from xsbackup import config
 from xsbackup.clients import registration
 from xsbackup.clients.registry import Client, Registry
 from xsbackup.store import Store
+from xsbackup.units import format_bytes
 
 pytestmark = pytest.mark.integration
 NEW = "SHF00000100"
@@ -102,7 +103,8 @@ def test_many_set_policy_and_alias_processes_lose_nothing(server: Server) -> Non
     assert sorted(client.aliases) == olds
     # What the CLI reports reads the same record back.
     shown = server.xsbackup("clients", "set-policy", NEW).stdout
-    assert all(f"{k}={v}" in shown for k, v in wanted.items())
+    printed = {**wanted, "quota_bytes": format_bytes(wanted["quota_bytes"])}  # IEC units
+    assert all(f"{k}={v}" in shown for k, v in printed.items())
 
 
 def test_record_edits_from_processes_and_threads_lose_nothing(server: Server,

@@ -203,7 +203,8 @@ def test_thundering_herd_admits_exactly_the_window(web: Web) -> None:
     registry = Registry(web.server.store)
     for sn in serials:
         registry.add(sn, None)
-    web.configure("[availability]\nwindow_count = 10\n")
+    # Every serial here is new; let them have the whole window (see new_per_window).
+    web.configure("[availability]\nwindow_count = 10\nnew_per_window = 10\n")
 
     def ask(sn: str) -> tuple[int, str | None, bytes]:
         r = web.get(f"/backup/1/available/{sn}")

@@ -15,6 +15,7 @@ from tests.conftest import XSBACKUP, Server, local_push
 from xsbackup.locking import client_lock, lock_directory
 from xsbackup.retention import prune
 from xsbackup.store import atomic_symlink, init_root
+from xsbackup.units import format_bytes
 
 pytestmark = pytest.mark.integration
 SN = "SHF00112233"
@@ -160,7 +161,7 @@ def test_over_quota_client_is_refused_and_status_says_why(server: Server,
     (src / "big.bin").write_bytes(os.urandom(300_000))
     assert local_push(server, SN, src).returncode == 0
     server.cli("postprocess", "--once")
-    server.cli("clients", "set-policy", SN, "--quota-bytes", "100000")
+    server.cli("clients", "set-policy", SN, "--quota-bytes", "100KB")  # 97.7 KiB
     server.cli("du", SN)
     r = server.xsbackup("ssh-command", "--client", SN, check=False,
                         env={**os.environ, "SSH_ORIGINAL_COMMAND":
@@ -169,7 +170,14 @@ def test_over_quota_client_is_refused_and_status_says_why(server: Server,
     assert r.stderr.startswith(f"xsbackup: client {SN} is over its quota:")
     (row,) = orjson.loads(server.cli("status", "--json").stdout)["clients"]
     assert row["over_quota"] is True
+    assert row["quota_bytes"] == 100_000
     assert "over its quota" in row["last_error"]
+    # Sizes in IEC units, in the refusal line and in status.
+    used = format_bytes(row["usage_bytes"])
+    assert r.stderr == (f"xsbackup: client {SN} is over its quota: {used} of 97.7 KiB used; "
+                        "ask the administrator to prune or raise the quota\n")
+    (line,) = server.cli("status").output.splitlines()
+    assert f" usage={used}/97.7 KiB over-quota " in line
     server.cli("clients", "set-policy", SN, "--quota-bytes", "0")
     assert local_push(server, SN, src).returncode == 0
 

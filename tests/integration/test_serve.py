@@ -51,13 +51,14 @@ class Served:
                 " -o LogLevel=ERROR")
 
 
-def start(root: Path, *extra: str) -> Served:
-    """``xsbackup serve`` on free loopback ports. Its load and disk limits (which reach its
-    forced commands too) are the tests' own: a busy machine must not refuse a transfer."""
+def start(root: Path, *extra: str, wrap: tuple[str, ...] = ()) -> Served:
+    """``xsbackup serve`` on free loopback ports (run by ``wrap`` when given). Its load and
+    disk limits (which reach its forced commands too) are the tests' own: a busy machine
+    must not refuse a transfer."""
     ssh_port, http_port = free_port(), free_port()
     limits = {f"XSBACKUP_ADMISSION_{k.upper()}": str(v) for k, v in TEST_LIMITS.items()}
-    proc = subprocess.Popen([XSBACKUP, "--root", str(root), "serve", "--ssh-port", str(ssh_port),
-                             "--http-port", str(http_port), *extra],
+    proc = subprocess.Popen([*wrap, XSBACKUP, "--root", str(root), "serve", "--ssh-port",
+                             str(ssh_port), "--http-port", str(http_port), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **limits})
     assert proc.stdout is not None

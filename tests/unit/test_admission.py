@@ -29,6 +29,7 @@ from xsbackup.ingest import admission
 from xsbackup.ingest.admission import Verdict
 from xsbackup.snapshots import usage
 from xsbackup.store import Store, disk_use, init_root
+from xsbackup.units import format_bytes
 
 T = 1_700_000_000.0  # the clock of these tests; grants are stamped with it
 WINDOW = {"availability__window_count": 2, "availability__window_minutes": 5.0,
@@ -181,7 +182,8 @@ def test_quota_against_the_measured_usage(server: Server) -> None:
 
     with_quota(None)
     with_quota(total + 1)
-    with pytest.raises(OverQuota, match=f"over its quota: {total} of {total} bytes used"):
+    used = format_bytes(total)
+    with pytest.raises(OverQuota, match=f"over its quota: {used} of {used} used"):
         with_quota(total)
     with pytest.raises(OverQuota):
         with_quota(total - 1)

@@ -20,10 +20,11 @@ EXEMPT = frozenset({"xsbackup", "xsbackup.__main__"})
 
 # Lowest first; a module may import only from its own layer or a lower one. An entry is a
 # top-level module or a whole package of xsbackup/. ``resources`` (the shipped restore kit
-# and example hooks; standard library only) sits with config.
+# and example hooks; standard library only) and ``units`` (text forms of durations and
+# sizes) sit with config.
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer.split()) for layer in (
     "errors",
-    "config procs logs locking resources crashpoints",
+    "config procs logs locking resources crashpoints units",
     "store counters hooks",
     "storage",
     "clients",

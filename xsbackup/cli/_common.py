@@ -1,4 +1,5 @@
-"""What every command shares: the click context, JSON output and the store decorator."""
+"""What every command shares: the click context, JSON output, the store decorator and
+the size option type. Sizes are printed with ``xsbackup.units.format_bytes`` (IEC)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import click
 import orjson
 
 from xsbackup import config as config_mod
+from xsbackup import units
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,10 +56,19 @@ def with_context(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def format_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+def size_text(value: object) -> str:
+    """A recorded size for a listing: IEC units, or ``?`` when it was never measured."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return units.format_bytes(value)
+    return "?"
+
+
+def size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """The callback of a size option: bytes, or a number with an IEC or SI unit
+    (``units.parse_size``); a bad one is a usage error (exit 2) naming the option."""
+    if value is None:
+        return None
+    try:
+        return units.parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None

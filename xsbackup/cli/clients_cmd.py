@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from xsbackup.cli._common import Invocation, emit_json, pass_invocation, with_context
+from xsbackup.cli._common import (
+    Invocation,
+    emit_json,
+    pass_invocation,
+    size_option,
+    size_text,
+    with_context,
+)
 from xsbackup.context import Context
 
 
@@ -129,7 +136,8 @@ def clients_enable(ctx: Context, serial: str) -> None:
 @click.option("--keep-monthly", type=int)
 @click.option("--keep-yearly", type=int)
 @click.option("--keep-first-monthly", type=int)
-@click.option("--quota-bytes", type=int, help="Refuse transfers above this usage (0: none).")
+@click.option("--quota-bytes", callback=size_option, help="Refuse transfers at or above "
+              "this usage: bytes, or a size such as 20GiB (0: none).")
 @click.option("--reset", is_flag=True, help="Drop every override first.")
 @with_context
 def clients_set_policy(ctx: Context, serial: str,
@@ -151,7 +159,8 @@ def clients_set_policy(ctx: Context, serial: str,
         client.policy = policy
 
     policy = ctx.registry.modify(serial, change).policy
-    click.echo(f"{serial}: " + (", ".join(f"{k}={v}" for k, v in sorted(policy.items()))
+    shown = {k: size_text(v) if k == "quota_bytes" else v for k, v in policy.items()}
+    click.echo(f"{serial}: " + (", ".join(f"{k}={v}" for k, v in sorted(shown.items()))
                                 or "the configured policy"))
 
 @clients.command("alias")

@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from xsbackup.cli._common import emit_json, format_bytes, with_context
+from xsbackup.cli._common import emit_json, with_context
 from xsbackup.context import Context
+from xsbackup.units import format_bytes
 
 
 @click.command()

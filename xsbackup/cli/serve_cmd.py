@@ -10,8 +10,8 @@ import click
 from xsbackup.cli._common import (
     Invocation,
     emit_json,
-    format_bytes,
     pass_invocation,
+    size_text,
     with_context,
 )
 from xsbackup.context import Context
@@ -86,14 +86,18 @@ def status(ctx: Context, as_json: bool) -> None:
         click.echo(f"warning: {warning}", err=True)
     disk, storage = out["disk"], out["storage"]
     click.echo(f"disk: {disk['df_blocks_pct']}% of blocks used ({disk['blocks_pct']:.1f}%), "
-               f"{disk['inodes_pct']:.1f}% of inodes, {format_bytes(disk['free_bytes'])} "
+               f"{disk['inodes_pct']:.1f}% of inodes, {size_text(disk['free_bytes'])} "
                f"free; storage: {storage['name']}")
     if not out["clients"]:
         click.echo("no clients")
     for r in out["clients"]:
+        usage = size_text(r["usage_bytes"]) + (
+            f"/{size_text(r['quota_bytes'])}" if r["quota_bytes"] else "") + (
+            " over-quota" if r["over_quota"] else "")
         click.echo(f"{r['serial']:<16} last={r['last_success'] or 'never':<26} "
                    f"age={r['age'] or '-':<10} snapshots={r['snapshot_count']:<5} "
-                   f"flagged={len(r['flagged'])} error={r['last_error'] or '-'}")
+                   f"flagged={len(r['flagged'])} usage={usage} "
+                   f"error={r['last_error'] or '-'}")
 
 @click.command()
 @click.argument("state", type=click.Choice(["on", "off", "status"]), default="status")

@@ -9,7 +9,14 @@ from typing import Any
 import click
 import orjson
 
-from xsbackup.cli._common import Invocation, emit_json, pass_invocation, with_context
+from xsbackup.cli._common import (
+    Invocation,
+    emit_json,
+    pass_invocation,
+    size_option,
+    size_text,
+    with_context,
+)
 from xsbackup.context import Context
 
 
@@ -72,7 +79,7 @@ def snapshots_list(ctx: Context, serial: str,
         flag = " flagged" if isinstance(r.get("cjson"), dict) and \
             r["cjson"].get("status") == "flagged" else ""
         click.echo(f"{r['volume']:<12} {r['id']:<22} files={r.get('files', '?'):<7} "
-                   f"bytes={r.get('bytes', '?'):<12} new={r.get('new_bytes', '?')}"
+                   f"size={size_text(r.get('bytes')):<10} new={size_text(r.get('new_bytes'))}"
                    f"{' latest' if r['latest'] else ''}{flag}")
 
 @snapshots.command("show")
@@ -107,7 +114,8 @@ def cjson() -> None:
 
 @cjson.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--max-bytes", type=int, default=None, help="Report larger files unread.")
+@click.option("--max-bytes", callback=size_option, default=None,
+              help="Report larger files unread (bytes, or a size such as 1MiB).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_invocation
 def cjson_check(inv: Invocation, files: tuple[str, ...], max_bytes: int | None,

@@ -9,8 +9,12 @@ so the forced command does not pay psutil's import.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from xsbackup.clients.registry import Client, Registry
 from xsbackup.context import Context
@@ -25,6 +29,7 @@ from xsbackup.errors import (
 )
 from xsbackup.snapshots.usage import last_total
 from xsbackup.store import Store, disk_use
+from xsbackup.units import format_bytes
 
 
 def maintenance_on(ctx: Context) -> bool:
@@ -50,8 +55,9 @@ def check_quota(store: Store, client: Client) -> None:
     if total is None:
         return  # never measured: nothing to hold against the client yet
     if total >= limit:
-        raise OverQuota(f"client {client.serial} is over its quota: {total} of {limit} bytes "
-                        "used; ask the administrator to prune or raise the quota")
+        raise OverQuota(f"client {client.serial} is over its quota: {format_bytes(total)} of "
+                        f"{format_bytes(limit)} used; ask the administrator to prune or raise "
+                        "the quota")
 
 
 def check_server(ctx: Context, reserved: bool = False) -> None:
@@ -79,19 +85,38 @@ def check_server(ctx: Context, reserved: bool = False) -> None:
 
 # ---- the availability window (ds-backup's GET /backup/1/available/<SN>) -----------------
 #
-# A 200 writes ``<root>/admissions/<SN>`` (its mtime is the grant). The window counts the
+# A 200 writes ``<root>/admissions/<SN>`` (its mtime is the grant; its content says from
+# which address, and whether the client had no snapshot yet). The window counts the
 # grants younger than ``availability.window_minutes``; a grant younger than
 # ``availability.reservation_minutes`` is that client's reservation: its SSH transfer is
 # not refused for load, and asking again returns 200 without taking another place.
 # Everything happens under one flock, so concurrent requests (threads or processes)
 # never admit more than the window allows.
+#
+# Two bounds keep the window from being taken over by devices that registered themselves
+# (registration is open by default) and ask again every window:
+#
+# * one source address holds at most ``availability.max_per_address`` grants younger
+#   than the longer of the window and the reservation (0: no bound). A loopback address
+#   is a local reverse proxy, not a device, and is not bounded; neither is an unknown
+#   ("") address. The web layer passes the device's own address.
+# * clients without a snapshot yet take at most ``availability.new_per_window`` places of
+#   a window; the rest stay for clients with history (a ``latest`` snapshot).
 
 
 @dataclass(frozen=True)
 class Verdict:
     granted: bool
-    reason: str = ""          # load | blocks | inodes | window | maintenance
+    reason: str = ""          # load | blocks | inodes | window | address | new | maintenance
     retry_after: int = 0
+
+
+@dataclass(frozen=True)
+class Grant:
+    serial: str
+    time: float
+    address: str = ""         # the bounded source address ("" for none)
+    new: bool = False         # the client had no snapshot when it was granted
 
 
 def admissions_dir(store: Store) -> str:
@@ -111,6 +136,44 @@ def _grants(store: Store) -> dict[str, float]:
     return out
 
 
+def _grants_since(store: Store, since: float) -> list[Grant]:
+    """The grants made after ``since``, with what each file records (an empty or
+    unreadable one, as older versions wrote, records nothing)."""
+    out: list[Grant] = []
+    for serial, t in _grants(store).items():
+        if t <= since:
+            continue
+        facts: Any = None
+        with contextlib.suppress(OSError, orjson.JSONDecodeError):
+            fd = os.open(os.path.join(admissions_dir(store), serial),
+                         os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                facts = orjson.loads(os.read(fd, 4096))
+            finally:
+                os.close(fd)
+        if not isinstance(facts, dict):
+            facts = {}
+        out.append(Grant(serial, t, str(facts.get("address") or ""), facts.get("new") is True))
+    return out
+
+
+def bounded_address(address: str) -> str:
+    """The address a per-address bound applies to: IPv4-mapped IPv6 as IPv4; ``""`` for
+    an unknown or loopback address (a local reverse proxy, not a device)."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return address.strip()
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return "" if ip.is_loopback else str(ip)
+
+
+def has_history(store: Store, serial: str) -> bool:
+    """At least one snapshot: some volume has a ``latest`` (one readlink per volume)."""
+    return any(store.latest_id(serial, volume) for volume in store.volumes(serial))
+
+
 def has_reservation(ctx: Context, serial: str, now: float) -> bool:
     try:
         granted = os.stat(os.path.join(admissions_dir(ctx.store), serial)).st_mtime
@@ -119,12 +182,19 @@ def has_reservation(ctx: Context, serial: str, now: float) -> bool:
     return now - granted < ctx.settings.availability.reservation_minutes * 60
 
 
-def availability(ctx: Context, serial: str, now: float) -> Verdict:
-    """Decide a ds-backup availability request for a known, enabled ``serial``."""
+def _retry(oldest: float, span: float, now: float) -> int:
+    """Seconds until the grant made at ``oldest`` stops counting over ``span``."""
+    return max(1, int(oldest + span - now) + 1)
+
+
+def availability(ctx: Context, serial: str, now: float, address: str = "") -> Verdict:
+    """Decide a ds-backup availability request for a known, enabled ``serial`` asking
+    from ``address`` (the device's IP address; "" when unknown)."""
     from xsbackup.locking import FileLock
 
     store = ctx.store
-    window = ctx.settings.availability.window_minutes * 60
+    cfg = ctx.settings.availability
+    window = cfg.window_minutes * 60
     if maintenance_on(ctx):
         return Verdict(False, "maintenance", 300)
     if has_reservation(ctx, serial, now):
@@ -142,14 +212,29 @@ def availability(ctx: Context, serial: str, now: float) -> Verdict:
             return Verdict(False, "blocks", 600)
         except InodesFull:
             return Verdict(False, "inodes", 600)
-        live = sorted(t for t in _grants(store).values() if now - t < window)
-        if len(live) >= ctx.settings.availability.window_count:
-            wait = int(live[0] + window - now) + 1 if live else int(window)
-            return Verdict(False, "window", max(1, wait))
+        held = max(window, cfg.reservation_minutes * 60)
+        recent = _grants_since(store, now - held)
+        live = sorted(g.time for g in recent if now - g.time < window)
+        if len(live) >= cfg.window_count:
+            return Verdict(False, "window", _retry(live[0], window, now) if live
+                           else max(1, int(window)))
+        source = bounded_address(address)
+        if source and cfg.max_per_address:
+            mine = sorted(g.time for g in recent if g.address == source)
+            if len(mine) >= cfg.max_per_address:
+                return Verdict(False, "address", _retry(mine[0], held, now))
+        new = not has_history(store, serial)
+        if new:
+            newcomers = sorted(g.time for g in recent if g.new and now - g.time < window)
+            if len(newcomers) >= cfg.new_per_window:
+                return Verdict(False, "new", _retry(newcomers[0], window, now))
         os.makedirs(admissions_dir(store), exist_ok=True)
         path = os.path.join(admissions_dir(store), serial)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, orjson.dumps({"address": source, "new": new}))
+        finally:
+            os.close(fd)
         os.utime(path, (now, now))
         return Verdict(True)
 

@@ -82,9 +82,10 @@ def plan(store: Store, login: str, volume: str | None, at: str | None, host: str
     sid = resolve(store, client, vol, at)
     prefix = "" if client == login else f"clients/{client}/"
     source = f"{login}@{host}:{prefix}{vol}/{sid}/"
-    port = "" if ssh_port == 22 else f"-e 'ssh -p {ssh_port}' "
-    return Plan(client, login, vol, sid, source, f"rsync -a {port}{source} <target>/",
-                read_facts(store.snapshots_dir(client, vol) / sid), ssh_port)
+    port = ssh_port or 22  # 0: no embedded server, so OpenSSH's port serves restores
+    rsh = "" if port == 22 else f"-e 'ssh -p {port}' "
+    return Plan(client, login, vol, sid, source, f"rsync -a {rsh}{source} <target>/",
+                read_facts(store.snapshots_dir(client, vol) / sid), port)
 
 
 def content_type(name: str) -> str:

@@ -100,47 +100,14 @@ from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
+# The duration text (``"90d"``) has one owner, shared with the configuration's checks.
+from xsbackup.units import check_whole_hours, format_duration, parse_duration
+
 PRUNED = "no rule keeps it"
 NEWEST = "newest"
 PROTECTED = "protected"
 
-_HOUR = timedelta(hours=1)
-_DAY = timedelta(days=1)
-# borg's own interval units: "1m" is 31 days, "1y" 365 days. "H" is borg 1.x's spelling.
-_UNITS = {"h": _HOUR, "H": _HOUR, "d": _DAY, "w": timedelta(weeks=1),
-          "m": timedelta(days=31), "y": timedelta(days=365)}
-_DURATION_RE = re.compile(r"([0-9]{1,12})([hHdwmy])")
 _SUFFIX_RE = re.compile(r"(.*)-([0-9]{1,9})", re.DOTALL)
-
-
-def parse_duration(text: str) -> timedelta:
-    """``"12h"``, ``"90d"``, ``"2w"``, ``"6m"`` (31 days each), ``"1y"`` (365 days)."""
-    match = _DURATION_RE.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(f"invalid duration {text!r}: expected a whole number and a unit, "
-                         f"h, d, w, m (31 days) or y (365 days), e.g. 90d")
-    count = int(match[1])
-    if count == 0:
-        raise ValueError(f"invalid duration {text!r}: must be greater than 0")
-    try:
-        return count * _UNITS[match[2]]
-    except OverflowError:
-        raise ValueError(f"invalid duration {text!r}: too large") from None
-
-
-def format_duration(duration: timedelta) -> str:
-    """The inverse of ``parse_duration``: ``"90d"`` for whole days, else ``"12h"``."""
-    _check_window(duration, "duration")
-    if duration % _DAY:
-        return f"{duration // _HOUR}h"
-    return f"{duration // _DAY}d"
-
-
-def _check_window(value: object, name: str) -> None:
-    if not isinstance(value, timedelta):
-        raise ValueError(f"{name}: must be a duration, got {value!r}")
-    if value <= timedelta(0) or value % _HOUR:
-        raise ValueError(f"{name}: must be a positive whole number of hours, got {value}")
 
 
 @dataclass(frozen=True)
@@ -161,7 +128,7 @@ class Policy:
             value = getattr(self, f.name)
             if f.name == "keep_within":
                 if value is not None:
-                    _check_window(value, f.name)
+                    check_whole_hours(value, f.name)
             elif isinstance(value, bool) or not isinstance(value, int) or value < -1:
                 raise ValueError(f"{f.name}: must be an integer >= -1 (-1: no limit), "
                                  f"got {value!r}")
