@@ -164,6 +164,7 @@ def test_ds_backup_logs_in_as_its_serial_with_the_service_accounts_ids(
 def test_service_user_names_the_account(deployment: Deployment, serial: str) -> None:
     d = deployment
     os.chown(d.root, 0, 0)  # a state root owned by root: the account must be named
+    os.chmod(d.root, 0o711)  # noqa: S103 (traversal only: the account reaches what it owns)
     key = keypair(d.base, "device")
     r = d.xsbackup("clients", "add", serial, "--pubkey", f"{key}.pub", "--system-user")
     assert r.returncode == 12

@@ -25,13 +25,15 @@ from xsbackup.cli import (
     snapshots_cmd,
 )
 from xsbackup.cli._common import Invocation
-from xsbackup.errors import XsbackupError
+from xsbackup.errors import StateRootError, XsbackupError
 from xsbackup.store import SERVICE_UMASK
 
 
 class XsbackupGroup(click.Group):
     """The top-level group: an ``XsbackupError`` from any command ends the run with its
-    one-line message on stderr and its exit code."""
+    one-line message on stderr and its exit code. An ``OSError`` that reaches here (a
+    state root this user may not read or write, a full disk) is the state root being
+    unusable: one line naming the file, ``StateRootError``'s code, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -39,6 +41,12 @@ class XsbackupGroup(click.Group):
         except XsbackupError as e:
             click.echo(f"xsbackup: error: {e.message}", err=True)
             sys.exit(e.exit_code)
+        except OSError as e:
+            if isinstance(e, BrokenPipeError):
+                raise
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(f"xsbackup: error: {e.strerror or e}{where}", err=True)
+            sys.exit(StateRootError.exit_code)
 
 
 @click.group(cls=XsbackupGroup, context_settings={"help_option_names": ["-h", "--help"]})
