@@ -178,9 +178,9 @@ def two_clients(sites: Callable[..., Site], tmp_path_factory: pytest.TempPathFac
     return site
 
 
-def register_pending(site: Site, serial: str, nickname: str) -> str:
+def register_pending(site: Site, serial: str, nickname: str, name: str = "") -> str:
     """A registration waiting for approval, made the way Sugar makes it."""
-    key = site.server.keydir / f"id_{serial}"
+    key = site.server.keydir / f"id_{name or serial}"
     import subprocess
 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", serial, "-f",
@@ -560,7 +560,7 @@ def test_approve_a_pending_registration(browser: Browser, sites: Callable[..., S
     assert "Carla" in row.text
     assert "new device" in row.text
     browser.shot("08-pending")
-    browser.click(row.find_element("css selector", f"button[aria-label='Approve {PENDING}']"))
+    browser.click(row.find_element("css selector", f"button[aria-label^='Approve {PENDING} ']"))
     assert browser.driver.current_url.endswith("/ui/#pending")
     assert f"Approved the new key of {PENDING}" in browser.one(".flash-ok").text
     assert "No registration is waiting." in browser.text()
@@ -568,6 +568,29 @@ def test_approve_a_pending_registration(browser: Browser, sites: Callable[..., S
     client = Registry(site.store).get(PENDING)
     assert [(k.blob, k.status) for k in client.keys] == [(blob, "active")]
     assert blob in (site.store.ssh_dir / "authorized_keys").read_text()
+
+
+def test_approve_the_device_not_the_impostor(browser: Browser,
+                                             sites: Callable[..., Site]) -> None:
+    """Two requests wait for one serial; the admin approves the device's by its key's
+    fingerprint, and the impostor's key gets nowhere."""
+    site = sites("impostor")
+    device = register_pending(site, PENDING, "Carla")
+    impostor = register_pending(site, PENDING, "Mallory", name="impostor")
+    fingerprints = {r.key.blob: r.key.fingerprint
+                    for r in registration.pending(Registry(site.store))}
+    browser.sign_in(site, ADMIN, ADMIN_PW)
+    rows = browser.css("#pending tbody tr")
+    assert len(rows) == 2
+    button = f"button[aria-label='Approve {PENDING} {fingerprints[device]}']"
+    browser.click(browser.one(button))
+    assert f"Approved the new key of {PENDING}" in browser.one(".flash-ok").text
+    client = Registry(site.store).get(PENDING)
+    assert [(k.blob, k.status) for k in client.keys] == [(device, "active")]
+    assert client.nickname == "Carla"
+    keys = (site.store.ssh_dir / "authorized_keys").read_text()
+    assert device in keys
+    assert impostor not in keys
 
 
 def test_prune_after_confirmation(browser: Browser, sites: Callable[..., Site],

@@ -111,15 +111,15 @@ def pending_registrations(store: Store) -> list[dict[str, Any]]:
     registry = Registry(store)
     waiting = []
     for request in registration.pending(registry):
-        serial, key = request.serial, request.key
+        serial = request.serial
         try:
             client: Client | None = registry.get(serial)
         except ClientNotFound:
             client = None
         active = len(client.active_keys()) if client else 0
-        waiting.append({"serial": serial,
+        waiting.append({**registration.request_summary(registry, request),
                         "nickname": client.nickname if client else request.nickname,
-                        "replaces": active, **registration.key_summary(key)})
+                        "replaces": active})
     return waiting
 
 

@@ -338,13 +338,18 @@ def decide(sn: str, action: str) -> Response:
     require_admin(v, f"{action} a registration")
     check_client(sn)
     registry = current_ctx().registry
+    # The form names the one request the admin chose (several may wait for one serial,
+    # an impostor's among them); without it only a lone request can be decided.
+    fingerprint = v.field("fingerprint") or None
     if action == "approve":
-        registration.approve(registry, sn)
-        LOG.warning("web ui: %s approved the pending key of %s", v.user_name, sn)
+        registration.approve(registry, sn, fingerprint=fingerprint)
+        LOG.warning("web ui: %s approved the pending key %s of %s", v.user_name,
+                    fingerprint or "-", sn)
         flash(f"Approved the new key of {sn}: it can back up now.", "ok")
     else:
-        registration.reject(registry, sn)
-        LOG.warning("web ui: %s rejected the pending key of %s", v.user_name, sn)
+        registration.reject(registry, sn, fingerprint=fingerprint)
+        LOG.warning("web ui: %s rejected the pending key %s of %s", v.user_name,
+                    fingerprint or "-", sn)
         flash(f"Rejected the pending key of {sn}.", "ok")
     return redirect("/ui/#pending")
 
