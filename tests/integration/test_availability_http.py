@@ -25,9 +25,9 @@ def test_self_registered_serials_leave_room_for_a_client_with_history(
     assert local_push(web.server, OLD, src).returncode == 0
     assert postprocess.run_once(web.server.ctx()) == {"promoted": 1}
     web.configure()  # the shipped availability defaults: a window of 10, 5 for newcomers
-    blob = rsa_blob(tmp_path, "attacker")
     serials = [f"SHF{i:08d}" for i in range(10)]
-    for sn in serials:
+    for sn in serials:  # one key per client: the attacker makes one for each serial
+        blob = rsa_blob(tmp_path, f"attacker-{sn}")
         assert web.register(sn, f"x{sn}", "uuid", blob)["success"] == "OK"
     answers = [web.get(f"/backup/1/available/{sn}") for sn in serials]
     assert [r.status for r in answers] == [200] * 5 + [503] * 5

@@ -176,7 +176,7 @@ def test_over_quota_client_is_refused_and_status_says_why(server: Server,
     used = format_bytes(row["usage_bytes"])
     assert r.stderr == (f"xsbackup: client {SN} is over its quota: {used} of 97.7 KiB used; "
                         "ask the administrator to prune or raise the quota\n")
-    (line,) = server.cli("status").output.splitlines()
+    (line,) = [x for x in server.cli("status").output.splitlines() if x.startswith(SN)]
     assert f" usage={used}/97.7 KiB over-quota " in line
     server.cli("clients", "set-policy", SN, "--quota-bytes", "0")
     assert local_push(server, SN, src).returncode == 0
