@@ -135,10 +135,11 @@ class XsbackupCase(Case):
         return run_timed(self.rsync(f"{self.src}/", f"127.0.0.1:full{i:03d}/"))
 
     def after(self) -> None:
+        from xsbackup.context import Context
         from xsbackup.snapshots import postprocess
         from xsbackup.snapshots.snapshot import read_facts
 
-        counts = postprocess.run_once(self.store, self.settings)
+        counts = postprocess.run_once(Context.open(self.settings))
         if counts.get("promoted") != 1:
             raise RuntimeError(f"postprocess did not promote exactly one snapshot: {counts}")
         sid = self.store.latest_id(SN, "documents")
