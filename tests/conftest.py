@@ -116,6 +116,10 @@ def server(tmp_path: Path) -> Server:
     keydir.mkdir()
     server = Server(root, keydir)
     server.configure("")
+    # The rsh stand-in is written now, before any test starts threads: a file being
+    # written while another thread forks stays open for writing in that child until it
+    # execs, and exec'ing the script meanwhile fails with ETXTBSY (rsync exit 14).
+    _local_rsh(server, "")
     return server
 
 

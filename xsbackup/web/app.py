@@ -164,8 +164,12 @@ class HttpServer:
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, close every connection, stop the workers. Thread-safe."""
         if self._started.is_set() and not self._stopped.is_set():
-            # The socket map belongs to the loop's thread: let the loop close it.
-            self._server.trigger.pull_trigger(self._close_sockets)
+            # The socket map belongs to the loop's thread: let the loop close it. A loop
+            # that is ending has closed its trigger already (EBADF): nothing to ask then.
+            try:
+                self._server.trigger.pull_trigger(self._close_sockets)
+            except OSError:
+                LOG.debug("http: the server loop was already ending at close")
             self._stopped.wait(timeout)
         if not self._stopped.is_set():
             self._close_sockets()
