@@ -25,17 +25,17 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 
 from xsbackup import __version__
 from xsbackup.clients import registration
 from xsbackup.clients.registry import Client
 from xsbackup.context import Context
 from xsbackup.ingest import admission
-from xsbackup.logs import LOG
 from xsbackup.monitor import metrics, status
 from xsbackup.restore import archive as restore
 from xsbackup.restore import downloads, resolve
@@ -49,12 +49,11 @@ from xsbackup.store import (
     disk_use,
     get_xattrs,
 )
+from xsbackup.web import limits, users
 from xsbackup.web.auth import REALM, authenticator
 from xsbackup.web.availability import counts
 from xsbackup.web.base import (
     ALL_METHODS,
-    NO_STORE,
-    NOSNIFF,
     HttpError,
     Plain,
     body,
@@ -72,9 +71,12 @@ def only(*methods: str) -> None:
         raise HttpError(405, "method not allowed", [("Allow", ", ".join(methods))])
 
 
-def require_user() -> None:
-    authenticator().require_user(current_ctx().store,
-                                 str(request.environ.get("HTTP_AUTHORIZATION") or ""))
+def require_user() -> users.User:
+    ctx = current_ctx()
+    user: users.User = authenticator().require_user(
+        ctx.settings, ctx.store, str(request.environ.get("HTTP_AUTHORIZATION") or ""))
+    g.xs_user = user
+    return user
 
 
 # ---- what the routes read ----------------------------------------------------------------
@@ -242,24 +244,27 @@ def snapshot_part_route(sn: str, vol: str, sid: str, sub: str) -> Response:
     parts = sub.split("/")
     if parts[-1] == "" and len(parts) > 1:
         parts.pop()
+    store = ctx.store
+    make: Callable[[], downloads.Download]
     match parts:
         case ["archive.tar" | "archive.zip" as name]:
-            headers, stream = downloads.download_archive(ctx.store, source, vol, sid, path,
-                                                         name[-3:])
+            def make() -> downloads.Download:
+                return downloads.download_archive(store, source, vol, sid, path, name[-3:])
         case ["file"]:
-            headers, stream = downloads.download_file(ctx.store, source, vol, sid, path)
+            def make() -> downloads.Download:
+                return downloads.download_file(store, source, vol, sid, path)
         case ["journal"]:
             listing = downloads.journal_listing(
-                ctx.store, source, vol, sid, int(_arg("offset") or 0),
+                store, source, vol, sid, int(_arg("offset") or 0),
                 min(int(_arg("limit") or 100), 1000), _arg("q") or None)
             return json_response(listing)
         case ["journal", bundle] if bundle.endswith(".xoj") and \
                 sugar_journal.UID_RE.fullmatch(bundle[:-4]):
-            headers, stream = downloads.download_bundle(ctx.store, source, vol, sid, path,
-                                                        bundle[:-4])
+            def make() -> downloads.Download:
+                return downloads.download_bundle(store, source, vol, sid, path, bundle[:-4])
         case _:
             raise HttpError(404, "no such resource")
-    return Plain(stream, 200, [*headers, NO_STORE, NOSNIFF], direct_passthrough=True)
+    return limits.send(g.xs_user.name, ctx.settings.http, make)
 
 
 @bp.route("/api/v1/<path:rest>", methods=ALL_METHODS)
@@ -280,7 +285,7 @@ def session_route() -> Response:
         auth.end_session(ctx.store)
         return json_response({"status": "logged out"})
     if request.method == "GET":
-        user = auth.require_user(ctx.store, str(request.environ.get("HTTP_AUTHORIZATION") or ""))
+        user = require_user()
         return json_response({"user": user.name, "role": user.role})
     raise HttpError(405, "method not allowed", [("Allow", "GET, POST, DELETE")])
 
@@ -294,16 +299,10 @@ def _login(ctx: Context) -> Response:
     if not isinstance(data, dict) or not isinstance(data.get("user"), str) \
             or not isinstance(data.get("password"), str):
         raise HttpError(400, LOGIN_SHAPE)
-    wait = auth.login_throttled(ctx.settings, data["user"])
-    if wait:
-        raise HttpError(429, f"too many failed logins; try again in {wait} seconds",
-                        [("Retry-After", str(wait))])
-    user = auth.verify(ctx.store, data["user"], data["password"])
+    user = auth.check_password(ctx.settings, ctx.store, data["user"], data["password"],
+                               "http login")
     if user is None:
-        LOG.warning("http login failed for user %r", data["user"][:64])
-        auth.login_failed(ctx.settings, data["user"])
         raise HttpError(401, "invalid user or password", [("WWW-Authenticate", REALM)])
-    auth.throttle.succeeded(user.name)
     expires = auth.start_session(user)
     return json_response({"user": user.name, "role": user.role,
                           "expires": dt.datetime.fromtimestamp(expires, dt.UTC)

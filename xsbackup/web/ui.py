@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from importlib import resources
 from urllib.parse import parse_qs, urlencode
 
@@ -40,9 +41,10 @@ from xsbackup.context import Context
 from xsbackup.logs import LOG
 from xsbackup.restore import downloads, resolve
 from xsbackup.store import Store, check_client
-from xsbackup.web import sessions
+from xsbackup.web import limits, sessions
 from xsbackup.web.auth import (
     LOGIN_COOKIE,
+    LoginThrottled,
     authenticator,
     csrf_token,
     login_token,
@@ -51,7 +53,6 @@ from xsbackup.web.auth import (
 )
 from xsbackup.web.base import (
     ALL_METHODS,
-    NO_STORE,
     NOSNIFF,
     HttpError,
     Plain,
@@ -203,18 +204,15 @@ def login() -> Response:
         return login_form(v, 403, "The sign-in form expired, or this browser does not keep "
                           "cookies. Try again.")
     name = v.field("user").strip()
-    wait = auth.login_throttled(ctx.settings, name)
-    if wait:
-        minutes = max(1, (wait + 59) // 60)
+    try:
+        user = auth.check_password(ctx.settings, ctx.store, name, v.field("password"),
+                                   "web ui")
+    except LoginThrottled as e:
+        minutes = max(1, (e.wait + 59) // 60)
         return login_form(v, 429, f"Too many failed sign-ins. Try again in {minutes} minute"
-                          f"{'s' if minutes > 1 else ''}.", name, [("Retry-After", str(wait))])
-    user = auth.verify(ctx.store, name, v.field("password"))
+                          f"{'s' if minutes > 1 else ''}.", name, e.headers)
     if user is None:
-        LOG.warning("web ui: sign-in failed for user %r from %s", name[:64],
-                    request.environ.get("REMOTE_ADDR"))
-        auth.login_failed(ctx.settings, name)
         return login_form(v, 401, "Wrong user name or password.", name)
-    auth.throttle.succeeded(user.name)
     if auth.from_session(ctx.store) is not None:
         auth.end_session(ctx.store)
     auth.start_session(user)
@@ -298,25 +296,26 @@ def journal_preview(sn: str, vol: str, sid: str, uid: str) -> Response:
 
 
 def _send(v: Visit, sn: str, vol: str, sid: str, what: str,
-          download: downloads.Download) -> Response:
+          make: Callable[[Store], downloads.Download]) -> Response:
+    ctx = current_ctx()
+    response = limits.send(v.user_name, ctx.settings.http, lambda: make(ctx.store))
     LOG.info("web ui: %s downloads %s %s/%s %s", v.user_name, sn, vol, sid, what)
-    headers, stream = download
-    return Plain(stream, 200, [*headers, NO_STORE, NOSNIFF], direct_passthrough=True)
+    return response
 
 
 @bp.route(f"{SNAPSHOT}/file", methods=ALL_METHODS)
 def file(sn: str, vol: str, sid: str) -> Response:
     v = allow("GET")
-    return _send(v, sn, vol, sid, "file", downloads.download_file(
-        current_ctx().store, sn, vol, sid, v.arg("path")))
+    return _send(v, sn, vol, sid, "file", lambda store: downloads.download_file(
+        store, sn, vol, sid, v.arg("path")))
 
 
 @bp.route(f"{SNAPSHOT}/archive.zip", methods=ALL_METHODS, defaults={"fmt": "zip"})
 @bp.route(f"{SNAPSHOT}/archive.tar", methods=ALL_METHODS, defaults={"fmt": "tar"})
 def archive(sn: str, vol: str, sid: str, fmt: str) -> Response:
     v = allow("GET")
-    return _send(v, sn, vol, sid, f"archive.{fmt}", downloads.download_archive(
-        current_ctx().store, sn, vol, sid, v.arg("path"), fmt))
+    return _send(v, sn, vol, sid, f"archive.{fmt}", lambda store: downloads.download_archive(
+        store, sn, vol, sid, v.arg("path"), fmt))
 
 
 @bp.route(f"{SNAPSHOT}/journal/<bundle>", methods=ALL_METHODS)
@@ -324,8 +323,8 @@ def journal_bundle(sn: str, vol: str, sid: str, bundle: str) -> Response:
     if not bundle.endswith(".xoj"):
         raise HttpError(404, "There is no such page.")
     v = allow("GET")
-    return _send(v, sn, vol, sid, bundle, downloads.download_bundle(
-        current_ctx().store, sn, vol, sid, v.arg("path"), bundle[:-4]))
+    return _send(v, sn, vol, sid, bundle, lambda store: downloads.download_bundle(
+        store, sn, vol, sid, v.arg("path"), bundle[:-4]))
 
 
 # ---- actions (admin) --------------------------------------------------------------------
