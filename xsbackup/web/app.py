@@ -21,7 +21,9 @@ error page under ``/ui``, else JSON ``{"error": "..."}``.
 The server is waitress (``make_server``). It is pure Python with no C build, maintained
 by the Pylons project, production-grade (HTTP/1.1 keep-alive, a bounded worker pool,
 request-size limits, untrusted proxy headers cleared), and it runs in-process on a
-thread, so ``xsbackup serve`` stays one process that SIGHUP can reload. Use::
+thread, so ``xsbackup serve`` stays one process that SIGHUP can reload. Its limits come
+from ``[http]`` when the server is made (``HttpServer``; the download slots of
+``limits.py`` are read per request). Use::
 
     server = make_server(create_app(get_ctx), host, port, threads)
     threading.Thread(target=server.run_forever, daemon=True).start()   # or server.run
@@ -225,6 +227,11 @@ class HttpServer:
     run = run_forever
 
     def _close_sockets(self) -> None:
+        # ``handle_close`` (not the bare ``close`` of ``close_all``) also wakes a worker
+        # blocked on a response nobody reads, which would otherwise wait forever.
+        for channel in list(self._server.active_channels.values()):
+            with contextlib.suppress(OSError):
+                channel.handle_close()
         # A connection the peer already dropped can fail to close; it is gone either way.
         with contextlib.suppress(OSError):
             wasyncore.close_all(self._server._map)

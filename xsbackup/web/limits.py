@@ -36,6 +36,12 @@ class DownloadGate:
         self._per_user: dict[str, int] = {}
         self.threads: int | None = None  # the server's worker threads, once it has them
 
+    @property
+    def running(self) -> int:
+        """Downloads streaming now."""
+        with self._lock:
+            return self._total
+
     def limit(self, settings: HttpSettings) -> int:
         threads = self.threads if self.threads is not None else settings.threads
         return max(1, min(settings.max_downloads, threads - RESERVED_THREADS))

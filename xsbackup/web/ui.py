@@ -59,10 +59,12 @@ from xsbackup.web.base import (
     body,
     cookie,
     current_ctx,
+    from_another_site,
+    parse_query,
     read_cookie,
     redirect,
 )
-from xsbackup.web.browse import browse, journal_page, parse_query, preview
+from xsbackup.web.browse import browse, journal_page, preview
 from xsbackup.web.pages import client_page, dashboard, human_bytes, prune_plan, run_prune
 from xsbackup.web.render import Visit, render, visit
 
@@ -130,7 +132,7 @@ def _enter() -> Response | None:
 
 def check_csrf(v: Visit) -> None:
     """Before anything changes: the form's token must be this session's."""
-    if str(request.environ.get("HTTP_SEC_FETCH_SITE") or "") == "cross-site":
+    if from_another_site():
         raise HttpError(403, "Refused: the form was sent from another site.")
     read_form(v)
     if not token_ok(v.csrf, v.field("csrf")):
