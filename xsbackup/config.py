@@ -57,7 +57,7 @@ class HttpSettings:
                                 "one whole request, or leave a response unread, before it "
                                 "is closed", minimum=1)
     max_downloads: int = _key(4, "archives, files and Journal entries streamed at once, in "
-                              "all (never more than http.threads - 2)", minimum=1)
+                              "all (at most http.threads - 2, at least 1)", minimum=1)
     downloads_per_user: int = _key(2, "downloads one web user may stream at once", minimum=1)
 
 

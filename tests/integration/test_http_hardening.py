@@ -228,6 +228,20 @@ def test_closing_the_server_ends_unread_downloads(server: Server, tmp_path: Path
         stalled.close()
 
 
+def test_head_requests_give_their_download_slot_back(journal_web: Web) -> None:
+    """A HEAD of a UI download starts (and must end) a stream nobody iterates."""
+    jar = session(journal_web)
+    ui = snapshot_base(journal_web, "odd").replace("/api/v1/", "/ui/")
+    gate = journal_web.app.downloads
+    for _ in range(3):  # one more than downloads_per_user
+        r = journal_web.request("HEAD", f"{ui}/archive.tar", headers=jar)
+        assert (r.status, r.body) == (200, b"")
+        deadline = time.monotonic() + 30  # given back once the server is done with it
+        while gate.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gate.running == 0
+
+
 def test_a_request_trickled_in_is_cut_off(server: Server) -> None:
     """Slowloris: one byte at a time keeps a connection busy, never idle; the whole
     request must arrive within ``channel_timeout`` seconds."""

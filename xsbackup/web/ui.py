@@ -22,8 +22,10 @@ takes HTTP Basic. Every POST carries a CSRF token, the HMAC of the session's id 
 sign-in form's is bound to a pre-session cookie; ``auth.py``), checked before anything
 else happens; a request with ``Sec-Fetch-Site: cross-site`` is refused too. Approve,
 reject, aliases and prune need the ``admin`` role, checked on the server whatever the
-page showed. Failed sign-ins are throttled per address and per user name. Downloads are
-``restore.downloads``' attachments, with a ``sandbox`` CSP and ``nosniff``.
+page showed. Failed sign-ins are throttled per address and per user name, with the JSON
+API's and HTTP Basic's (``auth.check_password``). Downloads are ``restore.downloads``'
+attachments, with a ``sandbox`` CSP and ``nosniff``, within the user's download slots
+(``limits.send``).
 """
 
 from __future__ import annotations
