@@ -237,13 +237,19 @@ class HttpServer:
             wasyncore.close_all(self._server._map)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close every connection, stop the workers. Thread-safe."""
+        """Stop accepting, close every connection, stop the workers. Thread-safe.
+
+        The socket map belongs to the loop's thread: while it runs, only it closes the
+        sockets (two threads closing one descriptor could close another's that reused
+        its number). A loop whose wake-up pipe is gone is already ending."""
         if self._started.is_set() and not self._stopped.is_set():
-            # The socket map belongs to the loop's thread: let the loop close it.
-            self._server.trigger.pull_trigger(self._close_sockets)
+            with contextlib.suppress(OSError):
+                self._server.trigger.pull_trigger(self._close_sockets)
             self._stopped.wait(timeout)
-        if not self._stopped.is_set():
-            self._close_sockets()
+        if self._started.is_set() and not self._stopped.is_set():
+            LOG.error("http: the server loop did not stop within %gs", timeout)
+        else:
+            self._close_sockets()  # no loop: what it left open (nothing, normally)
         self._server.task_dispatcher.shutdown(timeout=timeout)
         self.app.flush_counters()
 
