@@ -97,6 +97,14 @@ class ServerSettings:
 @dataclass(frozen=True)
 class HttpSettings:
     threads: int = _key(8, "HTTP worker threads", minimum=1)
+    connection_limit: int = _key(1000, "open HTTP connections at most (more wait in the "
+                                 "listen backlog)", minimum=1)
+    channel_timeout: int = _key(30, "seconds an HTTP connection may sit idle, take to send "
+                                "one whole request, or leave a response unread, before it "
+                                "is closed", minimum=1)
+    max_downloads: int = _key(4, "archives, files and Journal entries streamed at once, in "
+                              "all (at most http.threads - 2, at least 1)", minimum=1)
+    downloads_per_user: int = _key(2, "downloads one web user may stream at once", minimum=1)
 
 
 @dataclass(frozen=True)

@@ -391,7 +391,7 @@ def people(server: Server) -> None:
 
 @pytest.mark.usefixtures("people")
 def test_api_requires_authentication(web: Web) -> None:
-    for path in ("/api/v1/health", "/api/v1/clients", "/metrics", "/api/v1/nowhere"):
+    for path in ("/api/v1/clients", "/metrics", "/api/v1/nowhere"):
         r = web.get(path)
         assert r.status == 401, path
         assert r.headers["WWW-Authenticate"] == 'Basic realm="xsbackup"'
@@ -456,16 +456,15 @@ def test_session_cookie_flow(web: Web) -> None:
     for body, status in ((orjson.dumps({"user": "bob", "password": "nope"}), 401),
                          (orjson.dumps({"user": "carol", "password": PASSWORD}), 401),
                          (b"not json", 400), (orjson.dumps(["bob"]), 400)):
-        r = web.request("POST", "/api/v1/session", body=body)
+        r = web.request("POST", "/api/v1/session", body=body,
+                        headers={"Content-Type": "application/json"})
         assert r.status == status
         assert "error" in r.json()
 
 
 @pytest.mark.usefixtures("people")
 def test_session_ends_when_user_is_disabled(web: Web) -> None:
-    r = web.request("POST", "/api/v1/session",
-                    body=orjson.dumps({"user": "alice", "password": PASSWORD}))
-    jar = {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
+    jar = _login(web, "alice")
     assert web.get("/api/v1/health", headers=jar).status == 200
     users.disable(web.server.store, "alice")
     assert web.get("/api/v1/health", headers=jar).status == 401
@@ -474,7 +473,7 @@ def test_session_ends_when_user_is_disabled(web: Web) -> None:
 
 
 def _login(web: Web, user: str, password: str = PASSWORD) -> dict[str, str]:
-    r = web.request("POST", "/api/v1/session",
+    r = web.request("POST", "/api/v1/session", headers={"Content-Type": "application/json"},
                     body=orjson.dumps({"user": user, "password": password}))
     assert r.status == 200, r.body
     return {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
@@ -542,6 +541,7 @@ def test_session_cookie_is_secure_under_https(server: Server) -> None:
     body = orjson.dumps({"user": "alice", "password": PASSWORD})
     environ: dict[str, Any] = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/v1/session",
                                "CONTENT_LENGTH": str(len(body)), "wsgi.input": BytesIO(body),
+                               "CONTENT_TYPE": "application/json",
                                "wsgi.url_scheme": "https"}
     setup_testing_defaults(environ)
     seen: list[tuple[str, list[tuple[str, str]]]] = []
@@ -641,7 +641,8 @@ def test_api_errors(web: Web, tmp_path: Path) -> None:
         (f"{base}/volumes/photos/snapshots", 404),
         (f"{base}/volumes/documents/snapshots/2000-01-01T000000Z", 404),
         (f"{base}/volumes/photos/snapshots/{sid}", 404),
-        (f"{base}/volumes/documents/snapshots/latest", 400),
+        (f"{base}/volumes/documents/snapshots/newest", 400),
+        (f"{base}/volumes/photos/snapshots/latest", 404),
         (f"{base}/volumes/.hidden/snapshots", 400),
         (f"{base}/restore?volume=photos", 404),
         ("/api/v1/clients/bad-serial", 400),

@@ -504,7 +504,7 @@ def test_client_page_browse_and_download_a_file(browser: Browser, two_clients: S
     assert [c.text for c in browser.css(".crumbs li")][-2:] == ["school", "science"]
     row = browser.css("tr.kind-file")[0]
     assert row.find_element("css selector", "td[data-label=Size]").text == \
-        f"{len(ESSAY) / 1000:.1f} kB"
+        f"{len(ESSAY) / 1024:.1f} KiB"
     browser.shot("06-browse-folder")
     got = browser.download(row.find_element("css selector", "td.name a"))
     assert got.name == "essay.odt"
@@ -724,3 +724,48 @@ def test_client_names_and_titles_are_text(browser: Browser, sites: Callable[...,
     assert got.read_bytes() == b"payload\n"
     assert "<" not in got.name
 
+
+
+def test_a_cross_site_form_cannot_sign_the_browser_in(browser: Browser,
+                                                      sites: Callable[..., Site]) -> None:
+    """Login CSRF: another site's page posts the classic ``text/plain`` form (its field
+    name carries JSON) to ``/api/v1/session``; the browser must stay signed out."""
+    import http.server
+
+    site = sites("login-csrf")
+    name, value = f'{{"user": "{ADMIN}", "password": "{ADMIN_PW}", "x": "', '"}'
+    page = (f'<!doctype html><form id="f" method="post" enctype="text/plain" '
+            f'action="{site.url}/api/v1/session"><input type="hidden" name=\'{name}\' '
+            f'value=\'{value}\'></form><script>document.getElementById("f").submit()'
+            '</script>').encode()
+
+    class Attacker(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        browser.driver.delete_all_cookies()
+        browser.get(f"{site.url}/ui/login")  # a first visit, as a real user would have
+        browser.driver.delete_all_cookies()
+        # localhost and 127.0.0.1 are different sites to the browser
+        browser.driver.get(f"http://localhost:{evil.server_address[1]}/")
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(browser.driver, 20).until(
+            lambda d: d.current_url.startswith(f"{site.url}/api/v1/session"))
+        assert "error" in browser.text()
+        assert browser.driver.get_cookie("xsbackup_session") is None
+        browser.get(f"{site.url}/ui/")
+        assert "/ui/login" in browser.driver.current_url
+    finally:
+        evil.shutdown()
+        evil.server_close()

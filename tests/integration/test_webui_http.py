@@ -262,7 +262,7 @@ def test_failed_sign_ins_are_throttled(tmp_path: Path) -> None:
         # the address is throttled too, whatever the name
         assert c.sign_in(TEACHER, TEACHER_PW).status == 429
         # and the JSON API's login shares the throttle
-        r = c.request("POST", "/api/v1/session",
+        r = c.request("POST", "/api/v1/session", headers={"Content-Type": "application/json"},
                       body=orjson.dumps({"user": ADMIN, "password": ADMIN_PW}))
         assert r.status == 429
     finally:

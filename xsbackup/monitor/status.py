@@ -10,9 +10,10 @@ backend, and a warning when the state root is open to more than the service acco
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
-from xsbackup.clients.registry import Registry
+from xsbackup.clients.registry import Client, Registry
 from xsbackup.context import Context
 from xsbackup.snapshots.snapshot import read_facts
 from xsbackup.snapshots.usage import last_total
@@ -60,9 +61,11 @@ def _usage(store: Store, serial: str, quota: object) -> dict[str, Any]:
             "over_quota": bool(limit and total is not None and total >= limit)}
 
 
-def client_rows(store: Store, now: dt.datetime) -> list[dict[str, Any]]:
+def client_rows(store: Store, now: dt.datetime,
+                clients: Iterable[Client] | None = None) -> list[dict[str, Any]]:
+    """One row per client: every registered one, or those of ``clients``."""
     rows = []
-    for client in Registry(store).all():
+    for client in Registry(store).all() if clients is None else clients:
         facts = get_xattrs(store.client_dir(client.serial))
         last = facts.get("last_success")
         rows.append({

@@ -104,6 +104,8 @@ class Stream:
                 self._put(_DONE)
 
         self._done = threading.Event()
+        self._closed = threading.Event()
+        self._on_close: list[Callable[[], object]] = []
 
         def job() -> None:
             try:
@@ -131,12 +133,22 @@ class Stream:
             if isinstance(item, bytes):
                 yield item
 
+    def when_closed(self, action: Callable[[], object]) -> None:
+        """Run ``action`` once the server is done with this stream (sent, or the client
+        went away); the server calls ``close`` in either case, HEAD requests included."""
+        self._on_close.append(action)
+
     def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
         self.cancelled.set()
         with contextlib.suppress(queue.Empty):
             while True:
                 self.q.get_nowait()
         self._done.wait(timeout=5)
+        for action in self._on_close:
+            action()
 
 
 Download = tuple[list[tuple[str, str]], Stream]

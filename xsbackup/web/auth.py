@@ -9,13 +9,17 @@ seconds under an HMAC of the credential with a per-process key; the cache is onl
 trusted while ``admin/users.json`` is unchanged (same inode, mtime and size), so
 disabling a user or changing a password takes effect on the next request.
 
-Throttling: each failed sign-in is remembered under two keys, the source address and the
-user name. Once either key has ``ui.max_login_failures`` failures within the last
-``ui.login_lockout_minutes``, sign-ins under that key are refused, without checking the
-password (so a refused guess teaches nothing), until the oldest counted failure leaves
-the window. Refused attempts are not counted, so a refusal does not extend itself. A
-successful sign-in clears its user name's failures. The failures are in memory, bounded,
-and per process.
+Throttling: one throttle for every way of presenting a password (the web UI's sign-in
+form, the JSON API's ``POST /api/v1/session``, and HTTP Basic on the API and /metrics),
+all through ``check_password``. Each failed sign-in is remembered under two keys, the
+source address and the user name. Once either key has ``ui.max_login_failures`` failures
+within the last ``ui.login_lockout_minutes``, sign-ins under that key are refused (429
+with ``Retry-After``), without checking the password (so a refused guess teaches
+nothing), until the oldest counted failure leaves the window. Refused attempts are not
+counted, so a refusal does not extend itself. A successful sign-in clears its user
+name's failures. The same wrong Basic credential sent again (a scraper left with an old
+password) is answered from the cache and counted once per window, not once per request.
+The failures are in memory, bounded, and per process.
 
 Note the trade-off of the per-name key: someone who knows a user name can keep that user
 out for a while by failing on purpose. The per-address key alone would let a
@@ -61,6 +65,15 @@ MAX_CACHED_CREDENTIALS = 10_000
 REALM = 'Basic realm="xsbackup"'
 AUTH_KEY = "xsbackup.auth"
 Stamp = tuple[int, int, int]
+
+
+class LoginThrottled(HttpError):
+    """Too many failed sign-ins from this address or for this user name, just now."""
+
+    def __init__(self, wait: int) -> None:
+        super().__init__(429, f"too many failed logins; try again in {wait} seconds",
+                         [("Retry-After", str(wait))])
+        self.wait = wait
 
 
 class LoginThrottle:
@@ -177,7 +190,10 @@ class Authenticator:
             self._users[path] = loaded
         return loaded
 
-    def from_basic(self, store: Store, header: str) -> users.User | None:
+    def from_basic(self, settings: Settings, store: Store, header: str) -> users.User | None:
+        """The user of an HTTP Basic credential (None: not one, or wrong), throttled
+        like every sign-in; a verdict is cached (``BASIC_CACHE_SECONDS`` when right, the
+        lockout window when wrong) while ``users.json`` is unchanged."""
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
             return None
@@ -188,7 +204,10 @@ class Authenticator:
         name, sep, password = raw.decode("utf-8", "replace").partition(":")
         if not sep:
             return None
-        stamp, current = self.load_users(store)
+        wait = self.login_throttled(settings, name)
+        if wait:
+            raise LoginThrottled(wait)
+        stamp, _ = self.load_users(store)
         key = hmac.new(self._key, str(store.root).encode() + b"\0" + raw,
                        hashlib.sha256).hexdigest()
         now = time.monotonic()
@@ -196,13 +215,13 @@ class Authenticator:
             hit = self._credentials.get(key)
         if hit is not None and hit.users_stamp == stamp and hit.expires > now:
             return hit.user
-        user = users.verify_in(current, name, password)
-        if user is None:
-            LOG.warning("http authentication failed for user %r", name[:64])
+        user = self.check_password(settings, store, name, password, "http basic")
+        keep = BASIC_CACHE_SECONDS if user is not None else \
+            60.0 * settings.ui.login_lockout_minutes
         with self._lock:
             if len(self._credentials) >= MAX_CACHED_CREDENTIALS:
                 self._credentials.clear()
-            self._credentials[key] = _CachedCredential(stamp, now + BASIC_CACHE_SECONDS, user)
+            self._credentials[key] = _CachedCredential(stamp, now + keep, user)
         return user
 
     def from_session(self, store: Store) -> tuple[users.User, str] | None:
@@ -217,20 +236,33 @@ class Authenticator:
             return None
         return user, sid
 
-    def authenticate(self, store: Store, header: str) -> users.User | None:
+    def authenticate(self, settings: Settings, store: Store, header: str) -> users.User | None:
         found = self.from_session(store)
         if found is not None:
             return found[0]
-        return self.from_basic(store, header) if header else None
+        return self.from_basic(settings, store, header) if header else None
 
-    def require_user(self, store: Store, header: str) -> users.User:
-        user = self.authenticate(store, header)
+    def require_user(self, settings: Settings, store: Store, header: str) -> users.User:
+        user = self.authenticate(settings, store, header)
         if user is None:
             raise HttpError(401, "authentication required", [("WWW-Authenticate", REALM)])
         return user
 
-    def verify(self, store: Store, name: str, password: str) -> users.User | None:
-        return users.verify_in(self.load_users(store)[1], name, password)
+    def check_password(self, settings: Settings, store: Store, name: str, password: str,
+                       how: str) -> users.User | None:
+        """Every sign-in with a password: refused while throttled (``LoginThrottled``),
+        else the user, or None for a wrong name or password (counted)."""
+        wait = self.login_throttled(settings, name)
+        if wait:
+            raise LoginThrottled(wait)
+        user = users.verify_in(self.load_users(store)[1], name, password)
+        if user is None:
+            LOG.warning("%s: sign-in failed for user %r from %s", how, name[:64],
+                        client_address())
+            self.login_failed(settings, name)
+            return None
+        self.throttle.succeeded(user.name)
+        return user
 
     # -- sessions --
 

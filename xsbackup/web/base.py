@@ -12,6 +12,7 @@ import re
 import socket
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from flask import Response, current_app, g, request
@@ -87,6 +88,19 @@ def body(limit: int = MAX_BODY) -> bytes:
     return data
 
 
+def parse_query(environ: dict[str, Any]) -> dict[str, list[str]]:
+    """The query string, decoding bytes that are not UTF-8 as surrogate escapes."""
+    return parse_qs(str(environ.get("QUERY_STRING") or ""), keep_blank_values=True,
+                    encoding="utf-8", errors="surrogateescape")
+
+
+def path_arg() -> str:
+    """``?path=``, a name in a snapshot: its bytes, percent-encoded (a UTF-8 name as
+    UTF-8, any other byte as ``%XX``), kept exactly (undecodable bytes as surrogate
+    escapes); the one encoding of the JSON API and the web UI's links."""
+    return parse_query(request.environ).get("path", [""])[0]
+
+
 def request_host(settings: Settings) -> str:
     """``server.public_host``, else the Host header without its port, else this machine's
     host name (a Host header that is not a plain host name or IP is ignored)."""
@@ -110,6 +124,11 @@ def cookie(name: str, value: str, max_age: int, path: str = "/") -> str:
 
 def read_cookie(name: str) -> str:
     return request.cookies.get(name, "")
+
+
+def from_another_site() -> bool:
+    """The browser says another site sent this request (``Sec-Fetch-Site``)."""
+    return str(request.environ.get("HTTP_SEC_FETCH_SITE") or "") == "cross-site"
 
 
 def client_address() -> str:

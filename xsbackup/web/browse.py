@@ -8,7 +8,7 @@ never entered, and ``..``, absolute paths and NUL bytes are refused before anyth
 opened. A snapshot being read holds its shared flock, so prune skips it meanwhile.
 
 Names are kept as ``str`` with surrogate escapes, so a name that is not UTF-8 round-trips
-through a link's ``?path=`` exactly (``quote_path`` / ``parse_query``).
+through a link's ``?path=`` exactly (``quote_path`` / ``base.parse_query``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dataclasses
 import os
 import stat
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from xsbackup.errors import InvalidName, PathNotFound, PathRefused
 from xsbackup.restore import access, journal, resolve
@@ -32,12 +32,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # ---- names and paths -------------------------------------------------------------------
-
-
-def parse_query(environ: dict[str, Any]) -> dict[str, list[str]]:
-    """The query string, decoding bytes that are not UTF-8 as surrogate escapes."""
-    return parse_qs(str(environ.get("QUERY_STRING") or ""), keep_blank_values=True,
-                    encoding="utf-8", errors="surrogateescape")
 
 
 def quote_path(path: str) -> str:

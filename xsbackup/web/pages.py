@@ -17,7 +17,8 @@ from xsbackup.clients import registration
 from xsbackup.clients.registry import Client, Registry
 from xsbackup.config import Settings
 from xsbackup.context import Context
-from xsbackup.errors import ClientNotFound
+from xsbackup.errors import ClientNotFound, StateRootError
+from xsbackup.logs import LOG
 from xsbackup.monitor import status
 from xsbackup.restore import resolve
 from xsbackup.retention import policy as retention
@@ -25,7 +26,14 @@ from xsbackup.retention import prune
 from xsbackup.snapshots import queue as work_queue
 from xsbackup.snapshots import usage
 from xsbackup.snapshots.snapshot import read_facts
-from xsbackup.store import Store, check_client, disk_use, get_xattrs, snapshot_time
+from xsbackup.store import (
+    Store,
+    check_client,
+    disk_use,
+    get_xattrs,
+    iter_clients,
+    snapshot_time,
+)
 
 SORTS = ("serial", "nickname", "last", "age", "snapshots", "usage", "error")
 QUEUE_SHOWN = 50
@@ -34,15 +42,19 @@ QUEUE_SHOWN = 50
 # ---- formatting (also the templates' filters) ------------------------------------------
 
 
+IEC_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
 def human_bytes(n: object) -> str:
+    """A size in IEC units (1 KiB = 1024 B), as everywhere in the web UI."""
     if not isinstance(n, int | float) or isinstance(n, bool):
         return "—"
     value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
+    for unit in IEC_UNITS:
+        if abs(value) < 1024 or unit == IEC_UNITS[-1]:
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} PB"  # pragma: no cover - the loop always returns
+        value /= 1024
+    raise AssertionError("unreachable: the last unit always returns")
 
 
 def human_age(seconds: object) -> str:
@@ -105,10 +117,50 @@ def _sort_key(name: str) -> Callable[[dict[str, Any]], Any]:
     return keys[name]
 
 
-def pending_registrations(store: Store) -> list[dict[str, Any]]:
+UNREADABLE = "the registry record is unreadable; see the log"
+
+
+class ReadableRegistry(Registry):
+    """The registry as one page lists it: ``all()`` is every record that could be read,
+    and ``unreadable`` names the clients whose ``client.json`` could not be (each one
+    logged), so one corrupt record breaks only its own client, not every listing."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.clients: list[Client] = []
+        self.unreadable: list[str] = []
+        for serial in iter_clients(store):
+            try:
+                if self.exists(serial):
+                    self.clients.append(self.get(serial))
+            except (StateRootError, OSError) as e:
+                LOG.error("client=%s registry record unreadable, left out of the listing: %s",
+                          serial, e.message if isinstance(e, StateRootError) else e)
+                self.unreadable.append(serial)
+
+    def all(self) -> list[Client]:
+        return list(self.clients)
+
+
+def unreadable_row(serial: str) -> dict[str, Any]:
+    """A client row (``status.client_rows``' keys) saying its record is unreadable."""
+    return {"serial": serial, "unreadable": True, "error": UNREADABLE, "nickname": "",
+            "disabled": False, "last_success": None, "age": None, "age_seconds": None,
+            "snapshot_count": 0, "last_transfer": None, "last_completion": None,
+            "last_error": UNREADABLE, "flagged": [], "usage_bytes": None,
+            "quota_bytes": None, "over_quota": False}
+
+
+def client_list(registry: ReadableRegistry, now: dt.datetime) -> list[dict[str, Any]]:
+    """Every client's row, those with an unreadable record included (marked so)."""
+    rows = [{**r, "unreadable": False}
+            for r in status.client_rows(registry.store, now, registry.clients)]
+    return rows + [unreadable_row(sn) for sn in registry.unreadable]
+
+
+def pending_registrations(registry: Registry) -> list[dict[str, Any]]:
     """Keys awaiting approval, with the client's nickname and how many active keys an
     approval would retire (0: a new device)."""
-    registry = Registry(store)
     waiting = []
     for request in registration.pending(registry):
         serial = request.serial
@@ -126,13 +178,14 @@ def pending_registrations(store: Store) -> list[dict[str, Any]]:
 def dashboard(settings: Settings, store: Store, query: str, sort: str, order: str,
               now: dt.datetime) -> dict[str, Any]:
     overdue_after = settings.ui.overdue_days * 86400
-    waiting = pending_registrations(store)
+    registry = ReadableRegistry(store)
+    waiting = pending_registrations(registry)
     # A new device waiting for approval cannot back up yet: it is not overdue.
     awaiting = {p["serial"] for p in waiting if not p["replaces"]}
-    rows = status.client_rows(store, now)
+    rows = client_list(registry, now)
     for r in rows:
         r["awaiting"] = r["serial"] in awaiting
-        r["overdue"] = not r["disabled"] and not r["awaiting"] and (
+        r["overdue"] = not r["disabled"] and not r["awaiting"] and not r["unreadable"] and (
             r["age_seconds"] is None or r["age_seconds"] > overdue_after)
     total = len(rows)
     overdue = sum(1 for r in rows if r["overdue"])
@@ -190,10 +243,15 @@ class Chart:
 
 
 def _ticks(chart: Chart, top: float) -> float:
-    """Y ticks at 0, half and the rounded maximum; returns the maximum."""
+    """Y ticks at 0, half and the rounded maximum; returns the maximum. The maximum is
+    round in the IEC unit its labels are shown in (50 KiB, not 48.8 KiB)."""
     top = max(top, 1.0)
-    magnitude = 10 ** (len(str(int(top))) - 1)
-    nice = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= top)
+    unit = 1
+    while top >= unit * 1024 and unit < 1024 ** (len(IEC_UNITS) - 1):
+        unit *= 1024
+    scaled = top / unit
+    magnitude = 10 ** (len(str(int(scaled))) - 1)
+    nice = unit * next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= scaled)
     span = chart.plot_bottom - chart.top
     chart.yticks = [{"y": round(chart.plot_bottom - span * f, 1), "label": human_bytes(nice * f)}
                     for f in (0.0, 0.5, 1.0)]
@@ -307,8 +365,9 @@ def client_page(settings: Settings, store: Store, serial: str,
         vol_rows.append({"name": volume, "snapshots": rows[::-1], "count": len(ids),
                          "latest": resolve.latest(store, serial, volume)})
     doomed = [dataclasses.asdict(i) for i in plan if not i.keep]
-    others = sorted(c.serial for c in registry.all() if c.serial != serial)
-    aliased_by = sorted(c.serial for c in registry.all() if serial in c.aliases)
+    listed = ReadableRegistry(store).all()
+    others = sorted(c.serial for c in listed if c.serial != serial)
+    aliased_by = sorted(c.serial for c in listed if serial in c.aliases)
     return {
         "client": client, "keys": [registration.key_summary(k) for k in client.keys],
         "last_success": last, "age_seconds": age, "overdue": overdue,

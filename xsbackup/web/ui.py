@@ -22,14 +22,17 @@ takes HTTP Basic. Every POST carries a CSRF token, the HMAC of the session's id 
 sign-in form's is bound to a pre-session cookie; ``auth.py``), checked before anything
 else happens; a request with ``Sec-Fetch-Site: cross-site`` is refused too. Approve,
 reject, aliases and prune need the ``admin`` role, checked on the server whatever the
-page showed. Failed sign-ins are throttled per address and per user name. Downloads are
-``restore.downloads``' attachments, with a ``sandbox`` CSP and ``nosniff``.
+page showed. Failed sign-ins are throttled per address and per user name, with the JSON
+API's and HTTP Basic's (``auth.check_password``). Downloads are ``restore.downloads``'
+attachments, with a ``sandbox`` CSP and ``nosniff``, within the user's download slots
+(``limits.send``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from importlib import resources
 from urllib.parse import parse_qs, urlencode
 
@@ -40,9 +43,10 @@ from xsbackup.context import Context
 from xsbackup.logs import LOG
 from xsbackup.restore import downloads, resolve
 from xsbackup.store import Store, check_client
-from xsbackup.web import sessions
+from xsbackup.web import limits, sessions
 from xsbackup.web.auth import (
     LOGIN_COOKIE,
+    LoginThrottled,
     authenticator,
     csrf_token,
     login_token,
@@ -51,17 +55,18 @@ from xsbackup.web.auth import (
 )
 from xsbackup.web.base import (
     ALL_METHODS,
-    NO_STORE,
     NOSNIFF,
     HttpError,
     Plain,
     body,
     cookie,
     current_ctx,
+    from_another_site,
+    parse_query,
     read_cookie,
     redirect,
 )
-from xsbackup.web.browse import browse, journal_page, parse_query, preview
+from xsbackup.web.browse import browse, journal_page, preview
 from xsbackup.web.pages import client_page, dashboard, human_bytes, prune_plan, run_prune
 from xsbackup.web.render import Visit, render, visit
 
@@ -129,7 +134,7 @@ def _enter() -> Response | None:
 
 def check_csrf(v: Visit) -> None:
     """Before anything changes: the form's token must be this session's."""
-    if str(request.environ.get("HTTP_SEC_FETCH_SITE") or "") == "cross-site":
+    if from_another_site():
         raise HttpError(403, "Refused: the form was sent from another site.")
     read_form(v)
     if not token_ok(v.csrf, v.field("csrf")):
@@ -203,18 +208,15 @@ def login() -> Response:
         return login_form(v, 403, "The sign-in form expired, or this browser does not keep "
                           "cookies. Try again.")
     name = v.field("user").strip()
-    wait = auth.login_throttled(ctx.settings, name)
-    if wait:
-        minutes = max(1, (wait + 59) // 60)
+    try:
+        user = auth.check_password(ctx.settings, ctx.store, name, v.field("password"),
+                                   "web ui")
+    except LoginThrottled as e:
+        minutes = max(1, (e.wait + 59) // 60)
         return login_form(v, 429, f"Too many failed sign-ins. Try again in {minutes} minute"
-                          f"{'s' if minutes > 1 else ''}.", name, [("Retry-After", str(wait))])
-    user = auth.verify(ctx.store, name, v.field("password"))
+                          f"{'s' if minutes > 1 else ''}.", name, e.headers)
     if user is None:
-        LOG.warning("web ui: sign-in failed for user %r from %s", name[:64],
-                    request.environ.get("REMOTE_ADDR"))
-        auth.login_failed(ctx.settings, name)
         return login_form(v, 401, "Wrong user name or password.", name)
-    auth.throttle.succeeded(user.name)
     if auth.from_session(ctx.store) is not None:
         auth.end_session(ctx.store)
     auth.start_session(user)
@@ -298,25 +300,26 @@ def journal_preview(sn: str, vol: str, sid: str, uid: str) -> Response:
 
 
 def _send(v: Visit, sn: str, vol: str, sid: str, what: str,
-          download: downloads.Download) -> Response:
+          make: Callable[[Store], downloads.Download]) -> Response:
+    ctx = current_ctx()
+    response = limits.send(v.user_name, ctx.settings.http, lambda: make(ctx.store))
     LOG.info("web ui: %s downloads %s %s/%s %s", v.user_name, sn, vol, sid, what)
-    headers, stream = download
-    return Plain(stream, 200, [*headers, NO_STORE, NOSNIFF], direct_passthrough=True)
+    return response
 
 
 @bp.route(f"{SNAPSHOT}/file", methods=ALL_METHODS)
 def file(sn: str, vol: str, sid: str) -> Response:
     v = allow("GET")
-    return _send(v, sn, vol, sid, "file", downloads.download_file(
-        current_ctx().store, sn, vol, sid, v.arg("path")))
+    return _send(v, sn, vol, sid, "file", lambda store: downloads.download_file(
+        store, sn, vol, sid, v.arg("path")))
 
 
 @bp.route(f"{SNAPSHOT}/archive.zip", methods=ALL_METHODS, defaults={"fmt": "zip"})
 @bp.route(f"{SNAPSHOT}/archive.tar", methods=ALL_METHODS, defaults={"fmt": "tar"})
 def archive(sn: str, vol: str, sid: str, fmt: str) -> Response:
     v = allow("GET")
-    return _send(v, sn, vol, sid, f"archive.{fmt}", downloads.download_archive(
-        current_ctx().store, sn, vol, sid, v.arg("path"), fmt))
+    return _send(v, sn, vol, sid, f"archive.{fmt}", lambda store: downloads.download_archive(
+        store, sn, vol, sid, v.arg("path"), fmt))
 
 
 @bp.route(f"{SNAPSHOT}/journal/<bundle>", methods=ALL_METHODS)
@@ -324,8 +327,8 @@ def journal_bundle(sn: str, vol: str, sid: str, bundle: str) -> Response:
     if not bundle.endswith(".xoj"):
         raise HttpError(404, "There is no such page.")
     v = allow("GET")
-    return _send(v, sn, vol, sid, bundle, downloads.download_bundle(
-        current_ctx().store, sn, vol, sid, v.arg("path"), bundle[:-4]))
+    return _send(v, sn, vol, sid, bundle, lambda store: downloads.download_bundle(
+        store, sn, vol, sid, v.arg("path"), bundle[:-4]))
 
 
 # ---- actions (admin) --------------------------------------------------------------------
