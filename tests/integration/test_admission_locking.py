@@ -101,16 +101,14 @@ def test_second_session_of_one_client_refused_at_once(server: Server, sshd: Sshd
     current = server.store.volume_dir(SN, "documents") / "current"
     try:
         _wait_for(lambda: current.is_dir() and any(current.iterdir()))
-        t0 = time.monotonic()
         second = sshd.ssh(key, "rsync --server -logDtpre.iLsfxCIvu . documents/")
-        elapsed = time.monotonic() - t0
         assert second.returncode == 48
         assert second.stderr.strip() == f"xsbackup: backup already in progress for {SN}"
         again = sshd.rsync(key, "-a", f"{src}/", "127.0.0.1:documents/")
         assert again.returncode in (48, 12)
         assert "backup already in progress" in again.stderr
-        assert elapsed < 5  # refused without queueing behind the first transfer
-        assert first.poll() is None  # the first is still running, untouched
+        # Refused without queueing behind the first transfer: that one is still running.
+        assert first.poll() is None
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate()

@@ -222,11 +222,11 @@ def test_sigterm_during_a_transfer(tmp_path: Path) -> None:
         while not (current.is_dir() and any(current.iterdir())):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        t0 = time.monotonic()
         assert stop(served, timeout=30) == 0
-        assert time.monotonic() - t0 < 20
         _, err = first.communicate(timeout=30)
-        assert first.returncode != 0  # cut off, and told so
+        # At 300 kB/s the 4 MB transfer needs ~13 s more: serve did not wait for it to
+        # finish, it cut it off and the client was told so.
+        assert first.returncode != 0
         assert err
     finally:
         stop(served)
