@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import struct
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def test_clients_lifecycle(server: Server, tmp_path: Path) -> None:
     assert "SHF00000043" not in keys_file.read_text()
     server.cli("clients", "remove", "SHF00000042", "--purge")
     assert not (server.root / "clients" / "SHF00000042").exists()
+    assert os.listdir(server.root / "trash") == []  # emptied by the backend, not left over
     gone = server.cli("clients", "remove", "SHF00000042", check=False)
     assert gone.exit_code == 6
     assert gone.stderr == "xsbackup: error: unknown client SHF00000042\n"

@@ -106,6 +106,8 @@ def clients_remove(ctx: Context, serial: str, purge: bool) -> None:
         sysuser.remove_login(serial)
     with sysuser.acting_as(sysuser.owner(ctx.store.root)):  # as root: keep its ownership
         ctx.registry.remove(serial, purge=purge)
+        if purge:
+            ctx.storage.purge()
     click.echo(f"removed {serial}" + (" and its data" if purge else "; data kept"))
 
 def _set_disabled(ctx: Context, serial: str, disabled: bool) -> None:

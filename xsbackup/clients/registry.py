@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,8 +226,10 @@ class Registry:
         return client
 
     def remove(self, serial: str, purge: bool = False) -> None:
-        """Remove ``serial``'s record (its data too with ``purge``) and its keys from
-        ``authorized_keys``, under the registry lock."""
+        """Remove ``serial``'s record and its keys from ``authorized_keys``, under the
+        registry lock. With ``purge`` its directory moves into ``trash/`` whole, which the
+        storage backend's ``purge`` then empties (only the backend knows how to delete
+        what it made, read-only snapshots included)."""
         check_client(serial)
         directory = self.store.client_dir(serial)
         with self.locked() as txn:
@@ -240,8 +241,6 @@ class Registry:
                 # Keep the data; the record goes aside.
                 os.rename(self._path(serial), directory / f"client.json.removed-{os.getpid()}")
             txn.forget(serial)
-        if purge:
-            shutil.rmtree(trash)
 
     def add_alias(self, serial: str, old: str) -> Client:
         """Let ``serial`` (a replacement device) read ``old``'s snapshots (never the
