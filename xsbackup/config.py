@@ -11,6 +11,7 @@ The state root is chosen by ``--root`` or ``XSBACKUP_ROOT``; the file by ``--con
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import tomllib
@@ -32,7 +33,8 @@ def _key(default: Any, help: str, *, minimum: float | None = None,
 
     ``kind`` names a text form the value must have (see ``_KINDS``): ``"duration"`` and
     ``"clock"`` keep the checked text (``""`` turns the setting off), ``"size"`` turns a
-    size text (``"1MiB"``) into an ``int`` of bytes."""
+    size text (``"1MiB"``) into an ``int`` of bytes, ``"networks"`` checks a list of
+    addresses or CIDR networks."""
     factory = (lambda: list(default)) if isinstance(default, list) else None
     meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices,
             "kind": kind}
@@ -105,6 +107,11 @@ class HttpSettings:
     max_downloads: int = _key(4, "archives, files and Journal entries streamed at once, in "
                               "all (at most http.threads - 2, at least 1)", minimum=1)
     downloads_per_user: int = _key(2, "downloads one web user may stream at once", minimum=1)
+    trusted_proxies: list[str] = _key(  # noqa: RUF009 (a field())
+        [], "addresses or networks (CIDR) of reverse proxies in front of the web server; "
+        "only from these are X-Forwarded-For and X-Forwarded-Proto believed, so the "
+        "per-address limits count the device or browser behind the proxy",
+        kind="networks")
 
 
 @dataclass(frozen=True)
@@ -287,9 +294,16 @@ _KINDS: dict[str, Callable[[str], object]] = {
 def _coerce(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
     """``value`` as ``key``'s type, checked against its kind and bounds; ``ConfigError``
     naming ``name`` (the key, or the environment variable it came from) otherwise."""
-    if key.kind == "size":
+    if key.kind == "networks":
+        out: Any = _as_type(name, key, value, from_text=from_text)
+        for item in out:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name}: not an address or network: {item!r}") from None
+    elif key.kind == "size":
         try:
-            out: Any = units.parse_size(value)
+            out = units.parse_size(value)
         except ValueError as e:
             raise ConfigError(f"{name}: {e}") from None
     elif key.kind is not None:

@@ -205,7 +205,11 @@ class HttpServer:
             max_request_body_size=1 << 20, expose_tracebacks=False,
             connection_limit=limits.connection_limit, channel_timeout=limits.channel_timeout,
             cleanup_interval=max(1, min(5, limits.channel_timeout // 2)), backlog=BACKLOG,
-            asyncore_use_poll=True)
+            asyncore_use_poll=True,
+            # Forwarding headers reach the application, which believes them only from the
+            # networks in ``http.trusted_proxies`` (web/base.py); waitress's own option
+            # trusts a single address.
+            clear_untrusted_proxy_headers=False)
         _raise_open_files(limits.connection_limit + threads + 64)
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(threads)

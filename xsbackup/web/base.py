@@ -8,6 +8,8 @@ to the next request) and keeps the answer on ``flask.g`` for the rest of that re
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
 import socket
 from collections.abc import Callable
@@ -30,6 +32,7 @@ NO_STORE = ("Cache-Control", "no-store")
 NOSNIFF = ("X-Content-Type-Options", "nosniff")
 _HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\]")
 Headers = list[tuple[str, str]]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ContextGetter = Callable[[], Context]
 CTX_KEY = "xsbackup.context"
 
@@ -117,7 +120,7 @@ def cookie(name: str, value: str, max_age: int, path: str = "/") -> str:
     """A ``Set-Cookie`` value: HttpOnly, SameSite=Strict, and Secure under https."""
     parts = [f"{name}={value}", f"Path={path}", f"Max-Age={max_age}", "HttpOnly",
              "SameSite=Strict"]
-    if request.environ.get("wsgi.url_scheme") == "https":
+    if request_scheme() == "https":
         parts.append("Secure")
     return "; ".join(parts)
 
@@ -131,5 +134,57 @@ def from_another_site() -> bool:
     return str(request.environ.get("HTTP_SEC_FETCH_SITE") or "") == "cross-site"
 
 
+@functools.lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+def _trusted(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip.version == n.version and ip in n for n in networks)
+
+
+def forwarded_for(peer: str, header: str, networks: tuple[IPNetwork, ...]) -> str:
+    """The address a request came from: ``peer``, unless ``peer`` is a trusted proxy; then
+    the nearest address in ``X-Forwarded-For`` (read from the right, each proxy appending
+    the one it saw) that is not itself a trusted proxy. A client can prepend anything to
+    the header, so nothing left of the first untrusted hop is believed."""
+    if not networks or not _trusted(peer, networks):
+        return peer
+    hops = [h.strip() for h in header.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, networks):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage where an address should be: the proxy is all we know
+    return hops[0] if hops else peer
+
+
+def _from_trusted_proxy() -> bool:
+    networks = _networks(tuple(current_ctx().settings.http.trusted_proxies))
+    return bool(networks) and _trusted(str(request.environ.get("REMOTE_ADDR") or ""),
+                                       networks)
+
+
 def client_address() -> str:
-    return str(request.environ.get("REMOTE_ADDR") or "")
+    """The device's or browser's address, as the per-address limits count it."""
+    peer = str(request.environ.get("REMOTE_ADDR") or "")
+    entries = current_ctx().settings.http.trusted_proxies
+    if not entries:
+        return peer
+    return forwarded_for(peer, str(request.environ.get("HTTP_X_FORWARDED_FOR") or ""),
+                         _networks(tuple(entries)))
+
+
+def request_scheme() -> str:
+    """``https`` or ``http``: the proxy's ``X-Forwarded-Proto`` when it is trusted."""
+    if _from_trusted_proxy():
+        proto = str(request.environ.get("HTTP_X_FORWARDED_PROTO") or "")
+        proto = proto.split(",", maxsplit=1)[0].strip().lower()
+        if proto in ("http", "https"):
+            return proto
+    return str(request.environ.get("wsgi.url_scheme") or "http")

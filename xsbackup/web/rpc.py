@@ -20,6 +20,7 @@ from xsbackup.web.base import (
     HttpError,
     Plain,
     body,
+    client_address,
     current_ctx,
     redirect,
     request_host,
@@ -40,7 +41,7 @@ def register_call() -> Response:
     ctx = current_ctx()
     settings = ctx.settings
     host = request_host(settings)
-    remote = str(request.environ.get("REMOTE_ADDR") or "")
+    remote = client_address()
 
     def register(serial: Any, nickname: Any, uuid: Any, pubkey: Any) -> dict[str, str]:
         try:
