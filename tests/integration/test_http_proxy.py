@@ -4,7 +4,9 @@ real waitress server on loopback; the test plays the proxy (loopback is the peer
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import os
 import xmlrpc.client
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from tests.conftest import Server
 from tests.integration.test_http import PASSWORD, Web, rsa_blob
 from tests.integration.test_http_hardening import LOCKOUT, web_with
+from xsbackup.clients.registry import Registry
 from xsbackup.config import load
 from xsbackup.errors import ConfigError
 from xsbackup.web import users
@@ -88,6 +91,10 @@ class ForwardingTransport(xmlrpc.client.Transport):
         super().send_headers(connection, [*headers, ("X-Forwarded-For", self.via)])  # type: ignore[arg-type]
 
 
+# Distinct, well-formed ed25519 public key blobs (any 32 bytes are a valid encoding).
+ED25519_BLOB = {c: base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20"
+                                    + bytes([ord(c)]) * 32).decode() for c in "0123"}
+
 NETS = tuple(ipaddress.ip_network(n) for n in ("127.0.0.0/8", "10.1.0.0/16", "::1/128"))
 
 
@@ -111,3 +118,25 @@ def test_a_bad_proxy_entry_is_a_config_error_naming_the_key(tmp_path: Path) -> N
         load(tmp_path, environ={})
     with pytest.raises(ConfigError, match=r"^XSBACKUP_HTTP_TRUSTED_PROXIES: not an address"):
         load(tmp_path / "none", environ={"XSBACKUP_HTTP_TRUSTED_PROXIES": "10.0.0.1,proxy"})
+
+
+def test_availability_bounds_the_device_address_behind_a_proxy(server: Server) -> None:
+    """The per-address bound applies to the device's address over HTTP: the proxy's
+    (loopback) is never bounded, the one it names is."""
+    serials = [f"SHF0000020{i}" for i in range(4)]
+    for sn in serials:
+        Registry(server.store).add(sn, f"ssh-ed25519 {ED25519_BLOB[sn[-1]]} {sn}", "")
+    config = "[availability]\nmax_per_address = 2\n" + TRUST_LOOPBACK
+    with web_with(server, config) as web:
+
+        def ask(sn: str, via: str) -> int:
+            return web.request("GET", f"/backup/1/available/{sn}",
+                               headers={"X-Forwarded-For": via}).status
+
+        assert ask(serials[0], "10.0.0.66") == 200
+        assert ask(serials[1], "10.0.0.66") == 200
+        assert ask(serials[2], "10.0.0.66") == 503  # that address holds its two places
+        assert ask(serials[2], "10.0.0.7") == 200  # a device elsewhere still gets in
+        assert ask(serials[3], "::ffff:10.0.0.66") == 503  # mapped v4 is the same device
+    grants = sorted(os.listdir(server.root / "admissions"))
+    assert grants == serials[:3]

@@ -36,6 +36,8 @@ from xsbackup.web.base import (
     NO_STORE,
     ContextGetter,
     Headers,
+    address_of,
+    client_address,
     current_ctx,
     empty,
 )
@@ -84,8 +86,9 @@ def counts() -> Counts:
     return found
 
 
-def decide(ctx: Context, tally: Counts, raw: str) -> tuple[int, Headers]:
-    """The answer to ``raw`` (the path after the prefix): status and headers; counted."""
+def decide(ctx: Context, tally: Counts, raw: str, address: str) -> tuple[int, Headers]:
+    """The answer to ``raw`` (the path after the prefix) asked from ``address`` (the
+    device's, ``base.address_of``): status and headers; counted."""
     store = ctx.store
     serial = raw.strip()
     if not CLIENT_RE.fullmatch(serial):
@@ -99,7 +102,7 @@ def decide(ctx: Context, tally: Counts, raw: str) -> tuple[int, Headers]:
     except ClientDisabled:
         tally.add(store, "refused", "disabled")
         return 403, []
-    verdict = admission.availability(ctx, serial, time.time())
+    verdict = admission.availability(ctx, serial, time.time(), address)
     if verdict.granted:
         tally.add(store, "granted", "")
         return 200, []
@@ -114,7 +117,7 @@ def decide(ctx: Context, tally: Counts, raw: str) -> tuple[int, Headers]:
 def available(raw: str) -> Response:
     if request.method != "GET":
         return empty(405, [("Allow", "GET")])
-    status, headers = decide(current_ctx(), counts(), raw)
+    status, headers = decide(current_ctx(), counts(), raw, client_address())
     return empty(status, headers)
 
 
@@ -130,7 +133,8 @@ def fast_path(get_ctx: ContextGetter, tally: Counts, environ: WSGIEnvironment,
     raw = str(environ.get("PATH_INFO", ""))[len(PREFIX):]
     raw = raw.encode("latin-1", "replace").decode("utf-8", "replace")
     try:
-        status, headers = decide(get_ctx(), tally, raw)
+        ctx = get_ctx()
+        status, headers = decide(ctx, tally, raw, address_of(environ, ctx.settings))
     except Exception:
         return None
     start_response(STATUS[status], [*EMPTY_HEADERS, *headers])

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
+from wsgiref.types import WSGIEnvironment
 
 import orjson
 from flask import Response, current_app, g, request
@@ -170,14 +171,20 @@ def _from_trusted_proxy() -> bool:
                                        networks)
 
 
-def client_address() -> str:
-    """The device's or browser's address, as the per-address limits count it."""
-    peer = str(request.environ.get("REMOTE_ADDR") or "")
-    entries = current_ctx().settings.http.trusted_proxies
+def address_of(environ: WSGIEnvironment, settings: Settings) -> str:
+    """The device's or browser's address in ``environ``, as the per-address limits count
+    it: the peer, or the one a trusted proxy names (``forwarded_for``)."""
+    peer = str(environ.get("REMOTE_ADDR") or "")
+    entries = settings.http.trusted_proxies
     if not entries:
         return peer
-    return forwarded_for(peer, str(request.environ.get("HTTP_X_FORWARDED_FOR") or ""),
+    return forwarded_for(peer, str(environ.get("HTTP_X_FORWARDED_FOR") or ""),
                          _networks(tuple(entries)))
+
+
+def client_address() -> str:
+    """This request's ``address_of``."""
+    return address_of(request.environ, current_ctx().settings)
 
 
 def request_scheme() -> str:
