@@ -32,36 +32,15 @@ def _key(default: Any, help: str, *, minimum: float | None = None,
     """A setting: its default, its help line and its bounds, kept in the field's metadata.
 
     ``kind`` names a text form the value must have (see ``_KINDS``): ``"duration"`` and
-    ``"clock"`` keep the checked text (``""`` turns the setting off), ``"size"`` turns a
-    size text (``"1MiB"``) into an ``int`` of bytes, ``"networks"`` checks a list of
-    addresses or CIDR networks."""
+    ``"clock"`` keep the checked text (``""`` turns the setting off), as ``"startups"``
+    does (``units.parse_startups``), ``"size"`` turns a size text (``"1MiB"``) into an
+    ``int`` of bytes, ``"networks"`` checks a list of addresses or CIDR networks."""
     factory = (lambda: list(default)) if isinstance(default, list) else None
     meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices,
             "kind": kind}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class Startups:
-    """OpenSSH's ``MaxStartups start:rate:full`` for unauthenticated SSH connections."""
-
-    start: int
-    rate: int
-    full: int
-
-
-def parse_startups(text: str, name: str = "server.max_startups") -> Startups:
-    """``start:rate:full`` (or one number N, meaning N:100:N), as sshd_config writes it."""
-    parts = text.split(":")
-    if len(parts) not in (1, 3) or not all(p.isascii() and p.isdigit() for p in parts):
-        raise ConfigError(f"{name}: expected start:rate:full (e.g. \"10:30:60\"), got {text!r}")
-    numbers = [int(p) for p in parts]
-    start, rate, full = numbers if len(numbers) == 3 else (numbers[0], 100, numbers[0])
-    if not (1 <= start <= full and rate <= 100):
-        raise ConfigError(f"{name}: need 1 <= start <= full and rate <= 100, got {text!r}")
-    return Startups(start, rate, full)
 
 
 @dataclass(frozen=True)
@@ -78,7 +57,8 @@ class ServerSettings:
     shutdown_timeout: float = _key(30.0, "seconds running transfers get on SIGTERM", minimum=0)
     max_startups: str = _key("10:30:60", "unauthenticated SSH connections, start:rate:full "
                              "as OpenSSH's MaxStartups: from start on, a new one drops the "
-                             "longest-silent one with rate% odds rising to 100% at full")
+                             "longest-silent one with rate% odds rising to 100% at full",
+                             kind="startups")
     login_grace_seconds: float = _key(15.0, "seconds from an SSH connection's accept to a "
                                       "successful login, and again to its command "
                                       "(OpenSSH's LoginGraceTime; formerly auth_timeout)",
@@ -88,12 +68,9 @@ class ServerSettings:
     max_auth_failures: int = _key(10, "failed SSH logins per address per 5 minutes before "
                                   "that address is refused", minimum=1)
 
-    def __post_init__(self) -> None:
-        parse_startups(self.max_startups)
-
     @property
-    def startups(self) -> Startups:
-        return parse_startups(self.max_startups)
+    def startups(self) -> units.Startups:
+        return units.parse_startups(self.max_startups)
 
 
 @dataclass(frozen=True)
@@ -288,7 +265,8 @@ def _env_name(name: str) -> str:
 
 # The text forms a ``kind`` names; each raises ValueError with a one-line reason.
 _KINDS: dict[str, Callable[[str], object]] = {
-    "duration": units.parse_duration, "clock": units.parse_clock}
+    "duration": units.parse_duration, "clock": units.parse_clock,
+    "startups": units.parse_startups}
 
 
 def _coerce(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
@@ -310,7 +288,7 @@ def _coerce(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{name}: expected str, got {value!r}")
         try:
-            if value:
+            if value or key.kind == "startups":  # "" turns a duration or clock off
                 _KINDS[key.kind](value)
         except ValueError as e:
             raise ConfigError(f"{name}: {e}") from None

@@ -16,11 +16,14 @@ lowest layers can use it.
   and rounds down to whole bytes: ``1.5MiB`` is 1572864.
 * A time of day is ``HH:MM``, 00:00 to 23:59, two digits each.
 * ``format_bytes`` prints IEC units: ``512 B``, ``1.0 KiB``, ``3.5 MiB``, ``1.2 GiB``.
+* A connection budget is OpenSSH's ``MaxStartups``: ``start:rate:full``, or one number N
+  meaning ``N:100:N`` (``parse_startups``).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
@@ -105,3 +108,24 @@ def format_bytes(n: int | float) -> str:
         value /= 1024
         unit += 1
     return f"{int(value)} B" if unit == 0 else f"{value:.1f} {_IEC[unit]}"
+
+
+@dataclass(frozen=True)
+class Startups:
+    """OpenSSH's ``MaxStartups start:rate:full`` for unauthenticated SSH connections."""
+
+    start: int
+    rate: int
+    full: int
+
+
+def parse_startups(text: str) -> Startups:
+    """``start:rate:full`` (or one number N, meaning N:100:N), as sshd_config writes it."""
+    parts = text.split(":")
+    if len(parts) not in (1, 3) or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(f"expected start:rate:full (e.g. \"10:30:60\"), got {text!r}")
+    numbers = [int(p) for p in parts]
+    start, rate, full = numbers if len(numbers) == 3 else (numbers[0], 100, numbers[0])
+    if not (1 <= start <= full and rate <= 100):
+        raise ValueError(f"need 1 <= start <= full and rate <= 100, got {text!r}")
+    return Startups(start, rate, full)

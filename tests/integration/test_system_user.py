@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, running_sshd
+from tests.conftest import TEST_LIMITS, free_port, running_sshd
 from tests.integration.test_ingest_ssh import make_tree, same_content
 
 pytestmark = [
@@ -94,6 +94,11 @@ def deployment(system_venv: Path) -> Iterator[Deployment]:
         d = Deployment(base, root, account, system_venv)
         r = d.xsbackup("init", as_service=True)
         assert r.returncode == 0, r.stderr
+        # As every test's: a busy machine must not turn the transfer into a refusal.
+        cfg = root / "xsbackup.toml"
+        cfg.write_text("[admission]\n" + "".join(f"{k} = {v}\n"
+                                                   for k, v in TEST_LIMITS.items()))
+        os.chown(cfg, account.pw_uid, account.pw_gid)
         yield d
     finally:
         shutil.rmtree(base, ignore_errors=True)

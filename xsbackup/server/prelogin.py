@@ -34,7 +34,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
-from xsbackup.config import Startups
+from xsbackup.units import Startups
 
 FAILURE_WINDOW = 300.0
 
