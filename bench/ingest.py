@@ -37,7 +37,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -233,8 +235,30 @@ def startup_costs(root: Path, rr_dir: Path, runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {k: {**summary(v), "timings": v} for k, v in times.items()}
     out["xsbackup_overhead_over_python"] = (median(times["xsbackup_ssh_command_true"])
                                             - median(times["python_c_pass"]))
+    out["ratio_xsbackup_over_rrsync"] = (median(times["xsbackup_ssh_command_true"])
+                                         / median(times["rrsync_true"]))
+    counted = {k: instruction_count(argv, env) for k, argv in cmds.items()}
+    instructions = {k: v for k, v in counted.items() if v is not None}
+    if len(instructions) == len(cmds):
+        out["instructions"] = instructions
+        out["instructions_ratio_xsbackup_over_rrsync"] = (
+            instructions["xsbackup_ssh_command_true"] / instructions["rrsync_true"])
     out["commands"] = {k: shlex.join(v) for k, v in cmds.items()}
     return out
+
+
+def instruction_count(argv: list[str], env: dict[str, str]) -> int | None:
+    """Instructions one run executes (valgrind's callgrind, all of the process's own code,
+    the interpreter's start-up included): unlike wall time, the same on a busy machine.
+    None without valgrind."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    r = subprocess.run([valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                        *argv], env=env, capture_output=True, text=True, check=False,
+                       stdin=subprocess.DEVNULL)
+    found = re.search(r"Collected : (\d+)", r.stderr)
+    return int(found.group(1)) if found else None
 
 
 def ssh_true_costs(cases: list[Case], runs: int) -> dict[str, Any]:
@@ -374,14 +398,18 @@ def main(argv: list[str] | None = None) -> int:
         full_cases = cases[:3]
         if args.diagnose:
             # Raw plus every receiver option the wrapper adds to a transfer with nothing
-            # to link against (absolute temp and partial dirs included).
-            wbase = tmp / "raw_wrapper_opts"
-            (wbase / "tmp").mkdir(parents=True)
-            c = RawCase(sshd_raw, key, src, wbase, extra=(
-                "-M--fake-super", f"-M--confine-root={wbase}", f"-M--temp-dir={wbase / 'tmp'}",
-                f"-M--partial-dir={wbase / 'partial'}"))
-            c.name = "raw+fake-super+confine-root+temp-dir+partial-dir"
-            full_cases = [*full_cases, c]
+            # to link against (its absolute partial dir), and the same with the absolute
+            # temp dir it passed before issue 17.
+            for name, temp in (("raw+fake-super+confine-root+partial-dir", False),
+                               ("raw+fake-super+confine-root+temp-dir+partial-dir", True)):
+                wbase = tmp / name.replace("+", "_")
+                (wbase / "tmp").mkdir(parents=True)
+                c = RawCase(sshd_raw, key, src, wbase, extra=(
+                    "-M--fake-super", f"-M--confine-root={wbase}",
+                    *([f"-M--temp-dir={wbase / 'tmp'}"] if temp else []),
+                    f"-M--partial-dir={wbase / 'partial'}"))
+                c.name = name
+                full_cases = [*full_cases, c]
         full: dict[str, list[float]] = {c.name: [] for c in full_cases}
         for i in range(args.full_runs):
             k = i % len(full_cases)
