@@ -84,7 +84,7 @@ SN_EMB = "SHF00SERVEEMB"
 SN_OSSH = "SHF00SERVEOSSH"
 HTTP_SN_PREFIX = "SHF00HTTP"
 VOLUME = "documents"
-TARGETS = {"upload_ratio_embedded_over_openssh": 0.80, "http_requests_per_s": 2000.0,
+TARGETS = {"upload_ratio_embedded_over_openssh": 0.80, "http_requests_per_s": 3000.0,
            "http_p99_ms": 50.0}
 WRK_MARK = "WRKJSON "
 

@@ -1,3 +1,3 @@
-from xsbackup.cli.main import main
+from xsbackup.cli.entry import main
 
 main()

@@ -22,8 +22,7 @@ from typing import Any
 
 from xsbackup import units
 from xsbackup.errors import ConfigError
-
-DEFAULT_ROOT = "./xsbackup-state"
+from xsbackup.layout import state_root
 
 
 def _key(default: Any, help: str, *, minimum: float | None = None,
@@ -418,8 +417,7 @@ def load(
 ) -> Settings:
     """Load and validate the configuration. ``overrides`` are CLI values keyed by name."""
     env = os.environ if environ is None else environ
-    root_text = root if root is not None else env.get("XSBACKUP_ROOT", DEFAULT_ROOT)
-    root_path = Path(os.path.abspath(os.fspath(root_text)))
+    root_path = Path(state_root(root, env))
     cfg_text = config_file if config_file is not None else env.get("XSBACKUP_CONFIG")
     cfg: Path | None
     if cfg_text:

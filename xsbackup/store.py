@@ -19,19 +19,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from xsbackup import layout
 from xsbackup.errors import InvalidName, StateRootError, XattrUnsupported
+from xsbackup.layout import LAYOUT_DIRS, is_initialised
 
-CLIENT_RE = re.compile(r"\w{1,64}", re.ASCII)
+CLIENT_RE = layout.CLIENT_RE  # owned by ``layout``; importers of store find it here too
+
 VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SNAPSHOT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{6}Z(?:-\d{1,6})?")
 XATTR_PREFIX = "user.xsbackup."
-LAYOUT_DIRS = ("clients", "queue", "locks", "trash", "ssh", "log")
 PRIVATE_DIRS = ("ssh", "locks")  # never the root group's
 ROOT_MODE = 0o700        # the state root: the service account only
 GROUP_ROOT_MODE = 0o750  # ... and, read-only, ``storage.root_group`` when one is set
-# The service's processes (serve, ssh-command, postprocess: ``cli.main``) create nothing
-# another user may read, nor their group write.
-SERVICE_UMASK = 0o027
 
 
 def check_client(name: str) -> str:
@@ -158,7 +157,7 @@ class Store:
         return name
 
     def is_initialised(self) -> bool:
-        return all((self.root / d).is_dir() for d in LAYOUT_DIRS)
+        return is_initialised(self.root)
 
     def require(self) -> Store:
         if not self.is_initialised():

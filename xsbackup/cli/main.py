@@ -25,8 +25,9 @@ from xsbackup.cli import (
     snapshots_cmd,
 )
 from xsbackup.cli._common import Invocation
-from xsbackup.errors import StateRootError, XsbackupError
-from xsbackup.store import SERVICE_UMASK
+from xsbackup.cli.failure import report
+from xsbackup.errors import XsbackupError
+from xsbackup.layout import SERVICE_UMASK
 
 
 class XsbackupGroup(click.Group):
@@ -38,15 +39,11 @@ class XsbackupGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except XsbackupError as e:
-            click.echo(f"xsbackup: error: {e.message}", err=True)
-            sys.exit(e.exit_code)
-        except OSError as e:
-            if isinstance(e, BrokenPipeError):
+        except (XsbackupError, OSError) as e:
+            code = report(e)
+            if code is None:
                 raise
-            where = f": {e.filename}" if e.filename else ""
-            click.echo(f"xsbackup: error: {e.strerror or e}{where}", err=True)
-            sys.exit(StateRootError.exit_code)
+            sys.exit(code)
 
 
 @click.group(cls=XsbackupGroup, context_settings={"help_option_names": ["-h", "--help"]})

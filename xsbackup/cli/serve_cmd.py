@@ -40,12 +40,9 @@ def init(inv: Invocation) -> None:
 @pass_invocation
 def ssh_command(inv: Invocation, client: str) -> None:
     """The forced command: validate SSH_ORIGINAL_COMMAND, admit, lock and run rsync."""
-    from xsbackup import logs
-    from xsbackup.ingest import dispatch
+    from xsbackup.cli import forced
 
-    settings = inv.settings()
-    logs.setup(settings)
-    sys.exit(dispatch.run(Context.open(settings, require=False), client))
+    sys.exit(forced.run(inv.root, inv.config_file, client))
 
 @click.command()
 @click.option("--bind", default=None, help="Address for the SSH and HTTP servers "

@@ -46,6 +46,7 @@ from xsbackup.clients.keys import (
     xsbackup_executable,
 )
 from xsbackup.errors import ClientExists, ClientNotFound, InvalidName, KeyInUse, StateRootError
+from xsbackup.layout import CLIENT_RECORD
 from xsbackup.locking import FileLock
 from xsbackup.logs import LOG
 from xsbackup.store import Store, atomic_write, check_client, iter_clients
@@ -119,7 +120,7 @@ class Registry:
         self.store = store
 
     def _path(self, serial: str) -> Path:
-        return self.store.client_dir(serial) / "client.json"
+        return self.store.client_dir(serial) / CLIENT_RECORD
 
     @property
     def index_path(self) -> Path:

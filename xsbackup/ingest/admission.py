@@ -27,6 +27,7 @@ from xsbackup.errors import (
     OverQuota,
     UnknownClient,
 )
+from xsbackup.ingest.window import Memory, admissions_dir
 from xsbackup.snapshots.usage import last_total
 from xsbackup.store import Store, disk_use
 from xsbackup.units import format_bytes
@@ -111,18 +112,6 @@ class Verdict:
     retry_after: int = 0
 
 
-@dataclass(frozen=True)
-class Grant:
-    serial: str
-    time: float
-    address: str = ""         # the bounded source address ("" for none)
-    new: bool = False         # the client had no snapshot when it was granted
-
-
-def admissions_dir(store: Store) -> str:
-    return os.path.join(store.root, "admissions")
-
-
 def _grants(store: Store) -> dict[str, float]:
     base = admissions_dir(store)
     out: dict[str, float] = {}
@@ -133,27 +122,6 @@ def _grants(store: Store) -> dict[str, float]:
     for n in names:
         with contextlib.suppress(FileNotFoundError):
             out[n] = os.stat(os.path.join(base, n)).st_mtime
-    return out
-
-
-def _grants_since(store: Store, since: float) -> list[Grant]:
-    """The grants made after ``since``, with what each file records (an empty or
-    unreadable one, as older versions wrote, records nothing)."""
-    out: list[Grant] = []
-    for serial, t in _grants(store).items():
-        if t <= since:
-            continue
-        facts: Any = None
-        with contextlib.suppress(OSError, orjson.JSONDecodeError):
-            fd = os.open(os.path.join(admissions_dir(store), serial),
-                         os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                facts = orjson.loads(os.read(fd, 4096))
-            finally:
-                os.close(fd)
-        if not isinstance(facts, dict):
-            facts = {}
-        out.append(Grant(serial, t, str(facts.get("address") or ""), facts.get("new") is True))
     return out
 
 
@@ -187,12 +155,15 @@ def _retry(oldest: float, span: float, now: float) -> int:
     return max(1, int(oldest + span - now) + 1)
 
 
-def availability(ctx: Context, serial: str, now: float, address: str = "") -> Verdict:
+def availability(ctx: Context, serial: str, now: float, address: str = "",
+                 memory: Memory | None = None) -> Verdict:
     """Decide a ds-backup availability request for a known, enabled ``serial`` asking
-    from ``address`` (the device's IP address; "" when unknown)."""
+    from ``address`` (the device's IP address; "" when unknown). ``memory``: what this
+    process remembers of the grant files (``window``); the decision is the same."""
     from xsbackup.locking import FileLock
 
     store = ctx.store
+    known = memory.grants if memory is not None else Memory().grants
     cfg = ctx.settings.availability
     window = cfg.window_minutes * 60
     if maintenance_on(ctx):
@@ -213,7 +184,7 @@ def availability(ctx: Context, serial: str, now: float, address: str = "") -> Ve
         except InodesFull:
             return Verdict(False, "inodes", 600)
         held = max(window, cfg.reservation_minutes * 60)
-        recent = _grants_since(store, now - held)
+        recent = [g for g in known.all(store).values() if g.time > now - held]
         live = sorted(g.time for g in recent if now - g.time < window)
         if len(live) >= cfg.window_count:
             return Verdict(False, "window", _retry(live[0], window, now) if live
@@ -228,15 +199,24 @@ def availability(ctx: Context, serial: str, now: float, address: str = "") -> Ve
             newcomers = sorted(g.time for g in recent if g.new and now - g.time < window)
             if len(newcomers) >= cfg.new_per_window:
                 return Verdict(False, "new", _retry(newcomers[0], window, now))
-        os.makedirs(admissions_dir(store), exist_ok=True)
-        path = os.path.join(admissions_dir(store), serial)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, orjson.dumps({"address": source, "new": new}))
-        finally:
-            os.close(fd)
-        os.utime(path, (now, now))
+        _write_grant(store, serial, {"address": source, "new": new}, now)
         return Verdict(True)
+
+
+def _write_grant(store: Store, serial: str, facts: dict[str, Any], now: float) -> None:
+    """``admissions/<SN>``, stamped ``now``: always a new file renamed into place, so a
+    process that remembers the old one (``window.Grants``) sees that it changed."""
+    base = admissions_dir(store)
+    os.makedirs(base, exist_ok=True)
+    path = os.path.join(base, serial)
+    tmp = os.path.join(base, f".{serial}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, orjson.dumps(facts))
+    finally:
+        os.close(fd)
+    os.utime(tmp, (now, now))
+    os.rename(tmp, path)
 
 
 def expire_grants(ctx: Context, now: float) -> int:

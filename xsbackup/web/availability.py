@@ -29,6 +29,7 @@ from xsbackup import counters
 from xsbackup.context import Context
 from xsbackup.errors import ClientDisabled, UnknownClient
 from xsbackup.ingest import admission
+from xsbackup.ingest.window import Memory
 from xsbackup.logs import LOG
 from xsbackup.store import CLIENT_RE, Store
 from xsbackup.web.base import (
@@ -52,10 +53,12 @@ bp = Blueprint("availability", __name__)
 
 
 class Counts:
-    """Availability answers not yet added to ``counters.json``."""
+    """Availability answers not yet added to ``counters.json``, and the HTTP server's
+    memory of grants and client records (``memory``)."""
 
     def __init__(self, get_ctx: ContextGetter) -> None:
         self.get_ctx = get_ctx
+        self.memory = Memory()
         self._lock = threading.Lock()
         self._pending: dict[str, float] = {}
         self._flushed_at = time.monotonic()
@@ -88,21 +91,24 @@ def counts() -> Counts:
 
 def decide(ctx: Context, tally: Counts, raw: str, address: str) -> tuple[int, Headers]:
     """The answer to ``raw`` (the path after the prefix) asked from ``address`` (the
-    device's, ``base.address_of``): status and headers; counted."""
+    device's, ``base.address_of``): status and headers; counted. The client check and
+    the grants come from ``tally.memory`` while their files are unchanged
+    (``ingest.window``)."""
     store = ctx.store
     serial = raw.strip()
     if not CLIENT_RE.fullmatch(serial):
         tally.add(store, "refused", "malformed")
         return 403, []
     try:
-        admission.check_client(ctx.registry, serial)
+        tally.memory.records.check(ctx.registry, serial)
     except UnknownClient:
         tally.add(store, "refused", "unknown")
         return 403, []
     except ClientDisabled:
         tally.add(store, "refused", "disabled")
         return 403, []
-    verdict = admission.availability(ctx, serial, time.time(), address)
+    verdict = admission.availability(ctx, serial, time.time(), address,
+                                     memory=tally.memory)
     if verdict.granted:
         tally.add(store, "granted", "")
         return 200, []

@@ -1,0 +1,117 @@
+"""The ``xsbackup`` script's entry point: the forced command without the CLI's cost.
+
+Every SSH connection runs ``xsbackup --root R ssh-command --client SN`` (the line
+``authorized_keys`` forces, and the embedded server's child), so its start-up is paid per
+connection. This module imports only ``os``, ``sys`` and ``json`` at first:
+
+* an argument list of exactly that shape (``--root``/``--config`` before the command,
+  ``--client`` after it, each at most once, as ``--opt VALUE`` or ``--opt=VALUE``) runs
+  the forced command directly; anything else (``--help``, other commands, a malformed
+  line) goes to the click CLI in ``cli.main``, unchanged;
+* a connectivity check (``SSH_ORIGINAL_COMMAND`` of ``true``) from a known, enabled
+  client of an initialised state root is answered 0 from ``layout`` and the client's
+  record alone, without loading the configuration, logging or the registry;
+* everything else (and any check the quick answer cannot make: an unknown or disabled
+  client, an unreadable record) is ``forced.run``, the same call ``ssh-command`` makes,
+  with the same error handling as the CLI's top-level group (``failure.report``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from xsbackup import layout
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+_GLOBAL: tuple[str, ...] = ("--root", "--config")
+_COMMAND = "ssh-command"
+_CLIENT = "--client"
+
+
+def forced_args(argv: Sequence[str]) -> dict[str, str] | None:
+    """``{"--root": R, "--config": F, "--client": SN}`` (the options given) for a forced
+    command line, or None for any other line."""
+    found: dict[str, str] = {}
+    allowed = _GLOBAL
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word == _COMMAND and allowed is _GLOBAL:
+            allowed = (_CLIENT,)
+            continue
+        name, eq, value = word.partition("=")
+        if name not in allowed or name in found:
+            return None
+        if not eq:
+            if i >= len(words):
+                return None
+            value = words[i]
+            i += 1
+        if not value or value.startswith("-"):
+            return None  # click's own messages for these
+        found[name] = value
+    if allowed is _GLOBAL or _CLIENT not in found:
+        return None
+    return found
+
+
+def quick_true(root: str, client: str, environ: Mapping[str, str]) -> bool:
+    """Whether this is a connectivity check that the full dispatcher would answer 0:
+    the command is ``true``, the state root is initialised, and the client's record
+    exists and says it is enabled. False means "ask the dispatcher", never "refused"."""
+    command = environ.get("SSH_ORIGINAL_COMMAND")
+    if command is None or command.strip() != "true" or not layout.CLIENT_RE.fullmatch(client):
+        return False
+    if not layout.is_initialised(root):
+        return False
+    import json
+
+    try:
+        with open(layout.client_record(root, client), "rb") as fh:
+            record = json.loads(fh.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("disabled", False) is False \
+        and isinstance(record.get("keys", []), list)
+
+
+def run_forced(options: Mapping[str, str], environ: Mapping[str, str]) -> int:
+    """The forced command, as ``xsbackup ssh-command`` runs it, without click."""
+    client = options[_CLIENT]
+    if quick_true(layout.state_root(options.get("--root"), environ), client, environ):
+        return 0
+    from xsbackup.cli import forced
+    from xsbackup.cli.failure import report
+    from xsbackup.errors import XsbackupError
+
+    try:
+        return forced.run(options.get("--root"), options.get("--config"), client)
+    except (XsbackupError, OSError) as e:
+        code = report(e)
+        if code is None:
+            raise
+        return code
+
+
+def main() -> None:
+    options = forced_args(sys.argv[1:])
+    if options is None:
+        from xsbackup.cli.main import main as cli_main
+
+        cli_main()
+        return
+    os.umask(layout.SERVICE_UMASK)  # nothing the service creates is another user's to read
+    try:
+        code = run_forced(options, os.environ)
+    except (KeyboardInterrupt, EOFError):
+        sys.stderr.write("\naborted\n")
+        code = 130
+    except BrokenPipeError:
+        os._exit(141)
+    sys.exit(code)
