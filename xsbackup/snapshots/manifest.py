@@ -117,7 +117,7 @@ def parse(fh: IO[bytes]) -> Iterator[Record]:
         raise ManifestError("line 1 is not an xsbackup manifest header")
     want = head.get("files")
     n = 0
-    for n, raw in enumerate(fh, start=1):  # noqa: B007 (n is the count after the loop)
+    for n, raw in enumerate(fh, start=1):
         row = _load(raw, n + 1)
         try:
             path = row["p"] if "p" in row else os.fsdecode(bytes.fromhex(row["x"]))
