@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import orjson
 
@@ -129,7 +129,7 @@ def parse(fh: IO[bytes]) -> Iterator[Record]:
         raise ManifestError(f"the header announces {want} files, the manifest lists {n}")
 
 
-def _load(raw: bytes, lineno: int) -> dict[str, object]:
+def _load(raw: bytes, lineno: int) -> dict[str, Any]:
     try:
         row = orjson.loads(raw)
     except orjson.JSONDecodeError:
