@@ -167,7 +167,7 @@ def _verb(ctx: Context, login: str, req: rsyncargs.Request, out: BinaryIO) -> in
 
         # stdlib json, not orjson: a name that is not UTF-8 travels as \udcXX escapes,
         # which json.loads and os.fsencode turn back into the exact bytes.
-        for entry in restore.manifest(store, source, volume, sid):
+        for entry in restore.manifest(store, source, volume, sid, ctx.storage):
             out.write(json.dumps(entry).encode("ascii") + b"\n")
         out.flush()
         return 0
