@@ -74,3 +74,67 @@ def check(ctx: Context, serial: str | None, volume: str | None, snapshot: str | 
         raise DamageFound(f"{damaged} damaged files found")
     if problems:
         raise StructureProblems(f"{problems} problems found")
+
+
+DIFF_MARK = {"added": "+", "removed": "-", "modified": "M", "metadata": "m"}
+
+
+@click.command("diff")
+@click.argument("serial")
+@click.argument("a")
+@click.argument("b")
+@click.option("--volume", help="The volume (needed when the client has several).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_context
+def diff(ctx: Context, serial: str, a: str, b: str, volume: str | None,
+         as_json: bool) -> None:
+    """What changed in SERIAL's volume from snapshot A to snapshot B (ids, latest, or
+    ISO times): added (+), removed (-), modified (M) and metadata-only (m) changes."""
+    from xsbackup.cli._common import size_text
+    from xsbackup.integrity import diff as core
+
+    ctx.registry.get(serial)
+    vol, sa, sb, changes = core.diff(ctx, serial, a, b, volume)
+    counts = core.summary(changes)
+    if as_json:
+        emit_json({"client": serial, "volume": vol, "from": sa, "to": sb,
+                   "summary": counts, "changes": [c.as_dict() for c in changes]})
+        return
+    for c in changes:
+        sizes = {"added": size_text(c.size_b), "removed": size_text(c.size_a)}.get(
+            c.kind, f"{size_text(c.size_a)} -> {size_text(c.size_b)}")
+        what = f" [{', '.join(c.what)}]" if c.what else ""
+        click.echo(f"{DIFF_MARK[c.kind]} {c.path}{'/' if c.type == 'dir' else ''}  "
+                   f"{sizes if c.type == 'file' else c.type}{what}")
+    click.echo(f"{vol} {sa} -> {sb}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+@click.command("find")
+@click.argument("serial")
+@click.argument("pattern")
+@click.option("--volume", help="Only this volume.")
+@click.option("--newest", type=click.IntRange(1), metavar="N",
+              help="Only the N newest snapshots of each volume.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_context
+def find(ctx: Context, serial: str, pattern: str, volume: str | None, newest: int | None,
+         as_json: bool) -> None:
+    """Which of SERIAL's snapshots hold PATTERN (a path or a glob; without a '/', the
+    last component is matched), and which versions differ."""
+    from xsbackup.cli._common import size_text
+    from xsbackup.integrity import find as core
+
+    ctx.registry.get(serial)
+    matches = core.find(ctx, serial, pattern, volume, newest)
+    if as_json:
+        emit_json([m.as_dict() for m in matches])
+        return
+    if not matches:
+        click.echo("no match")
+    for m in matches:
+        click.echo(f"{m.volume}/{m.path}: {len(m.versions)} version"
+                   f"{'s' if len(m.versions) != 1 else ''}")
+        for v in m.versions:
+            what = f"{size_text(v.size)} blake2b {v.blake2b[:16]}" if v.blake2b and \
+                v.type == "file" else v.type
+            click.echo(f"  {what}  in {', '.join(v.snapshots)}")

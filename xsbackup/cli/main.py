@@ -67,7 +67,7 @@ for _command in (
     serve_cmd.maintenance, clients_cmd.clients, clients_cmd.keys, admin_cmd.admin,
     snapshots_cmd.postprocess, snapshots_cmd.snapshots, snapshots_cmd.cjson,
     prune_cmd.prune, prune_cmd.du, restore_cmd.restore, info_cmd.exit_codes,
-    info_cmd.config_cmd, integrity_cmd.check,
+    info_cmd.config_cmd, integrity_cmd.check, integrity_cmd.diff, integrity_cmd.find,
 ):
     cli.add_command(_command)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import stat
 from collections import defaultdict
 from collections.abc import Callable
@@ -33,10 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xsbackup.context import Context
+from xsbackup.integrity import content
 from xsbackup.integrity.structure import Finding, check_volume
 from xsbackup.logs import LOG
 from xsbackup.restore import resolve
-from xsbackup.restore.access import O_FILE, OpenSnapshot
+from xsbackup.restore.access import OpenSnapshot
 from xsbackup.restore.archive import walk
 from xsbackup.snapshots import manifest
 from xsbackup.store import get_xattrs, set_xattrs
@@ -183,7 +183,7 @@ def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volu
             key = (volume, ino)
             if chosen(ino) and key not in report.read_inodes:
                 report.read_inodes.add(key)
-                digest, n = _digest(item.name, item.dir_fd)
+                digest, n = content.read_digest(item.name, item.dir_fd)
                 report.inodes_read += 1
                 report.bytes_read += n
                 if digest != rec.digest:
@@ -192,15 +192,6 @@ def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volu
     if listed is not None:
         for path in sorted(set(listed) - found):
             bad("missing", path, "listed in the manifest, gone from the snapshot")
-
-
-def _digest(name: str, dir_fd: int) -> tuple[str, int]:
-    fd = os.open(name, O_FILE, dir_fd=dir_fd)
-    try:
-        os.set_blocking(fd, True)
-        return manifest.digest_fd(fd)
-    finally:
-        os.close(fd)
 
 
 def _record(ctx: Context, client: str, report: Report, when: dt.datetime,
