@@ -206,3 +206,30 @@ def test_manifest_verb_carries_the_digest(two_snapshots: tuple[Server, list[str]
     assert rows["essay.odt"]["blake2b"] == hashlib.blake2b(essay, digest_size=32).hexdigest()
     assert all("blake2b" in row for row in rows.values() if row["type"] == "file")
     assert "blake2b" not in rows["sub"]
+
+
+def test_clients_show(two_snapshots: tuple[Server, list[str]]) -> None:
+    server, sids = two_snapshots
+    server.add_client("SHF00OTHER1")
+    server.cli("clients", "alias", SN, "SHF00OTHER1")
+    server.cli("clients", "set-policy", SN, "--keep-daily", "3", "--quota-bytes", "1GiB")
+    server.cli("check", SN)
+    row = orjson.loads(server.cli("clients", "show", SN, "--json").stdout)
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(server.keys[SN])],
+                                 capture_output=True, text=True, check=True).stdout.split()[1]
+    assert [k["fingerprint"] for k in row["keys"]] == [fingerprint]
+    assert row["aliases"] == ["SHF00OTHER1"]
+    policy = {p["key"]: (p["value"], p["source"]) for p in row["policy"]}
+    assert policy["keep_daily"] == (3, "client")
+    assert policy["keep_weekly"][1] == "configuration"
+    assert row["quota_bytes"] == 1 << 30
+    assert row["usage_bytes"] > 0
+    assert row["snapshot_count"] == 2
+    assert row["volumes"][0]["latest"] == sids[1]
+    assert row["last_success"]
+    assert row["check"]["damaged"] == "0"
+    text = server.cli("clients", "show", SN).stdout
+    assert fingerprint in text
+    assert "keep_daily" in text
+    r = server.cli("clients", "show", "SHF0NOSUCH1", check=False)
+    assert r.exit_code == 6
