@@ -222,6 +222,16 @@ class PruneSettings:
 
 
 @dataclass(frozen=True)
+class CheckSettings:
+    schedule: str = _key("04:00", "daily time (server local HH:MM) of the nightly sampled "
+                         "integrity check of every client; empty: never", kind="clock")
+    sample_percent: float = _key(1.0, "percentage of each client's inodes the nightly check "
+                                 "reads and hashes; the sample rotates, so every inode is "
+                                 "read within 100/percent nights", minimum=0.0001,
+                                 maximum=100)
+
+
+@dataclass(frozen=True)
 class UiSettings:
     overdue_days: float = _key(2.0, "days without a successful backup before the web UI "
                                "marks a client overdue", minimum=0.01)
@@ -243,6 +253,7 @@ SECTIONS: dict[str, type[Any]] = {
     "ingest": IngestSettings, "storage": StorageSettings, "postprocess": PostprocessSettings,
     "hooks": HooksSettings, "retention": RetentionSettings, "quota": QuotaSettings,
     "prune": PruneSettings, "ui": UiSettings, "log": LogSettings,
+    "check": CheckSettings,
 }
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
@@ -373,6 +384,7 @@ class Settings:
     prune: PruneSettings
     ui: UiSettings
     log: LogSettings
+    check: CheckSettings
 
     @classmethod
     def build(cls, root: Path, values: Mapping[str, Any], config_file: Path | None) -> Settings:

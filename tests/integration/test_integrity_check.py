@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import Server, Sshd, local_push, tree_state
 from xsbackup.errors import DamageFound, StructureProblems
 from xsbackup.integrity import check
+from xsbackup.monitor import metrics, status
+from xsbackup.server.service import DailyCheck
 from xsbackup.snapshots import postprocess
 from xsbackup.snapshots.snapshot import read_facts
 from xsbackup.store import get_xattrs
@@ -100,6 +102,11 @@ def test_a_flipped_byte_is_found_in_every_snapshot_sharing_it(
     assert "essay.odt" in text.stdout
     assert f"{sids[0]}, {sids[1]}" in text.stdout
     assert get_xattrs(server.store.client_dir(SN))["check_damaged"] == "1"
+    exposition = metrics.render(server.store).decode()
+    assert f'xsbackup_check_damaged_files{{client="{SN}"}} 1.0' in exposition
+    assert f'xsbackup_check_last_time_seconds{{client="{SN}"}}' in exposition
+    (row,) = status.client_rows(server.store, dt.datetime.now(dt.UTC))
+    assert (row["check_damaged"], row["check_problems"]) == (1, 1)
 
 
 def test_truncated_missing_and_replaced_files_are_found(
@@ -172,6 +179,28 @@ def test_the_sample_rotates_over_every_inode(two_snapshots: tuple[Server, list[s
     assert len(read) == report.inodes == 14
     assert facts["check_covered_at"] == nights[-1].isoformat()
     assert facts["check_position"] == "0"
+
+
+def test_the_nightly_check_runs_once_a_night_and_rotates(
+        two_snapshots: tuple[Server, list[str]]) -> None:
+    server, _ = two_snapshots
+    server.configure('[check]\nschedule = "02:00"\nsample_percent = 25\n')
+    clock = [dt.datetime(2026, 3, 1, 1, 0, tzinfo=dt.UTC)]
+    job = DailyCheck(server.ctx, clock=lambda: clock[0])
+    facts = lambda: get_xattrs(server.store.client_dir(SN))  # noqa: E731
+    job()
+    assert "check_at" not in facts()  # before the schedule
+    positions = []
+    for day in range(1, 5):
+        clock[0] = dt.datetime(2026, 3, day, 2, 30, tzinfo=dt.UTC)
+        job()
+        clock[0] = dt.datetime(2026, 3, day, 23, 0, tzinfo=dt.UTC)
+        job()  # once a night only
+        assert facts()["check_at"] == f"2026-03-0{day}T02:30:00+00:00"
+        positions.append(facts()["check_position"])
+        assert ("check_covered_at" in facts()) == (day == 4)
+    assert positions == ["250000", "500000", "750000", "0"]
+    assert (server.root / "last-check").read_text().startswith("2026-03-04T02:30")
 
 
 def test_promotion_hashes_only_new_inodes(server: Server, tmp_path: Path) -> None:
