@@ -223,12 +223,9 @@ class PruneSettings:
 
 @dataclass(frozen=True)
 class CheckSettings:
-    schedule: str = _key("04:00", "daily time (server local HH:MM) of the nightly sampled "
-                         "integrity check of every client; empty: never", kind="clock")
-    sample_percent: float = _key(1.0, "percentage of each client's inodes the nightly check "
-                                 "reads and hashes; the sample rotates, so every inode is "
-                                 "read within 100/percent nights", minimum=0.0001,
-                                 maximum=100)
+    schedule: str = _key("04:00", "daily time (HH:MM) of the sampled check", kind="clock")
+    sample_percent: float = _key(1.0, "percent of each client's inodes it reads, rotating "
+                                 "(each read within 100/percent nights)", minimum=1e-4, maximum=100)
 
 
 @dataclass(frozen=True)
@@ -252,8 +249,7 @@ SECTIONS: dict[str, type[Any]] = {
     "registration": RegistrationSettings, "admission": AdmissionSettings,
     "ingest": IngestSettings, "storage": StorageSettings, "postprocess": PostprocessSettings,
     "hooks": HooksSettings, "retention": RetentionSettings, "quota": QuotaSettings,
-    "prune": PruneSettings, "ui": UiSettings, "log": LogSettings,
-    "check": CheckSettings,
+    "prune": PruneSettings, "ui": UiSettings, "log": LogSettings, "check": CheckSettings,
 }
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
