@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import Server, Sshd, local_push
 from xsbackup.errors import NotReadable, SnapshotNotFound
+from xsbackup.integrity import diff
 from xsbackup.snapshots import postprocess
 
 pytestmark = pytest.mark.integration
@@ -189,9 +190,9 @@ def test_diff_and_find_agree_with_brute_force(
 
 
 def test_diff_reads_no_content_where_manifests_answer(client: Server, tmp_path: Path) -> None:
-    """A chmod makes a new inode with the same content: the manifests' digests tell it is
-    metadata only. The stored copy is then damaged (same size and mtime): a diff that
-    read it would call it modified."""
+    """A chmod makes a new inode with the same content. Its stored copy is then damaged
+    (same size and mtime): past the read budget, diff trusts the manifests' digests and
+    reads nothing (metadata only); within it, diff reads and sees the bytes differ."""
     server = client
     src = tmp_path / "src"
     build(src, {"doc.odt": (b"same bytes", 0o644), "x/keep": (b"k", 0o644)})
@@ -203,10 +204,11 @@ def test_diff_reads_no_content_where_manifests_answer(client: Server, tmp_path: 
     st = stored.stat()
     stored.write_bytes(b"SAME bytes")
     os.utime(stored, ns=(st.st_atime_ns, st.st_mtime_ns))
-    r = server.cli("diff", SN, first, "latest", "--json")
-    changes = orjson.loads(r.stdout)["changes"]
-    assert [(c["kind"], c["path"], c["what"]) for c in changes] == \
-        [("metadata", "doc.odt", ["mode"])]
+    _, _, _, changes = diff.diff(server.ctx(), SN, first, "latest", read_budget=0)
+    assert [(c.kind, c.path, c.what) for c in changes] == [("metadata", "doc.odt", ["mode"])]
+    _, _, _, changes = diff.diff(server.ctx(), SN, first, "latest")  # small: read, compared
+    assert [(c.kind, c.path, c.what) for c in changes] == \
+        [("modified", "doc.odt", ["content", "mode"])]
 
 
 def ssh_json(sshd: Sshd, key: Path, command: str) -> tuple[int, list[Any], str]:

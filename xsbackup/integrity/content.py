@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from xsbackup.restore.access import O_FILE
+from xsbackup.restore.access import CHUNK, O_FILE
 from xsbackup.snapshots import manifest
 
 
@@ -27,3 +27,24 @@ def digest(path: str, name: str, dir_fd: int | None, st: os.stat_result,
     if rec is not None and rec.inode == st.st_ino:
         return rec.digest
     return read_digest(name, dir_fd)[0]
+
+
+def same_bytes(name: str, dir_a: int | None, dir_b: int | None) -> bool:
+    """Whether the stored files ``name`` below ``dir_a`` and ``dir_b`` hold the same
+    bytes (read side by side, stopping at the first difference)."""
+    fa = os.open(name, O_FILE, dir_fd=dir_a)
+    try:
+        fb = os.open(name, O_FILE, dir_fd=dir_b)
+        try:
+            os.set_blocking(fa, True)
+            os.set_blocking(fb, True)
+            while True:
+                a, b = os.read(fa, CHUNK), os.read(fb, CHUNK)
+                if a != b:
+                    return False
+                if not a:
+                    return True
+        finally:
+            os.close(fb)
+    finally:
+        os.close(fa)

@@ -7,11 +7,16 @@ nothing more is read about it. Otherwise the client's view of each side (rsync's
 fake-super record) is compared:
 
 * ``added`` / ``removed``: the path is on one side only;
-* ``modified``: the type differs, or the content does (for a file or symlink: its bytes,
-  compared by the manifests' digests, read only where a manifest has no digest for that
-  inode; for a device: its numbers);
+* ``modified``: the type differs, or the content does (for a file or symlink: its bytes;
+  for a device: its numbers);
 * ``metadata``: same type and content, but the permissions, owner or (except for a
   directory, whose mtime follows its entries) the mtime differ.
+
+Only readdir's inode numbers are looked at for an entry that is the same inode on both
+sides (no ``stat``). Two files of the same size and different inodes are compared by
+their bytes while the bytes read stay under ``read_budget``; past it, by the digests of
+the two snapshots' manifests (loaded then, once), so a ``chmod -R`` of a large tree costs
+two manifest reads rather than reading every file twice.
 """
 
 from __future__ import annotations
@@ -52,65 +57,98 @@ class Change:
         return asdict(self)
 
 
+READ_BUDGET = 64 << 20  # bytes diff compares by reading before it uses the manifests
+
+
 @dataclass
 class Side:
-    """One snapshot being compared: its manifest digests by path."""
+    """One snapshot being compared; its manifest's records by path, loaded when first
+    needed."""
 
+    ctx: Context
+    client: str
+    volume: str
     sid: str
-    digests: dict[str, manifest.Record]
+    _digests: dict[str, manifest.Record] | None = None
+
+    @property
+    def digests(self) -> dict[str, manifest.Record]:
+        if self._digests is None:
+            try:
+                records = manifest.read(self.ctx.storage, self.client, self.volume,
+                                        self.sid) or []
+            except manifest.ManifestError:
+                records = []  # content is then read and compared
+            self._digests = {r.path: r for r in records}
+        return self._digests
+
+
+@dataclass
+class Budget:
+    left: int
 
 
 def type_name(mode: int) -> str:
     return TYPES.get(stat.S_IFMT(mode), "special")
 
 
-def _side(ctx: Context, client: str, volume: str, sid: str) -> Side:
-    try:
-        records = manifest.read(ctx.storage, client, volume, sid) or []
-    except manifest.ManifestError:
-        records = []  # content is then read and compared
-    return Side(sid, {r.path: r for r in records})
-
-
-def diff(ctx: Context, client: str, a: str, b: str,
-         volume: str | None = None) -> tuple[str, str, str, list[Change]]:
+def diff(ctx: Context, client: str, a: str, b: str, volume: str | None = None,
+         read_budget: int = READ_BUDGET) -> tuple[str, str, str, list[Change]]:
     """(volume, id of a, id of b, changes from a to b), ``a`` and ``b`` as
     ``restore.resolve`` takes them (ids, ``latest``, times)."""
     store = ctx.store
     vol = resolve.pick_volume(store, client, volume)
     sa, sb = resolve.resolve(store, client, vol, a), resolve.resolve(store, client, vol, b)
-    side_a, side_b = _side(ctx, client, vol, sa), _side(ctx, client, vol, sb)
+    side_a, side_b = Side(ctx, client, vol, sa), Side(ctx, client, vol, sb)
     with OpenSnapshot(store, client, vol, sa) as snap_a, \
             OpenSnapshot(store, client, vol, sb) as snap_b:
-        changes = list(_dir(snap_a.fd, snap_b.fd, "", side_a, side_b))
+        changes = list(_dir(snap_a.fd, snap_b.fd, "", side_a, side_b, Budget(read_budget)))
     return vol, sa, sb, changes
 
 
-def _listing(fd: int | None) -> dict[str, os.stat_result]:
+@contextlib.contextmanager
+def _listing(fd: int | None) -> Iterator[dict[str, os.DirEntry[str]]]:
+    """The entries of ``fd`` by name, listed through a fresh descriptor (our own directory
+    offset) that stays open while they are used (``DirEntry.stat`` goes through it)."""
     if fd is None:
-        return {}
-    out = {}
-    sub = os.open(".", O_DIR, dir_fd=fd)  # a fresh descriptor: our own directory offset
-    with os.scandir(sub) as it:
-        for e in it:
-            with contextlib.suppress(FileNotFoundError):
-                out[e.name] = e.stat(follow_symlinks=False)
-    os.close(sub)
-    return out
+        yield {}
+        return
+    sub = os.open(".", O_DIR, dir_fd=fd)
+    try:
+        with os.scandir(sub) as it:
+            yield {e.name: e for e in it}
+    finally:
+        os.close(sub)
 
 
-def _dir(fa: int | None, fb: int | None, prefix: str, side_a: Side,
-         side_b: Side) -> Iterator[Change]:
-    la, lb = _listing(fa), _listing(fb)
+def _lstat(entry: os.DirEntry[str] | None) -> os.stat_result | None:
+    if entry is None:
+        return None
+    try:
+        return entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _dir(fa: int | None, fb: int | None, prefix: str, side_a: Side, side_b: Side,
+         budget: Budget) -> Iterator[Change]:
+    with _listing(fa) as la, _listing(fb) as lb:
+        yield from _entries(fa, fb, la, lb, prefix, side_a, side_b, budget)
+
+
+def _entries(fa: int | None, fb: int | None, la: dict[str, os.DirEntry[str]],
+             lb: dict[str, os.DirEntry[str]], prefix: str, side_a: Side, side_b: Side,
+             budget: Budget) -> Iterator[Change]:
     for name in sorted(la.keys() | lb.keys()):
         path = f"{prefix}{name}"
-        sta, stb = la.get(name), lb.get(name)
-        if sta is not None and stb is not None and stat.S_ISREG(sta.st_mode) and \
-                sta.st_ino == stb.st_ino:
-            continue  # one inode: nothing about it can differ
+        ea, eb = la.get(name), lb.get(name)
+        if ea is not None and eb is not None and ea.inode() == eb.inode() and \
+                not ea.is_dir(follow_symlinks=False):
+            continue  # one inode (directories never are): nothing about it can differ
+        sta, stb = _lstat(ea), _lstat(eb)
         va = fake_stat_at(fa, name, sta) if fa is not None and sta is not None else None
         vb = fake_stat_at(fb, name, stb) if fb is not None and stb is not None else None
-        change = _compare(path, name, fa, fb, sta, stb, va, vb, side_a, side_b)
+        change = _compare(path, name, fa, fb, sta, stb, va, vb, side_a, side_b, budget)
         if change is not None:
             yield change
         dir_a = va is not None and stat.S_ISDIR(va.mode)
@@ -118,7 +156,7 @@ def _dir(fa: int | None, fb: int | None, prefix: str, side_a: Side,
         if dir_a or dir_b:
             with _sub(name, fa if dir_a else None) as sa, \
                     _sub(name, fb if dir_b else None) as sb:
-                yield from _dir(sa, sb, path + "/", side_a, side_b)
+                yield from _dir(sa, sb, path + "/", side_a, side_b, budget)
 
 
 @contextlib.contextmanager
@@ -139,7 +177,7 @@ def _size(st: os.stat_result | None, view: FakeStat | None) -> int | None:
 def _compare(path: str, name: str, fa: int | None, fb: int | None,
              sta: os.stat_result | None, stb: os.stat_result | None,
              va: FakeStat | None, vb: FakeStat | None, side_a: Side,
-             side_b: Side) -> Change | None:
+             side_b: Side, budget: Budget) -> Change | None:
     if va is None or vb is None or sta is None or stb is None:
         if va is None and vb is None:
             return None
@@ -154,7 +192,8 @@ def _compare(path: str, name: str, fa: int | None, fb: int | None,
     if kind_a != kind_b:
         what.append("type")
     elif stored_files and ((va.major, va.minor) != (vb.major, vb.minor) or
-                           not _same_content(path, name, fa, fb, sta, stb, side_a, side_b)):
+                           not _same_content(path, name, fa, fb, sta, stb, side_a, side_b,
+                                                            budget)):
         what.append("content")
     if stat.S_IMODE(va.mode) != stat.S_IMODE(vb.mode):
         what.append("mode")
@@ -169,10 +208,13 @@ def _compare(path: str, name: str, fa: int | None, fb: int | None,
 
 
 def _same_content(path: str, name: str, fa: int | None, fb: int | None,
-                  sta: os.stat_result, stb: os.stat_result, side_a: Side,
-                  side_b: Side) -> bool:
+                  sta: os.stat_result, stb: os.stat_result, side_a: Side, side_b: Side,
+                  budget: Budget) -> bool:
     if sta.st_size != stb.st_size:
         return False
+    if 2 * sta.st_size <= budget.left:
+        budget.left -= 2 * sta.st_size
+        return content.same_bytes(name, fa, fb)
     return content.digest(path, name, fa, sta, side_a.digests) == \
         content.digest(path, name, fb, stb, side_b.digests)
 
