@@ -205,6 +205,13 @@ class PruneSettings:
 
 
 @dataclass(frozen=True)
+class CheckSettings:
+    schedule: str = _key("04:00", "daily time (HH:MM) of the sampled check", kind="clock")
+    sample_percent: float = _key(1.0, "percent of each client's inodes it reads, rotating "
+                                 "(each read within 100/percent nights)", minimum=1e-4, maximum=100)
+
+
+@dataclass(frozen=True)
 class UiSettings:
     overdue_days: float = _key(2.0, "days without a successful backup before the web UI "
                                "marks a client overdue", minimum=0.01)
@@ -225,7 +232,7 @@ SECTIONS: dict[str, type[Any]] = {
     "registration": RegistrationSettings, "admission": AdmissionSettings,
     "ingest": IngestSettings, "storage": StorageSettings, "postprocess": PostprocessSettings,
     "hooks": HooksSettings, "retention": RetentionSettings, "quota": QuotaSettings,
-    "prune": PruneSettings, "ui": UiSettings, "log": LogSettings,
+    "prune": PruneSettings, "ui": UiSettings, "log": LogSettings, "check": CheckSettings,
 }
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
@@ -364,6 +371,7 @@ class Settings:
     prune: PruneSettings
     ui: UiSettings
     log: LogSettings
+    check: CheckSettings
 
     @classmethod
     def build(cls, root: Path, values: Mapping[str, Any], config_file: Path | None) -> Settings:

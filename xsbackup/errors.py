@@ -160,6 +160,21 @@ class SeveralPending(XsbackupError):
     exit_code = 20
 
 
+# ---- integrity (21-23) --------------------------------------------------------------------
+
+
+class DamageFound(XsbackupError):
+    """check found stored files that differ from their manifest (damage)."""
+
+    exit_code = 21
+
+
+class StructureProblems(XsbackupError):
+    """check found structural problems (no damaged file): see its findings."""
+
+    exit_code = 22
+
+
 # ---- refusals of the forced command (40-59) ------------------------------------------
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tests.hostile_cases import DOWN, HOSTILE, SN, UP
 from xsbackup import config
 from xsbackup.errors import RequestRefused
-from xsbackup.ingest.command import VERB_PATHS, VERBS, Request, parse
+from xsbackup.ingest.command import VERB_ARGS, VERB_PATHS, VERBS, Request, parse
 from xsbackup.ingest.upload import _server_opts
 from xsbackup.store import CLIENT_RE, SNAPSHOT_RE, VOLUME_RE
 
@@ -88,12 +88,14 @@ TOKENS = st.sampled_from([
     "2026-01-02T030405Z", "\\ ", ";", "$(x)", "--files-from=-", "--info=progress2",
     "list", "archive", "manifest", "--volume", "--at", "--format", "--from", "tar", "zip",
     "--volume=documents", "--from=SHF00000042", "clients", "a/../b", "true",
+    "diff", "find", "--newest", "3", "latest", "*.odt",
 ])
 
 
 def assert_contract(req: Request, command: str) -> None:
     """What ``parse`` promises the dispatcher about a request it accepts, kind by kind."""
-    for text in (*req.options, *(v for _, v in req.verb_opts), req.verb_path):
+    for text in (*req.options, *(v for _, v in req.verb_opts), req.verb_path,
+                 *req.verb_args):
         assert "\n" not in text
         assert "\0" not in text
     assert req.source == "" or CLIENT_RE.fullmatch(req.source)
@@ -116,6 +118,7 @@ def assert_contract(req: Request, command: str) -> None:
         assert all(key in VERBS[req.verb] for key, _ in req.verb_opts)
         assert req.source == dict(req.verb_opts).get("--from", "")
         assert not req.verb_path or req.verb in VERB_PATHS
+        assert len(req.verb_args) == VERB_ARGS.get(req.verb, 0)
         assert not req.verb_path.startswith("/")
         assert ".." not in req.verb_path.split("/")
     else:
@@ -173,3 +176,16 @@ def test_the_default_io_timeout_leaves_ds_backup_its_own() -> None:
 def test_timeout_takes_whole_seconds(value: str) -> None:
     with pytest.raises(RequestRefused, match="whole number of seconds"):
         parse(f"rsync --server -logDtpre.iLsfxCIvu --timeout={value} . documents/", SN)
+
+
+def test_diff_and_find_verbs() -> None:
+    req = parse("diff 2026-01-02T030405Z latest --volume documents", SN)
+    assert (req.verb, req.verb_args, req.opt("--volume")) == \
+        ("diff", ("2026-01-02T030405Z", "latest"), "documents")
+    req = parse("find '*.odt' --newest 3 --from SHF00000042", SN)
+    assert (req.verb, req.verb_args, req.opt("--newest"), req.source) == \
+        ("find", ("'*.odt'",), "3", "SHF00000042")
+    for bad in ("diff latest", "diff a b c", "find", "find x --newest many",
+                "find x --at latest"):
+        with pytest.raises(RequestRefused):
+            parse(bad, SN)

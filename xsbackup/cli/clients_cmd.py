@@ -252,3 +252,70 @@ def clients_reject(ctx: Context, serial: str, fingerprint: str | None) -> None:
 
     n = registration.reject(ctx.registry, serial, fingerprint)
     click.echo(f"rejected {n} pending key(s) of {serial}")
+
+
+@clients.command("show")
+@click.argument("serial")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_context
+def clients_show(ctx: Context, serial: str, as_json: bool) -> None:
+    """Everything about one client: keys with fingerprints, aliases, the retention policy
+    with each value's source, quota, last success and error, snapshots and usage, and
+    its last integrity check. Measures its usage when the cache is stale."""
+    from xsbackup.clients import registration
+    from xsbackup.restore import resolve
+    from xsbackup.retention import prune
+    from xsbackup.snapshots import usage
+    from xsbackup.store import get_xattrs
+    from xsbackup.web.pages import policy_rows
+
+    client = ctx.registry.get(serial)
+    facts = get_xattrs(ctx.store.client_dir(serial))
+    use = usage.cached(ctx, serial)
+    volumes: list[dict[str, Any]] = []
+    for v in ctx.store.volumes(serial):
+        ids = resolve.snapshot_ids(ctx.store, serial, v)
+        volumes.append({"volume": v, "snapshots": len(ids), "oldest": ids[0] if ids else None,
+                        "latest": resolve.latest(ctx.store, serial, v),
+                        "apparent_bytes": sum(s.apparent for s in use.snapshots
+                                              if s.volume == v)})
+    row: dict[str, Any] = {
+        "serial": client.serial, "nickname": client.nickname, "uuid": client.uuid,
+        "disabled": client.disabled, "created": client.created,
+        "keys": [registration.key_summary(k) for k in client.keys],
+        "aliases": client.aliases,
+        "aliased_by": sorted(c.serial for c in ctx.registry.all() if serial in c.aliases),
+        "policy": [{"key": p["key"], "value": p["value"],
+                    "source": "client" if p["override"] else "configuration"}
+                   for p in policy_rows(ctx.settings, client)],
+        "quota_bytes": prune.quota_bytes(client), "usage_bytes": use.total,
+        "last_success": facts.get("last_success"), "last_error": facts.get("last_error"),
+        "last_error_at": facts.get("last_error_at"),
+        "snapshot_count": sum(vr["snapshots"] for vr in volumes), "volumes": volumes,
+        "check": {k: facts.get(f"check_{k}") for k in
+                  ("at", "damaged", "problems", "covered_at")},
+    }
+    if as_json:
+        emit_json(row)
+        return
+    click.echo(f"{client.serial}  {client.nickname or '-'}"
+               f"{'  (disabled)' if client.disabled else ''}  uuid {client.uuid or '-'}")
+    for k in row["keys"]:
+        click.echo(f"  key   {k['fingerprint']} {k['type']} {k['status']}"
+                   f"{'' if k['supported'] else ' (unsupported for transfers)'}")
+    click.echo(f"  aliases: {', '.join(client.aliases) or '-'}; read by: "
+               f"{', '.join(row['aliased_by']) or '-'}")
+    for p in row["policy"]:
+        click.echo(f"  policy {p['key']:<20} {p['value']!s:<10} ({p['source']})")
+    click.echo(f"  quota {size_text(row['quota_bytes']) if row['quota_bytes'] else 'none'}, "
+               f"usage {size_text(use.total)}")
+    click.echo(f"  last success {row['last_success'] or 'never'}; last error "
+               f"{row['last_error'] or 'none'}"
+               + (f" at {row['last_error_at']}" if row["last_error_at"] else ""))
+    for vr in volumes:
+        click.echo(f"  volume {vr['volume']:<12} {vr['snapshots']} snapshots, latest "
+                   f"{vr['latest'] or '-'}, {size_text(vr['apparent_bytes'])} apparent")
+    chk = row["check"]
+    click.echo(f"  check {chk['at'] or 'never'}: {chk['damaged'] or 0} damaged, "
+               f"{chk['problems'] or 0} problems; every inode covered "
+               f"{chk['covered_at'] or 'not yet'}")

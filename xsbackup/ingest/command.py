@@ -86,8 +86,13 @@ VERBS: dict[str, frozenset[str]] = {
     "archive": frozenset({"--volume", "--at", "--format", "--from"}),
     "list": frozenset({"--volume", "--from"}),
     "manifest": frozenset({"--volume", "--at", "--from"}),
+    "diff": frozenset({"--volume", "--from"}),
+    "find": frozenset({"--volume", "--newest", "--from"}),
 }
 VERB_PATHS = frozenset({"archive"})
+# Verbs whose positional arguments are not paths, and how many each takes exactly:
+# ``diff A B`` (two snapshots: ids, latest or times) and ``find PATTERN`` (a glob).
+VERB_ARGS: dict[str, int] = {"diff": 2, "find": 1}
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class Request:
     verb: str = ""
     verb_opts: tuple[tuple[str, str], ...] = field(default=())
     verb_path: str = ""
+    verb_args: tuple[str, ...] = ()
 
     def opt(self, name: str) -> str | None:
         return dict(self.verb_opts).get(name)
@@ -210,6 +216,7 @@ def _verb(words: list[str]) -> Request:
     name, allowed = words[0], VERBS[words[0]]
     opts: list[tuple[str, str]] = []
     paths: list[str] = []
+    args: list[str] = []
     i = 1
     while i < len(words):
         word = words[i]
@@ -228,9 +235,18 @@ def _verb(words: list[str]) -> Request:
             opts.append((key, value))
         elif name in VERB_PATHS and not paths:
             paths.append(word)
+        elif len(args) < VERB_ARGS.get(name, 0):
+            if "\0" in word or "\n" in word:
+                raise refuse(f"{name}: an argument has a control character")
+            args.append(word)
         else:
             raise refuse(f"{name}: unexpected argument {word[:40]!r}")
+    if len(args) != VERB_ARGS.get(name, 0):
+        raise refuse(f"{name}: takes {VERB_ARGS[name]} arguments, got {len(args)}")
     given = dict(opts)
+    if "--newest" in given and not (given["--newest"].isascii() and
+                                    given["--newest"].isdigit()):
+        raise refuse(f"{name}: --newest takes a whole number")
     if "--volume" in given and not VOLUME_RE.fullmatch(given["--volume"]):
         raise refuse(f"{name}: invalid volume name {given['--volume'][:80]!r}")
     if "--format" in given and given["--format"] not in ("tar", "zip"):
@@ -243,7 +259,7 @@ def _verb(words: list[str]) -> Request:
             raise refuse(f"absolute path {path[:80]!r} is not allowed")
         _components(path)
     return Request("verb", verb=name, verb_opts=tuple(opts), verb_path=path,
-                   source=given.get("--from", ""))
+                   verb_args=tuple(args), source=given.get("--from", ""))
 
 
 def _components(path: str) -> tuple[list[str], bool]:

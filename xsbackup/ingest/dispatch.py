@@ -128,7 +128,8 @@ def _serve(ctx: Context, client: str, req: rsyncargs.Request, remote: str) -> in
 
 
 def run_verb(ctx: Context, login: str, req: rsyncargs.Request) -> int:
-    """``archive``, ``list`` and ``manifest``: read-only, streamed to stdout."""
+    """``archive``, ``list``, ``manifest``, ``diff`` and ``find``: read-only, streamed to
+    stdout."""
     timeout = ctx.settings.ingest.timeout
     out = io.BufferedWriter(ClientStdout(sys.stdout.fileno(), timeout), 1 << 16)
     try:
@@ -158,6 +159,8 @@ def _verb(ctx: Context, login: str, req: rsyncargs.Request, out: BinaryIO) -> in
         out.write(orjson.dumps(rows) + b"\n")
         out.flush()
         return 0
+    if req.verb in ("diff", "find"):
+        return _integrity_verb(ctx, login, source, req, out)
     volume = resolve.pick_volume(store, source, req.opt("--volume"))
     sid = resolve.resolve(store, source, volume, req.opt("--at"))
     LOG.info("client=%s volume=%s snapshot=%s %s for %s started", source, volume, sid,
@@ -167,7 +170,7 @@ def _verb(ctx: Context, login: str, req: rsyncargs.Request, out: BinaryIO) -> in
 
         # stdlib json, not orjson: a name that is not UTF-8 travels as \udcXX escapes,
         # which json.loads and os.fsencode turn back into the exact bytes.
-        for entry in restore.manifest(store, source, volume, sid):
+        for entry in restore.manifest(store, source, volume, sid, ctx.storage):
             out.write(json.dumps(entry).encode("ascii") + b"\n")
         out.flush()
         return 0
@@ -176,6 +179,33 @@ def _verb(ctx: Context, login: str, req: rsyncargs.Request, out: BinaryIO) -> in
     out.flush()
     LOG.info("client=%s volume=%s snapshot=%s archive of %d items sent to %s", source,
              volume, sid, n, login)
+    return 0
+
+
+def _integrity_verb(ctx: Context, login: str, source: str, req: rsyncargs.Request,
+                    out: BinaryIO) -> int:
+    """``diff A B`` and ``find PATTERN`` of ``source`` (the login or a client it aliases,
+    already checked): one JSON object per line, stdlib json as for ``manifest``."""
+    import json
+
+    from xsbackup.integrity import diff, find
+
+    if req.verb == "diff":
+        first, second = req.verb_args
+        volume, a, b, changes = diff.diff(ctx, source, first, second, req.opt("--volume"))
+        LOG.info("client=%s volume=%s diff %s %s for %s: %d changes", source, volume, a, b,
+                 login, len(changes))
+        rows = [c.as_dict() for c in changes]
+    else:
+        newest = req.opt("--newest")
+        matches = find.find(ctx, source, req.verb_args[0], req.opt("--volume"),
+                            int(newest) if newest else None)
+        LOG.info("client=%s find %r for %s: %d paths", source, req.verb_args[0], login,
+                 len(matches))
+        rows = [m.as_dict() for m in matches]
+    for row in rows:
+        out.write(json.dumps(row).encode("ascii") + b"\n")
+    out.flush()
     return 0
 
 

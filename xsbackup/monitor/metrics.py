@@ -12,7 +12,10 @@ at scrape time:
 * the queue directory (``xsbackup_queue_depth``);
 * each client directory's status xattrs, one ``listxattr`` per client and no tree walk
   (``xsbackup_client_seconds_since_last_success{client}``, ``xsbackup_snapshots{client}``);
-* one ``statvfs`` of the state root (``xsbackup_disk_{blocks,inodes}_used_ratio``).
+* one ``statvfs`` of the state root (``xsbackup_disk_{blocks,inodes}_used_ratio``);
+* each client's last integrity check, from the same xattrs
+  (``xsbackup_check_damaged_files{client}``, ``xsbackup_check_last_time_seconds{client}``,
+  ``xsbackup_check_covered_time_seconds{client}``: epoch times).
 
 A private ``CollectorRegistry`` is used, never the global default one, so importing
 this module registers nothing and two apps in one process never clash.
@@ -133,6 +136,30 @@ def _client_families(store: Store, now: dt.datetime) -> list[Metric]:
     return [since, snaps]
 
 
+def _check_families(store: Store) -> list[Metric]:
+    damaged = GaugeMetricFamily("xsbackup_check_damaged_files",
+                                "Damaged files the client's last integrity check found.",
+                                labels=["client"])
+    last = GaugeMetricFamily("xsbackup_check_last_time_seconds",
+                             "When the client's last integrity check ran (epoch).",
+                             labels=["client"])
+    covered = GaugeMetricFamily("xsbackup_check_covered_time_seconds",
+                                "When the rotating sample last covered every inode of the "
+                                "client (epoch).", labels=["client"])
+    for client in iter_clients(store):
+        facts = get_xattrs(store.client_dir(client))
+        when = _parse_time(facts.get("check_at", ""))
+        if when is None:
+            continue
+        last.add_metric([client], when.timestamp())
+        text = facts.get("check_damaged", "")
+        damaged.add_metric([client], float(text) if text.isdigit() else 0.0)
+        full = _parse_time(facts.get("check_covered_at", ""))
+        if full is not None:
+            covered.add_metric([client], full.timestamp())
+    return [damaged, last, covered]
+
+
 class StateCollector:
     """Reads the state root on each ``collect()`` (one scrape)."""
 
@@ -146,6 +173,7 @@ class StateCollector:
                                 "Completed transfers waiting for the post-processor.",
                                 value=float(queue_depth(store)))
         yield from _client_families(store, dt.datetime.now(dt.UTC))
+        yield from _check_families(store)
         use = disk_use(Path(store.root))
         yield GaugeMetricFamily("xsbackup_disk_blocks_used_ratio",
                                 "Share of the state root's usable disk blocks in use.",

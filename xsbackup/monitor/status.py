@@ -61,6 +61,17 @@ def _usage(store: Store, serial: str, quota: object) -> dict[str, Any]:
             "over_quota": bool(limit and total is not None and total >= limit)}
 
 
+def check_status(facts: dict[str, str]) -> dict[str, Any]:
+    """The client's last integrity check (``integrity.check`` records it): when, damaged
+    files and other problems found, and when its sample last covered every inode."""
+    damaged = facts.get("check_damaged", "")
+    problems = facts.get("check_problems", "")
+    return {"check_at": facts.get("check_at"),
+            "check_damaged": int(damaged) if damaged.isdigit() else None,
+            "check_problems": int(problems) if problems.isdigit() else None,
+            "check_covered_at": facts.get("check_covered_at")}
+
+
 def client_rows(store: Store, now: dt.datetime,
                 clients: Iterable[Client] | None = None) -> list[dict[str, Any]]:
     """One row per client: every registered one, or those of ``clients``."""
@@ -81,6 +92,7 @@ def client_rows(store: Store, now: dt.datetime,
             "last_error": facts.get("last_error"),
             "flagged": flagged_snapshots(store, client.serial),
             **_usage(store, client.serial, client.policy.get("quota_bytes")),
+            **check_status(facts),
         })
     return rows
 

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from xsbackup.clients.registry import Registry
 from xsbackup.errors import InvalidName, NotReadable
+from xsbackup.logs import LOG
 from xsbackup.restore.access import (
     CHUNK,
     O_DIR,
@@ -36,7 +37,9 @@ from xsbackup.restore.access import (
     split_path,
 )
 from xsbackup.restore.resolve import pick_volume, resolve
+from xsbackup.snapshots import manifest as content_manifest
 from xsbackup.snapshots.snapshot import read_facts
+from xsbackup.storage.base import Backend
 from xsbackup.store import Store, check_client
 
 TAR_BUFSIZE = 64 << 10
@@ -266,8 +269,13 @@ def write_archive(store: Store, client: str, volume: str, sid: str, path: str, f
         return (write_tar if fmt == "tar" else write_zip)(snap.fd, path, out)
 
 
-def manifest(store: Store, client: str, volume: str, sid: str) -> Iterator[dict[str, Any]]:
-    """Each item of a snapshot as the client sent it: path, type, mode, size, mtime."""
+def manifest(store: Store, client: str, volume: str, sid: str,
+             storage: Backend | None = None) -> Iterator[dict[str, Any]]:
+    """Each item of a snapshot as the client sent it: path, type, mode, size, mtime; with
+    ``storage``, a regular file also has ``blake2b``, its content digest from the
+    snapshot's content manifest (absent when the snapshot has none, or the file is not
+    the inode the manifest recorded)."""
+    digests = _digests(storage, client, volume, sid) if storage is not None else {}
     with OpenSnapshot(store, client, volume, sid) as snap:
         for item in walk(snap.fd):
             kind = stat.S_IFMT(item.mode)
@@ -279,6 +287,20 @@ def manifest(store: Store, client: str, volume: str, sid: str) -> Iterator[dict[
             }
             if kind == stat.S_IFREG:
                 entry["size"] = item.st.st_size
+                rec = digests.get(item.path)
+                if rec is not None and rec.inode == item.st.st_ino:
+                    entry["blake2b"] = rec.digest
             elif kind == stat.S_IFLNK:
                 entry["target"] = os.fsdecode(_read_small(item))
             yield entry
+
+
+def _digests(storage: Backend, client: str, volume: str,
+             sid: str) -> dict[str, content_manifest.Record]:
+    try:
+        records = content_manifest.read(storage, client, volume, sid) or []
+    except content_manifest.ManifestError as e:
+        LOG.warning("client=%s volume=%s snapshot=%s manifest unreadable (%s); digests "
+                    "left out", client, volume, sid, e)
+        return {}
+    return {r.path: r for r in records}

@@ -40,6 +40,7 @@ from xsbackup.logs import LOG
 from xsbackup.resources import KIT
 from xsbackup.restore import access, journal, resolve
 from xsbackup.restore import archive as restore
+from xsbackup.storage.base import Backend
 from xsbackup.store import Store, check_client, check_snapshot_id, check_volume
 
 DOWNLOAD_HEADERS = [
@@ -258,6 +259,22 @@ def download_archive(store: Store, serial: str, volume: str, sid: str, path: str
     return [("Content-Type", kind), ("Content-Disposition", disposition(name)),
             *DOWNLOAD_HEADERS], \
         Stream(archive, f"client={serial} volume={volume} snapshot={sid} archive")
+
+
+def download_manifest(store: Store, storage: Backend, serial: str, volume: str,
+                      sid: str) -> Download:
+    """The snapshot's manifest as the SSH ``manifest`` verb sends it: one JSON object per
+    line, each regular file with its ``blake2b`` content digest."""
+    import json
+
+    check_snapshot(store, serial, volume, sid)
+
+    def lines(out: IO[bytes]) -> None:
+        for entry in restore.manifest(store, serial, volume, sid, storage):
+            out.write(json.dumps(entry).encode("ascii") + b"\n")
+
+    return [("Content-Type", "application/x-ndjson"), *DOWNLOAD_HEADERS], \
+        Stream(lines, f"client={serial} volume={volume} snapshot={sid} manifest")
 
 
 def download_bundle(store: Store, serial: str, volume: str, sid: str, path: str,

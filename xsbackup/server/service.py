@@ -37,7 +37,7 @@ from xsbackup.errors import RsyncNotFound, XsbackupError
 from xsbackup.ingest import admission
 from xsbackup.logs import LOG
 from xsbackup.snapshots import postprocess
-from xsbackup.store import atomic_write, init_root
+from xsbackup.store import atomic_write, init_root, iter_clients
 
 
 @dataclass
@@ -97,8 +97,11 @@ class DailyPrune:
     def _stamp(self) -> Path:
         return self.get_ctx().store.root / "last-prune"
 
+    def schedule(self) -> str:
+        return self.get_ctx().settings.prune.schedule
+
     def due(self, now: dt.datetime) -> bool:
-        when = self.get_ctx().settings.prune.schedule.strip()
+        when = self.schedule().strip()
         if not when:
             return False
         hh, _, mm = when.partition(":")
@@ -120,6 +123,47 @@ class DailyPrune:
         pruned = sum(1 for i in report.items if i.outcome == "pruned")
         LOG.info("scheduled prune: %d snapshots pruned by policy; quota: %s", pruned,
                  quota.quota.get("result"))
+
+
+class DailyCheck(DailyPrune):
+    """The nightly sampled integrity check (``integrity.check``) of every client, at
+    ``check.schedule`` and by the prune's rules: once a day, while the load is under the
+    limit, the day kept in ``<root>/last-check``. Each client's sample of
+    ``check.sample_percent`` of its inodes rotates (its position is on the client), so
+    every inode is read within 100/percent nights. ``clock`` is for tests."""
+
+    def __init__(self, get_ctx: Callable[[], Context],
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now().astimezone()
+                 ) -> None:
+        self.clock = clock
+        super().__init__(get_ctx)
+
+    def _stamp(self) -> Path:
+        return self.get_ctx().store.root / "last-check"
+
+    def schedule(self) -> str:
+        return self.get_ctx().settings.check.schedule
+
+    def __call__(self) -> None:
+        from xsbackup.integrity import check
+
+        now = self.clock()
+        ctx = self.get_ctx()
+        if not self.due(now) or os.getloadavg()[0] > ctx.settings.admission.max_load:
+            return
+        self.done_on = now.date()
+        atomic_write(self._stamp(), f"{now.isoformat(timespec='seconds')}\n".encode())
+        damaged = 0
+        for client in iter_clients(ctx.store):
+            try:
+                report = check.run(ctx, client, sample=ctx.settings.check.sample_percent,
+                                   now=lambda: now.astimezone(dt.UTC))
+            except Exception:  # one client's failure must not stop the others
+                LOG.exception("client=%s nightly check failed", client)
+                continue
+            damaged += len(report.damaged)
+        LOG.info("nightly check: %s%% sample of every client, %d damaged files",
+                 ctx.settings.check.sample_percent, damaged)
 
 
 def check_rsync(settings: config.Settings) -> str:
@@ -197,6 +241,7 @@ class Service:
             self.context(), time.time()))
         scheduler.add("sweep-trash", 3600, lambda: sweep_trash(self.context()))
         scheduler.add("prune", 60, DailyPrune(self.context))
+        scheduler.add("check", 60, DailyCheck(self.context))
         scheduler.add("usage", 900, lambda: refresh_usage(self.context()))
         post = threading.Thread(target=postprocess.watch, args=(self.context, pp_stop),
                                 name="postprocess", daemon=True)

@@ -6,8 +6,10 @@ lock:
 1. validate the metadata files as Canonical JSON and write the report to ``reports/``;
 2. compute stats against the previous snapshot, and in the same walk take group and
    world write away from the stored modes (the client's stay recorded for restore);
-3. write the facts as xattrs on ``incoming/<id>`` and fsync; the storage backend makes
-   it visible as ``snapshots/<id>`` and swaps ``latest`` (``Backend.promote``);
+3. have the backend keep the content manifest (``snapshots.manifest``: digests of the
+   files new since the previous snapshot, copied for the others), write the facts as
+   xattrs on ``incoming/<id>`` and fsync; the storage backend makes it visible as
+   ``snapshots/<id>`` and swaps ``latest`` (``Backend.promote``);
 4. mark the entry promoted; update the client's status xattrs;
 5. run the ``post-snapshot`` hooks, then delete the entry.
 
@@ -49,14 +51,14 @@ from xsbackup.context import Context
 from xsbackup.crashpoints import crash
 from xsbackup.locking import postprocess_lock
 from xsbackup.logs import LOG
-from xsbackup.snapshots import queue
+from xsbackup.snapshots import manifest, queue
 from xsbackup.snapshots.queue import Entry
 from xsbackup.snapshots.snapshot import compute_stats, read_facts, write_facts
 from xsbackup.store import Store, atomic_write, set_xattrs, snapshot_sort_key
 
 # Where ``XSBACKUP_CRASH_AT`` may kill a run (``crashpoints``); "after-rename" is inside
 # the backend's promotion, between its rename and the ``latest`` swap.
-CRASH_POINTS = ("start", "after-cjson", "after-xattrs", "after-rename",
+CRASH_POINTS = ("start", "after-cjson", "after-manifest", "after-xattrs", "after-rename",
                 "after-latest", "after-mark", "after-hooks", "after-dequeue")
 
 
@@ -109,9 +111,11 @@ def process(ctx: Context, entry: Entry,
         if incoming.is_dir() and not visible.exists():
             # One walk gives both the stats and the metadata files to validate.
             metadata: list[str] = []
-            stats = compute_stats(incoming, previous_snapshot(store, client, volume, sid),
+            regular: list[tuple[str, os.stat_result]] = []
+            prev = previous_snapshot(store, client, volume, sid)
+            stats = compute_stats(incoming, prev,
                                   _pattern_re(settings.postprocess.cjson_patterns),
-                                  metadata, tighten=True)
+                                  metadata, tighten=True, regular=regular)
             summary, findings = validate_metadata(incoming, metadata, settings)
             reports = store.reports_dir(client) / volume
             reports.mkdir(parents=True, exist_ok=True)
@@ -122,11 +126,18 @@ def process(ctx: Context, entry: Entry,
                 LOG.warning("%s metadata flagged: %d of %d files not canonical JSON",
                             who, len(findings), summary["checked"])
             crash("after-cjson")
+            data, mstats = manifest.build(incoming, sid, regular, manifest.reusable(
+                ctx.storage, client, volume, prev.name if prev is not None else None))
+            ctx.storage.write_manifest(client, volume, sid, data)
+            LOG.info("%s manifest written: %d files, %d hashed (%d bytes), %d digests reused",
+                     who, mstats.files, mstats.hashed_files, mstats.hashed_bytes,
+                     mstats.reused)
+            crash("after-manifest")
             write_facts(incoming, {
                 "created": now().isoformat(timespec="seconds"),
                 "files": stats.files, "bytes": stats.bytes, "new_bytes": stats.new_bytes,
                 "linked_files": stats.linked_files, "stats": stats.as_dict(),
-                "cjson": summary, "origin": entry.data,
+                "cjson": summary, "origin": entry.data, "manifest": mstats.as_dict(),
             })
             crash("after-xattrs")
             counters.add(store, {"promotions": 1, "bytes_received": stats.new_bytes,

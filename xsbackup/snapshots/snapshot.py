@@ -28,7 +28,7 @@ from xsbackup.store import XATTR_PREFIX, get_xattrs, set_xattrs
 
 # Every fact the post-processor writes on a snapshot directory; nothing else is a fact.
 FACT_KEYS = ("created", "files", "bytes", "new_bytes", "linked_files", "stats", "cjson",
-             "origin")
+             "origin", "manifest")
 
 
 @dataclass
@@ -60,13 +60,15 @@ def _prev_inodes(prev: Path | None, rel: str) -> dict[str, int]:
 
 
 def compute_stats(tree: Path, previous: Path | None, match: re.Pattern[str] | None = None,
-                  found: list[str] | None = None, tighten: bool = False) -> Stats:
+                  found: list[str] | None = None, tighten: bool = False,
+                  regular: list[tuple[str, os.stat_result]] | None = None) -> Stats:
     """Walk ``tree`` once (scandir, no symlink following), comparing inodes by path with
     ``previous``. One directory listing of each tree per directory; no file is opened.
     With ``match``, the relative paths of non-directories whose name matches are
     appended to ``found`` in the same walk (the post-processor's metadata files). With
     ``tighten``, every item (``tree`` included) loses group and world write on the way
-    (``storage.permissions.tighten``)."""
+    (``storage.permissions.tighten``). With ``regular``, every regular file's relative
+    path and ``lstat`` are appended to it (the content manifest's input)."""
     st = Stats()
     if tighten:
         tighten_item(str(tree), os.lstat(tree))
@@ -89,6 +91,8 @@ def compute_stats(tree: Path, previous: Path | None, match: re.Pattern[str] | No
                 if stat.S_ISREG(mode):
                     st.files += 1
                     st.bytes += s.st_size
+                    if regular is not None:
+                        regular.append((f"{rel}/{e.name}" if rel else e.name, s))
                     if prev.get(e.name) == s.st_ino:
                         st.linked_files += 1
                     else:

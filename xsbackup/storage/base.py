@@ -11,6 +11,11 @@ a read-only subvolume snapshot per transfer.
 
 Callers go through ``Backend`` for every such step and never assume one of them; the
 post-processor, prune, ingest and ``du`` know the layout's names, never the mechanism.
+
+Each snapshot may also have a *content manifest* (``snapshots.manifest`` owns its format):
+an opaque byte stream the backend keeps beside the snapshot, never inside the client's
+tree, as immutable as the snapshot itself, and deleted with it. The backend only stores
+and returns the bytes; it never parses them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 Progress = Callable[[int], None]              # trash entries deleted so far
 MeasureProgress = Callable[[str, str], None]  # (volume, snapshot id) as each one starts
@@ -152,3 +157,21 @@ class Backend(Protocol):
         """Every snapshot's apparent, exclusive and shared bytes, and the client's
         total, which also counts its transfers that are not snapshots yet (``pending``:
         what only they hold)."""
+
+    # ---- content manifests (the bytes are ``snapshots.manifest``'s; opaque here) -------
+
+    def write_manifest(self, client: str, volume: str, sid: str, data: bytes) -> None:
+        """Keep ``data`` as the content manifest of snapshot ``sid`` (visible, or still
+        in ``incoming/`` about to be promoted): beside the snapshot, never inside its
+        tree, durably (synced before returning), atomically (a reader sees none or all
+        of it) and read-only from then on. A second call replaces it atomically; callers
+        only do so before the snapshot is visible, or when there was none."""
+
+    def open_manifest(self, client: str, volume: str, sid: str) -> BinaryIO | None:
+        """The content manifest of ``sid`` opened for reading (the caller closes it),
+        or None when the snapshot has none."""
+
+    def manifest_ids(self, client: str, volume: str) -> list[str]:
+        """The snapshot ids of the volume that have a content manifest kept, oldest
+        first, whether or not the snapshot itself still exists (``check`` reports a
+        manifest whose snapshot is gone). ``delete`` removes a snapshot's manifest."""

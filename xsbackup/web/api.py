@@ -307,6 +307,9 @@ def snapshot_part_route(sn: str, vol: str, sid: str, sub: str) -> Response:
         case ["file"]:
             def make() -> downloads.Download:
                 return downloads.download_file(store, source, vol, sid, path)
+        case ["manifest"]:
+            def make() -> downloads.Download:
+                return downloads.download_manifest(store, ctx.storage, source, vol, sid)
         case ["journal"]:
             listing = downloads.journal_listing(
                 store, source, vol, sid, _count("offset", 0, 0),

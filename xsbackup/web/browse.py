@@ -20,6 +20,7 @@ import stat
 from typing import Any
 from urllib.parse import quote
 
+from xsbackup.context import Context
 from xsbackup.errors import InvalidName, PathNotFound, PathRefused
 from xsbackup.restore import access, journal, resolve
 from xsbackup.restore.downloads import check_snapshot, open_datastore, shown
@@ -184,3 +185,19 @@ def preview(store: Store, serial: str, volume: str, sid: str, path: str,
     if not data.startswith(PNG_MAGIC):
         raise PathNotFound("this entry has no PNG preview")
     return data
+
+
+def changes(ctx: Context, serial: str, volume: str, sid: str,
+            since: str | None) -> dict[str, Any]:
+    """The ``changes`` page: ``integrity.diff`` from ``since`` (default: the snapshot
+    before ``sid``) to ``sid``, names shown as ``shown`` prints them."""
+    from xsbackup.integrity import diff
+
+    check_snapshot(ctx.store, serial, volume, sid)
+    ids = resolve.snapshot_ids(ctx.store, serial, volume)
+    older = ids[:ids.index(sid)]
+    if not since and not older:
+        return {"since": None, "ids": ids, "rows": [], "summary": {}}
+    _, a, _, found = diff.diff(ctx, serial, since or older[-1], sid, volume)
+    rows = [{**c.as_dict(), "label": shown(c.path)} for c in found]
+    return {"since": a, "ids": ids, "rows": rows, "summary": diff.summary(found)}

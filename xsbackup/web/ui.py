@@ -66,7 +66,7 @@ from xsbackup.web.base import (
     read_cookie,
     redirect,
 )
-from xsbackup.web.browse import browse, journal_page, preview
+from xsbackup.web.browse import browse, changes, journal_page, preview
 from xsbackup.web.pages import client_page, dashboard, human_bytes, prune_plan, run_prune
 from xsbackup.web.render import Visit, render, visit
 
@@ -281,6 +281,14 @@ def browse_page(sn: str, vol: str, sid: str) -> Response:
     v = allow("GET")
     return render("browse.html", {**_base(sn, vol, sid), **browse(
         current_ctx().store, sn, vol, sid, v.arg("path"), v.page())})
+
+
+@bp.route(f"{SNAPSHOT}/changes", methods=ALL_METHODS)
+def changes_page(sn: str, vol: str, sid: str) -> Response:
+    """What changed since ``?since=`` (an id or time; default: the snapshot before)."""
+    v = allow("GET")
+    return render("changes.html", {**_base(sn, vol, sid), **changes(
+        current_ctx(), sn, vol, sid, v.arg("since"))})
 
 
 @bp.route(f"{SNAPSHOT}/journal", methods=ALL_METHODS)

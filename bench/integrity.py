@@ -1,0 +1,360 @@
+"""Content manifests, ``check --read-data`` and ``diff``: what integrity costs.
+
+Four measurements, each side by side with its reference in the same run (interleaved):
+
+* **A, no-change promotion**: ``postprocess.process`` of a no-change snapshot of
+  ``--files`` small files with manifests, against the same with the manifest step
+  stubbed out (the snapshot's manifest is then written untimed, so the next one can reuse
+  it). Target: at most 1.05x.
+* **B, 1% changed**: the manifest step's own time inside a real promotion where
+  ``--changed`` percent of the files changed (timed by wrapping ``manifest.build`` and
+  ``Backend.write_manifest``), against ``b2sum -l 256`` of just those files. Target: at
+  most 1.1x.
+* **C, check --read-data**: ``xsbackup check SN --read-data`` over a store of
+  ``--check-snapshots`` snapshots of a ``--check-mb`` MB, ``--check-files`` file tree
+  (each snapshot changes 1% of the files), against ``b2sum -l 256`` of every distinct
+  inode, both after ``sync`` and a page-cache drop when ``--drop-caches`` (root), else
+  warm. Target: throughput at least 0.8x b2sum's.
+* **D, diff**: ``xsbackup diff`` of two ``--files`` snapshots differing in ``--changed``
+  percent of the files, against ``diff -rq`` of the same two trees (same change set:
+  the bench checks both name the same files). Target: at most 0.5x.
+
+Timings are reported, never asserted. Usage: ``python bench/integrity.py`` (full sizes:
+``--files 100000 --check-mb 1024 --check-files 20000``); quick: ``--files 20000
+--check-mb 200 --check-files 4000 --runs 3``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import (
+    XSBACKUP,
+    exit_on_sigterm,
+    finish,
+    make_tree,
+    median,
+    new_result,
+    quiet_wait,
+    run_args,
+    summary,
+    temp_dir,
+    timed,
+)
+from bench.snapshot import SN, VOLUME, Promotion, make_small_tree
+
+TARGETS = {"promotion_ratio_max": 1.05, "changed_vs_b2sum_max": 1.1,
+           "check_throughput_vs_b2sum_min": 0.8, "diff_vs_diff_rq_max": 0.5}
+
+
+def change_files(src: Path, percent: float, rng: random.Random, stamp: int) -> list[str]:
+    """Rewrite ``percent`` of the files of ``src`` (same size, new bytes, new mtime)."""
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    chosen = rng.sample(files, max(1, round(len(files) * percent / 100)))
+    for p in chosen:
+        body = bytearray(p.read_bytes() or b"\0")
+        body[0] ^= 0xFF
+        p.write_bytes(bytes(body))
+        os.utime(p, (stamp, stamp))
+    return sorted(str(p.relative_to(src)) for p in chosen)
+
+
+def b2sum(paths: list[Path]) -> float:
+    """Wall seconds of ``b2sum -l 256`` over ``paths`` (argument lists of 2000 at most)."""
+    t = 0.0
+    for i in range(0, len(paths), 2000):
+        chunk = [str(p) for p in paths[i:i + 2000]]
+        t0 = time.perf_counter()
+        subprocess.run(["b2sum", "-l", "256", "--", *chunk], check=True,
+                       stdout=subprocess.DEVNULL)
+        t += time.perf_counter() - t0
+    return t
+
+
+@contextlib.contextmanager
+def manifests_off(p: Promotion) -> Iterator[None]:
+    """The manifest step stubbed out of ``postprocess.process``."""
+    from xsbackup.snapshots import manifest, postprocess
+
+    class Stub:
+        Record = manifest.Record
+
+        @staticmethod
+        def reusable(*_: Any) -> dict[int, Any]:
+            return {}
+
+        @staticmethod
+        def build(*_: Any) -> tuple[bytes, manifest.BuildStats]:
+            return b"", manifest.BuildStats()
+
+    saved = postprocess.manifest
+    backend = type(p.ctx.storage)  # ctx.storage is a new backend object on each access
+    write = backend.write_manifest
+    postprocess.manifest = Stub  # type: ignore[assignment]
+    backend.write_manifest = lambda *_: None  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        postprocess.manifest = saved
+        backend.write_manifest = write  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def manifest_timer(p: Promotion, into: list[float]) -> Iterator[None]:
+    """Time what the manifest adds inside a real ``process``: reusable + build + write."""
+    from xsbackup.snapshots import manifest, postprocess
+
+    spent = [0.0]
+
+    def wrap(fn: Any) -> Any:
+        def inner(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        return inner
+
+    class Timed:
+        Record = manifest.Record
+        reusable = staticmethod(wrap(manifest.reusable))
+        build = staticmethod(wrap(manifest.build))
+
+    saved = postprocess.manifest
+    backend = type(p.ctx.storage)
+    write = backend.write_manifest
+    postprocess.manifest = Timed  # type: ignore[assignment]
+    backend.write_manifest = wrap(write)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        postprocess.manifest = saved
+        backend.write_manifest = write  # type: ignore[method-assign]
+        into.append(spent[0])
+
+
+def process_once(p: Promotion) -> tuple[float, dict[str, Any]]:
+    from xsbackup.snapshots.snapshot import read_facts
+
+    t, _ = p.process()
+    sid = p.store.latest_id(SN, VOLUME)
+    assert sid is not None
+    facts = read_facts(p.store.snapshots_dir(SN, VOLUME) / sid)
+    return t, facts.get("manifest") or {}
+
+
+def bench_promotion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from xsbackup.integrity import check
+
+    src = tmp / "src"
+    print(f"A/B: generating {args.files} small files ...", flush=True)
+    tree = make_small_tree(src, args.files, 0.1, args.seed)
+    p = Promotion(tmp, src)
+    p.ingest()
+    process_once(p)
+    times: dict[str, list[float]] = {"with": [], "without": [], "manifest_step_no_change": [],
+                                     "changed_manifest_step": [], "changed_b2sum": []}
+    counts = []
+    rng = random.Random(args.seed)
+    for r in range(args.runs):
+        order = ("with", "without") if r % 2 == 0 else ("without", "with")
+        for case in order:
+            p.ingest()
+            os.sync()
+            if case == "with":
+                with manifest_timer(p, times["manifest_step_no_change"]):
+                    t, stats = process_once(p)
+                counts.append(stats)
+            else:
+                with manifests_off(p):
+                    t, _ = process_once(p)
+                check.repair_manifests(p.ctx, SN, VOLUME)  # untimed: the next one reuses it
+            times[case].append(t)
+        changed = change_files(src, args.changed, rng, 1_800_000_000 + r)
+        p.ingest()
+        os.sync()
+        with manifest_timer(p, times["changed_manifest_step"]):
+            _, stats = process_once(p)
+        counts.append(stats)
+        sid = p.store.latest_id(SN, VOLUME)
+        assert sid is not None
+        snap = p.store.snapshots_dir(SN, VOLUME) / sid
+        times["changed_b2sum"].append(b2sum([snap / c for c in changed]))
+        print(f"round {r + 1}: with {times['with'][-1]:.3f}s without "
+              f"{times['without'][-1]:.3f}s; {len(changed)} changed: manifest step "
+              f"{times['changed_manifest_step'][-1] * 1e3:.1f}ms, b2sum "
+              f"{times['changed_b2sum'][-1] * 1e3:.1f}ms", flush=True)
+    return {"tree": tree, "timings": times, "summary": {k: summary(v) for k, v in
+                                                          times.items()},
+            "manifest_counts": counts, "changed_percent": args.changed,
+            "ratios": {"promotion_with/without": median(times["with"]) /
+                       median(times["without"]),
+                       "changed_manifest_step/b2sum": median(times["changed_manifest_step"]) /
+                       median(times["changed_b2sum"])}}
+
+
+def drop_caches(enabled: bool) -> None:
+    os.sync()
+    if enabled:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def bench_check(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    src = tmp / "check-src"
+    print(f"C: {args.check_files} files, {args.check_mb} MB, {args.check_snapshots} "
+          "snapshots ...", flush=True)
+    tree = make_tree(src, args.check_files, args.check_mb << 20, args.seed)
+    (tmp / "c").mkdir()
+    p = Promotion(tmp / "c", src)
+    rng = random.Random(args.seed + 1)
+    for n in range(args.check_snapshots):
+        if n:
+            change_files(src, 1.0, rng, 1_800_000_000 + n)
+        p.ingest()
+        process_once(p)
+    inodes: dict[int, Path] = {}
+    for sid in p.store.snapshot_ids(SN, VOLUME):
+        for f in (p.store.snapshots_dir(SN, VOLUME) / sid).rglob("*"):
+            st = f.lstat()
+            if f.is_file():
+                inodes.setdefault(st.st_ino, f)
+    total = sum(f.stat().st_size for f in inodes.values())
+    env = {**p.env, "XSBACKUP_ROOT": str(p.root)}
+    times: dict[str, list[float]] = {"check_read_data": [], "b2sum_distinct_inodes": []}
+    for r in range(args.runs):
+        order = ("check", "b2sum") if r % 2 == 0 else ("b2sum", "check")
+        for case in order:
+            drop_caches(args.drop_caches)
+            if case == "check":
+                t0 = time.perf_counter()
+                res = subprocess.run([XSBACKUP, "check", SN, "--read-data", "--json"],
+                                     check=False, capture_output=True, env=env)
+                times["check_read_data"].append(time.perf_counter() - t0)
+                if res.returncode != 0:
+                    raise RuntimeError(f"check exited {res.returncode}: {res.stderr[-300:]!r}")
+            else:
+                times["b2sum_distinct_inodes"].append(b2sum(list(inodes.values())))
+        print(f"round {r + 1}: check {times['check_read_data'][-1]:.2f}s, b2sum "
+              f"{times['b2sum_distinct_inodes'][-1]:.2f}s", flush=True)
+    mbs = {k: total / median(v) / 1e6 for k, v in times.items()}
+    return {"tree": tree, "distinct_inodes": len(inodes), "distinct_bytes": total,
+            "page_cache_dropped": args.drop_caches, "timings": times,
+            "throughput_mb_s": mbs,
+            "ratios": {"check/b2sum_throughput": mbs["check_read_data"] /
+                       mbs["b2sum_distinct_inodes"]}}
+
+
+def bench_diff(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import orjson
+
+    src = tmp / "diff-src"
+    print(f"D: two snapshots of {args.files} files, {args.changed}% changed ...", flush=True)
+    make_small_tree(src, args.files, 0.0, args.seed + 2)
+    (tmp / "d").mkdir()
+    p = Promotion(tmp / "d", src)
+    p.ingest()
+    process_once(p)
+    changed = change_files(src, args.changed, random.Random(args.seed + 3), 1_800_000_000)
+    p.ingest()
+    process_once(p)
+    a, b = p.store.snapshot_ids(SN, VOLUME)
+    da, db = (p.store.snapshots_dir(SN, VOLUME) / s for s in (a, b))
+    env = {**p.env, "XSBACKUP_ROOT": str(p.root)}
+    times: dict[str, list[float]] = {"xsbackup_diff": [], "diff_rq": [],
+                                     "xsbackup_diff_in_process": []}
+    same = True
+    for r in range(args.runs):
+        os.sync()
+        t0 = time.perf_counter()
+        res = subprocess.run([XSBACKUP, "diff", SN, a, b, "--json"], capture_output=True,
+                             env=env, check=True)
+        times["xsbackup_diff"].append(time.perf_counter() - t0)
+        ours = sorted(c["path"] for c in orjson.loads(res.stdout)["changes"])
+        os.sync()
+        t0 = time.perf_counter()
+        rq = subprocess.run(["diff", "-rq", str(da), str(db)], check=False,
+                            capture_output=True)
+        times["diff_rq"].append(time.perf_counter() - t0)
+        theirs = sorted(line.split(" and ")[0].removeprefix(f"Files {da}/")
+                        for line in rq.stdout.decode().splitlines())
+        same = same and ours == theirs == changed
+        from xsbackup.integrity import diff
+
+        t, _ = timed(lambda: diff.diff(p.ctx, SN, a, b))
+        times["xsbackup_diff_in_process"].append(t)
+        print(f"round {r + 1}: xsbackup diff {times['xsbackup_diff'][-1]:.3f}s "
+              f"(in process {t:.3f}s), diff -rq {times['diff_rq'][-1]:.3f}s", flush=True)
+    return {"files": args.files, "changed": len(changed), "same_change_set": same,
+            "timings": times, "summary": {k: summary(v) for k, v in times.items()},
+            "ratios": {"xsbackup_diff/diff_rq": median(times["xsbackup_diff"]) /
+                       median(times["diff_rq"]),
+                       "in_process/diff_rq": median(times["xsbackup_diff_in_process"]) /
+                       median(times["diff_rq"])}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--changed", type=float, default=1.0, help="percent changed (B, D)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--check-files", type=int, default=20_000)
+    ap.add_argument("--check-mb", type=int, default=1024)
+    ap.add_argument("--check-snapshots", type=int, default=10)
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="drop the page cache before each C run (root)")
+    ap.add_argument("--parts", default="ABCD", help="which parts to run (ABCD)")
+    run_args(ap, out="integrity.json", quiet_load=1.5, quiet_timeout=0)
+    args = ap.parse_args(argv)
+    exit_on_sigterm()
+    result = new_result("integrity", ["xsbackup/snapshots/manifest.py",
+                                      "xsbackup/snapshots/postprocess.py",
+                                      "xsbackup/integrity/check.py",
+                                      "xsbackup/integrity/diff.py"])
+    result["config"] = vars(args)
+    result["quiet"] = quiet_wait(args.quiet_load, args.quiet_timeout)
+    result["targets"] = TARGETS
+    with temp_dir("xsb-integrity-") as tmp:
+        if "A" in args.parts or "B" in args.parts:
+            (tmp / "ab").mkdir()
+            result["promotion"] = bench_promotion(tmp / "ab", args)
+        if "C" in args.parts:
+            result["check"] = bench_check(tmp, args)
+        if "D" in args.parts:
+            result["diff"] = bench_diff(tmp, args)
+    return finish(result, args.out, print_table)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    rows = []
+    if "promotion" in r:
+        ratios = r["promotion"]["ratios"]
+        rows.append(("A promotion with/without manifests", ratios["promotion_with/without"],
+                     TARGETS["promotion_ratio_max"], "<="))
+        rows.append(("B 1% changed: manifest step / b2sum", ratios[
+            "changed_manifest_step/b2sum"], TARGETS["changed_vs_b2sum_max"], "<="))
+    if "check" in r:
+        rows.append(("C check --read-data / b2sum throughput",
+                     r["check"]["ratios"]["check/b2sum_throughput"],
+                     TARGETS["check_throughput_vs_b2sum_min"], ">="))
+    if "diff" in r:
+        rows.append(("D xsbackup diff / diff -rq", r["diff"]["ratios"]["xsbackup_diff/diff_rq"],
+                     TARGETS["diff_vs_diff_rq_max"], "<="))
+    for name, value, target, sense in rows:
+        ok = value <= target if sense == "<=" else value >= target
+        print(f"{name:<44} {value:7.3f}  target {sense} {target}  {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

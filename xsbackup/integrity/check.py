@@ -1,0 +1,237 @@
+"""``xsbackup check``: a client's snapshots against their structure and their manifests.
+
+**Structure** is ``integrity.structure``. **Content**: each selected snapshot is walked
+(``restore.archive.walk``: directory descriptors, nothing followed, under the shared
+flock that keeps prune away) and its regular files compared with its manifest by path:
+a file gone (``missing``), another inode (``replaced``), another size (``size``) or mtime
+(``mtime``), a file the manifest does not list (``unlisted``). Then the content of the
+inodes chosen is read and hashed, each inode once however many snapshots share it, and
+compared with the manifest's digest (``content``). A finding about an inode names every
+snapshot of the volume whose manifest lists that inode.
+
+Which inodes are read: none by default (metadata only), all with ``read_data``, or a
+sample of ``sample`` percent. The sample is a window of the inode's position (a hash of
+client and inode, in millionths) that rotates: a sampled check of a whole client starts
+where the last one ended and records that position on the client (``check_position``),
+so each inode is read within 100/percent checks, and the time the window last wrapped
+round (every inode covered) as ``check_covered_at``.
+
+``check`` never writes to a snapshot. ``repair_manifests`` writes the manifests that are
+missing (``snapshots.manifest``, oldest snapshot first, so each reuses its predecessor's
+digests) and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import stat
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from xsbackup.context import Context
+from xsbackup.integrity import content
+from xsbackup.integrity.structure import Finding, check_volume
+from xsbackup.logs import LOG
+from xsbackup.restore import resolve
+from xsbackup.restore.access import OpenSnapshot
+from xsbackup.restore.archive import walk
+from xsbackup.snapshots import manifest
+from xsbackup.store import get_xattrs, set_xattrs
+
+PPM = 1_000_000
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    snapshots: int = 0
+    files: int = 0
+    inodes: int = 0
+    inodes_read: int = 0
+    bytes_read: int = 0
+    read_inodes: set[tuple[str, int]] = field(default_factory=set)  # (volume, inode)
+    bad_inodes: set[tuple[str, int]] = field(default_factory=set)   # already reported
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def damaged(self) -> list[Finding]:
+        return [f for f in self.findings if f.damage]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"snapshots": self.snapshots, "files": self.files, "inodes": self.inodes,
+                "inodes_read": self.inodes_read, "bytes_read": self.bytes_read,
+                "damaged_files": len(self.damaged), "problems": len(self.findings),
+                "repaired_manifests": self.repaired,
+                "findings": [f.as_dict() for f in self.findings]}
+
+
+def position(client: str, inode: int) -> int:
+    """Where an inode sits in the sample rotation, in millionths."""
+    h = hashlib.blake2b(f"{client}:{inode}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") % PPM
+
+
+def _in_window(pos: int, start: int, width: int) -> bool:
+    return (pos - start) % PPM < width
+
+
+@dataclass
+class _Volume:
+    """What one volume's manifests say: each snapshot's records by path, and by inode
+    every snapshot whose manifest holds it."""
+
+    records: dict[str, dict[str, manifest.Record]] = field(default_factory=dict)
+    sids: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+
+def _load_volume(ctx: Context, client: str, volume: str, report: Report) -> _Volume:
+    vol = _Volume()
+    for sid in resolve.snapshot_ids(ctx.store, client, volume):
+        try:
+            records = manifest.read(ctx.storage, client, volume, sid)
+        except manifest.ManifestError as e:
+            report.findings.append(Finding("manifest-damaged", client, volume, sid,
+                                           detail=str(e)))
+            continue
+        if records is None:
+            continue
+        vol.records[sid] = {r.path: r for r in records}
+        for r in records:
+            vol.sids[r.inode].append(sid)
+    return vol
+
+
+def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | None = None,
+        read_data: bool = False, sample: float | None = None,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        progress: Progress | None = None) -> Report:
+    """Check one client (one volume, one snapshot with ``snapshot``)."""
+    store = ctx.store
+    report = Report()
+    volumes = [resolve.pick_volume(store, client, volume)] if volume else store.volumes(client)
+    start, width = 0, PPM if read_data else 0
+    rotate = sample is not None and volume is None and snapshot is None
+    if sample is not None:
+        width = max(1, min(PPM, round(sample * PPM / 100)))
+        if rotate:
+            start = int(get_xattrs(store.client_dir(client)).get("check_position", "0") or 0)
+    seen: set[int] = set()
+    for vname in volumes:
+        report.findings += check_volume(ctx, client, vname)
+        vol = _load_volume(ctx, client, vname, report)
+        sids = [resolve.resolve(store, client, vname, snapshot)] if snapshot else \
+            resolve.snapshot_ids(store, client, vname)
+        for sid in sids:
+            if progress is not None:
+                progress(f"{client}/{vname}/{sid}")
+            report.snapshots += 1
+            _check_snapshot(ctx, client, vname, sid, vol, report, seen,
+                            lambda ino: width > 0 and _in_window(position(client, ino),
+                                                                 start, width))
+    report.inodes = len(seen)
+    _record(ctx, client, report, now(), (start, width) if rotate else None)
+    LOG.info("client=%s check: %d snapshots, %d files, %d inodes read (%d bytes), %d "
+             "damaged, %d problems", client, report.snapshots, report.files,
+             report.inodes_read, report.bytes_read, len(report.damaged),
+             len(report.findings))
+    return report
+
+
+def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volume,
+                    report: Report, seen: set[int], chosen: Callable[[int], bool]) -> None:
+    """Walk one snapshot against its manifest. A finding about a path (``missing``,
+    ``replaced``, ``unlisted``) names this snapshot; one about an inode (``size``,
+    ``mtime``, ``content``) is made once and names every snapshot holding the inode."""
+    listed = vol.records.get(sid)
+    found: set[str] = set()
+
+    def bad(kind: str, path: str, detail: str, inode: int | None = None) -> None:
+        if inode is not None:
+            if (volume, inode) in report.bad_inodes:
+                return
+            report.bad_inodes.add((volume, inode))
+        shared = sorted(set(vol.sids.get(inode, []))) if inode is not None else [sid]
+        report.findings.append(Finding(kind, client, volume, sid, path, detail, shared))
+
+    with OpenSnapshot(ctx.store, client, volume, sid) as snap:
+        for item in walk(snap.fd):
+            if not stat.S_ISREG(item.st.st_mode):
+                continue
+            report.files += 1
+            ino = item.st.st_ino
+            seen.add(ino)
+            if listed is None:
+                continue
+            found.add(item.path)
+            rec = listed.get(item.path)
+            if rec is None:
+                bad("unlisted", item.path, "a file the manifest does not list")
+                continue
+            if rec.inode != ino:
+                bad("replaced", item.path, f"inode {ino}, the manifest says {rec.inode}")
+                continue
+            if rec.size != item.st.st_size:
+                bad("size", item.path, f"{item.st.st_size} bytes, the manifest says "
+                    f"{rec.size}", ino)
+                continue
+            if rec.mtime_ns != item.st.st_mtime_ns:
+                bad("mtime", item.path, "modified since the manifest was written", ino)
+            key = (volume, ino)
+            if chosen(ino) and key not in report.read_inodes:
+                report.read_inodes.add(key)
+                digest, n = content.read_digest(item.name, item.dir_fd)
+                report.inodes_read += 1
+                report.bytes_read += n
+                if digest != rec.digest:
+                    bad("content", item.path, "content differs from its digest "
+                        f"(blake2b {digest[:16]}…, expected {rec.digest[:16]}…)", ino)
+    if listed is not None:
+        for path in sorted(set(listed) - found):
+            bad("missing", path, "listed in the manifest, gone from the snapshot")
+
+
+def _record(ctx: Context, client: str, report: Report, when: dt.datetime,
+            window: tuple[int, int] | None) -> None:
+    """The outcome on the client (status, metrics, dashboard read it)."""
+    stamp = when.isoformat(timespec="seconds")
+    facts = {"check_at": stamp, "check_damaged": str(len(report.damaged)),
+             "check_problems": str(len(report.findings))}
+    if window is not None:
+        start, width = window
+        end = start + width
+        facts["check_position"] = str(end % PPM)
+        if end >= PPM:
+            facts["check_covered_at"] = stamp
+    set_xattrs(ctx.store.client_dir(client), facts)
+
+
+def repair_manifests(ctx: Context, client: str, volume: str | None = None,
+                     progress: Progress | None = None) -> list[str]:
+    """Write the manifest of every snapshot that has none; returns ``volume/id`` of each.
+    The snapshots themselves are only read."""
+    store, storage = ctx.store, ctx.storage
+    done = []
+    volumes = [resolve.pick_volume(store, client, volume)] if volume else store.volumes(client)
+    for vname in volumes:
+        have = set(storage.manifest_ids(client, vname))
+        prev: str | None = None
+        for sid in resolve.snapshot_ids(store, client, vname):
+            if sid not in have:
+                if progress is not None:
+                    progress(f"{client}/{vname}/{sid}")
+                with OpenSnapshot(store, client, vname, sid) as snap:
+                    files = [(i.path, i.st) for i in walk(snap.fd)
+                             if stat.S_ISREG(i.st.st_mode)]
+                    data, stats = manifest.build(
+                        store.snapshots_dir(client, vname) / sid, sid, files,
+                        manifest.reusable(storage, client, vname, prev))
+                storage.write_manifest(client, vname, sid, data)
+                LOG.info("client=%s volume=%s snapshot=%s manifest repaired: %d files, "
+                         "%d hashed", client, vname, sid, stats.files, stats.hashed_files)
+                done.append(f"{vname}/{sid}")
+            prev = sid
+    return done

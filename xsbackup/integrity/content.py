@@ -1,0 +1,50 @@
+"""The content digest of a stored file: the manifest's where it holds for this inode,
+else the file read (``restore.access`` flags: nothing followed)."""
+
+from __future__ import annotations
+
+import os
+
+from xsbackup.restore.access import CHUNK, O_FILE
+from xsbackup.snapshots import manifest
+
+
+def read_digest(name: str, dir_fd: int | None) -> tuple[str, int]:
+    """(hex BLAKE2b-256, bytes read) of the stored file ``name`` below ``dir_fd``."""
+    fd = os.open(name, O_FILE, dir_fd=dir_fd)
+    try:
+        os.set_blocking(fd, True)
+        return manifest.digest_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def digest(path: str, name: str, dir_fd: int | None, st: os.stat_result,
+           recorded: dict[str, manifest.Record]) -> str:
+    """The digest of the file at ``path`` (``name`` below ``dir_fd``, lstat ``st``): the
+    manifest's record when it is of this very inode, else read."""
+    rec = recorded.get(path)
+    if rec is not None and rec.inode == st.st_ino:
+        return rec.digest
+    return read_digest(name, dir_fd)[0]
+
+
+def same_bytes(name: str, dir_a: int | None, dir_b: int | None) -> bool:
+    """Whether the stored files ``name`` below ``dir_a`` and ``dir_b`` hold the same
+    bytes (read side by side, stopping at the first difference)."""
+    fa = os.open(name, O_FILE, dir_fd=dir_a)
+    try:
+        fb = os.open(name, O_FILE, dir_fd=dir_b)
+        try:
+            os.set_blocking(fa, True)
+            os.set_blocking(fb, True)
+            while True:
+                a, b = os.read(fa, CHUNK), os.read(fb, CHUNK)
+                if a != b:
+                    return False
+                if not a:
+                    return True
+        finally:
+            os.close(fb)
+    finally:
+        os.close(fa)

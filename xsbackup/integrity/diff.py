@@ -1,0 +1,223 @@
+"""``xsbackup diff``: what changed between two snapshots of a volume.
+
+Both trees are walked together, one directory of each at a time, through directory
+descriptors (``restore.access``: nothing followed, under shared flocks). A regular file
+whose inode is the same in both is unchanged (rsync ``--link-dest`` hardlinked it), and
+nothing more is read about it. Otherwise the client's view of each side (rsync's
+fake-super record) is compared:
+
+* ``added`` / ``removed``: the path is on one side only;
+* ``modified``: the type differs, or the content does (for a file or symlink: its bytes;
+  for a device: its numbers);
+* ``metadata``: same type and content, but the permissions, owner or (except for a
+  directory, whose mtime follows its entries) the mtime differ.
+
+Only readdir's inode numbers are looked at for an entry that is the same inode on both
+sides (no ``stat``). Two files of the same size and different inodes are compared by
+their bytes while the bytes read stay under ``read_budget``; past it, by the digests of
+the two snapshots' manifests (loaded then, once), so a ``chmod -R`` of a large tree costs
+two manifest reads rather than reading every file twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from xsbackup.context import Context
+from xsbackup.integrity import content
+from xsbackup.restore import resolve
+from xsbackup.restore.access import (
+    O_DIR,
+    FakeStat,
+    OpenSnapshot,
+    fake_stat_at,
+    try_open_dir,
+)
+from xsbackup.snapshots import manifest
+
+KINDS = ("added", "removed", "modified", "metadata")
+TYPES = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
+
+
+@dataclass
+class Change:
+    kind: str
+    path: str
+    type: str                       # the client's type (the newer side's when both)
+    size_a: int | None = None
+    size_b: int | None = None
+    what: list[str] = field(default_factory=list)  # type, content, mode, owner, mtime
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+READ_BUDGET = 64 << 20  # bytes diff compares by reading before it uses the manifests
+
+
+@dataclass
+class Side:
+    """One snapshot being compared; its manifest's records by path, loaded when first
+    needed."""
+
+    ctx: Context
+    client: str
+    volume: str
+    sid: str
+    _digests: dict[str, manifest.Record] | None = None
+
+    @property
+    def digests(self) -> dict[str, manifest.Record]:
+        if self._digests is None:
+            try:
+                records = manifest.read(self.ctx.storage, self.client, self.volume,
+                                        self.sid) or []
+            except manifest.ManifestError:
+                records = []  # content is then read and compared
+            self._digests = {r.path: r for r in records}
+        return self._digests
+
+
+@dataclass
+class Budget:
+    left: int
+
+
+def type_name(mode: int) -> str:
+    return TYPES.get(stat.S_IFMT(mode), "special")
+
+
+def diff(ctx: Context, client: str, a: str, b: str, volume: str | None = None,
+         read_budget: int = READ_BUDGET) -> tuple[str, str, str, list[Change]]:
+    """(volume, id of a, id of b, changes from a to b), ``a`` and ``b`` as
+    ``restore.resolve`` takes them (ids, ``latest``, times)."""
+    store = ctx.store
+    vol = resolve.pick_volume(store, client, volume)
+    sa, sb = resolve.resolve(store, client, vol, a), resolve.resolve(store, client, vol, b)
+    side_a, side_b = Side(ctx, client, vol, sa), Side(ctx, client, vol, sb)
+    with OpenSnapshot(store, client, vol, sa) as snap_a, \
+            OpenSnapshot(store, client, vol, sb) as snap_b:
+        changes = list(_dir(snap_a.fd, snap_b.fd, "", side_a, side_b, Budget(read_budget)))
+    return vol, sa, sb, changes
+
+
+@contextlib.contextmanager
+def _listing(fd: int | None) -> Iterator[dict[str, os.DirEntry[str]]]:
+    """The entries of ``fd`` by name, listed through a fresh descriptor (our own directory
+    offset) that stays open while they are used (``DirEntry.stat`` goes through it)."""
+    if fd is None:
+        yield {}
+        return
+    sub = os.open(".", O_DIR, dir_fd=fd)
+    try:
+        with os.scandir(sub) as it:
+            yield {e.name: e for e in it}
+    finally:
+        os.close(sub)
+
+
+def _lstat(entry: os.DirEntry[str] | None) -> os.stat_result | None:
+    if entry is None:
+        return None
+    try:
+        return entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _dir(fa: int | None, fb: int | None, prefix: str, side_a: Side, side_b: Side,
+         budget: Budget) -> Iterator[Change]:
+    with _listing(fa) as la, _listing(fb) as lb:
+        yield from _entries(fa, fb, la, lb, prefix, side_a, side_b, budget)
+
+
+def _entries(fa: int | None, fb: int | None, la: dict[str, os.DirEntry[str]],
+             lb: dict[str, os.DirEntry[str]], prefix: str, side_a: Side, side_b: Side,
+             budget: Budget) -> Iterator[Change]:
+    for name in sorted(la.keys() | lb.keys()):
+        path = f"{prefix}{name}"
+        ea, eb = la.get(name), lb.get(name)
+        if ea is not None and eb is not None and ea.inode() == eb.inode() and \
+                not ea.is_dir(follow_symlinks=False):
+            continue  # one inode (directories never are): nothing about it can differ
+        sta, stb = _lstat(ea), _lstat(eb)
+        va = fake_stat_at(fa, name, sta) if fa is not None and sta is not None else None
+        vb = fake_stat_at(fb, name, stb) if fb is not None and stb is not None else None
+        change = _compare(path, name, fa, fb, sta, stb, va, vb, side_a, side_b, budget)
+        if change is not None:
+            yield change
+        dir_a = va is not None and stat.S_ISDIR(va.mode)
+        dir_b = vb is not None and stat.S_ISDIR(vb.mode)
+        if dir_a or dir_b:
+            with _sub(name, fa if dir_a else None) as sa, \
+                    _sub(name, fb if dir_b else None) as sb:
+                yield from _dir(sa, sb, path + "/", side_a, side_b, budget)
+
+
+@contextlib.contextmanager
+def _sub(name: str, fd: int | None) -> Iterator[int | None]:
+    sub = try_open_dir(name, fd) if fd is not None else None
+    try:
+        yield sub
+    finally:
+        if sub is not None:
+            os.close(sub)
+
+
+def _size(st: os.stat_result | None, view: FakeStat | None) -> int | None:
+    return st.st_size if st is not None and view is not None and \
+        stat.S_ISREG(view.mode) else None
+
+
+def _compare(path: str, name: str, fa: int | None, fb: int | None,
+             sta: os.stat_result | None, stb: os.stat_result | None,
+             va: FakeStat | None, vb: FakeStat | None, side_a: Side,
+             side_b: Side, budget: Budget) -> Change | None:
+    if va is None or vb is None or sta is None or stb is None:
+        if va is None and vb is None:
+            return None
+        if vb is not None:
+            return Change("added", path, type_name(vb.mode), None, _size(stb, vb))
+        if va is None:
+            return None
+        return Change("removed", path, type_name(va.mode), _size(sta, va), None)
+    what = []
+    kind_a, kind_b = stat.S_IFMT(va.mode), stat.S_IFMT(vb.mode)
+    stored_files = stat.S_ISREG(sta.st_mode) and stat.S_ISREG(stb.st_mode)
+    if kind_a != kind_b:
+        what.append("type")
+    elif stored_files and ((va.major, va.minor) != (vb.major, vb.minor) or
+                           not _same_content(path, name, fa, fb, sta, stb, side_a, side_b,
+                                                            budget)):
+        what.append("content")
+    if stat.S_IMODE(va.mode) != stat.S_IMODE(vb.mode):
+        what.append("mode")
+    if (va.uid, va.gid) != (vb.uid, vb.gid):
+        what.append("owner")
+    if kind_a != stat.S_IFDIR and sta.st_mtime_ns != stb.st_mtime_ns:
+        what.append("mtime")
+    if not what:
+        return None
+    kind = "modified" if {"type", "content"} & set(what) else "metadata"
+    return Change(kind, path, type_name(vb.mode), _size(sta, va), _size(stb, vb), what)
+
+
+def _same_content(path: str, name: str, fa: int | None, fb: int | None,
+                  sta: os.stat_result, stb: os.stat_result, side_a: Side, side_b: Side,
+                  budget: Budget) -> bool:
+    if sta.st_size != stb.st_size:
+        return False
+    if 2 * sta.st_size <= budget.left:
+        budget.left -= 2 * sta.st_size
+        return content.same_bytes(name, fa, fb)
+    return content.digest(path, name, fa, sta, side_a.digests) == \
+        content.digest(path, name, fb, stb, side_b.digests)
+
+
+def summary(changes: list[Change]) -> dict[str, int]:
+    return {k: sum(1 for c in changes if c.kind == k) for k in KINDS}

@@ -1,0 +1,186 @@
+"""Content manifests: the BLAKE2b-256 of every stored regular file of a snapshot.
+
+Written by the post-processor at promotion (``postprocess``), kept by the storage backend
+beside the snapshot (``Backend.write_manifest``), never edited. ``integrity`` checks
+snapshots against them; the ``manifest`` verb and the HTTP manifest show the digests.
+
+**Cost.** The post-processor's one walk (``snapshot.compute_stats``) already lists every
+regular file with its ``lstat``. A file whose inode, size and mtime equal an entry of the
+previous snapshot's manifest is that snapshot's file (rsync ``--link-dest`` hardlinked it,
+and the previous snapshot's link keeps the inode from being reused), so its digest is
+copied; only the other files are read. A backup that changed nothing reads no content.
+
+**Format** (``docs/manifest.md``): UTF-8 text, one JSON object per line. The first line
+is the header ``{"format": "xsbackup-manifest", "version": 1, "algorithm":
+"blake2b-256", "snapshot": ID, "files": N}``; then one line per regular file, sorted by
+path: ``{"p": PATH, "i": INODE, "s": SIZE, "m": MTIME_NS, "d": HEX_DIGEST}``, where a
+path that is not valid UTF-8 is given as ``"x": HEX_OF_ITS_BYTES`` instead of ``"p"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+import orjson
+
+from xsbackup.storage.base import Backend
+
+FORMAT = "xsbackup-manifest"
+VERSION = 1
+ALGORITHM = "blake2b-256"
+O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class ManifestError(ValueError):
+    """A manifest that is not one this module wrote (a line is damaged or missing)."""
+
+
+class Record(NamedTuple):
+    path: str     # relative to the snapshot; os.fsdecode form (surrogateescape)
+    inode: int
+    size: int
+    mtime_ns: int
+    digest: str   # hex BLAKE2b-256 of the content
+
+
+@dataclass
+class BuildStats:
+    files: int = 0          # regular files listed
+    reused: int = 0         # digests copied from the previous snapshot's manifest
+    hashed_files: int = 0   # files read and hashed
+    hashed_bytes: int = 0   # bytes read and hashed
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+# ---- hashing -----------------------------------------------------------------------------
+
+
+def new_hash() -> hashlib.blake2b:
+    return hashlib.blake2b(digest_size=32)
+
+
+def digest_fd(fd: int) -> tuple[str, int]:
+    """(hex digest, bytes read) of the open file ``fd`` from its current offset."""
+    h = new_hash()
+    n = 0
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while True:
+        got = os.readv(fd, [buf])
+        if not got:
+            return h.hexdigest(), n
+        h.update(view[:got])
+        n += got
+
+
+def digest_at(name: str, dir_fd: int | None = None) -> tuple[str, int]:
+    """(hex digest, bytes read) of the file ``name`` (below ``dir_fd``), never following
+    a symlink in its last component."""
+    fd = os.open(name, O_READ, dir_fd=dir_fd)
+    try:
+        os.set_blocking(fd, True)
+        return digest_fd(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- encoding ----------------------------------------------------------------------------
+
+
+def _line(r: Record) -> bytes:
+    try:
+        r.path.encode("utf-8")
+        name: dict[str, str] = {"p": r.path}
+    except UnicodeEncodeError:
+        name = {"x": os.fsencode(r.path).hex()}
+    return orjson.dumps({**name, "i": r.inode, "s": r.size, "m": r.mtime_ns, "d": r.digest})
+
+
+def encode(sid: str, records: Iterable[Record]) -> bytes:
+    rows = sorted(records, key=lambda r: os.fsencode(r.path))
+    head = orjson.dumps({"format": FORMAT, "version": VERSION, "algorithm": ALGORITHM,
+                         "snapshot": sid, "files": len(rows)})
+    return b"\n".join([head, *(_line(r) for r in rows)]) + b"\n"
+
+
+def parse(fh: IO[bytes]) -> Iterator[Record]:
+    """The records of a manifest stream; ManifestError when it is damaged or cut short."""
+    head = _load(fh.readline(), 1)
+    if head.get("format") != FORMAT or head.get("version") != VERSION:
+        raise ManifestError("line 1 is not an xsbackup manifest header")
+    want = head.get("files")
+    n = 0
+    for n, raw in enumerate(fh, start=1):
+        row = _load(raw, n + 1)
+        try:
+            path = row["p"] if "p" in row else os.fsdecode(bytes.fromhex(row["x"]))
+            rec = Record(path, int(row["i"]), int(row["s"]), int(row["m"]), str(row["d"]))
+        except (KeyError, ValueError, TypeError):
+            raise ManifestError(f"line {n + 1} is not a manifest record") from None
+        yield rec
+    if n != want:
+        raise ManifestError(f"the header announces {want} files, the manifest lists {n}")
+
+
+def _load(raw: bytes, lineno: int) -> dict[str, Any]:
+    try:
+        row = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ManifestError(f"line {lineno} is not JSON") from None
+    if not isinstance(row, dict):
+        raise ManifestError(f"line {lineno} is not a JSON object")
+    return row
+
+
+def read(storage: Backend, client: str, volume: str, sid: str) -> list[Record] | None:
+    """Every record of the snapshot's manifest; None when it has none. ManifestError
+    when it is damaged."""
+    fh = storage.open_manifest(client, volume, sid)
+    if fh is None:
+        return None
+    with fh:
+        return list(parse(fh))
+
+
+# ---- building ----------------------------------------------------------------------------
+
+
+def reusable(storage: Backend, client: str, volume: str,
+             sid: str | None) -> dict[int, Record]:
+    """The records of snapshot ``sid``'s manifest by inode, for ``build`` to copy; empty
+    when there is no such snapshot or manifest, or it is damaged (everything is hashed)."""
+    if sid is None:
+        return {}
+    try:
+        records = read(storage, client, volume, sid)
+    except ManifestError:
+        return {}
+    return {r.inode: r for r in records or ()}
+
+
+def build(tree: Path, sid: str, files: Iterable[tuple[str, os.stat_result]],
+          previous: dict[int, Record]) -> tuple[bytes, BuildStats]:
+    """The manifest of ``tree`` (a snapshot not yet visible, which nothing else writes)
+    from its regular files ``(relative path, lstat)``: digests copied from ``previous``
+    where inode, size and mtime agree, the other files read."""
+    stats = BuildStats()
+    records = []
+    for rel, st in files:
+        old = previous.get(st.st_ino)
+        if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
+            digest = old.digest
+            stats.reused += 1
+        else:
+            digest, n = digest_at(str(tree / rel))
+            stats.hashed_files += 1
+            stats.hashed_bytes += n
+        stats.files += 1
+        records.append(Record(rel, st.st_ino, st.st_size, st.st_mtime_ns, digest))
+    return encode(sid, records), stats
