@@ -62,6 +62,7 @@ class Server:
     root: Path
     keydir: Path
     keys: dict[str, Path] = field(default_factory=dict)
+    backend: str = "hardlink"  # the storage backend of the root
 
     @property
     def store(self) -> Store:
@@ -109,12 +110,24 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Server:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Server:
+    """A state root in tmp_path, stored by the hardlink backend; parametrised indirectly
+    with a backend name (``tests.backends.BACKENDS``), on a loop-mounted filesystem for
+    that backend, recorded as ``init`` would."""
+    backend = getattr(request, "param", "hardlink")
     root = tmp_path / "state"
+    if backend != "hardlink":
+        from tests.backends import backend_root
+
+        root = backend_root(request, backend, tmp_path)
     init_root(root)
+    if backend != "hardlink":
+        from xsbackup.storage.choice import record
+
+        record(Store(root), backend)
     keydir = tmp_path / "keys"
     keydir.mkdir()
-    server = Server(root, keydir)
+    server = Server(root, keydir, backend=backend)
     server.configure("")
     # The rsh stand-in is written now, before any test starts threads: a file being
     # written while another thread forks stays open for writing in that child until it

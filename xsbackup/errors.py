@@ -160,6 +160,24 @@ class SeveralPending(XsbackupError):
     exit_code = 20
 
 
+class BackendUnavailable(XsbackupError):
+    """The storage backend cannot work here (tool missing, or the filesystem cannot)."""
+
+    exit_code = 24
+
+
+class BackendSwitchRefused(XsbackupError):
+    """The state root is stored by another backend; only xsbackup migrate converts it."""
+
+    exit_code = 25
+
+
+class MigrateFailed(XsbackupError):
+    """A migration step failed or did not verify; that snapshot was left as it was."""
+
+    exit_code = 26
+
+
 # ---- refusals of the forced command (40-59) ------------------------------------------
 
 

@@ -75,7 +75,8 @@ class HardlinkBackend:
 
     # ---- ingest ------------------------------------------------------------------------
 
-    def prepare(self, client: str, volume: str) -> IngestTarget:
+    def prepare(self, client: str, volume: str, fresh: bool = False) -> IngestTarget:
+        # Every upload gets a fresh tree here, whatever ``fresh`` says.
         vol = self.store.volume_dir(client, volume)
         for sub in ("snapshots", "incoming", "tmp"):
             (vol / sub).mkdir(parents=True, exist_ok=True)
