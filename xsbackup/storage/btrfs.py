@@ -181,6 +181,8 @@ class BtrfsBackend(MirrorBackend):
         except FileNotFoundError:
             return 0
         removed = 0
+        if notes:  # a commit wakes the cleaner now, not at the next periodic one
+            btrfs_ok("filesystem", "sync", str(self.store.root), why="wake the btrfs cleaner")
         for note in notes:
             if note.isdigit():
                 btrfs_ok("subvolume", "sync", str(self.store.root), note,
