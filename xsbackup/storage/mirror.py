@@ -81,8 +81,10 @@ class MirrorBackend(ABC):
                      "files dropped)", client, volume, dropped)
         unfinished.write_text(f"{os.getpid()} {time.time():.0f}\n")
         fsync_dir(vol)
+        # Nanosecond mtimes: at rsync's default (whole seconds) a directory whose entries
+        # changed within the second of its recorded mtime would keep the new one.
         return IngestTarget(client, volume, current,
-                            rsync_args=(f"--partial-dir={vol / PARTIAL}",))
+                            rsync_args=(f"--partial-dir={vol / PARTIAL}", "--modify-window=-1"))
 
     def complete(self, target: IngestTarget, sid: str) -> Path:
         vol = target.path.parent
