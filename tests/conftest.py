@@ -125,7 +125,12 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Server:
         from xsbackup.storage.choice import record
 
         record(Store(root), backend)
-    keydir = tmp_path / "keys"
+    return new_server(root, tmp_path / "keys", backend)
+
+
+def new_server(root: Path, keydir: Path, backend: str = "hardlink") -> Server:
+    """The ``Server`` of the initialised state root ``root``, with its keys in
+    ``keydir`` (made here) and an empty configuration."""
     keydir.mkdir()
     server = Server(root, keydir, backend=backend)
     server.configure("")

@@ -282,3 +282,46 @@ def test_missing_btrfs_progs_is_a_clear_error(tmp_path: Path,
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BackendUnavailable, match="btrfs-progs"):
         btrfs("--version", why="test")
+
+
+def test_fair_share_quota_on_btrfs(tmp_path: Path) -> None:
+    from tests.conftest import new_server
+    from xsbackup.retention import prune
+    from xsbackup.storage.choice import record
+    from xsbackup.store import Store, init_root
+
+    got = loop_mount("btrfs", 256 << 20)
+    if isinstance(got, str):
+        pytest.skip(got)
+    try:
+        root = got[1] / "state"
+        init_root(root)
+        record(Store(root), "btrfs")
+        server = new_server(root, tmp_path / "keys", "btrfs")
+        server.configure('[quota]\nsoft_quota_pct = 70\n[retention]\nkeep_within = ""\n')
+        rounds = {"SBKHEAVY001": (6, 20 << 20), "SBKMEDIUM01": (3, 10 << 20),
+                  "SBKLIGHT001": (1, 1 << 20)}
+        for serial, (n, size) in rounds.items():
+            server.add_client(serial)
+            src = tmp_path / serial
+            src.mkdir()
+            for _ in range(n):  # each round replaces the client's one big file
+                (src / "blob.bin").write_bytes(os.urandom(size))
+                r = local_push(server, serial, src)
+                assert r.returncode == 0, r.stderr
+            postprocess.run_once(server.ctx())
+        over, use = prune.over_quota(server.ctx())
+        assert over, use
+        assert server.ctx().storage.measure("SBKHEAVY001").snapshots[0].exclusive >= 20 << 20
+        report = prune.quota_trim(server.ctx())
+        assert report.quota["result"] == "under quota", report.quota
+        assert not prune.over_quota(server.ctx())[0]
+        trimmed = [i.client for i in report.items]
+        assert trimmed and set(trimmed) == {"SBKHEAVY001"}  # the heaviest, alone
+        heavy = server.store.snapshot_ids("SBKHEAVY001", VOL)
+        assert 1 <= len(heavy) < 6
+        assert [i.id for i in report.items] == sorted(i.id for i in report.items)  # oldest
+        assert server.store.latest_id("SBKHEAVY001", VOL) == heavy[-1]
+        assert len(server.store.snapshot_ids("SBKMEDIUM01", VOL)) == 3
+    finally:
+        unmount(*got)

@@ -5,7 +5,7 @@ maintenance mode is on (no transfer starts) and every client's ingest and
 post-processing locks are held (nothing else prunes or promotes); the queue must be
 empty. For each volume, its snapshots oldest first:
 
-1. ``rsync -aHX --delete --numeric-ids`` the snapshot into the volume's ``current``
+1. ``rsync -aHXX --delete --numeric-ids`` the snapshot into the volume's ``current``
    subvolume (which then holds the newest snapshot, as after a btrfs transfer; what an
    interrupted hardlink transfer left for resuming is discarded first);
 2. a read-only snapshot of ``current`` becomes ``snapshots/.<id>.btrfs`` (hidden: no
@@ -158,8 +158,8 @@ def _copy(current: Path, old: Path, new: Path, name: str) -> None:
     for extra in ((), ("--checksum",)):
         if new.exists():
             btrfs_ok("subvolume", "delete", str(new), why="migrate: drop a copy")
-        # -1: mtimes compared to the nanosecond (rsync's default is whole seconds).
-        res = procs.run(["rsync", "-aHX", "--delete", "--numeric-ids", "--modify-window=-1",
+        # -XX: rsync's own records too; -1: mtimes to the nanosecond, not the second.
+        res = procs.run(["rsync", "-aHXX", "--delete", "--numeric-ids", "--modify-window=-1",
                          *extra, f"{old}/", f"{current}/"], why="migrate a snapshot")
         if not res.ok:
             raise MigrateFailed(f"{name}: rsync: {res.first_error_line()}")

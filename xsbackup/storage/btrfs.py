@@ -210,6 +210,10 @@ class BtrfsBackend(MirrorBackend):
             pending += [vol / "incoming" / i for i in self.store.incoming_ids(client, volume)]
             pending += [p for p in (vol / "current", vol / PARTIAL) if p.is_dir()]
         paths = [p for _, p in snaps] + pending
+        # Deleted subvolumes (promoted incoming/<id>, pruned snapshots) hold their extents
+        # until the cleaner has run: until then nothing they shared would be exclusive.
+        btrfs_ok("filesystem", "sync", str(self.store.root), why="wake the btrfs cleaner")
+        btrfs_ok("subvolume", "sync", str(self.store.root), why="wait for the btrfs cleaner")
         figures, method = self._exclusive(paths)
         total = 0
         widest_shared = 0
