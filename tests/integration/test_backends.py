@@ -317,7 +317,7 @@ def test_fair_share_quota_on_btrfs(tmp_path: Path) -> None:
         assert report.quota["result"] == "under quota", report.quota
         assert not prune.over_quota(server.ctx())[0]
         trimmed = [i.client for i in report.items]
-        assert trimmed and set(trimmed) == {"SBKHEAVY001"}  # the heaviest, alone
+        assert set(trimmed) == {"SBKHEAVY001"}  # the heaviest, alone
         heavy = server.store.snapshot_ids("SBKHEAVY001", VOL)
         assert 1 <= len(heavy) < 6
         assert [i.id for i in report.items] == sorted(i.id for i in report.items)  # oldest
