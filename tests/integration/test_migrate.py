@@ -15,8 +15,8 @@ from tests.backends import backend_root
 from tests.conftest import XSBACKUP, Server, _local_rsh, local_push
 from tests.integration.test_backends import state
 from xsbackup.snapshots import postprocess
-from xsbackup.storage.btrfs import is_subvolume
 from xsbackup.snapshots.snapshot import write_facts
+from xsbackup.storage.btrfs import is_subvolume
 from xsbackup.storage.choice import recorded
 from xsbackup.storage.permissions import STAT_XATTR
 from xsbackup.store import atomic_symlink, init_root
