@@ -62,6 +62,7 @@ class Server:
     root: Path
     keydir: Path
     keys: dict[str, Path] = field(default_factory=dict)
+    backend: str = "hardlink"  # the storage backend of the root
 
     @property
     def store(self) -> Store:
@@ -109,12 +110,29 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Server:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Server:
+    """A state root in tmp_path, stored by the hardlink backend; parametrised indirectly
+    with a backend name (``tests.backends.BACKENDS``), on a loop-mounted filesystem for
+    that backend, recorded as ``init`` would."""
+    backend = getattr(request, "param", "hardlink")
     root = tmp_path / "state"
+    if backend != "hardlink":
+        from tests.backends import backend_root
+
+        root = backend_root(request, backend, tmp_path)
     init_root(root)
-    keydir = tmp_path / "keys"
+    if backend != "hardlink":
+        from xsbackup.storage.choice import record
+
+        record(Store(root), backend)
+    return new_server(root, tmp_path / "keys", backend)
+
+
+def new_server(root: Path, keydir: Path, backend: str = "hardlink") -> Server:
+    """The ``Server`` of the initialised state root ``root``, with its keys in
+    ``keydir`` (made here) and an empty configuration."""
     keydir.mkdir()
-    server = Server(root, keydir)
+    server = Server(root, keydir, backend=backend)
     server.configure("")
     # The rsh stand-in is written now, before any test starts threads: a file being
     # written while another thread forks stays open for writing in that child until it

@@ -149,14 +149,18 @@ class IngestSettings:
 
 
 # The storage backends (``xsbackup.storage``); the factory there maps each name to its class.
-STORAGE_BACKENDS = ("hardlink",)
+STORAGE_BACKENDS = ("hardlink", "btrfs", "reflink")
 
 
 @dataclass(frozen=True)
 class StorageSettings:
-    backend: str = _key("hardlink", "how snapshots are stored: hardlink (one tree per "
-                        "snapshot, unchanged files hardlinked to the previous one)",
-                        choices=STORAGE_BACKENDS)
+    backend: str = _key("auto", "how snapshots are stored: hardlink (one tree per "
+                        "snapshot, unchanged files hardlinked to the previous one), btrfs "
+                        "(read-only subvolume snapshots), reflink (copy-on-write copies, "
+                        "XFS); auto: what xsbackup init chose and recorded in the state "
+                        "root (a root without a record is hardlink). Naming another "
+                        "backend than the recorded one is refused",
+                        choices=("auto", *STORAGE_BACKENDS))
     root_group: str = _key("", "group that may read the state root (init makes it 0750, "
                            "owned by this group); empty: the service account only (0700)")
 

@@ -15,6 +15,7 @@ from xsbackup.clients.registry import Registry
 from xsbackup.config import Settings
 from xsbackup.storage import open_backend
 from xsbackup.storage.base import Backend
+from xsbackup.storage.choice import effective
 from xsbackup.store import Store
 
 
@@ -34,5 +35,6 @@ class Context:
 
     @property
     def storage(self) -> Backend:
-        """The configured storage backend (``storage.backend``) of this state root."""
-        return open_backend(self.settings.storage.backend, self.store)
+        """The storage backend recorded in this state root (``storage.choice``), checked
+        against ``storage.backend``."""
+        return open_backend(effective(self.store, self.settings.storage.backend), self.store)

@@ -175,6 +175,27 @@ class StructureProblems(XsbackupError):
     exit_code = 22
 
 
+# ---- storage backends (24-27) ---------------------------------------------------------
+
+
+class BackendUnavailable(XsbackupError):
+    """The storage backend cannot work here (tool missing, or the filesystem cannot)."""
+
+    exit_code = 24
+
+
+class BackendSwitchRefused(XsbackupError):
+    """The state root is stored by another backend; only xsbackup migrate converts it."""
+
+    exit_code = 25
+
+
+class MigrateFailed(XsbackupError):
+    """A migration step failed or did not verify; that snapshot was left as it was."""
+
+    exit_code = 26
+
+
 # ---- refusals of the forced command (40-59) ------------------------------------------
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.backends import BACKENDS
 from tests.conftest import Server, Sshd
 from tests.integration.test_sshserver import embedded  # noqa: F401 - fixture
 from xsbackup.context import Context
@@ -93,6 +94,7 @@ def push(server: Server, sshd: Sshd, serial: str, src: Path, volume: str) -> Non
     postprocess.run_once(server.ctx())
 
 
+@pytest.mark.parametrize("server", BACKENDS, indirect=True)
 def test_round_trip_rsync_and_ssh_archive(server: Server, embedded: Sshd,  # noqa: F811
                                           tmp_path: Path) -> None:
     key = server.add_client(SN)

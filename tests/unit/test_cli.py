@@ -115,6 +115,7 @@ def test_config_json_shows_the_effective_settings(server: Server,
     assert (values["admission.slots"], values["admission.max_load"]) == (3, 2.5)
     assert values["postprocess.cjson_patterns"] == ["*.x"]
     expected = config.load(server.root).flat()
+    assert values.pop("storage.recorded_backend") == "hardlink"
     assert {k: v for k, v in values.items() if k not in ("root", "config_file")} == expected
     text = server.cli("config").stdout.splitlines()
     assert "admission.slots = 3" in text

@@ -162,13 +162,13 @@ def test_measure_after_the_round_trip(backend: Backend, tmp_path: Path) -> None:
 
 def test_the_factory_and_the_setting(tmp_path: Path) -> None:
     settings = config.load(tmp_path, environ={})
-    assert settings.storage.backend == "hardlink"
+    assert settings.storage.backend == "auto"  # the root's record; none: hardlink
     ctx = Context.open(settings, require=False)
     info = ctx.storage.describe()
     assert info.name == "hardlink"
     assert DEDUP_FILES in info.capabilities
     assert isinstance(open_backend("hardlink", Store(tmp_path)), HardlinkBackend)
     with pytest.raises(ConfigError, match=r"storage\.backend"):
-        open_backend("btrfs", Store(tmp_path))
-    with pytest.raises(ConfigError, match="must be one of hardlink"):
+        open_backend("zfs", Store(tmp_path))
+    with pytest.raises(ConfigError, match="must be one of auto, hardlink"):
         config.load(tmp_path, environ={"XSBACKUP_STORAGE_BACKEND": "zfs"})

@@ -50,9 +50,18 @@ def config_cmd(inv: Invocation, defaults: bool, as_json: bool) -> None:
         return
     settings = inv.settings()
     values = {"root": str(settings.root), "config_file": str(settings.config_file or ""),
-              **settings.flat()}
+              **settings.flat(), "storage.recorded_backend": _recorded_backend(settings)}
     if as_json:
         emit_json(values)
         return
     for k, v in values.items():
         click.echo(f"{k} = {v!r}")
+
+
+def _recorded_backend(settings: config_mod.Settings) -> str:
+    """The backend the state root records (``storage.choice``); "" when it is not one."""
+    from xsbackup.storage.choice import LEGACY, recorded
+    from xsbackup.store import Store
+
+    store = Store(settings.root)
+    return (recorded(store) or LEGACY) if store.is_initialised() else ""

@@ -14,25 +14,34 @@ from xsbackup.cli._common import (
     size_text,
     with_context,
 )
+from xsbackup.config import STORAGE_BACKENDS
 from xsbackup.context import Context
 
 
 @click.command()
+@click.option("--backend", type=click.Choice(["auto", *STORAGE_BACKENDS]), default=None,
+              help="How snapshots are stored (default: storage.backend, auto). auto: btrfs "
+              "when the root is on btrfs and subvolumes can be made there, reflink when "
+              "the filesystem clones files, else hardlink. Recorded in the root; a root "
+              "holding snapshots keeps its backend (exit 25; see xsbackup migrate).")
 @pass_invocation
-def init(inv: Invocation) -> None:
-    """Create the state root layout, check that user xattrs work there, and close it to
-    other users: the root becomes 0700 (0750 with storage.root_group), and stored files
-    and directories of an existing root lose group and world write."""
+def init(inv: Invocation, backend: str | None) -> None:
+    """Create the state root layout, check that user xattrs work there, choose and record
+    the storage backend, and close the root to other users: it becomes 0700 (0750 with
+    storage.root_group), and stored files and directories of an existing root lose group
+    and world write."""
+    from xsbackup.storage.choice import choose
     from xsbackup.storage.permissions import tighten_tree
     from xsbackup.store import init_root, iter_clients
 
     settings = inv.settings()
     group = settings.storage.root_group
     store = init_root(settings.root, group)
+    chosen = choose(store, backend or settings.storage.backend)
     changed = sum(tighten_tree(str(store.client_dir(c) / "volumes"))
                   for c in iter_clients(store))
     mode = "0750, group " + group if group else "0700"
-    click.echo(f"initialised {settings.root} (mode {mode}"
+    click.echo(f"initialised {settings.root} (mode {mode}, storage backend {chosen}"
                + (f"; {changed} stored items lost group or world write)" if changed else ")"))
 
 @click.command("ssh-command")

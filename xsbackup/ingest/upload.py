@@ -163,7 +163,8 @@ def run_upload(ctx: Context, client: str, req: Request, clock: Clock = utcnow,
         hook_env = {"XSBACKUP_CLIENT": client, "XSBACKUP_VOLUME": req.volume,
                     "XSBACKUP_REMOTE": remote}
         hooks.veto("pre-ingest", settings, hook_env)
-        with ctx.storage.prepare(client, req.volume) as target:
+        deletes = any(o.startswith("--delete") for o in req.options)
+        with ctx.storage.prepare(client, req.volume, fresh=not deletes) as target:
             argv = [settings.ingest.rsync, "--server", *_server_opts(settings, req),
                     "--fake-super", DROP_OWN_XATTRS,
                     f"--confine-root={store.client_dir(client)}",

@@ -1,6 +1,6 @@
 """Storage backends: the one place that knows how a snapshot is made, promoted, deleted
-and measured (``base.Backend``). ``open_backend`` picks one by ``storage.backend``;
-``Context.storage`` is the usual way in. Only ``hardlink`` exists today."""
+and measured (``base.Backend``). ``open_backend`` picks one by name; ``Context.storage``
+is the usual way in, and gives the backend recorded in the state root (``choice``)."""
 
 from __future__ import annotations
 
@@ -16,5 +16,13 @@ def open_backend(name: str, store: Store) -> Backend:
         from xsbackup.storage.hardlink import HardlinkBackend
 
         return HardlinkBackend(store)
+    if name == "btrfs":
+        from xsbackup.storage.btrfs import BtrfsBackend
+
+        return BtrfsBackend(store)
+    if name == "reflink":
+        from xsbackup.storage.reflink import ReflinkBackend
+
+        return ReflinkBackend(store)
     raise ConfigError(f"storage.backend: must be one of {', '.join(STORAGE_BACKENDS)}, "
                       f"got {name!r}")

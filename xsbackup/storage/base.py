@@ -97,6 +97,7 @@ class ClientUsage:
     snapshots: list[SnapshotUsage] = field(default_factory=list)
     pending: int = 0      # what only its transfers not yet snapshots hold: waiting in
                           # incoming/, running, or interrupted and kept for resuming
+    method: str = "walk"  # how exclusive bytes were measured (btrfs: qgroups or du)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +106,7 @@ class ClientUsage:
     def from_dict(cls, data: dict[str, Any]) -> ClientUsage:
         snaps = [SnapshotUsage(**s) for s in data.get("snapshots", [])]
         return cls(data["client"], data.get("total", 0), data.get("apparent", 0), snaps,
-                   data.get("pending", 0))
+                   data.get("pending", 0), data.get("method", "walk"))
 
     def exclusive_of(self, volume: str, sid: str) -> int:
         for s in self.snapshots:
@@ -121,9 +122,11 @@ class Backend(Protocol):
     def describe(self) -> BackendInfo:
         """Name, one-line summary and capabilities."""
 
-    def prepare(self, client: str, volume: str) -> IngestTarget:
+    def prepare(self, client: str, volume: str, fresh: bool = False) -> IngestTarget:
         """Make the volume's ``current/`` ready for a new upload (the caller holds the
-        client's ingest lock) and say what rsync needs to write into it."""
+        client's ingest lock) and say what rsync needs to write into it. ``fresh``: the
+        client does not delete what it no longer has, so the snapshot must hold only
+        what this upload sends (a backend that updates a tree in place starts empty)."""
 
     def complete(self, target: IngestTarget, sid: str) -> Path:
         """The upload succeeded: ``current/`` becomes ``incoming/<sid>``, durably.

@@ -38,10 +38,8 @@ change (ctime) of those four; ``discard_partial`` deletes them, never ``incoming
 
 **Measure** is a hardlink-aware ``du`` (``hardlink_du``).
 
-**Manifests** are files ``manifests/<id>.jsonl`` in the volume directory, beside
-``snapshots/``: written atomically with ``store.atomic_write`` at mode 0444 and never
-edited. ``delete`` unlinks a snapshot's manifest right after moving the snapshot into
-``trash/``.
+**Manifests** are ``manifests.ManifestFiles``'. ``delete`` unlinks a snapshot's
+manifest right after moving the snapshot into ``trash/``.
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import BinaryIO
 
 from xsbackup import procs
 from xsbackup.crashpoints import crash
@@ -69,27 +66,22 @@ from xsbackup.storage.base import (
     MeasureProgress,
     Progress,
 )
+from xsbackup.storage.manifests import ManifestFiles
 from xsbackup.store import (
-    SNAPSHOT_RE,
     Store,
     atomic_symlink,
-    atomic_write,
-    check_snapshot_id,
     fsync_dir,
     snapshot_sort_key,
 )
 
 NAME = "hardlink"
-MANIFESTS = "manifests"       # the volume's directory of content manifests
-MANIFEST_SUFFIX = ".jsonl"
-MANIFEST_MODE = 0o444
 
 
 def _open_dir(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
-class HardlinkBackend:
+class HardlinkBackend(ManifestFiles):
     def __init__(self, store: Store) -> None:
         self.store = store
 
@@ -100,7 +92,8 @@ class HardlinkBackend:
 
     # ---- ingest ------------------------------------------------------------------------
 
-    def prepare(self, client: str, volume: str) -> IngestTarget:
+    def prepare(self, client: str, volume: str, fresh: bool = False) -> IngestTarget:
+        # Every upload gets a fresh tree here, whatever ``fresh`` says.
         vol = self.store.volume_dir(client, volume)
         for sub in ("snapshots", "incoming"):
             (vol / sub).mkdir(parents=True, exist_ok=True)
@@ -232,7 +225,7 @@ class HardlinkBackend:
             os.close(fd)
         fsync_dir(snapshots)
         crash("prune-after-rename")
-        self._manifest(client, volume, sid).unlink(missing_ok=True)
+        self._forget_manifest(client, volume, sid)
         return ""
 
     def purge(self, progress: Progress | None = None) -> int:
@@ -272,34 +265,6 @@ class HardlinkBackend:
             path.rmdir()
             count()
         return removed
-
-    # ---- content manifests -------------------------------------------------------------
-
-    def _manifest(self, client: str, volume: str, sid: str) -> Path:
-        return (self.store.volume_dir(client, volume) / MANIFESTS /
-                f"{check_snapshot_id(sid)}{MANIFEST_SUFFIX}")
-
-    def write_manifest(self, client: str, volume: str, sid: str, data: bytes) -> None:
-        path = self._manifest(client, volume, sid)
-        path.parent.mkdir(exist_ok=True)
-        atomic_write(path, data, mode=MANIFEST_MODE)
-        os.chmod(path, MANIFEST_MODE)  # whatever the umask took away, never more
-
-    def open_manifest(self, client: str, volume: str, sid: str) -> BinaryIO | None:
-        try:
-            fd = os.open(self._manifest(client, volume, sid),
-                         os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        return os.fdopen(fd, "rb")
-
-    def manifest_ids(self, client: str, volume: str) -> list[str]:
-        try:
-            names = os.listdir(self.store.volume_dir(client, volume) / MANIFESTS)
-        except FileNotFoundError:
-            return []
-        ids = [n[:-len(MANIFEST_SUFFIX)] for n in names if n.endswith(MANIFEST_SUFFIX)]
-        return sorted((i for i in ids if SNAPSHOT_RE.fullmatch(i)), key=snapshot_sort_key)
 
     # ---- usage -------------------------------------------------------------------------
 

@@ -27,11 +27,12 @@ STAT_XATTR = "user.rsync.%stat"
 LOOSE = 0o022  # group and world write
 
 
-def tighten(path: str, st: os.stat_result) -> bool:
-    """Take group and world write away from the stored item ``path`` whose ``lstat`` is
-    ``st``, keeping its client mode in rsync's record. Returns whether it changed."""
+def tighten(path: str, st: os.stat_result, loose: int = LOOSE) -> bool:
+    """Take group and world write (the bits ``loose``) away from the stored item ``path``
+    whose ``lstat`` is ``st``, keeping its client mode in rsync's record. Returns whether
+    it changed."""
     mode = stat.S_IMODE(st.st_mode)
-    if not mode & LOOSE or stat.S_ISLNK(st.st_mode):
+    if not mode & loose or stat.S_ISLNK(st.st_mode):
         return False
     try:
         os.getxattr(path, STAT_XATTR, follow_symlinks=False)
@@ -42,7 +43,7 @@ def tighten(path: str, st: os.stat_result) -> bool:
         # would write for them before the stored mode stops saying so.
         record = f"{st.st_mode:o} 0,0 {st.st_uid}:{st.st_gid}"
         os.setxattr(path, STAT_XATTR, record.encode(), follow_symlinks=False)
-    os.chmod(path, mode & ~LOOSE)
+    os.chmod(path, mode & ~loose)
     return True
 
 
