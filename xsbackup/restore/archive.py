@@ -16,6 +16,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import stat
+import struct
 import tarfile
 import time
 import zipfile
@@ -252,6 +253,10 @@ def zip_items(items: Iterable[Item], out: IO[bytes], prefix: str = "", level: in
             zi = _RawNameZipInfo(name, date_time=stamp)
             zi.external_attr = (item.mode & 0xFFFF) << 16
             zi.create_system = 3  # Unix, so modes and symlinks are honoured
+            # Info-ZIP's extended timestamp: the exact second in UTC (the DOS time above
+            # is local time in steps of two seconds).
+            zi.extra = struct.pack("<HHBl", 0x5455, 5, 1,
+                                   max(min(int(item.st.st_mtime), 2**31 - 1), -2**31))
             if kind == stat.S_IFDIR:
                 zi.external_attr |= 0x10
                 zf.writestr(zi, b"")
