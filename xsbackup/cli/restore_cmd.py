@@ -13,7 +13,7 @@ from xsbackup.errors import XsbackupError
 
 @click.group()
 def restore() -> None:
-    """Plan a restore, or stream a snapshot as an archive."""
+    """Plan a restore, stream a snapshot as an archive, or hand out the restore kit."""
 
 @restore.command("plan")
 @click.argument("serial")
@@ -68,3 +68,24 @@ def restore_archive(ctx: Context, serial: str, path: str,
     out = sys.stdout.buffer
     core.write_archive(ctx.store, serial, vol, sid, path, fmt, out)
     out.flush()
+
+
+@restore.command("kit")
+@click.option("--json", "as_json", is_flag=True,
+              help="Describe the kit (name, size, sha256) instead of writing it.")
+def restore_kit(as_json: bool) -> None:
+    """Write the bare-device restore kit to stdout: xsbackup restore kit > xsrestore.py
+
+    The same stdlib-only script GET /restore/kit serves; run it on the device with
+    python3 xsrestore.py --help."""
+    import hashlib
+
+    from xsbackup.restore.downloads import kit
+
+    body = kit()
+    if as_json:
+        emit_json({"name": "xsrestore.py", "size": len(body),
+                   "sha256": hashlib.sha256(body).hexdigest()})
+        return
+    sys.stdout.buffer.write(body)
+    sys.stdout.flush()
