@@ -143,7 +143,13 @@ def restore_push(ctx: Context, serial: str | None, to: str | None, hosts_from: P
         devices = [(serial, core.parse_target(to))]
     else:
         raise click.UsageError("give SERIAL --to [user@]HOST[:port], or --hosts-from FILE")
-    opts = core.Options(volumes, at, dest, identity, host_keys, known_hosts, parallel)
+    from xsbackup import procs
+    from xsbackup.clients.keys import xsbackup_executable
+
+    cfg = ctx.settings.config_file
+    opts = core.Options(volumes, at, dest, identity, host_keys, known_hosts, parallel,
+                        (xsbackup_executable(), "--root", str(ctx.settings.root)),
+                        procs.environment({"XSBACKUP_CONFIG": str(cfg)} if cfg else None))
     store = ctx.store.require()
     total = core.total_bytes(store, devices, opts)
     if sys.stderr.isatty() and not as_json:

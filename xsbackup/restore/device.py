@@ -26,17 +26,18 @@ stops the others, and each gets its outcome.
 from __future__ import annotations
 
 import contextlib
-import io
+import fcntl
 import os
 import shlex
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import IO, Any, cast
 
 import paramiko
 from fabric import Connection, ThreadingGroup  # type: ignore[import-untyped]
 from fabric.exceptions import GroupException  # type: ignore[import-untyped]
 
+from xsbackup import procs
 from xsbackup.errors import (
     DeviceFull,
     DeviceUnreachable,
@@ -46,8 +47,7 @@ from xsbackup.errors import (
     XsbackupError,
 )
 from xsbackup.logs import LOG
-from xsbackup.restore.access import OpenSnapshot
-from xsbackup.restore.archive import manifest, tar_items, walk
+from xsbackup.restore.archive import manifest
 from xsbackup.restore.push import (
     AFTER,
     HOST_KEY_POLICIES,
@@ -61,10 +61,8 @@ from xsbackup.restore.push import (
 )
 from xsbackup.store import Store
 
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
-
 SEND_BUFFER = 1 << 20
+F_SETPIPE_SZ = 1031  # Linux: a bigger pipe from the archiver, so reads come in big pieces
 CONNECT_TIMEOUT = 20
 
 
@@ -124,16 +122,16 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
                   for p in pieces]
         self._check_space(pieces, places)
         for piece, place in zip(pieces, places, strict=True):
-            files = self._send(piece, place, root)
+            self._send(piece, place, root)
             self._verify(piece, place, root)
-            out.files += files
+            out.files += piece.files
             out.bytes += piece.bytes
             out.volumes.append({"volume": piece.volume, "snapshot": piece.snapshot,
                                 "dest": place})
             if piece.volume in AFTER:
                 out.notes.append(f"{self.target}: {AFTER[piece.volume]}")
             LOG.info("client=%s volume=%s snapshot=%s pushed to %s:%s (%d items)",
-                     self.serial, piece.volume, piece.snapshot, self.target, place, files)
+                     self.serial, piece.volume, piece.snapshot, self.target, place, piece.files)
 
     def _check_space(self, pieces: list[Piece], places: list[str]) -> None:
         script = "; ".join(
@@ -154,27 +152,44 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
                 raise DeviceFull(f"{self.target}: not enough space at {place}: "
                                  f"{mib(needs[mount])} needed, {mib(free[mount])} free")
 
-    def _send(self, piece: Piece, place: str, root: bool) -> int:
+    def _send(self, piece: Piece, place: str, root: bool) -> None:
+        """The snapshot as a tar into ``tar -x`` on the device. The tar is written by a
+        child (``xsbackup restore archive``), so making it and encrypting it for the
+        channel run on two cores."""
         owners = " --same-owner --numeric-owner" if root else ""
         q = shlex.quote(place)
-        command = f"mkdir -p -- {q} && exec tar -x -p{owners} -f - -C {q}"
-        chan = self._channel(command)
+        chan = self._channel(f"mkdir -p -- {q} && exec tar -x -p{owners} -f - -C {q}")
+        archiver = procs.spawn(
+            [*self.opts.archiver, "restore", "archive", self.serial, "--volume", piece.volume,
+             "--at", piece.snapshot], why=f"the tar of {self.serial} for {self.target}",
+            env=self.opts.archiver_env, stdout=procs.PIPE, stderr=procs.PIPE)
+        stream = cast("IO[bytes]", archiver.stdout).fileno()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(stream, F_SETPIPE_SZ, SEND_BUFFER)
+        sent = True
         try:
-            sink = io.BufferedWriter(_ChannelWriter(chan, self.progress), SEND_BUFFER)
-            with OpenSnapshot(self.store, self.serial, piece.volume, piece.snapshot) as snap:
-                count = tar_items(walk(snap.fd), sink)
-            sink.flush()
+            while chunk := os.read(stream, SEND_BUFFER):
+                chan.sendall(chunk)
+                self.progress(len(chunk))
         except (OSError, EOFError, paramiko.SSHException):
-            count = -1  # the device stopped reading: its tar says why
+            sent = False  # the device stopped reading: its tar says why
+        finally:
+            if procs.wait(archiver, 0) is None:
+                procs.stop(archiver)
+            made = _drain(archiver.stderr)
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
             chan.shutdown_write()
         status, err = chan.recv_exit_status(), _drain(chan.makefile_stderr("rb"))
         chan.close()
-        if status != 0 or count < 0:
+        if sent and archiver.returncode != 0:
+            why = made.decode("utf-8", "replace").strip().splitlines()
+            raise DeviceWriteFailed(f"{self.target}: the archive of {piece.volume}/"
+                                    f"{piece.snapshot} failed: "
+                                    f"{why[-1] if why else archiver.returncode}")
+        if status != 0 or not sent:
             why = err.decode("utf-8", "replace").strip().splitlines()
             raise DeviceWriteFailed(f"{self.target}: writing {place} failed: "
                                     f"{why[-1] if why else f'exit status {status}'}")
-        return count
 
     def _verify(self, piece: Piece, place: str, root: bool) -> None:
         """The device's tree against the snapshot's manifest."""
@@ -241,29 +256,23 @@ def _differs(entry: dict[str, Any], got: tuple[str, int, int, int, bytes] | None
     return ""
 
 
-class _ChannelWriter(io.RawIOBase):
-    def __init__(self, chan: paramiko.Channel, progress: Progress) -> None:
-        super().__init__()
-        self.chan, self.progress = chan, progress
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: ReadableBuffer) -> int:
-        chunk = bytes(data)
-        self.chan.sendall(chunk)
-        self.progress(len(chunk))
-        return len(chunk)
-
-
 def _drain(stream: Any) -> bytes:
     with stream:
         return bytes(stream.read())
 
 
+class _Unchecked(paramiko.MissingHostKeyPolicy):
+    """``--host-keys ignore``: any host key is taken (a line in the log, not a warning)."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        LOG.info("restore push: %s's host key %s not checked (--host-keys ignore)",
+                 hostname, key.fingerprint)
+
+
 def _host_key_policy(client: paramiko.SSHClient, opts: Options) -> None:
     if opts.host_keys == "ignore":
-        client.set_missing_host_key_policy(paramiko.WarningPolicy())
+        client.set_missing_host_key_policy(_Unchecked())
         return
     if opts.known_hosts is not None and opts.known_hosts.exists():
         client.load_host_keys(str(opts.known_hosts))

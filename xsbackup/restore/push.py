@@ -151,6 +151,8 @@ class Options:
     host_keys: str = "accept-new"
     known_hosts: Path | None = None
     parallel: int = 4
+    archiver: tuple[str, ...] = ("xsbackup",)  # ``xsbackup --root R``: writes the tar
+    archiver_env: dict[str, str] | None = None
 
 
 def mib(n: int) -> str:
