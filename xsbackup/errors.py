@@ -358,6 +358,30 @@ class ServerError(XsbackupError):
     exit_code = 59
 
 
+class PushFailed(XsbackupError):
+    """A restore push failed on one or more devices (the summary names them)."""
+
+    exit_code = 65
+
+
+class DeviceUnreachable(PushFailed):
+    """The device could not be reached, or refused the login or its host key."""
+
+    exit_code = 66
+
+
+class DeviceFull(PushFailed):
+    """The device has not enough free space for the snapshot."""
+
+    exit_code = 67
+
+
+class DeviceWriteFailed(PushFailed):
+    """Writing the data on the device, or verifying it there, failed."""
+
+    exit_code = 68
+
+
 def all_errors() -> list[type[XsbackupError]]:
     """One class per exit code, ordered by code, for documentation.
 

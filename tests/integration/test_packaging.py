@@ -150,3 +150,25 @@ def test_installed_serve_hands_out_the_kit(installed: Installed, tmp_path: Path)
     assert status == 200
     assert body == (REPO / "restore" / "xsrestore.py").read_bytes()
     assert code == 0
+    kit = tmp_path / "xsrestore.py"
+    kit.write_bytes(body)
+    r = subprocess.run([sys.executable, str(kit), "--help"], capture_output=True, text=True,
+                       cwd=installed.cwd, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout
+
+
+def test_installed_restore_kit_command(installed: Installed, tmp_path: Path) -> None:
+    """``xsbackup restore kit > xsrestore.py`` from the installed copy: no state root,
+    no source tree, and the file runs."""
+    kit = tmp_path / "xsrestore.py"
+    with kit.open("wb") as out:
+        r = subprocess.run([installed.xsbackup, "--root", str(tmp_path / "none"), "restore",
+                            "kit"], stdout=out, stderr=subprocess.PIPE, text=True,
+                           env=installed.env, cwd=installed.cwd, check=False)
+    assert r.returncode == 0, r.stderr
+    assert kit.read_bytes() == (REPO / "restore" / "xsrestore.py").read_bytes()
+    r = subprocess.run([sys.executable, str(kit), "--help"], capture_output=True, text=True,
+                       cwd=installed.cwd, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout

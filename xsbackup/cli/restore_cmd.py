@@ -1,19 +1,22 @@
-"""``xsbackup restore``: restore plans and archive streams."""
+"""``xsbackup restore``: restore plans, archive streams, the restore kit and pushes to
+devices."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from xsbackup.cli._common import emit_json, size_text, with_context
 from xsbackup.context import Context
 from xsbackup.errors import XsbackupError
+from xsbackup.restore.push import HOST_KEY_POLICIES
 
 
 @click.group()
 def restore() -> None:
-    """Plan a restore, or stream a snapshot as an archive."""
+    """Plan a restore, stream a snapshot as an archive, or hand out the restore kit."""
 
 @restore.command("plan")
 @click.argument("serial")
@@ -68,3 +71,106 @@ def restore_archive(ctx: Context, serial: str, path: str,
     out = sys.stdout.buffer
     core.write_archive(ctx.store, serial, vol, sid, path, fmt, out)
     out.flush()
+
+
+@restore.command("kit")
+@click.option("--json", "as_json", is_flag=True,
+              help="Describe the kit (name, size, sha256) instead of writing it.")
+def restore_kit(as_json: bool) -> None:
+    """Write the bare-device restore kit to stdout: xsbackup restore kit > xsrestore.py
+
+    The same stdlib-only script GET /restore/kit serves; run it on the device with
+    python3 xsrestore.py --help."""
+    import hashlib
+
+    from xsbackup.restore.downloads import kit
+
+    body = kit()
+    if as_json:
+        emit_json({"name": "xsrestore.py", "size": len(body),
+                   "sha256": hashlib.sha256(body).hexdigest()})
+        return
+    sys.stdout.buffer.write(body)
+    sys.stdout.flush()
+
+
+@restore.command("push")
+@click.argument("serial", required=False)
+@click.option("--to", "to", metavar="[USER@]HOST[:PORT]", help="The device to restore.")
+@click.option("--hosts-from", "hosts_from", type=click.Path(dir_okay=False, path_type=Path),
+              help="A classroom: one 'SERIAL [user@]host[:port]' per line.")
+@click.option("--volume", "volumes", multiple=True,
+              help="A volume to push (repeatable; default: datastore and documents, or "
+                   "every volume with --dest).")
+@click.option("--at", help="A snapshot id, or an ISO time: the newest snapshot at or before.")
+@click.option("--dest", metavar="PATH", help="Where on the device (DEST/VOLUME for several "
+              "volumes; relative: below the user's home). Default: the volume's place on "
+              "an XO.")
+@click.option("--parallel", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Devices transferring at once.")
+@click.option("-i", "--identity", "identity", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Private key for the device login (default: the agent and ~/.ssh keys).")
+@click.option("--host-keys", type=click.Choice(HOST_KEY_POLICIES), default="accept-new",
+              show_default=True, help="strict: known hosts only; accept-new: remember new "
+              "hosts, refuse changed keys; ignore: no checking (reflashed devices).")
+@click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("~/.ssh/known_hosts").expanduser(), show_default=True,
+              help="The known-hosts file for strict and accept-new.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@with_context
+def restore_push(ctx: Context, serial: str | None, to: str | None, hosts_from: Path | None,
+                 volumes: tuple[str, ...], at: str | None, dest: str | None, parallel: int,
+                 identity: tuple[str, ...], host_keys: str, known_hosts: Path,
+                 as_json: bool) -> None:
+    """Put SERIAL's snapshots back onto a reflashed device over SSH (fabric):
+
+    xsbackup restore push SN --to olpc@xo-12.local
+
+    Checks free space first, streams each volume (tar over the SSH channel, modes and
+    owners from the snapshot), verifies it against the manifest, and prints one row per
+    device. --hosts-from FILE restores a classroom, --parallel devices at a time; one
+    failing device does not stop the others."""
+    from xsbackup.errors import DeviceFull, DeviceUnreachable, DeviceWriteFailed, PushFailed
+    from xsbackup.restore import device
+    from xsbackup.restore import push as core
+
+    if hosts_from is not None:
+        if serial or to:
+            raise click.UsageError("give either SERIAL --to HOST or --hosts-from FILE")
+        devices = core.read_hosts(hosts_from)
+    elif serial and to:
+        devices = [(serial, core.parse_target(to))]
+    else:
+        raise click.UsageError("give SERIAL --to [user@]HOST[:port], or --hosts-from FILE")
+    from xsbackup import procs
+    from xsbackup.clients.keys import xsbackup_executable
+
+    cfg = ctx.settings.config_file
+    opts = core.Options(volumes, at, dest, identity, host_keys, known_hosts, parallel,
+                        (xsbackup_executable(), "--root", str(ctx.settings.root)),
+                        procs.environment({"XSBACKUP_CONFIG": str(cfg)} if cfg else None))
+    store = ctx.store.require()
+    total = core.total_bytes(store, devices, opts)
+    if sys.stderr.isatty() and not as_json:
+        with click.progressbar(length=max(total, 1), label="restoring", file=sys.stderr,
+                               show_eta=True) as bar:
+            outcomes = device.push(store, devices, opts, bar.update)
+    else:
+        outcomes = device.push(store, devices, opts, lambda n: None)
+    if as_json:
+        emit_json([o.as_dict() for o in outcomes])
+    else:
+        table = list(core.rows(outcomes))
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+        for row in table:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
+                       + "  " + row[-1])
+        for note in (n for o in outcomes if o.ok for n in o.notes):
+            click.echo(f"then: {note}")
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        kinds = {c.exit_code: c for c in (DeviceUnreachable, DeviceFull, DeviceWriteFailed)}
+        kind = kinds.get(failed[0].code, PushFailed) if len(outcomes) == 1 else PushFailed
+        raise kind(f"{len(failed)} of {len(outcomes)} devices failed: "
+                   + "; ".join(f"{o.serial}: {o.error}" for o in failed))

@@ -3,7 +3,8 @@
 Threat model. The string comes from an authenticated but untrusted client. Whatever it
 says, the result must be one of: a connectivity check, an rsync upload into one of the
 client's own volume roots, an rsync download from one of its own snapshots, a named
-xsbackup verb, or a ``RequestRefused`` naming what was wrong. In particular:
+xsbackup verb, git's ``git-upload-archive`` for one of its volumes (``restore.gitarchive``
+checks its arguments), or a ``RequestRefused`` naming what was wrong. In particular:
 
 * no shell ever sees the string: it is split with rrsync's own tokeniser (backslash
   escapes only, as rsync's client writes them), and the first two words must be exactly
@@ -97,7 +98,8 @@ VERB_ARGS: dict[str, int] = {"diff": 2, "find": 1}
 
 @dataclass(frozen=True)
 class Request:
-    """A validated request. ``kind`` is true, upload, completion, download or verb."""
+    """A validated request. ``kind`` is true, upload, completion, download, verb or
+    gitarchive."""
 
     kind: str
     options: tuple[str, ...] = ()
@@ -131,6 +133,8 @@ def parse(command: str | None, client: str) -> Request:
         raise refuse("empty command; this account only accepts rsync")
     if command.strip() == "true":
         return Request("true")
+    if is_git_archive(command):
+        return _git_archive(command)
     words = tokenize(command)
     if not words:
         raise refuse("empty command; this account only accepts rsync")
@@ -260,6 +264,34 @@ def _verb(words: list[str]) -> Request:
         _components(path)
     return Request("verb", verb=name, verb_opts=tuple(opts), verb_path=path,
                    verb_args=tuple(args), source=given.get("--from", ""))
+
+
+_GIT_ARCHIVE_RE = re.compile(r"git[- ]upload-archive +('?)(/?[A-Za-z0-9._/-]*)\1")
+
+
+def is_git_archive(command: str | None) -> bool:
+    """Whether the command is git's ``git-upload-archive '<path>'`` (``git archive
+    --remote``): its refusals are answered in git's protocol."""
+    return command is not None and command.lstrip().startswith(
+        ("git-upload-archive", "git upload-archive"))
+
+
+def _git_archive(command: str) -> Request:
+    """``git-upload-archive '/VOLUME'`` or ``'/clients/SN/VOLUME'`` (an aliased client's);
+    ``'/'``: the client's only volume. git quotes the path in single quotes."""
+    m = _GIT_ARCHIVE_RE.fullmatch(command.strip())
+    if m is None:
+        raise refuse("git-upload-archive takes one repository path: /VOLUME")
+    parts, _ = _components(m.group(2))
+    source = ""
+    if parts[:1] == ["clients"]:
+        if len(parts) < 2 or not CLIENT_RE.fullmatch(parts[1]):
+            raise refuse("/clients/<serial>/<volume> names an aliased client's volume")
+        source, parts = parts[1], parts[2:]
+    if len(parts) > 1 or (parts and not VOLUME_RE.fullmatch(parts[0])):
+        raise refuse(f"{m.group(2)[:80]!r} is not a volume: use /VOLUME, for example "
+                     "/documents")
+    return Request("gitarchive", volume=parts[0] if parts else "", source=source)
 
 
 def _components(path: str) -> tuple[list[str], bool]:

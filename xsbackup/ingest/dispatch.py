@@ -77,9 +77,21 @@ def run(ctx: Context, client: str, environ: Mapping[str, str] | None = None,
                       (command or "")[:300])
         error = ServerError(f"server error: {e.message}" if isinstance(e, XsbackupError) else
                             "server error; the administrator can find it in the log")
-    err.write(f"xsbackup: {error.message}\n")
-    err.flush()
+    if rsyncargs.is_git_archive(command):  # git prints "fatal: git archive: NACK <why>"
+        from xsbackup.restore.gitarchive import pkt
+
+        _write_stdout(pkt(f"NACK {error.message}\n".encode()))
+    else:
+        err.write(f"xsbackup: {error.message}\n")
+        err.flush()
     return error.exit_code
+
+
+def _write_stdout(data: bytes) -> None:
+    view = memoryview(data)
+    with contextlib.suppress(OSError):
+        while view:
+            view = view[os.write(sys.stdout.fileno(), view):]
 
 
 def _dispatch(ctx: Context, client: str, command: str | None, remote: str) -> int:
@@ -124,7 +136,26 @@ def _serve(ctx: Context, client: str, req: rsyncargs.Request, remote: str) -> in
 
             source = check_readable(ctx.registry, client, req.source)
         return ingest.run_download(ctx, source, req)
+    if req.kind == "gitarchive":
+        return run_git_archive(ctx, client, req)
     return run_verb(ctx, client, req)
+
+
+def run_git_archive(ctx: Context, login: str, req: rsyncargs.Request) -> int:
+    """``git archive --remote``: git's upload-archive protocol on stdin and stdout."""
+    from xsbackup.restore import gitarchive
+
+    timeout = ctx.settings.ingest.timeout
+    out = ClientStdout(sys.stdout.fileno(), timeout)
+    try:
+        return gitarchive.serve(ctx.store, login, req.source, req.volume, out,
+                                lambda: gitarchive.read_arguments(sys.stdin.fileno(), timeout))
+    except Stalled:
+        LOG.warning("client=%s git archive stalled: nothing read for %ds (ingest.timeout); "
+                    "ended", login, timeout)
+        return RSYNC_TIMEOUT_EXIT
+    finally:
+        out.close()
 
 
 def run_verb(ctx: Context, login: str, req: rsyncargs.Request) -> int:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import mimetypes
 import os
 import stat
+import struct
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -112,17 +113,22 @@ class Item:
     minor: int
 
 
-def walk(dir_fd: int, prefix: str = "") -> Iterator[Item]:
+def walk(dir_fd: int, prefix: str = "",
+         keep: Callable[[str], bool] | None = None) -> Iterator[Item]:
     """Depth-first, sorted by name, each directory before its contents. Nothing is
-    followed: directories are entered with O_NOFOLLOW relative to their parent's fd."""
+    followed: directories are entered with O_NOFOLLOW relative to their parent's fd.
+    ``keep``: only the paths it accepts are listed (a directory it refuses is not
+    entered)."""
     with os.scandir(dir_fd) as it:
         names = sorted(e.name for e in it)
     for name in names:
+        path = f"{prefix}{name}"
+        if keep is not None and not keep(path):
+            continue
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             continue
-        path = f"{prefix}{name}"
         if stat.S_ISDIR(st.st_mode):
             try:
                 sub = os.open(name, O_DIR, dir_fd=dir_fd)
@@ -131,7 +137,7 @@ def walk(dir_fd: int, prefix: str = "") -> Iterator[Item]:
             try:
                 mode, uid, gid, major, minor = fake_stat(sub, st)
                 yield Item(path, dir_fd, name, st, mode, uid, gid, major, minor)
-                yield from walk(sub, path + "/")
+                yield from walk(sub, path + "/", keep)
             finally:
                 os.close(sub)
         elif stat.S_ISREG(st.st_mode):
@@ -162,49 +168,53 @@ class _FdReader:
 
 def write_tar(snap_fd: int, path: str, out: IO[bytes]) -> int:
     """Stream the tree at ``path`` (the whole snapshot when empty) as a POSIX tar."""
-    parts = split_path(path)
-    base = open_dir(snap_fd, parts)
-    count = 0
+    base = open_dir(snap_fd, split_path(path))
     try:
-        # tarfile's stream buffer is a bytes object it appends to and slices: keep it
-        # small (the output is buffered already), or every 512-byte header copies it.
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                          encoding="utf-8", errors="surrogateescape",
-                          bufsize=TAR_BUFSIZE) as tar:
-            for item in walk(base):
-                ti = tarfile.TarInfo(item.path)
-                ti.mode = stat.S_IMODE(item.mode)
-                ti.uid, ti.gid = item.uid, item.gid
-                ti.mtime = item.st.st_mtime
-                ti.uname = ti.gname = ""
-                kind = stat.S_IFMT(item.mode)
-                fobj = None
-                fd = -1
-                if kind == stat.S_IFDIR:
-                    ti.type = tarfile.DIRTYPE
-                elif kind == stat.S_IFLNK:
-                    ti.type = tarfile.SYMTYPE
-                    ti.linkname = os.fsdecode(_read_small(item))
-                elif kind in (stat.S_IFCHR, stat.S_IFBLK):
-                    ti.type = tarfile.CHRTYPE if kind == stat.S_IFCHR else tarfile.BLKTYPE
-                    ti.devmajor, ti.devminor = item.major, item.minor
-                elif kind == stat.S_IFIFO:
-                    ti.type = tarfile.FIFOTYPE
-                elif kind == stat.S_IFREG:
-                    fd = os.open(item.name, O_FILE, dir_fd=item.dir_fd)
-                    os.set_blocking(fd, True)
-                    ti.size = os.fstat(fd).st_size
-                    fobj = _FdReader(fd)
-                else:
-                    continue  # sockets cannot be archived
-                try:
-                    tar.addfile(ti, fobj)
-                finally:
-                    if fd >= 0:
-                        os.close(fd)
-                count += 1
+        return tar_items(walk(base), out)
     finally:
         os.close(base)
+
+
+def tar_items(items: Iterable[Item], out: IO[bytes], prefix: str = "") -> int:
+    """Stream ``items`` as a POSIX tar, each named ``prefix`` + its path."""
+    count = 0
+    # tarfile's stream buffer is a bytes object it appends to and slices: keep it
+    # small (the output is buffered already), or every 512-byte header copies it.
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                  encoding="utf-8", errors="surrogateescape",
+                  bufsize=TAR_BUFSIZE) as tar:
+        for item in items:
+            ti = tarfile.TarInfo(prefix + item.path)
+            ti.mode = stat.S_IMODE(item.mode)
+            ti.uid, ti.gid = item.uid, item.gid
+            ti.mtime = item.st.st_mtime
+            ti.uname = ti.gname = ""
+            kind = stat.S_IFMT(item.mode)
+            fobj = None
+            fd = -1
+            if kind == stat.S_IFDIR:
+                ti.type = tarfile.DIRTYPE
+            elif kind == stat.S_IFLNK:
+                ti.type = tarfile.SYMTYPE
+                ti.linkname = os.fsdecode(_read_small(item))
+            elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+                ti.type = tarfile.CHRTYPE if kind == stat.S_IFCHR else tarfile.BLKTYPE
+                ti.devmajor, ti.devminor = item.major, item.minor
+            elif kind == stat.S_IFIFO:
+                ti.type = tarfile.FIFOTYPE
+            elif kind == stat.S_IFREG:
+                fd = os.open(item.name, O_FILE, dir_fd=item.dir_fd)
+                os.set_blocking(fd, True)
+                ti.size = os.fstat(fd).st_size
+                fobj = _FdReader(fd)
+            else:
+                continue  # sockets cannot be archived
+            try:
+                tar.addfile(ti, fobj)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            count += 1
     return count
 
 
@@ -225,39 +235,49 @@ class _RawNameZipInfo(zipfile.ZipInfo):
 
 def write_zip(snap_fd: int, path: str, out: IO[bytes]) -> int:
     """Stream the tree at ``path`` as a zip (Info-ZIP symlinks and Unix modes)."""
-    parts = split_path(path)
-    base = open_dir(snap_fd, parts)
-    count = 0
+    base = open_dir(snap_fd, split_path(path))
     try:
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED,
-                             compresslevel=1, allowZip64=True) as zf:
-            for item in walk(base):
-                kind = stat.S_IFMT(item.mode)
-                stamp = time.gmtime(max(item.st.st_mtime, 315532800))[:6]
-                name = item.path + ("/" if kind == stat.S_IFDIR else "")
-                zi = _RawNameZipInfo(name, date_time=stamp)
-                zi.external_attr = (item.mode & 0xFFFF) << 16
-                zi.create_system = 3  # Unix, so modes and symlinks are honoured
-                if kind == stat.S_IFDIR:
-                    zi.external_attr |= 0x10
-                    zf.writestr(zi, b"")
-                elif kind == stat.S_IFLNK:
-                    zf.writestr(zi, _read_small(item))
-                elif kind == stat.S_IFREG:
-                    zi.compress_type = zipfile.ZIP_DEFLATED
-                    fd = os.open(item.name, O_FILE, dir_fd=item.dir_fd)
-                    try:
-                        os.set_blocking(fd, True)
-                        with zf.open(zi, "w", force_zip64=True) as dst:
-                            while chunk := os.read(fd, CHUNK):
-                                dst.write(chunk)
-                    finally:
-                        os.close(fd)
-                else:
-                    continue  # devices, fifos and sockets have no zip form
-                count += 1
+        return zip_items(walk(base), out)
     finally:
         os.close(base)
+
+
+def zip_items(items: Iterable[Item], out: IO[bytes], prefix: str = "", level: int = 1) -> int:
+    """Stream ``items`` as a zip, each named ``prefix`` + its path, deflated at ``level``
+    (0: stored)."""
+    count = 0
+    method = zipfile.ZIP_DEFLATED if level else zipfile.ZIP_STORED
+    with zipfile.ZipFile(out, "w", compression=method,
+                     compresslevel=level or None, allowZip64=True) as zf:
+        for item in items:
+            kind = stat.S_IFMT(item.mode)
+            stamp = time.gmtime(max(item.st.st_mtime, 315532800))[:6]
+            name = prefix + item.path + ("/" if kind == stat.S_IFDIR else "")
+            zi = _RawNameZipInfo(name, date_time=stamp)
+            zi.external_attr = (item.mode & 0xFFFF) << 16
+            zi.create_system = 3  # Unix, so modes and symlinks are honoured
+            # Info-ZIP's extended timestamp: the exact second in UTC (the DOS time above
+            # is local time in steps of two seconds).
+            zi.extra = struct.pack("<HHBl", 0x5455, 5, 1,
+                                   max(min(int(item.st.st_mtime), 2**31 - 1), -2**31))
+            if kind == stat.S_IFDIR:
+                zi.external_attr |= 0x10
+                zf.writestr(zi, b"")
+            elif kind == stat.S_IFLNK:
+                zf.writestr(zi, _read_small(item))
+            elif kind == stat.S_IFREG:
+                zi.compress_type = method
+                fd = os.open(item.name, O_FILE, dir_fd=item.dir_fd)
+                try:
+                    os.set_blocking(fd, True)
+                    with zf.open(zi, "w", force_zip64=True) as dst:
+                        while chunk := os.read(fd, CHUNK):
+                            dst.write(chunk)
+                finally:
+                    os.close(fd)
+            else:
+                continue  # devices, fifos and sockets have no zip form
+            count += 1
     return count
 
 
