@@ -19,6 +19,7 @@ from xsbackup.cli import (
     admin_cmd,
     clients_cmd,
     info_cmd,
+    offsite_cmd,
     prune_cmd,
     restore_cmd,
     serve_cmd,
@@ -66,7 +67,7 @@ for _command in (
     serve_cmd.maintenance, clients_cmd.clients, clients_cmd.keys, admin_cmd.admin,
     snapshots_cmd.postprocess, snapshots_cmd.snapshots, snapshots_cmd.cjson,
     prune_cmd.prune, prune_cmd.du, restore_cmd.restore, info_cmd.exit_codes,
-    info_cmd.config_cmd,
+    info_cmd.config_cmd, offsite_cmd.offsite,
 ):
     cli.add_command(_command)
 
