@@ -39,6 +39,7 @@ class Repo:
         self.password = password
         self.extra_env = extra_env or {}
         self.options = options
+        self.credentials: Path | None = None
 
     def restic(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
@@ -211,14 +212,16 @@ def test_kill_restic_mid_upload(server: Server, repo: Repo, tmp_path: Path) -> N
         if child is not None and packs(repo) - held:
             break  # a pack is being written
         time.sleep(0.05)
-    assert child is not None and packs(repo) - held, "restic never started its upload"
+    assert child is not None, "restic never started"
+    assert packs(repo) - held, "restic never started its upload"
     child.send_signal(signal.SIGKILL)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 1
     assert "killed by signal 9" in err
     rec = state.load_client(server.store, sn)
     assert not rec.has("documents", sid)
-    assert rec.failures == 1 and "signal 9" in rec.last_error
+    assert rec.failures == 1
+    assert "signal 9" in rec.last_error
     assert repo.snapshots(sn) == []
 
     offsite_server(server, repo)
@@ -243,12 +246,14 @@ def test_bad_credentials_and_unreachable(server: Server, repo: Repo, tmp_path: P
     r = server.xsbackup("offsite", "run", "--once", check=False)
     assert r.returncode == 62, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    assert "refused the password" in r.stderr and "Traceback" not in r.stderr
+    assert "refused the password" in r.stderr
+    assert "Traceback" not in r.stderr
 
     server.configure(Repo(str(tmp_path / "no-such-repo"), wrong).config_text())
     r = server.xsbackup("offsite", "run", "--once", check=False)
     assert r.returncode == 60, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "unreachable" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "unreachable" in r.stderr
 
     server.configure(Repo("sftp:nobody@127.0.0.1:/nowhere", wrong,
                           options=("sftp.command=ssh -p 1 -o BatchMode=yes 127.0.0.1 "
@@ -261,7 +266,8 @@ def test_bad_credentials_and_unreachable(server: Server, repo: Repo, tmp_path: P
     assert failures['offsite_failures{reason="unreachable"}'] == 2
     assert b"xsbackup_offsite_failures_total" in metrics.render(server.store)
     repo_state = state.load_repo(server.store)
-    assert repo_state.failures == 3 and repo_state.retry_at > time.time()
+    assert repo_state.failures == 3
+    assert repo_state.retry_at > time.time()
 
     # Ingest never waits for the off-site lock: a backup while a run holds it succeeds.
     with state.acquire(server.store):
@@ -277,20 +283,20 @@ def test_fairness_small_clients_before_big_clients_third(server: Server, repo: R
         server.add_client(sn)
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(4):
+    for i in range(3):
         (src / "n.txt").write_text(f"{i}\n")
         push(server, big, src)
     for sn in small:
         push(server, sn, src)
     offsite_server(server, repo)
-    out = server.cli("offsite", "run", "--once", "--json")
-    order = [line.split()[0] + "#" + line.split()[1]
-             for line in orjson.loads(out.stdout[out.stdout.index("{"):])["replicated"]]
-    assert len(order) == 9
-    bigs = [i for i, name in enumerate(order) if name.startswith(big)]
-    smalls = [i for i, name in enumerate(order) if not name.startswith(big)]
-    assert max(smalls) < bigs[2]
-    assert [order[i] for i in bigs] == sorted(order[i] for i in bigs)  # oldest first
+    # Six passes' worth: the big client's oldest, then every small one; its second and
+    # third snapshots wait.
+    out = server.cli("offsite", "run", "--once", "--limit", "6", "--json")
+    report = orjson.loads(out.stdout[out.stdout.index("{"):])
+    oldest = server.store.snapshot_ids(big, "documents")[0]
+    assert report["replicated"] == [f"{big} documents/{oldest}"] + [
+        f"{sn} documents/{server.store.snapshot_ids(sn, 'documents')[0]}" for sn in small]
+    assert report["pending"] == 2
 
 
 def test_prune_forgets_off_site_unless_the_off_site_policy_keeps(
@@ -356,7 +362,8 @@ def test_rebuild_after_losing_the_state_root(server: Server, repo: Repo,
     # What was restored counts as off-site already: nothing to replicate, nothing forgotten.
     out = rebuilt.cli("offsite", "run", "--once", "--json")
     again = orjson.loads(out.stdout[out.stdout.index("{"):])
-    assert again["replicated"] == [] and again["forgotten"] == []
+    assert again["replicated"] == []
+    assert again["forgotten"] == []
 
 
 @pytest.fixture
@@ -399,6 +406,63 @@ def test_sftp_round_trip(server: Server, sftp_repo: Repo, tmp_path: Path) -> Non
     ctx = server.ctx()
     (src / "later").write_text("x\n")
     push(server, sn, src)  # the lost snapshot is not the newest
+    assert ctx.storage.delete(sn, "documents", sid) == ""
+    ctx.storage.purge()
+    server.cli("offsite", "restore", sn, "--at", sid)
+    assert stored(snap) == before
+
+
+@pytest.fixture
+def s3_repo(tmp_path: Path) -> Iterator[Repo]:
+    """moto's S3 server on a loopback port; the credentials come from a 0600 file."""
+    from tests.conftest import free_port
+
+    server_bin = Path(XSBACKUP).with_name("moto_server")
+    if not server_bin.exists():
+        pytest.fail("moto_server is missing: pip install 'moto[server]' (the test extras)")
+    port = free_port()
+    log = (tmp_path / "moto.log").open("wb")
+    proc = subprocess.Popen([str(server_bin), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                import socket
+
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                assert proc.poll() is None, "moto_server exited"
+                time.sleep(0.1)
+        creds = tmp_path / "s3.env"
+        creds.write_text("AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n")
+        creds.chmod(0o600)
+        repo = Repo(f"s3:http://127.0.0.1:{port}/xsbackup", make_password(tmp_path / "secret"),
+                    {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+        repo.credentials = creds
+        yield repo
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_s3_round_trip(server: Server, s3_repo: Repo, tmp_path: Path) -> None:
+    sn = "OFSS3RT001"
+    server.add_client(sn)
+    src = source_tree(tmp_path / "src", "s3")
+    sid = push(server, sn, src)
+    snap = server.store.snapshots_dir(sn, "documents") / sid
+    before = stored(snap)
+    server.configure(s3_repo.config_text(f'credentials_file = "{s3_repo.credentials}"\n'
+                                         "credentials_env = []\n"))
+    server.cli("offsite", "init")
+    server.cli("offsite", "run", "--once")
+    assert len(s3_repo.snapshots(sn)) == 1
+    (src / "later").write_text("x\n")
+    push(server, sn, src)
+    ctx = server.ctx()
     assert ctx.storage.delete(sn, "documents", sid) == ""
     ctx.storage.purge()
     server.cli("offsite", "restore", sn, "--at", sid)

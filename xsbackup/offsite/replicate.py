@@ -223,7 +223,7 @@ def run_once(ctx: Context, *, now: Callable[[], dt.datetime] = lambda: dt.dateti
             _fail(ctx, "run", e, now(), None)
             raise
         report.pending = sum(len(pending_of(ctx, r)) for r in records.values())
-        listing = restic.snapshots()
+        # The listing of the run's start serves: what this run added is all local.
         report.forgotten = mirror(ctx, restic, listing, now())
         report.registry_copied = registry_copy.replicate(ctx, restic, listing)
     return report

@@ -71,6 +71,11 @@ def classify(where: str, result: procs.Result) -> XsbackupError:
     return OffsiteFailed(f"{where}: {line}")
 
 
+def _stale_lock(result: procs.Result) -> bool:
+    return result.returncode is not None and result.returncode > 0 and \
+        "already locked" in result.stderr.lower()
+
+
 def _first_fatal(result: procs.Result) -> str:
     for text in (result.stderr, result.stdout):
         for raw in text.splitlines():
@@ -198,6 +203,10 @@ class Restic:
         except FileNotFoundError:
             raise ResticNotFound(f"restic program {self.settings.restic!r} was not found "
                                  "(install the restic package, or set offsite.restic)") from None
+        if result.returncode not in ok and _stale_lock(result) and args[:1] != ["unlock"]:
+            # A killed restic's lock: remove it (restic removes only stale ones), retry.
+            self.unlock()
+            result = procs.run(self._argv(args), why=why, env=env, cwd=cwd)
         if result.returncode not in ok:
             raise classify(self.where, result)
         return result
@@ -252,11 +261,9 @@ class Restic:
 
     def forget(self, ids: Sequence[str]) -> None:
         if ids:
-            self.unlock()
             self.run(["forget", *ids], why="forget off-site snapshots")
 
     def prune(self) -> str:
-        self.unlock()
         return self.run(["prune"], why="prune the off-site repository").stdout
 
     def unlock(self) -> None:
@@ -264,7 +271,6 @@ class Restic:
         self.run(["unlock"], why="remove stale off-site locks")
 
     def check(self, read_data_subset: str | None = None) -> str:
-        self.unlock()
         args = ["check"] + ([f"--read-data-subset={read_data_subset}"]
                             if read_data_subset else [])
         return self.run(args, why="check the off-site repository").stdout
