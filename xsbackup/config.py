@@ -274,6 +274,9 @@ class OffsiteSettings:
                                    "replicate", minimum=0.1)
     retry_seconds: float = _key(60.0, "back-off after a failed run, doubled per "
                                 "consecutive failure up to 64 times", minimum=1)
+    notify_after: int = _key(3, "consecutive failures (of a client, or of the repository) "
+                             "that run the offsite-failed hooks, once per streak",
+                             minimum=1)
     prune_schedule: str = _key("04:30", "daily time (server local HH:MM) serve runs "
                                "restic prune; empty: never", kind="clock")
     keep_last: int = _key(0, "off-site policy, over what local retention keeps: keep the "

@@ -163,7 +163,13 @@ def test_local_round_trip_over_sshd(server: Server, sshd: Sshd, repo: Repo,
     postprocess.run_once(server.ctx())
     second = server.store.latest_id(sn, "documents")
     assert second != sid
+    status = orjson.loads(server.cli("status", "--json").stdout)["offsite"]
+    [row] = [r for r in status["clients"] if r["client"] == sn]
+    assert row["pending"] == 1
+    assert row["replicated"] == 1
     server.cli("offsite", "run", "--once")
+    assert f'xsbackup_offsite_lag_seconds{{client="{sn}"}} 0.0' in \
+        metrics.render(server.store).decode()
     first, later = (str(s["short_id"]) for s in repo.snapshots(sn))
     diff = repo.restic("diff", first, later)
     assert diff.returncode == 0, diff.stderr
@@ -239,6 +245,11 @@ def test_bad_credentials_and_unreachable(server: Server, repo: Repo, tmp_path: P
     sn = "OFSCRED001"
     server.add_client(sn)
     src = source_tree(tmp_path / "src", "cred")
+    hook = server.root / "hooks" / "offsite-failed" / "record"
+    hook.parent.mkdir(parents=True)
+    hook.write_text(f"#!/bin/sh\necho \"$XSBACKUP_FAILURES $XSBACKUP_ERROR\" >> "
+                    f"{tmp_path / 'notified'}\n")
+    hook.chmod(0o700)
     wrong = make_password(tmp_path / "wrong")
     wrong.write_text("not the password\n")
     server.configure(Repo(repo.location, wrong).config_text())
@@ -265,6 +276,9 @@ def test_bad_credentials_and_unreachable(server: Server, repo: Repo, tmp_path: P
     assert failures['offsite_failures{reason="credentials"}'] == 1
     assert failures['offsite_failures{reason="unreachable"}'] == 2
     assert b"xsbackup_offsite_failures_total" in metrics.render(server.store)
+    # The notify hook runs once, when the third failure in a row makes it a streak.
+    [notified] = (tmp_path / "notified").read_text().splitlines()
+    assert notified.startswith("3 off-site repository sftp:")
     repo_state = state.load_repo(server.store)
     assert repo_state.failures == 3
     assert repo_state.retry_at > time.time()

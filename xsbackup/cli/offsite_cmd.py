@@ -90,17 +90,17 @@ def offsite_run(ctx: Context, once: bool, limit: int | None, as_json: bool) -> N
 @with_context
 def offsite_status(ctx: Context, as_json: bool) -> None:
     """Per client: snapshots off-site and pending, replication lag, last success and error."""
-    from xsbackup.offsite import replicate, state
+    from xsbackup.offsite import replicate
 
-    rows = replicate.client_status(ctx, dt.datetime.now(dt.UTC))
-    repo = state.load_repo(ctx.store).as_dict()
+    out = replicate.status(ctx, dt.datetime.now(dt.UTC))
     if as_json:
-        emit_json({"repository": repo, "clients": rows})
+        emit_json(out)
         return
-    click.echo(f"last run {repo['last_run'] or 'never'}, last prune "
-               f"{repo['last_prune'] or 'never'}"
+    repo = out["state"]
+    click.echo(f"{out['repository'] or 'no off-site repository configured'}: last run "
+               f"{repo['last_run'] or 'never'}, last prune {repo['last_prune'] or 'never'}"
                + (f", error: {repo['last_error']}" if repo["failures"] else ""))
-    for r in rows:
+    for r in out["clients"]:
         click.echo(f"  {r['client']:<14} off-site {r['replicated']:>5}  pending "
                    f"{r['pending']:>4}  lag {int(r['lag_seconds']):>8}s  "
                    f"{'error: ' + r['last_error'] if r['failures'] else ''}")

@@ -60,7 +60,13 @@ from xsbackup.offsite.restic import Restic, Snapshot
 from xsbackup.restore.access import FAKE_SUPER
 from xsbackup.restore.resolve import snapshot_ids
 from xsbackup.retention import policy as retention
-from xsbackup.store import atomic_symlink, iter_clients, snapshot_sort_key, snapshot_time
+from xsbackup.store import (
+    Store,
+    atomic_symlink,
+    iter_clients,
+    snapshot_sort_key,
+    snapshot_time,
+)
 
 Progress = Callable[[str], None]
 
@@ -78,16 +84,16 @@ class Report:
         return dataclasses.asdict(self)
 
 
-def replicated_volumes(ctx: Context, client: str) -> list[str]:
-    wanted = ctx.settings.offsite.volumes
-    return [v for v in ctx.store.volumes(client) if not wanted or v in wanted]
+def pending(store: Store, wanted: list[str], rec: state.ClientRecord) -> list[tuple[str, str]]:
+    """The client's (volume, id) not yet off-site, oldest first; ``wanted``: the
+    replicated volumes (``offsite.volumes``; empty: all)."""
+    out = [(v, sid) for v in store.volumes(rec.client) if not wanted or v in wanted
+           for sid in snapshot_ids(store, rec.client, v) if not rec.has(v, sid)]
+    return sorted(out, key=lambda p: (snapshot_sort_key(p[1]), p[0]))
 
 
 def pending_of(ctx: Context, rec: state.ClientRecord) -> list[tuple[str, str]]:
-    """The client's (volume, id) not yet off-site, oldest first."""
-    out = [(v, sid) for v in replicated_volumes(ctx, rec.client)
-           for sid in snapshot_ids(ctx.store, rec.client, v) if not rec.has(v, sid)]
-    return sorted(out, key=lambda p: (snapshot_sort_key(p[1]), p[0]))
+    return pending(ctx.store, ctx.settings.offsite.volumes, rec)
 
 
 def in_window(ctx: Context, now: dt.datetime) -> bool:
@@ -192,9 +198,10 @@ def _fail(ctx: Context, what: str, err: XsbackupError, now: dt.datetime,
         state.save_repo(ctx.store, target)
     counters.bump(ctx.store, "offsite_failures", {"reason": err.reason})
     LOG.error("off-site %s failed (%d in a row): %s", what, target.failures, err.message)
-    hooks.run_post("offsite-failed", ctx.settings, {
-        "XSBACKUP_CLIENT": rec.client if rec else "", "XSBACKUP_ERROR": err.message,
-        "XSBACKUP_FAILURES": str(target.failures)})
+    if target.failures == ctx.settings.offsite.notify_after:
+        hooks.run_post("offsite-failed", ctx.settings, {
+            "XSBACKUP_CLIENT": rec.client if rec else "", "XSBACKUP_ERROR": err.message,
+            "XSBACKUP_FAILURES": str(target.failures)})
 
 
 def run_once(ctx: Context, *, now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
@@ -213,6 +220,7 @@ def run_once(ctx: Context, *, now: Callable[[], dt.datetime] = lambda: dt.dateti
             raise
         repo = state.load_repo(ctx.store)
         repo.failures, repo.retry_at, repo.last_run = 0, 0.0, state.now_iso(now())
+        repo.volumes = list(ctx.settings.offsite.volumes)
         state.save_repo(ctx.store, repo)
         index = _index(listing)
         records = {c: state.load_client(ctx.store, c) for c in iter_clients(ctx.store)}
@@ -346,17 +354,25 @@ def mirror(ctx: Context, restic: Restic, listing: list[Snapshot],
     return [f"{s.host} {s.tag('volume')}/{s.tag('snapshot')}" for s in doomed]
 
 
-def client_status(ctx: Context, now: dt.datetime) -> list[dict[str, Any]]:
+def client_status(store: Store, wanted: list[str], now: dt.datetime) -> list[dict[str, Any]]:
     """Per client: snapshots off-site and pending, the replication lag (seconds since the
     oldest local snapshot not yet off-site was taken; 0 when none waits), the last
     success and the last error. Reads records and directory listings only."""
     rows: list[dict[str, Any]] = []
-    for client in iter_clients(ctx.store):
-        rec = state.load_client(ctx.store, client)
-        todo = pending_of(ctx, rec)
+    for client in iter_clients(store):
+        rec = state.load_client(store, client)
+        todo = pending(store, wanted, rec)
         lag = max(0.0, (now - snapshot_time(todo[0][1])).total_seconds()) if todo else 0.0
         rows.append({"client": client, "replicated": len(rec.replicated),
                      "pending": len(todo), "lag_seconds": lag,
                      "last_success": rec.last_success, "last_error": rec.last_error,
                      "last_error_at": rec.last_error_at, "failures": rec.failures})
     return rows
+
+
+def status(ctx: Context, now: dt.datetime) -> dict[str, Any]:
+    """``offsite status --json`` and the ``offsite`` part of ``status --json``."""
+    return {"repository": ctx.settings.offsite.repository and
+            Restic(ctx.settings.offsite, ctx.store).location,
+            "state": state.load_repo(ctx.store).as_dict(),
+            "clients": client_status(ctx.store, ctx.settings.offsite.volumes, now)}

@@ -87,6 +87,7 @@ class RepoRecord:
     last_error_at: str = ""
     failures: int = 0
     retry_at: float = 0.0
+    volumes: list[str] = field(default_factory=list)  # offsite.volumes of the last run
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,6 +141,7 @@ def load_repo(store: Store) -> RepoRecord:
         rec.last_error_at = str(data.get("last_error_at", ""))
         rec.failures = int(data.get("failures", 0))
         rec.retry_at = float(data.get("retry_at", 0.0))
+        rec.volumes = [str(v) for v in data.get("volumes", [])]
     return rec
 
 
