@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from xsbackup import procs
-from xsbackup.config import OffsiteSettings
+from xsbackup.config.offsite import OffsiteSettings
 from xsbackup.errors import (
     ConfigError,
     OffsiteAuthFailed,
