@@ -4,11 +4,13 @@ derivation makes each ``init`` slow); every test uses its own client serials."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
 import stat
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -321,7 +323,7 @@ def test_prune_forgets_off_site_unless_the_off_site_policy_keeps(
     src.mkdir()
     ids = []
     for i in range(3):
-        (src / "n.txt").write_text(f"{i}\n")
+        (src / "n.txt").write_text(f"{i}\n" * (i + 1))  # a new size: rsync sees a change
         ids.append(push(server, sn, src))
     offsite_server(server, repo)
     server.cli("offsite", "run", "--once")
@@ -339,7 +341,16 @@ def test_prune_forgets_off_site_unless_the_off_site_policy_keeps(
                   if t.startswith("snapshot:"))
     assert tags == [f"snapshot:{ids[1]}", f"snapshot:{ids[2]}"]
 
+    # The kept one streams as an archive from off-site (and is back in the store).
+    r = server.cli("restore", "archive", sn, "--from", "offsite", "--at", ids[1])
+    with tarfile.open(fileobj=io.BytesIO(r.stdout_bytes)) as tar:
+        member = tar.extractfile("n.txt")
+        assert member is not None
+        assert member.read() == b"1\n1\n"
+    assert server.store.snapshot_ids(sn, "documents") == ids[1:]
+
     # Without an off-site policy, the off-site copy mirrors the store.
+    server.cli("prune", "--policy-only")
     server.configure(policy + repo.config_text())
     server.cli("offsite", "run", "--once")
     [left] = repo.snapshots(sn)

@@ -158,6 +158,19 @@ def restore(ctx: Context, client: str, volume: str | None, at: str | None) -> Re
         return restore_snapshot(ctx, restic, client, vol, snap)
 
 
+def ensure_local(ctx: Context, client: str, volume: str | None,
+                 at: str | None) -> tuple[str, str]:
+    """(volume, id) of the off-site snapshot ``volume`` and ``at`` name, restored into
+    the store first unless it is there already (``restore archive --from offsite``)."""
+    restic = Restic(ctx.settings.offsite, ctx.store)
+    with state.acquire(ctx.store):
+        vol, snap = resolve(restic.snapshots(client), client, volume, at)
+        sid = snap.tag("snapshot") or ""
+        if not exists(ctx.store, client, vol, sid):
+            restore_snapshot(ctx, restic, client, vol, snap)
+    return vol, sid
+
+
 def rebuild(ctx: Context, progress: Progress | None = None) -> RebuildReport:
     """Recreate every client and snapshot of the repository missing from the store."""
     from xsbackup.offsite import registry_copy
