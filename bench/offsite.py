@@ -152,6 +152,7 @@ def main() -> int:
     result = new_result("offsite", ["xsbackup.offsite", "xsbackup.offsite.replicate",
                                     "xsbackup.offsite.restic"],
                         restic=subprocess.run([RESTIC, "version"], capture_output=True,
+                                              check=False,
                                               text=True).stdout.strip())
     result["quiet_wait"] = quiet_wait(args.quiet_load, args.quiet_timeout)
     result["config"] = {"files": args.files, "mb": args.mb, "runs": args.runs}

@@ -492,3 +492,28 @@ def test_s3_round_trip(server: Server, s3_repo: Repo, tmp_path: Path) -> None:
     ctx.storage.purge()
     server.cli("offsite", "restore", sn, "--at", sid)
     assert stored(snap) == before
+
+
+def test_dashboard_shows_off_site_lag_and_failure(repo: Repo, tmp_path: Path) -> None:
+    from tests.integration.test_webui import ADMIN, ADMIN_PW, start_site
+    from tests.integration.test_webui_http import Client
+
+    sn = "OFSDASH001"
+    missing = Repo(str(tmp_path / "no-such-repo"), repo.password)
+    site = start_site(tmp_path / "site", missing.config_text())
+    try:
+        site.server.add_client(sn)
+        src = source_tree(tmp_path / "src", "dash")
+        push(site.server, sn, src)
+        site.server.configure(missing.config_text())
+        r = site.server.xsbackup("offsite", "run", "--once", check=False)
+        assert r.returncode == 60, r.stderr
+        browser = Client(site.http.effective_port)
+        browser.sign_in(ADMIN, ADMIN_PW)
+        page = browser.get("/ui/").text
+        assert "Off-site copies" in page
+        assert "failing" in page
+        assert f'<a href="/ui/clients/{sn}">{sn}</a></td><td data-label="Waiting" ' \
+               'class="num">1</td>' in page
+    finally:
+        site.close()
