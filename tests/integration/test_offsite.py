@@ -517,3 +517,39 @@ def test_dashboard_shows_off_site_lag_and_failure(repo: Repo, tmp_path: Path) ->
                'class="num">1</td>' in page
     finally:
         site.close()
+
+
+def test_serve_job_replicates_in_its_own_thread_inside_the_window(
+        server: Server, repo: Repo, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from xsbackup.offsite import replicate
+    from xsbackup.offsite.schedule import OffsiteJob
+
+    sn = "OFSSERVE01"
+    server.add_client(sn)
+    sid = push(server, sn, source_tree(tmp_path / "src", "serve"))
+    now = dt.datetime.now().astimezone()
+    outside = f"{(now.hour + 2) % 24:02d}:00"
+    offsite_server(server, repo, f'window_start = "{outside}"\n'
+                                 f'window_end = "{(now.hour + 3) % 24:02d}:00"\n')
+    assert not replicate.in_window(server.ctx(), now)
+    job = OffsiteJob(server.ctx)
+    job()
+    assert job.thread is None  # outside the window: nothing started
+
+    offsite_server(server, repo)
+    rec = state.load_repo(server.store)
+    rec.retry_at = time.time() + 3600  # in back-off after a repository failure
+    state.save_repo(server.store, rec)
+    job()
+    assert job.thread is None
+    rec.retry_at = 0.0
+    state.save_repo(server.store, rec)
+    job()
+    assert job.thread is not None
+    first = job.thread
+    first.join(timeout=120)
+    assert state.load_client(server.store, sn).has("documents", sid)
+    job()  # not due again before offsite.interval_minutes
+    assert job.thread is first
