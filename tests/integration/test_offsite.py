@@ -243,6 +243,26 @@ def test_kill_restic_mid_upload(server: Server, repo: Repo, tmp_path: Path) -> N
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_killed_after_restic_succeeded_adopts_instead_of_a_second_copy(
+        server: Server, repo: Repo, tmp_path: Path) -> None:
+    sn = "OFSADOPT01"
+    server.add_client(sn)
+    sid = push(server, sn, source_tree(tmp_path / "src", "adopt"))
+    offsite_server(server, repo)
+    r = subprocess.run([XSBACKUP, "--root", str(server.root), "offsite", "run", "--once"],
+                       capture_output=True, text=True,
+                       env={**os.environ, "XSBACKUP_CRASH_AT": "offsite-after-backup"})
+    assert r.returncode == -signal.SIGKILL
+    assert not state.load_client(server.store, sn).has("documents", sid)
+    assert len(repo.snapshots(sn)) == 1
+    out = server.cli("offsite", "run", "--once", "--json")
+    report = orjson.loads(out.stdout[out.stdout.index("{"):])
+    assert report["adopted"] == [f"{sn} documents/{sid}"]
+    assert report["replicated"] == []
+    assert state.load_client(server.store, sn).has("documents", sid)
+    assert len(repo.snapshots(sn)) == 1
+
+
 def test_bad_credentials_and_unreachable(server: Server, repo: Repo, tmp_path: Path) -> None:
     sn = "OFSCRED001"
     server.add_client(sn)

@@ -15,9 +15,10 @@ from xsbackup.context import Context
 
 
 def _say(as_json: bool) -> Any:
-    """A progress printer to stderr (silent with --json)."""
+    """A progress printer: each snapshot as it starts, on stderr when it is a terminal
+    (never with --json)."""
     def say(what: str) -> None:
-        if not as_json:
+        if not as_json and sys.stderr.isatty():
             click.echo(f"  {what}", err=True)
     return say
 

@@ -11,6 +11,7 @@ neighbour ``offsite/registry.sha256``); old copies are forgotten, the newest kep
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import orjson
 
@@ -36,17 +37,17 @@ def copies(listing: list[Snapshot]) -> list[Snapshot]:
     return [s for s in listing if s.host == HOST and TAG in s.tags]
 
 
-def replicate(ctx: Context, restic: Restic, listing: list[Snapshot]) -> bool:
+def replicate(ctx: Context, restic: Restic, listing: Callable[[], list[Snapshot]]) -> bool:
     """Back the registry up when it changed since the last copy; True when it did."""
     data = document(ctx)
     digest = hashlib.sha256(data).hexdigest()
     mark = state.offsite_dir(ctx.store) / "registry.sha256"
-    old = copies(listing)
     try:
-        if old and mark.read_text().strip() == digest:
+        if mark.read_text().strip() == digest:
             return False
     except FileNotFoundError:
         pass
+    old = copies(listing())
     restic.feed(["backup", "--stdin", "--stdin-filename", FILENAME, "--host", HOST,
                  "--tag", TAG, "--quiet"], data, why="copy the registry off-site")
     atomic_write(mark, digest.encode() + b"\n", mode=0o640)

@@ -23,9 +23,10 @@ not record the top directory's own attributes when backing up ``.``, so they go 
 (``user.rsync.%stat``: the client's modes, owners and symlinks) are restic's own.
 
 **Marked after success only.** The client's record names a snapshot only after restic
-exited 0. A run killed after restic saved its snapshot and before the record was written
-adopts that restic snapshot at the next run (the repository is listed once per run); an
-incomplete restic snapshot (exit 3: a file could not be read) is forgotten and counted as
+exited 0. ``offsite/inflight`` names the snapshot being backed up until then, so after a
+pass killed between restic's success and the record the next pass lists the repository
+and adopts that restic snapshot instead of making a second one; an incomplete restic
+snapshot (exit 3: a file could not be read) is forgotten and counted as
 a failure. A failure of one snapshot puts its client in back-off (``offsite.retry_seconds``,
 doubled per consecutive failure) and the run goes on with the others; a failure of the
 repository (unreachable, refused credentials, restic missing) ends the run and puts the
@@ -33,9 +34,9 @@ whole replication in back-off. Either is counted in ``offsite_failures`` (``/met
 ``xsbackup_offsite_failures_total{reason}``) and runs the ``offsite-failed`` hook.
 
 **Retention mirrored** by reconciliation at the end of each run (``mirror``): a restic
-snapshot tagged ``snapshot:ID`` whose local snapshot is gone (prune deleted it) is
-forgotten, unless the off-site policy (``offsite.keep_*``, borg semantics, the same
-``retention.policy``) keeps it. Prune itself never knows about the repository.
+snapshot tagged ``snapshot:ID`` that a client's record names and whose local snapshot is
+gone (prune deleted it) is forgotten, unless the off-site policy (``offsite.keep_*``, borg
+semantics, the same ``retention.policy``) keeps it. Prune itself never knows about the repository.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import orjson
 
 from xsbackup import counters, hooks
 from xsbackup.context import Context
+from xsbackup.crashpoints import crash
 from xsbackup.errors import LockBusy, OffsiteFailed, XsbackupError
 from xsbackup.locking import lock_directory
 from xsbackup.logs import LOG
@@ -208,13 +210,29 @@ def run_once(ctx: Context, *, now: Callable[[], dt.datetime] = lambda: dt.dateti
              honour_backoff: bool = False, limit: int | None = None,
              progress: Progress | None = None) -> Report:
     """One replication pass under ``locks/offsite.lock`` (``LockBusy`` if another runs):
-    replicate pending snapshots fairly (at most ``limit``), then mirror retention.
-    Repository-wide errors are recorded and raised."""
+    replicate pending snapshots fairly (at most ``limit``), mirror retention, copy the
+    registry when it changed. The repository is listed only when something needs it (a
+    pass interrupted mid-backup, a snapshot gone locally, a changed registry), so a pass
+    costs one restic call per snapshot. Repository-wide errors are recorded and raised."""
     restic = Restic(ctx.settings.offsite, ctx.store)
     report = Report()
+    cache: list[list[Snapshot]] = []
+
+    def listing() -> list[Snapshot]:
+        if not cache:
+            cache.append(restic.snapshots())
+        return cache[0]
+
     with state.acquire(ctx.store):
+        records = {c: state.load_client(ctx.store, c) for c in iter_clients(ctx.store)}
         try:
-            listing = restic.snapshots()
+            if state.inflight(ctx.store):
+                _adopt(ctx, records, _index(listing()), report, now())
+                state.clear_inflight(ctx.store)
+            _replicate(ctx, restic, records, report, now, honour_backoff, limit, progress)
+            report.pending = sum(len(pending_of(ctx, r)) for r in records.values())
+            report.forgotten = mirror(ctx, restic, listing, now())
+            report.registry_copied = registry_copy.replicate(ctx, restic, listing)
         except XsbackupError as e:
             _fail(ctx, "run", e, now(), None)
             raise
@@ -222,18 +240,6 @@ def run_once(ctx: Context, *, now: Callable[[], dt.datetime] = lambda: dt.dateti
         repo.failures, repo.retry_at, repo.last_run = 0, 0.0, state.now_iso(now())
         repo.volumes = list(ctx.settings.offsite.volumes)
         state.save_repo(ctx.store, repo)
-        index = _index(listing)
-        records = {c: state.load_client(ctx.store, c) for c in iter_clients(ctx.store)}
-        _adopt(ctx, records, index, report, now())
-        try:
-            _replicate(ctx, restic, records, report, now, honour_backoff, limit, progress)
-        except XsbackupError as e:
-            _fail(ctx, "run", e, now(), None)
-            raise
-        report.pending = sum(len(pending_of(ctx, r)) for r in records.values())
-        # The listing of the run's start serves: what this run added is all local.
-        report.forgotten = mirror(ctx, restic, listing, now())
-        report.registry_copied = registry_copy.replicate(ctx, restic, listing)
     return report
 
 
@@ -278,6 +284,9 @@ def _replicate(ctx: Context, restic: Restic, records: dict[str, state.ClientReco
         if progress is not None:
             progress(what)
         started = time.monotonic()
+        # Kept until the record names the snapshot: a pass killed in between lists the
+        # repository next time and adopts what restic finished.
+        state.set_inflight(ctx.store, what)
         try:
             rid = backup_snapshot(ctx, restic, rec.client, volume, sid,
                                   _parent(rec, volume, sid))
@@ -286,12 +295,14 @@ def _replicate(ctx: Context, restic: Restic, records: dict[str, state.ClientReco
             report.failed.append(f"{what}: {e.message}")
             _fail(ctx, f"replication of {what}", e, now(), rec)
             continue
+        crash("offsite-after-backup")
         stamp = now()
         rec.replicated[rec.key(volume, sid)] = rid
         rec.last_replicated = max(stamp.timestamp(), rec.last_replicated + 1e-6)
         rec.last_success, rec.failures, rec.retry_at = state.now_iso(stamp), 0, 0.0
         rec.last_error = rec.last_error_at = ""
         state.save_client(ctx.store, rec)
+        state.clear_inflight(ctx.store)
         report.replicated.append(what)
         counters.bump(ctx.store, "offsite_replications")
         LOG.info("client=%s volume=%s snapshot=%s replicated off-site as %s in %.1fs",
@@ -306,17 +317,23 @@ def offsite_policy(ctx: Context) -> retention.Policy:
     return retention.policy_from_mapping(keys)
 
 
-def mirror(ctx: Context, restic: Restic, listing: list[Snapshot],
+def mirror(ctx: Context, restic: Restic, listing: Callable[[], list[Snapshot]],
            now: dt.datetime) -> list[str]:
     """Forget what prune deleted: a restic snapshot this state root replicated (its
     client's record names it) whose local snapshot is gone, unless the off-site policy
     keeps it; and duplicates of one snapshot (a run killed after restic saved one).
     Nothing a record does not name is ever forgotten, so a new, empty state root (before
     ``offsite rebuild``) cannot empty the repository. Returns "SN volume/id" of each."""
+    records = [state.load_client(ctx.store, c) for c in state.known_clients(ctx.store)]
+    local = {(rec.client, vol): set(snapshot_ids(ctx.store, rec.client, vol))
+             for rec in records for vol in {k.split("/", 1)[0] for k in rec.replicated}}
+    if not any(sid not in local[(rec.client, vol)] for rec in records
+               for vol, sid in (k.split("/", 1) for k in rec.replicated)):
+        return []  # nothing replicated is gone: no need to list the repository
     policy = offsite_policy(ctx)
     groups: dict[tuple[str, str], dict[str, Snapshot]] = {}
     doomed: list[Snapshot] = []
-    for snap in listing:  # oldest first: the newest restic snapshot of an id wins
+    for snap in listing():  # oldest first: the newest restic snapshot of an id wins
         vol, sid = snap.tag("volume"), snap.tag("snapshot")
         if vol and sid and snap.host:
             group = groups.setdefault((snap.host, vol), {})
@@ -324,11 +341,11 @@ def mirror(ctx: Context, restic: Restic, listing: list[Snapshot],
                 doomed.append(group[sid])
             group[sid] = snap
     updates: list[tuple[state.ClientRecord, list[str]]] = []
-    for client in state.known_clients(ctx.store):
-        rec = state.load_client(ctx.store, client)
+    for rec in records:
+        client = rec.client
         gone: list[str] = []
         for vol in sorted({k.split("/", 1)[0] for k in rec.replicated}):
-            local = set(snapshot_ids(ctx.store, client, vol))
+            here = local[(client, vol)]
             group = groups.get((client, vol), {})
             plan = retention.plan([(sid, snapshot_time(sid)) for sid in group], policy, now)
             # The plan's safety keep of the newest is for local snapshots, not for these.
@@ -336,7 +353,7 @@ def mirror(ctx: Context, restic: Restic, listing: list[Snapshot],
                     and set(d.reasons) - {retention.NEWEST}}
             for key in [k for k in rec.replicated if k.split("/", 1)[0] == vol]:
                 sid = key.split("/", 1)[1]
-                if sid not in local and sid not in keep:
+                if sid not in here and sid not in keep:
                     gone.append(key)
                     if sid in group:
                         doomed.append(group[sid])

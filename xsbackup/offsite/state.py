@@ -156,3 +156,26 @@ def known_clients(store: Store) -> list[str]:
         return sorted(p.stem for p in names if p.suffix == ".json")
     except FileNotFoundError:
         return []
+
+
+def _inflight_path(store: Store) -> Path:
+    return offsite_dir(store) / "inflight"
+
+
+def set_inflight(store: Store, what: str) -> None:
+    """Name the snapshot being backed up (until its client's record names it)."""
+    path = _inflight_path(store)
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    atomic_write(path, what.encode() + b"\n", mode=0o640)
+
+
+def inflight(store: Store) -> str:
+    """The snapshot a killed pass was backing up, or ""."""
+    try:
+        return _inflight_path(store).read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def clear_inflight(store: Store) -> None:
+    _inflight_path(store).unlink(missing_ok=True)
