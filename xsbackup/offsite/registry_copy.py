@@ -4,14 +4,13 @@ Every record (``clients/<SN>/client.json``: nickname, uuid, SSH keys, aliases, p
 into one JSON document, backed up with ``restic backup --stdin`` as ``registry.json`` under
 the host ``xsbackup-registry`` and the tag ``registry``. restic encrypts it with the
 repository's key, so it is as private as the snapshots. A copy is made at a replication run
-when the registry changed since the last copy (its hash is kept in ``offsite/state.json``'s
-neighbour ``offsite/registry.sha256``); old copies are forgotten, the newest kept.
+when the registry changed since the last copy (its hash is kept in
+``offsite/registry.sha256``); older copies are then forgotten, the newest kept.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import orjson
 
@@ -37,21 +36,24 @@ def copies(listing: list[Snapshot]) -> list[Snapshot]:
     return [s for s in listing if s.host == HOST and TAG in s.tags]
 
 
-def replicate(ctx: Context, restic: Restic, listing: Callable[[], list[Snapshot]]) -> bool:
-    """Back the registry up when it changed since the last copy; True when it did."""
+def replicate(ctx: Context, restic: Restic) -> bool:
+    """Back the registry up when it changed since the last copy; True when it did. Older
+    copies are then forgotten (``--keep-last 1`` of the registry's host and tag)."""
     data = document(ctx)
     digest = hashlib.sha256(data).hexdigest()
     mark = state.offsite_dir(ctx.store) / "registry.sha256"
     try:
-        if mark.read_text().strip() == digest:
-            return False
+        previous = mark.read_text().strip()
     except FileNotFoundError:
-        pass
-    old = copies(listing())
+        previous = ""
+    if previous == digest:
+        return False
     restic.feed(["backup", "--stdin", "--stdin-filename", FILENAME, "--host", HOST,
                  "--tag", TAG, "--quiet"], data, why="copy the registry off-site")
     atomic_write(mark, digest.encode() + b"\n", mode=0o640)
-    restic.forget([s.id for s in old])
+    if previous:
+        restic.run(["forget", "--host", HOST, "--tag", TAG, "--keep-last", "1"],
+                   why="forget older registry copies")
     LOG.info("registry copied off-site (%d clients)", data.count(b'"serial"'))
     return True
 

@@ -232,7 +232,7 @@ def run_once(ctx: Context, *, now: Callable[[], dt.datetime] = lambda: dt.dateti
             _replicate(ctx, restic, records, report, now, honour_backoff, limit, progress)
             report.pending = sum(len(pending_of(ctx, r)) for r in records.values())
             report.forgotten = mirror(ctx, restic, listing, now())
-            report.registry_copied = registry_copy.replicate(ctx, restic, listing)
+            report.registry_copied = registry_copy.replicate(ctx, restic)
         except XsbackupError as e:
             _fail(ctx, "run", e, now(), None)
             raise
