@@ -262,6 +262,16 @@ def test_killed_after_restic_succeeded_adopts_instead_of_a_second_copy(
     assert state.load_client(server.store, sn).has("documents", sid)
     assert len(repo.snapshots(sn)) == 1
 
+    # An admin forgets that restic snapshot by hand: the next one, whose parent it was,
+    # still replicates (restic then finds a parent itself).
+    [gone] = repo.snapshots(sn)
+    assert repo.restic("forget", str(gone["id"])).returncode == 0
+    (tmp_path / "src" / "more.txt").write_text("more\n")
+    later = push(server, sn, tmp_path / "src")
+    out = server.cli("offsite", "run", "--once", "--json")
+    assert orjson.loads(out.stdout[out.stdout.index("{"):])["replicated"] == [
+        f"{sn} documents/{later}"]
+
 
 def test_bad_credentials_and_unreachable(server: Server, repo: Repo, tmp_path: Path) -> None:
     sn = "OFSCRED001"

@@ -71,6 +71,8 @@ from xsbackup.store import (
 )
 
 Progress = Callable[[str], None]
+# restic's words for a --parent it cannot use.
+_NO_PARENT = ("no matching id", "multiple ids")
 
 
 @dataclass
@@ -150,10 +152,19 @@ def backup_snapshot(ctx: Context, restic: Restic, client: str, volume: str, sid:
         args = ["backup", "--json", "--host", client, "--tag", f"volume:{volume}",
                 "--tag", f"snapshot:{sid}", "--tag", root_tag(fd), "--time",
                 snapshot_time(sid).strftime("%Y-%m-%d %H:%M:%S"), "--ignore-ctime"]
-        if parent:
-            args += ["--parent", parent]
-        result = restic.run([*args, "."], why=f"replicate {client} {volume}/{sid}",
-                            cwd=str(stage), pwd=str(stage), ok=(0, 3))
+        why = f"replicate {client} {volume}/{sid}"
+        try:
+            result = restic.run([*args, *(["--parent", parent] if parent else []), "."],
+                                why=why, cwd=str(stage), pwd=str(stage), ok=(0, 3))
+        except OffsiteFailed as e:
+            # The parent was forgotten by hand, or its short id became ambiguous: restic
+            # then finds the parent itself, by the (same) path.
+            if not parent or not any(k in e.message.lower() for k in _NO_PARENT):
+                raise
+            LOG.warning("client=%s volume=%s snapshot=%s parent %s unusable (%s); letting "
+                        "restic choose", client, volume, sid, parent, e.message)
+            result = restic.run([*args, "."], why=why, cwd=str(stage), pwd=str(stage),
+                                ok=(0, 3))
     finally:
         os.close(fd)
     summary = _summary(result.stdout)
