@@ -358,6 +358,45 @@ class ServerError(XsbackupError):
     exit_code = 59
 
 
+# ---- off-site copies on restic (60-64) ---------------------------------------------
+
+
+class OffsiteUnreachable(XsbackupError):
+    """The off-site repository is unreachable, or there is no repository at that location."""
+
+    exit_code = 60
+    reason = "unreachable"
+
+
+class ResticNotFound(XsbackupError):
+    """The configured restic program (offsite.restic) was not found."""
+
+    exit_code = 61
+
+
+class OffsiteAuthFailed(XsbackupError):
+    """The off-site repository refused the password or the backend credentials."""
+
+    exit_code = 62
+    reason = "credentials"
+
+
+class OffsiteFailed(XsbackupError):
+    """restic failed on the off-site repository; its first error line says why."""
+
+    exit_code = 63
+    reason = "restic"
+
+
+class OffsiteNotConfigured(XsbackupError):
+    """No off-site repository is configured (offsite.repository)."""
+
+    exit_code = 64
+
+
+# ---- restore push (65-68) -------------------------------------------------------------
+
+
 class PushFailed(XsbackupError):
     """A restore push failed on one or more devices (the summary names them)."""
 

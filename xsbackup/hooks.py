@@ -1,9 +1,11 @@
 """Admin hooks: executables in ``<hooks.dir>/<stage>/``, run in name order.
 
 Stages: ``pre-ingest`` (may veto a transfer), ``post-ingest``, ``post-snapshot``,
-``on-failure`` (and ``post-prune``). Each hook runs without a shell, in its own process
-group, with stdin closed, a timeout (``hooks.timeout``; the whole group is killed when it
-expires) and these environment variables, besides ``PATH``, ``HOME``, ``LANG`` and
+``on-failure`` (and ``post-prune``; ``offsite-failed`` when off-site replication failed
+``offsite.notify_after`` times in a row, with ``XSBACKUP_FAILURES``). Each hook runs
+without a shell, in its own process group, with stdin closed, a timeout
+(``hooks.timeout``; the whole group is killed when it expires) and these environment
+variables, besides ``PATH``, ``HOME``, ``LANG`` and
 ``TZ`` (the working directory is the server's own; use the absolute paths given):
 
 =========================  ======================================================
@@ -16,7 +18,8 @@ expires) and these environment variables, besides ``PATH``, ``HOME``, ``LANG`` a
 ``XSBACKUP_SNAPSHOT_PATH`` the snapshot directory (post-ingest: its incoming path)
 ``XSBACKUP_RSYNC_EXIT``    rsync's exit code (post-ingest, on-failure)
 ``XSBACKUP_STATS``         the snapshot's stats as JSON (post-snapshot)
-``XSBACKUP_ERROR``         what failed (on-failure)
+``XSBACKUP_ERROR``         what failed (on-failure, offsite-failed)
+``XSBACKUP_FAILURES``      failures in a row (offsite-failed)
 =========================  ======================================================
 
 A ``pre-*`` hook's nonzero exit refuses the operation with the hook's first output line.

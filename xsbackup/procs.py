@@ -56,14 +56,16 @@ def _check_argv(argv: Sequence[str]) -> list[str]:
 def spawn(argv: Sequence[str], *, why: str, env: Mapping[str, str] | None = None,
           stdin: int | IO[Any] | None = None, stdout: int | IO[Any] | None = None,
           stderr: int | IO[Any] | None = None, pass_fds: Sequence[int] = (),
-          new_session: bool = False, bufsize: int = -1) -> subprocess.Popen[bytes]:
-    """Start ``argv`` (no shell) with a scrubbed environment; the caller waits for it."""
+          new_session: bool = False, bufsize: int = -1,
+          cwd: str | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (no shell) with a scrubbed environment, in ``cwd`` when given; the
+    caller waits for it."""
     args = _check_argv(argv)
     LOG.debug("running %s: %s", why, " ".join(args))
     return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr,
                             env=dict(env) if env is not None else environment(),
                             pass_fds=tuple(pass_fds), close_fds=True,
-                            start_new_session=new_session, bufsize=bufsize)
+                            start_new_session=new_session, bufsize=bufsize, cwd=cwd)
 
 
 def stop(proc: subprocess.Popen[Any], grace: float = GRACE_SECONDS) -> int:
@@ -146,11 +148,12 @@ class Result:
 
 
 def run(argv: Sequence[str], *, why: str, env: Mapping[str, str] | None = None,
-        timeout: float | None = None) -> Result:
-    """Run ``argv`` to completion with its output captured (text). At ``timeout`` the
-    child is stopped and ``returncode`` is None. Never raises for a non-zero exit."""
+        timeout: float | None = None, cwd: str | None = None) -> Result:
+    """Run ``argv`` to completion (in ``cwd`` when given) with its output captured (text).
+    At ``timeout`` the child is stopped and ``returncode`` is None. Never raises for a
+    non-zero exit."""
     proc = spawn(argv, why=why, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                 stderr=subprocess.PIPE)
+                 stderr=subprocess.PIPE, cwd=cwd)
     try:
         out, err = proc.communicate(timeout=timeout)
         code: int | None = proc.returncode

@@ -21,6 +21,7 @@ from xsbackup.cli import (
     info_cmd,
     integrity_cmd,
     migrate_cmd,
+    offsite_cmd,
     prune_cmd,
     restore_cmd,
     serve_cmd,
@@ -66,7 +67,7 @@ for _command in (
     snapshots_cmd.postprocess, snapshots_cmd.snapshots, snapshots_cmd.cjson,
     prune_cmd.prune, prune_cmd.du, restore_cmd.restore, info_cmd.exit_codes,
     info_cmd.config_cmd, integrity_cmd.check, integrity_cmd.diff, integrity_cmd.find,
-    migrate_cmd.migrate,
+    migrate_cmd.migrate, offsite_cmd.offsite,
 ):
     cli.add_command(_command)
 

@@ -54,9 +54,12 @@ def restore_plan(ctx: Context, serial: str, volume: str | None,
 @click.option("--at", help="A snapshot id, or an ISO time: the newest snapshot at or before.")
 @click.option("--format", "fmt", type=click.Choice(["tar", "zip"]), default="tar",
               help="Archive format (default tar).")
+@click.option("--from", "source", type=click.Choice(["store", "offsite"]), default="store",
+              help="offsite: the snapshot of the off-site repository, brought back into "
+                   "the store first when it is not there (default: store).")
 @with_context
 def restore_archive(ctx: Context, serial: str, path: str,
-                    volume: str | None, at: str | None, fmt: str) -> None:
+                    volume: str | None, at: str | None, fmt: str, source: str) -> None:
     """Stream SERIAL's snapshot (or PATH inside it) to stdout: ... | tar x
 
     Refuses to write to a terminal, as restic dump does."""
@@ -66,8 +69,13 @@ def restore_archive(ctx: Context, serial: str, path: str,
     if sys.stdout.isatty():
         raise XsbackupError(f"refusing to write an archive to a terminal: redirect it to a "
                             f"file (> snapshot.{fmt}) or a pipe (| tar x)")
-    vol = pick_volume(ctx.store, serial, volume)
-    sid = resolve(ctx.store, serial, vol, at)
+    if source == "offsite":
+        from xsbackup.offsite import recover
+
+        vol, sid = recover.ensure_local(ctx, serial, volume, at)
+    else:
+        vol = pick_volume(ctx.store, serial, volume)
+        sid = resolve(ctx.store, serial, vol, at)
     out = sys.stdout.buffer
     core.write_archive(ctx.store, serial, vol, sid, path, fmt, out)
     out.flush()

@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 
 from xsbackup import counters
+from xsbackup.offsite import replicate, state
 from xsbackup.snapshots import queue
 from xsbackup.store import Store, disk_use, get_xattrs, iter_clients
 
@@ -49,6 +50,8 @@ KNOWN: dict[str, tuple[str, tuple[str, ...], str]] = {
                        "Bytes of new files stored (not shared with an earlier snapshot)."),
     "files_received": ("xsbackup_files_received", (),
                        "New files stored (not shared with an earlier snapshot)."),
+    "offsite_failures": ("xsbackup_offsite_failures", ("reason",),
+                         "Failed off-site replications and runs, by reason."),
 }
 _KEY_RE = re.compile(r"([a-z_][a-z0-9_]*)(?:\{(.*)\})?")
 _LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"(?:,|$)')
@@ -158,6 +161,18 @@ def _check_families(store: Store) -> list[Metric]:
         if full is not None:
             covered.add_metric([client], full.timestamp())
     return [damaged, last, covered]
+def _offsite_families(store: Store, now: dt.datetime) -> list[Metric]:
+    """``xsbackup_offsite_lag_seconds{client}`` once replication has run: seconds since
+    the oldest snapshot not yet off-site was taken (0: all off-site)."""
+    repo = state.load_repo(store)
+    if not repo.last_run:
+        return []
+    lag = GaugeMetricFamily("xsbackup_offsite_lag_seconds",
+                            "Seconds since the client's oldest snapshot not yet off-site "
+                            "was taken (0: every snapshot is off-site).", labels=["client"])
+    for row in replicate.client_status(store, repo.volumes, now):
+        lag.add_metric([row["client"]], row["lag_seconds"])
+    return [lag]
 
 
 class StateCollector:
@@ -174,6 +189,7 @@ class StateCollector:
                                 value=float(queue_depth(store)))
         yield from _client_families(store, dt.datetime.now(dt.UTC))
         yield from _check_families(store)
+        yield from _offsite_families(store, dt.datetime.now(dt.UTC))
         use = disk_use(Path(store.root))
         yield GaugeMetricFamily("xsbackup_disk_blocks_used_ratio",
                                 "Share of the state root's usable disk blocks in use.",

@@ -15,6 +15,7 @@ from typing import Any
 
 from xsbackup.clients.registry import Client, Registry
 from xsbackup.context import Context
+from xsbackup.offsite import replicate
 from xsbackup.snapshots.snapshot import read_facts
 from xsbackup.snapshots.usage import last_total
 from xsbackup.store import Store, disk_use, get_xattrs, root_warnings
@@ -103,4 +104,10 @@ def server_status(ctx: Context, now: dt.datetime) -> dict[str, Any]:
     return {"disk": disk_use(ctx.store.root).as_dict(),
             "storage": ctx.storage.describe().as_dict(),
             "clients": client_rows(ctx.store, now),
-            "warnings": root_warnings(ctx.store.root, ctx.settings.storage.root_group)}
+            "warnings": root_warnings(ctx.store.root, ctx.settings.storage.root_group),
+            **_offsite(ctx, now)}
+
+
+def _offsite(ctx: Context, now: dt.datetime) -> dict[str, Any]:
+    """The off-site replication (``xsbackup.offsite``), when a repository is configured."""
+    return {"offsite": replicate.status(ctx, now)} if ctx.settings.offsite.repository else {}

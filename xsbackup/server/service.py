@@ -36,6 +36,7 @@ from xsbackup.context import Context
 from xsbackup.errors import RsyncNotFound, XsbackupError
 from xsbackup.ingest import admission
 from xsbackup.logs import LOG
+from xsbackup.offsite.schedule import OffsiteJob
 from xsbackup.snapshots import postprocess
 from xsbackup.store import atomic_write, init_root, iter_clients
 
@@ -243,6 +244,7 @@ class Service:
         scheduler.add("prune", 60, DailyPrune(self.context))
         scheduler.add("check", 60, DailyCheck(self.context))
         scheduler.add("usage", 900, lambda: refresh_usage(self.context()))
+        scheduler.add("offsite", 10, OffsiteJob(self.context))
         post = threading.Thread(target=postprocess.watch, args=(self.context, pp_stop),
                                 name="postprocess", daemon=True)
         threads = [

@@ -20,6 +20,8 @@ from xsbackup.context import Context
 from xsbackup.errors import ClientNotFound, StateRootError
 from xsbackup.logs import LOG
 from xsbackup.monitor import status
+from xsbackup.offsite import replicate
+from xsbackup.offsite import state as offsite_state
 from xsbackup.restore import resolve
 from xsbackup.retention import policy as retention
 from xsbackup.retention import prune
@@ -211,7 +213,20 @@ def dashboard(settings: Settings, store: Store, query: str, sort: str, order: st
         "queue": [{"client": e.client, "volume": e.volume, "id": e.id,
                    "recovered": bool(e.data.get("recovered"))} for e in queue[:QUEUE_SHOWN]],
         "queue_count": len(queue),
+        "offsite": offsite_summary(settings, store, now),
     }
+
+
+def offsite_summary(settings: Settings, store: Store, now: dt.datetime) -> dict[str, Any]:
+    """The dashboard's off-site box: the repository's last run and error, and the
+    clients not yet all off-site, largest lag first ({} when none is configured)."""
+    if not settings.offsite.repository:
+        return {}
+    repo = offsite_state.load_repo(store)
+    behind = sorted((r for r in replicate.client_status(store, settings.offsite.volumes, now)
+                     if r["pending"] or r["failures"]), key=lambda r: -r["lag_seconds"])
+    return {"last_run": repo.last_run, "error": repo.last_error if repo.failures else "",
+            "behind": behind[:QUEUE_SHOWN], "behind_count": len(behind)}
 
 
 # ---- charts ----------------------------------------------------------------------------

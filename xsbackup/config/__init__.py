@@ -16,30 +16,16 @@ import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from xsbackup import units
+from xsbackup.config.check import CheckSettings  # new sections have their own modules
+from xsbackup.config.declare import setting as _key
+from xsbackup.config.offsite import OffsiteSettings
 from xsbackup.errors import ConfigError
 from xsbackup.layout import state_root
-
-
-def _key(default: Any, help: str, *, minimum: float | None = None,
-         maximum: float | None = None, choices: tuple[str, ...] | None = None,
-         kind: str | None = None) -> Any:
-    """A setting: its default, its help line and its bounds, kept in the field's metadata.
-
-    ``kind`` names a text form the value must have (see ``_KINDS``): ``"duration"`` and
-    ``"clock"`` keep the checked text (``""`` turns the setting off), as ``"startups"``
-    does (``units.parse_startups``), ``"size"`` turns a size text (``"1MiB"``) into an
-    ``int`` of bytes, ``"networks"`` checks a list of addresses or CIDR networks."""
-    factory = (lambda: list(default)) if isinstance(default, list) else None
-    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices,
-            "kind": kind}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -209,13 +195,6 @@ class PruneSettings:
 
 
 @dataclass(frozen=True)
-class CheckSettings:
-    schedule: str = _key("04:00", "daily time (HH:MM) of the sampled check", kind="clock")
-    sample_percent: float = _key(1.0, "percent of each client's inodes it reads, rotating "
-                                 "(each read within 100/percent nights)", minimum=1e-4, maximum=100)
-
-
-@dataclass(frozen=True)
 class UiSettings:
     overdue_days: float = _key(2.0, "days without a successful backup before the web UI "
                                "marks a client overdue", minimum=0.01)
@@ -237,6 +216,7 @@ SECTIONS: dict[str, type[Any]] = {
     "ingest": IngestSettings, "storage": StorageSettings, "postprocess": PostprocessSettings,
     "hooks": HooksSettings, "retention": RetentionSettings, "quota": QuotaSettings,
     "prune": PruneSettings, "ui": UiSettings, "log": LogSettings, "check": CheckSettings,
+    "offsite": OffsiteSettings,
 }
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
@@ -376,6 +356,7 @@ class Settings:
     ui: UiSettings
     log: LogSettings
     check: CheckSettings
+    offsite: OffsiteSettings
 
     @classmethod
     def build(cls, root: Path, values: Mapping[str, Any], config_file: Path | None) -> Settings:
