@@ -237,12 +237,19 @@ class LogSettings:
     level: str = _key("info", "log level", choices=("debug", "info", "warning", "error"))
 
 
+@dataclass(frozen=True)
+class FleetSettings:
+    inventory: str = _key("", "fleet inventory TOML (relative: under the state root)")
+    timeout: float = _key(30.0, "seconds each step on one fleet server may take", minimum=1)
+
+
 SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings, "http": HttpSettings, "availability": AvailabilitySettings,
     "registration": RegistrationSettings, "admission": AdmissionSettings,
     "ingest": IngestSettings, "storage": StorageSettings, "postprocess": PostprocessSettings,
     "hooks": HooksSettings, "retention": RetentionSettings, "quota": QuotaSettings,
     "prune": PruneSettings, "ui": UiSettings, "log": LogSettings,
+    "fleet": FleetSettings,
 }
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
@@ -373,6 +380,7 @@ class Settings:
     prune: PruneSettings
     ui: UiSettings
     log: LogSettings
+    fleet: FleetSettings
 
     @classmethod
     def build(cls, root: Path, values: Mapping[str, Any], config_file: Path | None) -> Settings:

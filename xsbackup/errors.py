@@ -322,6 +322,18 @@ class ServerError(XsbackupError):
     exit_code = 59
 
 
+class InventoryError(ConfigError):
+    """The fleet inventory is missing or invalid."""
+
+    exit_code = 70
+
+
+class FleetServerFailed(XsbackupError):
+    """At least one fleet server did not answer (its row says why)."""
+
+    exit_code = 71
+
+
 def all_errors() -> list[type[XsbackupError]]:
     """One class per exit code, ordered by code, for documentation.
 
