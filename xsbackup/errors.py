@@ -334,6 +334,12 @@ class FleetServerFailed(XsbackupError):
     exit_code = 71
 
 
+class MoveFailed(XsbackupError):
+    """A client's move between fleet servers stopped; the same command resumes it."""
+
+    exit_code = 72
+
+
 def all_errors() -> list[type[XsbackupError]]:
     """One class per exit code, ordered by code, for documentation.
 

@@ -219,3 +219,29 @@ def assign(fl: Fleet, serial: str, as_json: bool) -> None:
                    "port": server.port, "site": server.site})
     else:
         click.echo(server.name)
+
+
+@fleet.command("move-client")
+@click.argument("serial")
+@click.option("--to", "target", required=True, metavar="SERVER",
+              help="The inventory name of the server to move the client to.")
+@_JSON
+@pass_fleet
+def move_client(fl: Fleet, serial: str, target: str, as_json: bool) -> None:
+    """Move SERIAL's whole history to SERVER: snapshots oldest first (sharing kept),
+    each verified byte by byte; then the registration; then the source copy to trash.
+    Interrupted, the same command resumes (journal in <root>/fleet/)."""
+    from xsbackup.fleet.move import move_client as move
+    from xsbackup.store import Store
+
+    store = Store(fl.settings.root).require()
+
+    def progress(line: str) -> None:
+        click.echo(line, err=True)
+
+    out = move(fl.inventory, serial, target, store.root / "fleet", fl.timeout, progress)
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"moved {serial} from {out['source']} to {out['target']}: "
+                   + ", ".join(f"{v} {n} snapshots" for v, n in out["snapshots"].items()))
