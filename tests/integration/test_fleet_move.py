@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import XSBACKUP, Sshd, local_push
 from tests.fleet_kit import FleetKit, fleet_of
-from xsbackup.store import Store, init_root
+from xsbackup.store import Store, get_xattrs, init_root
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +86,8 @@ def test_move_client_killed_three_times_resumes_to_an_exact_copy(
         before = history(a.store)
         assert len(before) == 10
         source_du = du_total(kit, "a")
+        facts = get_xattrs(a.store.client_dir(SN))
+        assert facts["last_success"]
         assert registered_on(kit) == ["a"]
 
         for point in ("fleet-move-copied-3", "fleet-move-staged", "fleet-move-registered"):
@@ -104,6 +106,7 @@ def test_move_client_killed_three_times_resumes_to_an_exact_copy(
         # The same ids, bytes, modes, mtimes and xattrs (facts, fake-super records).
         assert history(b.store) == before
         assert b.store.latest_id(SN, "documents") == max(before)
+        assert get_xattrs(b.store.client_dir(SN)) == facts
         # Sharing kept: not ten copies of the 300 kB file.
         target_du = du_total(kit, "b")
         assert abs(target_du - source_du) <= 0.05 * source_du

@@ -154,6 +154,7 @@ class Move:
         return "\n".join([
             "set -e", 'm=$(mktemp -d)', f"rsh={shlex.quote(ssh)}' -S '\"$m/s\"",
             f"trap 'eval \"$rsh -O exit {host}\" 2>/dev/null; rm -rf \"$m\"' EXIT",
+            "trap 'exit 1' HUP INT TERM PIPE",
             f'eval "$rsh -M -o ControlPersist=no -fN {host}"', *body])
 
     def _remote(self, path: str) -> str:
