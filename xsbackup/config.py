@@ -241,6 +241,7 @@ class LogSettings:
 class FleetSettings:
     inventory: str = _key("", "fleet inventory TOML (relative: under the state root)")
     timeout: float = _key(30.0, "seconds each step on one fleet server may take", minimum=1)
+    place_as: str = _key("", "inventory name of this server; set: registration follows placement")
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -248,8 +249,7 @@ SECTIONS: dict[str, type[Any]] = {
     "registration": RegistrationSettings, "admission": AdmissionSettings,
     "ingest": IngestSettings, "storage": StorageSettings, "postprocess": PostprocessSettings,
     "hooks": HooksSettings, "retention": RetentionSettings, "quota": QuotaSettings,
-    "prune": PruneSettings, "ui": UiSettings, "log": LogSettings,
-    "fleet": FleetSettings,
+    "prune": PruneSettings, "ui": UiSettings, "log": LogSettings, "fleet": FleetSettings,
 }
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
