@@ -125,3 +125,35 @@ def test_du_prune_and_collect(kit: FleetKit, tmp_path: Path) -> None:
     assert servers["a"]["queue_depth"] == 0
     assert servers["a"]["offsite_lag_seconds"] is None
     assert "free_bytes" in servers["c"]["disk"]
+
+
+def test_the_web_fleet_page_for_admins(kit: FleetKit, tmp_path: Path) -> None:
+    from tests.integration.test_webui import TEACHER, TEACHER_PW, start_site
+    from tests.integration.test_webui_http import signed_in
+
+    kit.members["b"].stop_sshd()
+    site = start_site(tmp_path / "web", f'[fleet]\ninventory = "{kit.inventory}"\n'
+                                        "timeout = 5\n")
+    try:
+        page = signed_in(site).get("/ui/fleet")
+        assert page.status == 200, page.text
+        text = page.text
+        assert 'href="/ui/fleet"' in text
+        for name in ("a", "b", "c"):
+            assert f"school-{name}" in text
+        assert "1 not answering" in text
+        assert "unreachable: connection refused" in text
+        assert "SHF00000001" in text  # never backed up: overdue
+        assert "SHF00000003" not in text  # its server (b) did not answer
+        teacher = signed_in(site, TEACHER, TEACHER_PW)
+        assert teacher.get("/ui/fleet").status == 403
+        assert 'href="/ui/fleet"' not in teacher.get("/ui/").text
+    finally:
+        site.close()
+    bare = start_site(tmp_path / "web2")
+    try:
+        page = signed_in(bare).get("/ui/fleet")
+        assert page.status == 200
+        assert "no fleet inventory" in page.text
+    finally:
+        bare.close()
