@@ -5,10 +5,11 @@ The target pulls from the source with rsync over SSH (the source's inventory ``h
 peers' host keys in ``<root>/fleet-known_hosts``). The steps, each safe to repeat:
 
 1. ``copying``: every snapshot of every volume, oldest first, into its final place on the
-   target (``rsync -aHX --numeric-ids``, ``--link-dest`` the previous moved one, so
-   unchanged files stay shared), each verified byte by byte (``rsync -c -n -i`` must find
-   no difference) before the journal records it. The client's record (``client.json``)
-   waits on the target as ``client.json.moving``: not registered there.
+   target (``rsync -aHXX --numeric-ids``: every xattr, fake-super records too;
+   ``--link-dest`` the previous moved one, so unchanged files stay shared), each verified
+   byte by byte (``rsync -c -n -i`` must find no difference; it runs while the next one
+   is copied) before the journal records it. The client's record (``client.json``) waits
+   on the target as ``client.json.moving``: not registered there.
 2. ``retiring``: the source forgets the client (``clients remove``: its keys leave
    ``authorized_keys``); what it stored since is copied and verified too, and a transfer
    still waiting for the source's post-processor stops the move (run it again later).
@@ -161,20 +162,30 @@ class Move:
         return f"{self.src_server.host}:{path}"
 
     def _copy_script(self, plan: list[tuple[str, str, str | None]]) -> str:
-        """Per snapshot: the copy and the byte-by-byte comparison, printing
-        ``VERIFIED <volume> <id>`` when they agree."""
-        body = []
-        for volume, sid, previous in plan:
+        """Per snapshot: the copy, then the byte-by-byte comparison, which runs while the
+        next snapshot is copied; ``VERIFIED <volume> <id>`` is printed, in order, once
+        the comparison found no difference."""
+        body: list[str] = []
+        for k, (volume, sid, previous) in enumerate(plan):
             src = self._remote(f"{self.src_dir}/volumes/{volume}/snapshots/{sid}/")
             dst = f"{self.dst_dir}/volumes/{volume}/snapshots/{sid}/"
             link = [f"--link-dest=../{previous}"] if previous else []
             body += [f"mkdir -p {shlex.quote(dst)}",
-                     self._rsync("--delete", *link, src, dst),
-                     "d=$(" + self._rsync("--delete", "-c", "-n", "-i", src, dst) + ")",
-                     f'if [ -n "$d" ]; then echo "DIFFERS {volume} {sid} $d" | head -n 1; '
-                     "exit 3; fi",
-                     f"echo VERIFIED {volume} {sid}"]
+                     self._rsync("--delete", *link, src, dst)]
+            if k:
+                body.append(self._checked(k - 1, *plan[k - 1][:2]))
+            body.append(f'({self._rsync("--delete", "-c", "-n", "-i", src, dst)} '
+                        f'>"$m/v{k}" 2>&1; echo $? >"$m/rc{k}") & v=$!')
+        if plan:
+            body.append(self._checked(len(plan) - 1, *plan[-1][:2]))
         return self._script(body)
+
+    @staticmethod
+    def _checked(k: int, volume: str, sid: str) -> str:
+        """Wait for comparison ``k``: a failure or a difference ends the script."""
+        return (f'wait "$v"; if [ "$(cat "$m/rc{k}")" != 0 ]; then tail -n 1 "$m/v{k}" >&2; '
+                f'exit 3; fi; if [ -s "$m/v{k}" ]; then echo "DIFFERS {volume} {sid} '
+                f'$(head -n 1 "$m/v{k}")"; exit 3; fi; echo VERIFIED {volume} {sid}')
 
     def copy_all(self, journal_path: Path) -> None:
         """Every source snapshot the journal does not hold yet, oldest first, each
