@@ -188,17 +188,20 @@ class Sshd:
 
 @contextlib.contextmanager
 def running_sshd(directory: Path, host_key: Path, authorized_keys: Path,
-                 extra: tuple[str, ...] = ()) -> Iterator[tuple[int, Path]]:
+                 extra: tuple[str, ...] = (),
+                 more_keys: tuple[Path, ...] = ()) -> Iterator[tuple[int, Path]]:
     """OpenSSH sshd on a free loopback port with its own config in ``directory``;
-    yields (port, log). Shared by every test that needs a real sshd."""
+    yields (port, log). Shared by every test that needs a real sshd. ``more_keys``:
+    further authorized_keys files (the fleet tests' admin key)."""
     Path("/run/sshd").mkdir(exist_ok=True)
     port = free_port()
     directory.mkdir(exist_ok=True)
     log = directory / "sshd.log"
     cfg = directory / "sshd_config"
+    keys = " ".join(str(k) for k in (authorized_keys, *more_keys))
     cfg.write_text("\n".join([
         f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
-        f"PidFile {directory / 'sshd.pid'}", f"AuthorizedKeysFile {authorized_keys}",
+        f"PidFile {directory / 'sshd.pid'}", f"AuthorizedKeysFile {keys}",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "PubkeyAuthentication yes", "StrictModes no", "UsePAM no", "LogLevel VERBOSE",
         "MaxStartups 50", "MaxSessions 50", *extra, "",

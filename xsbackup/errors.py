@@ -419,6 +419,22 @@ class DeviceWriteFailed(PushFailed):
     """Writing the data on the device, or verifying it there, failed."""
 
     exit_code = 68
+class InventoryError(ConfigError):
+    """The fleet inventory is missing or invalid."""
+
+    exit_code = 70
+
+
+class FleetServerFailed(XsbackupError):
+    """At least one fleet server did not answer (its row says why)."""
+
+    exit_code = 71
+
+
+class MoveFailed(XsbackupError):
+    """A client's move between fleet servers stopped; the same command resumes it."""
+
+    exit_code = 72
 
 
 def all_errors() -> list[type[XsbackupError]]:

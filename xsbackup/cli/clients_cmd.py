@@ -319,3 +319,31 @@ def clients_show(ctx: Context, serial: str, as_json: bool) -> None:
     click.echo(f"  check {chk['at'] or 'never'}: {chk['damaged'] or 0} damaged, "
                f"{chk['problems'] or 0} problems; every inode covered "
                f"{chk['covered_at'] or 'not yet'}")
+@clients.command("register")
+@click.option("--request", "request_word", required=True, metavar="WORD",
+              help="The device's request: serial, nickname, uuid and key (base64 of "
+                   "JSON, as a fleet member forwards it).")
+@click.option("--host", default="", help="Host name for backupurl when server.public_host "
+              "is not set.")
+@click.option("--remote", default="-", help="The device's address (rate limits, the admin).")
+@click.option("--json", "as_json", is_flag=True, help="The reply as JSON.")
+@with_context
+def clients_register(ctx: Context, request_word: str, host: str, remote: str,
+                     as_json: bool) -> None:
+    """Register a device as its XML-RPC register call would: this server's policy,
+    limits and approval apply, and the reply is the one the device gets (a fleet member
+    with placement on forwards registrations here)."""
+    from xsbackup.clients import registration
+    from xsbackup.fleet.forward import decode_request
+
+    try:
+        req = decode_request(request_word)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--request") from None
+    reply = registration.register(ctx.settings, ctx.registry, req.get("serial"),
+                                  req.get("nickname"), req.get("uuid"), req.get("pubkey"),
+                                  host, remote)
+    if as_json:
+        emit_json(reply)
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in reply.items()))

@@ -18,6 +18,7 @@ import click
 from xsbackup.cli import (
     admin_cmd,
     clients_cmd,
+    fleet_cmd,
     info_cmd,
     integrity_cmd,
     migrate_cmd,
@@ -67,7 +68,7 @@ for _command in (
     snapshots_cmd.postprocess, snapshots_cmd.snapshots, snapshots_cmd.cjson,
     prune_cmd.prune, prune_cmd.du, restore_cmd.restore, info_cmd.exit_codes,
     info_cmd.config_cmd, integrity_cmd.check, integrity_cmd.diff, integrity_cmd.find,
-    migrate_cmd.migrate, offsite_cmd.offsite,
+    migrate_cmd.migrate, offsite_cmd.offsite, serve_cmd.metrics, fleet_cmd.fleet,
 ):
     cli.add_command(_command)
 

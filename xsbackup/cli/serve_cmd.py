@@ -117,3 +117,11 @@ def maintenance(ctx: Context, state: str) -> None:
     elif state == "off":
         ctx.store.maintenance_flag.unlink(missing_ok=True)
     click.echo("maintenance " + ("on" if maintenance_on(ctx) else "off"))
+
+@click.command()
+@with_context
+def metrics(ctx: Context) -> None:
+    """Print the /metrics exposition (Prometheus text format), read now."""
+    from xsbackup.monitor.metrics import render
+
+    sys.stdout.write(render(ctx.store).decode())

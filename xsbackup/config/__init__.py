@@ -23,6 +23,7 @@ from typing import Any
 from xsbackup import units
 from xsbackup.config.check import CheckSettings  # new sections have their own modules
 from xsbackup.config.declare import setting as _key
+from xsbackup.config.fleet import FleetSettings
 from xsbackup.config.offsite import OffsiteSettings
 from xsbackup.errors import ConfigError
 from xsbackup.layout import state_root
@@ -216,7 +217,7 @@ SECTIONS: dict[str, type[Any]] = {
     "ingest": IngestSettings, "storage": StorageSettings, "postprocess": PostprocessSettings,
     "hooks": HooksSettings, "retention": RetentionSettings, "quota": QuotaSettings,
     "prune": PruneSettings, "ui": UiSettings, "log": LogSettings, "check": CheckSettings,
-    "offsite": OffsiteSettings,
+    "offsite": OffsiteSettings, "fleet": FleetSettings,
 }
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
@@ -357,6 +358,7 @@ class Settings:
     log: LogSettings
     check: CheckSettings
     offsite: OffsiteSettings
+    fleet: FleetSettings
 
     @classmethod
     def build(cls, root: Path, values: Mapping[str, Any], config_file: Path | None) -> Settings:

@@ -51,7 +51,13 @@ from werkzeug.routing import Rule
 
 from xsbackup.errors import XsbackupError
 from xsbackup.logs import LOG
-from xsbackup.web import api, availability, rpc, ui
+from xsbackup.web import (
+    api,
+    availability,
+    fleet_page,  # noqa: F401  (its route joins ui.bp: /ui/fleet)
+    rpc,
+    ui,
+)
 from xsbackup.web.auth import AUTH_KEY, Authenticator
 from xsbackup.web.availability import COUNTS_KEY, Counts
 from xsbackup.web.base import CTX_KEY, ContextGetter, HttpError, Plain, json_response

@@ -45,6 +45,12 @@ def register_call() -> Response:
 
     def register(serial: Any, nickname: Any, uuid: Any, pubkey: Any) -> dict[str, str]:
         try:
+            if settings.fleet.place_as:  # a fleet member: the device may belong elsewhere
+                from xsbackup.fleet.forward import placed_reply
+
+                placed = placed_reply(settings, serial, nickname, uuid, pubkey, remote)
+                if placed is not None:
+                    return placed
             return registration.register(settings, ctx.registry, serial, nickname, uuid, pubkey,
                                          host, remote)
         except (XsbackupError, OSError):

@@ -1,0 +1,232 @@
+"""The fleet: ``fleet status`` over many servers, and ``fleet move-client`` of a history.
+
+Part A, status. ``--servers`` state roots (10), each with ``--clients`` registered clients
+(5) behind its own loopback sshd (one admin key, no forced command). Each run times, on
+every server one after the other, ``ssh HOST xsbackup --root R status --json`` with the
+stock ssh client (the "single" figures; the slowest of them is the anchor), and then
+``xsbackup fleet --inventory F status --json`` end to end (start-up, fabric, all servers).
+Target: fleet status at most 1.5 x the slowest single. All servers share this machine's
+cores, so the fleet run also pays for running every server's ``xsbackup`` at once, which
+separate hosts would not: ``sum_of_singles`` (what asking them one by one costs) is
+reported with it.
+
+Part B, move. One client with ``--snapshots`` snapshots (10) of ``--files`` files (20,000;
+``--change`` of them, 2 %, rewritten between snapshots), made by real ingest (rsync into
+the forced command, then the post-processor). Timed once each, interleaved over
+``--runs``: ``xsbackup fleet move-client`` from server a to server b (each run moves it
+back the other way, so every run moves the same history), against ``rsync -aH`` of the
+snapshots directory from one root into a fresh directory of the other (local, no ssh: the
+cost floor of copying the history with its sharing). Target: move at most 1.3 x rsync.
+The move also reads every byte twice more (its byte-by-byte verification,
+``rsync -c -n``), goes through ssh, and journals each snapshot.
+
+Usage: ``python bench/fleet.py [--servers 10] [--files 20000] [--runs 3]``.
+Smoke run: ``python bench/fleet.py --servers 3 --files 500 --snapshots 3 --runs 1
+--quiet-load 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import (
+    XSBACKUP,
+    Sshd,
+    exit_on_sigterm,
+    finish,
+    keygen,
+    login_user,
+    make_tree,
+    median,
+    new_result,
+    quiet_wait,
+    run_args,
+    run_timed,
+    summary,
+    temp_dir,
+    write_bench_config,
+)
+
+SN = "SHB00000001"
+
+
+def xsb(root: Path, *args: str) -> str:
+    r = subprocess.run([XSBACKUP, "--root", str(root), *args], capture_output=True, text=True,
+                       check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"xsbackup {' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def start_servers(base: Path, n: int, clients: int, admin: Path) -> list[tuple[str, Path,
+                                                                                Sshd]]:
+    base.mkdir(parents=True, exist_ok=True)
+    host_key = keygen(base / "host_key", "host")
+    keys = base / "admin_keys"
+    keys.write_text(admin.with_suffix(".pub").read_text())
+    out = []
+    for i in range(n):
+        name = f"s{i:02d}"
+        root = base / name / "state"
+        xsb(root, "init")
+        write_bench_config(root)
+        (base / name).mkdir(exist_ok=True)
+        for c in range(clients):
+            key = keygen(base / name / f"id{c}", f"c{c}")
+            xsb(root, "clients", "add", f"SHB{i:02d}{c:06d}", "--pubkey",
+                str(key.with_suffix(".pub")))
+        sshd = Sshd(base / name / "sshd", host_key, keys, permit_root="prohibit-password")
+        sshd.start()
+        out.append((name, root, sshd))
+    return out
+
+
+def inventory(base: Path, servers: list[tuple[str, Path, Sshd]], admin: Path) -> Path:
+    path = base / "fleet.toml"
+    path.write_text("".join(
+        f'[[server]]\nname = "{name}"\nhost = "{login_user()}@127.0.0.1"\n'
+        f'port = {sshd.port}\nroot = "{root}"\nidentity = "{admin}"\n'
+        f'command = "{XSBACKUP}"\n\n' for name, root, sshd in servers))
+    return path
+
+
+def part_status(base: Path, args: argparse.Namespace, admin: Path) -> dict[str, Any]:
+    servers = start_servers(base / "status", args.servers, args.clients, admin)
+    try:
+        inv = inventory(base / "status", servers, admin)
+        fleet = [XSBACKUP, "fleet", "--inventory", str(inv), "status", "--json"]
+        run_timed(fleet)  # warm: host keys, page cache
+        singles: dict[str, list[float]] = {name: [] for name, _, _ in servers}
+        fleets: list[float] = []
+        slowest: list[float] = []
+        sums: list[float] = []
+        for _ in range(args.runs):
+            this = []
+            for name, root, sshd in servers:
+                argv = [*sshd.rsh(admin).split(), "127.0.0.1",
+                        f"{XSBACKUP} --root {root} status --json"]
+                t = run_timed(argv)
+                singles[name].append(t)
+                this.append(t)
+            slowest.append(max(this))
+            sums.append(sum(this))
+            fleets.append(run_timed(fleet))
+        doc = orjson.loads(subprocess.run(fleet, capture_output=True, check=True).stdout)
+        assert doc["failed"] == 0
+        assert len(doc["clients"]) == args.servers * args.clients
+        return {"servers": args.servers, "clients_per_server": args.clients,
+                "single": {n: summary(v) for n, v in singles.items()},
+                "slowest_single": summary(slowest), "sum_of_singles": summary(sums),
+                "fleet_status": summary(fleets),
+                "ratio_fleet_over_slowest_single": median(fleets) / median(slowest),
+                "ratio_fleet_over_sum_of_singles": median(fleets) / median(sums),
+                "target": 1.5}
+    finally:
+        for _, _, sshd in servers:
+            sshd.stop()
+
+
+def make_history(root: Path, src: Path, args: argparse.Namespace) -> None:
+    """``--snapshots`` real backups through the forced command (a local rsh stand-in)."""
+    key = keygen(root.parent / "client", "client")
+    xsb(root, "clients", "add", SN, "--pubkey", str(key.with_suffix(".pub")))
+    rsh = root.parent / "rsh"
+    rsh.write_text("#!/bin/sh\nwhile [ $# -gt 0 ]; do case \"$1\" in -l) shift 2;; -*) "
+                   "shift;; *) break;; esac; done\nshift\nSSH_ORIGINAL_COMMAND=\"$*\" exec "
+                   f"{XSBACKUP} --root {root} ssh-command --client {SN}\n")
+    rsh.chmod(0o755)
+    make_tree(src, args.files, args.mb * 1_000_000, args.seed)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    for n in range(args.snapshots):
+        if n:
+            for p in files[n::max(1, int(1 / args.change))]:
+                p.write_bytes(os.urandom(min(4096, p.stat().st_size or 1)))
+        run_timed(["rsync", "-e", str(rsh), "-a", "--delete", f"{src}/",
+                   f"{SN}@local:documents/"])
+    xsb(root, "postprocess")
+
+
+def part_move(base: Path, args: argparse.Namespace, admin: Path) -> dict[str, Any]:
+    servers = start_servers(base / "move", 2, 0, admin)
+    journal_root = base / "move" / "orchestrator"
+    xsb(journal_root, "init")
+    try:
+        inv = inventory(base / "move", servers, admin)
+        (_, root_a, _), (_, root_b, _) = servers
+        make_history(root_a, base / "move" / "src", args)
+        where = {"s00": root_a, "s01": root_b}
+        on, other = "s00", "s01"
+        moves: list[float] = []
+        copies: list[float] = []
+        for _ in range(args.runs):
+            snaps = where[on] / "clients" / SN / "volumes" / "documents" / "snapshots"
+            dest = where[other] / "rsync-copy"
+            shutil.rmtree(dest, ignore_errors=True)
+            subprocess.run(["sync"], check=True)
+            copies.append(run_timed(["rsync", "-aH", f"{snaps}/", f"{dest}/"]))
+            shutil.rmtree(dest)
+            xsb(where[other], "prune", "--json")  # frees the previous run's trash/
+            subprocess.run(["sync"], check=True)
+            moves.append(run_timed([XSBACKUP, "--root", str(journal_root), "fleet",
+                                    "--inventory", str(inv), "move-client", SN, "--to",
+                                    other]))
+            on, other = other, on
+        return {"snapshots": args.snapshots, "files": args.files, "mb": args.mb,
+                "change": args.change, "move_client": summary(moves),
+                "rsync_aH": summary(copies),
+                "ratio_move_over_rsync": median(moves) / median(copies), "target": 1.3}
+    finally:
+        for _, _, sshd in servers:
+            sshd.stop()
+
+
+def print_table(result: dict[str, Any]) -> None:
+    s, m = result.get("status"), result.get("move")
+    if s:
+        print(f"status over {s['servers']} servers: fleet {s['fleet_status']['median']:.2f} s,"
+              f" slowest single {s['slowest_single']['median']:.2f} s, ratio "
+              f"{s['ratio_fleet_over_slowest_single']:.2f} (target <= 1.5); sum of singles "
+              f"{s['sum_of_singles']['median']:.2f} s")
+    if m:
+        print(f"move-client {m['snapshots']} x {m['files']} files: "
+              f"{m['move_client']['median']:.2f} s, rsync -aH {m['rsync_aH']['median']:.2f} s,"
+              f" ratio {m['ratio_move_over_rsync']:.2f} (target <= 1.3)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--servers", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=5)
+    ap.add_argument("--snapshots", type=int, default=10)
+    ap.add_argument("--files", type=int, default=20_000)
+    ap.add_argument("--mb", type=int, default=100, help="bytes of the tree, in MB (100)")
+    ap.add_argument("--change", type=float, default=0.02)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--part", choices=("status", "move", "both"), default="both")
+    run_args(ap, out="fleet.json", quiet_load=2.0, quiet_timeout=300)
+    args = ap.parse_args()
+    exit_on_sigterm()
+    result = new_result("fleet", ["fleet.remote", "fleet.ops", "fleet.move"],
+                        quiet=quiet_wait(args.quiet_load, args.quiet_timeout))
+    with temp_dir("xsb-bench-fleet-") as base:
+        admin = keygen(base / "admin", "admin")
+        if args.part in ("status", "both"):
+            result["status"] = part_status(base, args, admin)
+        if args.part in ("move", "both"):
+            result["move"] = part_move(base, args, admin)
+    return finish(result, args.out, print_table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""``xsbackup fleet``: run every server of a fleet inventory together, and place clients."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from xsbackup.cli._common import Invocation, emit_json, pass_invocation, size_text
+from xsbackup.errors import FleetServerFailed
+
+_JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+_PARALLEL = click.option("--parallel", type=click.IntRange(min=1), metavar="N",
+                         help="Servers asked at once (default: all).")
+
+
+class Fleet:
+    """The ``fleet`` group's options: the inventory and the per-server timeout."""
+
+    def __init__(self, inv: Invocation, inventory: str | None, timeout: float | None) -> None:
+        from xsbackup.fleet import inventory as inventory_mod
+
+        settings = inv.settings()
+        self.settings = settings
+        self.inventory = inventory_mod.load(inventory_mod.locate(
+            inventory, settings.fleet.inventory, settings.root))
+        self.timeout = timeout if timeout is not None else settings.fleet.timeout
+
+
+pass_fleet = click.make_pass_decorator(Fleet)
+
+
+@click.group()
+@click.option("--inventory", metavar="FILE", help="The fleet inventory (default: "
+              "[fleet] inventory).")
+@click.option("--timeout", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Seconds each step on one server may take (default: [fleet] timeout).")
+@pass_invocation
+@click.pass_context
+def fleet(ctx: click.Context, inv: Invocation, inventory: str | None,
+          timeout: float | None) -> None:
+    """Run xsbackup commands on every server of a fleet over SSH, and place clients.
+
+    Each server stays a complete, independent xsbackup; every subcommand runs that
+    server's own `xsbackup --root ROOT ... --json` and aggregates the answers. A server
+    that is down, slow or answers garbage is one failed row (exit 71 after the report).
+    """
+    ctx.obj = Fleet(inv, inventory, timeout)
+
+
+def _finish(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]], None]
+            ) -> None:
+    if as_json:
+        emit_json(report)
+    else:
+        for row in report["servers"]:
+            if not row["ok"]:
+                click.echo(f"{row['server']:<16} FAILED  {row['error']}")
+        show(report)
+    if report["failed"]:
+        raise FleetServerFailed(f"{report['failed']} of {len(report['servers'])} servers "
+                                "failed")
+
+
+def _disk(row: dict[str, Any]) -> str:
+    disk = row.get("disk") or {}
+    return f"disk {disk.get('df_blocks_pct', '?')}% used, {size_text(disk.get('free_bytes'))} free"
+
+
+def _show_status(report: dict[str, Any]) -> None:
+    for row in report["servers"]:
+        if row["ok"]:
+            click.echo(f"{row['server']:<16} ok      {_disk(row)}, {row['clients']} clients")
+    for c in report["clients"]:
+        click.echo(f"  {c['server']:<14} {c['serial']:<16} last={c['last_success'] or 'never'}"
+                   f" snapshots={c['snapshot_count']} usage={size_text(c['usage_bytes'])}"
+                   f" error={c['last_error'] or '-'}")
+
+
+@fleet.command()
+@_JSON
+@_PARALLEL
+@pass_fleet
+def status(fl: Fleet, as_json: bool, parallel: int | None) -> None:
+    """Every server's disk and every client's status, one row each."""
+    from xsbackup.fleet import ops
+
+    _finish(ops.status(fl.inventory, fl.timeout, parallel), as_json, _show_status)
+
+
+@fleet.command()
+@_JSON
+@_PARALLEL
+@pass_fleet
+def check(fl: Fleet, as_json: bool, parallel: int | None) -> None:
+    """Status, plus the fleet's problems: failing or warning servers and clients
+    registered on more than one server; lists clients placement would put elsewhere."""
+    from xsbackup.fleet import ops
+
+    report = ops.check(fl.inventory, fl.timeout, parallel)
+
+    def show(r: dict[str, Any]) -> None:
+        _show_status(r)
+        for m in r["misplaced"]:
+            click.echo(f"misplaced: {m['serial']} is on {m['server']}, placement says "
+                       f"{m['assigned']}")
+        for p in r["problems"]:
+            click.echo(f"problem: {p}")
+        if not r["problems"]:
+            click.echo("fleet ok")
+
+    _finish(report, as_json, show)
+    if report["problems"]:
+        sys.exit(1)
+
+
+@fleet.command()
+@_JSON
+@_PARALLEL
+@pass_fleet
+def du(fl: Fleet, as_json: bool, parallel: int | None) -> None:
+    """Every client's bytes on disk (hardlink-aware, each server's own du)."""
+    from xsbackup.fleet import ops
+
+    def show(r: dict[str, Any]) -> None:
+        for row in r["servers"]:
+            if row["ok"]:
+                click.echo(f"{row['server']:<16} ok      {size_text(row['total'])} in "
+                           f"{row['clients']} clients")
+        for c in r["clients"]:
+            click.echo(f"  {c['server']:<14} {c['client']:<16} {size_text(c['total'])} on "
+                       f"disk, {size_text(c['apparent'])} apparent, {c['snapshots']} snapshots")
+
+    _finish(ops.du(fl.inventory, fl.timeout, parallel), as_json, show)
+
+
+def _show_prune(r: dict[str, Any]) -> None:
+    for row in r["servers"]:
+        if row["ok"]:
+            click.echo(f"{row['server']:<16} ok      {row['pruning']} snapshots to prune, "
+                       f"frees {size_text(row['frees'])}")
+    for it in r["items"]:
+        if not it["keep"]:
+            click.echo(f"  {it['server']:<14} {it['section']:<6} {it['client']:<16} "
+                       f"{it['volume']:<12} {it['id']:<22} {it.get('outcome') or 'planned'}")
+
+
+@fleet.command()
+@click.option("--dry-run", is_flag=True, help="Print the fleet-wide plan; delete nothing.")
+@_JSON
+@_PARALLEL
+@pass_fleet
+def prune(fl: Fleet, dry_run: bool, as_json: bool, parallel: int | None) -> None:
+    """Each server's retention policy and soft quota: the fleet-wide plan first (every
+    server's prune --dry-run), then, without --dry-run, each server prunes."""
+    from xsbackup.fleet import ops
+
+    plan = ops.prune(fl.inventory, fl.timeout, parallel, dry_run=True)
+    if dry_run:
+        _finish(plan, as_json, _show_prune)
+        return
+    if as_json:
+        done = ops.prune(fl.inventory, fl.timeout, parallel, dry_run=False)
+        emit_json({"plan": plan, "result": done})
+        failed = max(plan["failed"], done["failed"])
+        if failed:
+            raise FleetServerFailed(f"{failed} of {len(done['servers'])} servers failed")
+        return
+    click.echo("plan:")
+    _show_prune(plan)
+    click.echo("pruning:")
+    _finish(ops.prune(fl.inventory, fl.timeout, parallel, dry_run=False), False,
+            _show_prune)
+
+
+@fleet.command()
+@click.option("--overdue-days", type=click.FloatRange(min=0.01), metavar="DAYS",
+              help="Days without a backup that make a client overdue (default: "
+              "[ui] overdue_days).")
+@_JSON
+@_PARALLEL
+@pass_fleet
+def collect(fl: Fleet, overdue_days: float | None, as_json: bool,
+            parallel: int | None) -> None:
+    """One report from every server's status and metrics: disk per server, overdue
+    clients fleet-wide, off-site lag."""
+    from xsbackup.fleet import ops
+
+    days = overdue_days if overdue_days is not None else fl.settings.ui.overdue_days
+    report = ops.collect(fl.inventory, fl.timeout, parallel, days * 86400)
+
+    def show(r: dict[str, Any]) -> None:
+        for row in r["servers"]:
+            if row["ok"]:
+                lag = row["offsite_lag_seconds"]
+                click.echo(f"{row['server']:<16} ok      {_disk(row)}, {row['clients']} "
+                           f"clients, {row['overdue']} overdue, off-site lag "
+                           f"{'-' if lag is None else f'{lag:.0f}s'}")
+        for c in r["overdue"]:
+            click.echo(f"  overdue {c['server']:<14} {c['serial']:<16} last="
+                       f"{c['last_success'] or 'never'}")
+
+    _finish(report, as_json, show)
+
+
+@fleet.command()
+@click.argument("serial")
+@_JSON
+@pass_fleet
+def assign(fl: Fleet, serial: str, as_json: bool) -> None:
+    """The server a new SERIAL belongs on (weighted rendezvous hashing)."""
+    from xsbackup.store import check_client
+
+    server = fl.inventory.assign(check_client(serial))
+    if as_json:
+        emit_json({"serial": serial, "server": server.name, "host": server.host,
+                   "port": server.port, "site": server.site})
+    else:
+        click.echo(server.name)
+
+
+@fleet.command("move-client")
+@click.argument("serial")
+@click.option("--to", "target", required=True, metavar="SERVER",
+              help="The inventory name of the server to move the client to.")
+@_JSON
+@pass_fleet
+def move_client(fl: Fleet, serial: str, target: str, as_json: bool) -> None:
+    """Move SERIAL's whole history to SERVER: snapshots oldest first (sharing kept),
+    each verified byte by byte; then the registration; then the source copy to trash.
+    Interrupted, the same command resumes (journal in <root>/fleet/)."""
+    from xsbackup.fleet.move import move_client as move
+    from xsbackup.store import Store
+
+    store = Store(fl.settings.root).require()
+
+    def progress(line: str) -> None:
+        click.echo(line, err=True)
+
+    out = move(fl.inventory, serial, target, store.root / "fleet", fl.timeout, progress)
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"moved {serial} from {out['source']} to {out['target']}: "
+                   + ", ".join(f"{v} {n} snapshots" for v, n in out["snapshots"].items()))

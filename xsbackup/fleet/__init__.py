@@ -1,0 +1,1 @@
+"""The fleet: many independent xsbackup servers run together over SSH (fabric)."""

@@ -1,0 +1,356 @@
+"""``fleet move-client``: a client's whole history moved from one fleet server to another.
+
+The target pulls from the source with rsync over SSH (the source's inventory ``host``,
+``port`` and ``identity``, which must work from the target too; the target keeps the
+peers' host keys in ``<root>/fleet-known_hosts``). The steps, each safe to repeat:
+
+1. ``copying``: every snapshot of every volume, oldest first, into its final place on the
+   target (``rsync -aHXX --numeric-ids``: every xattr, fake-super records too;
+   ``--link-dest`` the previous moved one, so unchanged files stay shared), each verified
+   byte by byte (``rsync -c -n -i`` must find no difference; it runs while the next one
+   is copied) before the journal records it. The client's record (``client.json``) waits
+   on the target as ``client.json.moving``: not registered there.
+2. ``retiring``: the source forgets the client (``clients remove``: its keys leave
+   ``authorized_keys``); what it stored since is copied and verified too, and a transfer
+   still waiting for the source's post-processor stops the move (run it again later).
+3. ``registered``: the record becomes ``client.json`` on the target, ``latest`` is set and
+   ``authorized_keys`` rebuilt: the client now backs up there.
+4. The source's copy goes to its ``trash/`` (its next prune frees the space), and the
+   journal is removed.
+
+The journal (``<root>/fleet/move-<SN>.json`` of the state root running the command) says
+which step is under way; killed anywhere, the same command resumes, and no snapshot is lost
+or copied twice. The client's record exists on exactly one server, except between the
+source's ``clients remove`` and the target's rename, where it exists on none (a device
+trying then is refused and retries later).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from xsbackup.crashpoints import crash
+from xsbackup.errors import ClientNotFound, MoveFailed
+from xsbackup.fleet import ops
+from xsbackup.fleet.inventory import FleetServer, Inventory
+from xsbackup.fleet.remote import XSBACKUP, ServerConnection, reason
+from xsbackup.store import (
+    SNAPSHOT_RE,
+    VOLUME_RE,
+    atomic_write,
+    check_client,
+    snapshot_sort_key,
+)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Journal:
+    serial: str
+    source: str
+    target: str
+    phase: str = "copying"            # copying | retiring | registered
+    done: dict[str, list[str]] = field(default_factory=dict)  # volume -> verified ids
+    started: float = field(default_factory=time.time)
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
+
+
+def _load(path: Path) -> Journal | None:
+    try:
+        data = orjson.loads(path.read_bytes())
+        return Journal(**data)
+    except FileNotFoundError:
+        return None
+    except (orjson.JSONDecodeError, TypeError) as e:
+        raise MoveFailed(f"{path}: unreadable move journal ({e}); remove it to start "
+                         "over") from None
+
+
+class Host:
+    """Shell commands on one fleet server; a failure is ``MoveFailed`` with one line."""
+
+    def __init__(self, server: FleetServer, timeout: float) -> None:
+        self.server = server
+        self.timeout = timeout
+        self.conn = ServerConnection(server, timeout)
+
+    def sh(self, command: str, what: str, ok: tuple[int, ...] = (0,)) -> tuple[int, str]:
+        try:
+            result = self.conn.run("umask 077; " + command, hide=True, warn=True,
+                                   in_stream=False)
+        except Exception as e:  # fabric, paramiko and sockets raise many kinds
+            raise MoveFailed(f"{self.server.name}: {what}: {reason(e, self.timeout)}; "
+                             "run move-client again to resume") from None
+        if result.exited not in ok:
+            lines = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
+            raise MoveFailed(f"{self.server.name}: {what}: exit {result.exited}: "
+                             f"{lines[-1].strip() if lines else 'no message'}; "
+                             "run move-client again to resume")
+        return result.exited, result.stdout
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Move:
+    def __init__(self, inv: Inventory, journal: Journal, timeout: float,
+                 progress: Progress) -> None:
+        self.journal = journal
+        self.src_server = inv.get(journal.source)
+        self.dst_server = inv.get(journal.target)
+        self.src = Host(self.src_server, timeout)
+        self.dst = Host(self.dst_server, timeout)
+        self.timeout = timeout
+        self.progress = progress
+        sn = journal.serial
+        self.src_dir = f"{self.src_server.root}/clients/{sn}"
+        self.dst_dir = f"{self.dst_server.root}/clients/{sn}"
+
+    def listing(self) -> tuple[dict[str, list[str]], list[str]]:
+        """The source's snapshots per volume (oldest first) and its waiting transfers."""
+        d = shlex.quote(f"{self.src_dir}/volumes")
+        _, out = self.src.sh(f"test -d {d} || exit 0; cd {d} && find . -mindepth 3 "
+                             "-maxdepth 3 -type d \\( -path './*/snapshots/*' -o -path "
+                             "'./*/incoming/*' \\) -print", "listing snapshots")
+        snaps: dict[str, list[str]] = {}
+        waiting = []
+        for line in out.splitlines():
+            parts = line.split("/")
+            if len(parts) != 4 or not VOLUME_RE.fullmatch(parts[1]):
+                continue
+            if not SNAPSHOT_RE.fullmatch(parts[3]):
+                continue
+            if parts[2] == "snapshots":
+                snaps.setdefault(parts[1], []).append(parts[3])
+            else:
+                waiting.append(f"{parts[1]}/{parts[3]}")
+        return {v: sorted(ids, key=snapshot_sort_key) for v, ids in snaps.items()}, waiting
+
+    def _rsync(self, *args: str) -> str:
+        """An rsync command line of a ``_script``: through its connection to the source."""
+        return 'rsync -e "$rsh" ' + shlex.join([
+            "-aHXXs", "--numeric-ids", f"--timeout={max(30, int(self.timeout))}", *args])
+
+    def _script(self, body: list[str]) -> str:
+        """A shell script for the target that first opens one SSH connection to the source
+        (a master, its socket in a private temporary directory) for all its rsyncs."""
+        s = self.src_server
+        ssh = shlex.join(["ssh", "-p", str(s.port), "-o", "BatchMode=yes",
+                          "-o", "StrictHostKeyChecking=accept-new", "-o",
+                          f"UserKnownHostsFile={self.dst_server.root}/fleet-known_hosts",
+                          *(["-i", s.identity] if s.identity else [])])
+        host = shlex.quote(s.host)
+        return "\n".join([
+            "set -e", 'm=$(mktemp -d)', f"rsh={shlex.quote(ssh)}' -S '\"$m/s\"",
+            f"trap 'eval \"$rsh -O exit {host}\" 2>/dev/null; rm -rf \"$m\"' EXIT",
+            "trap 'exit 1' HUP INT TERM PIPE",
+            f'eval "$rsh -M -o ControlPersist=no -fN {host}"', *body])
+
+    def _remote(self, path: str) -> str:
+        return f"{self.src_server.host}:{path}"
+
+    def _copy_script(self, plan: list[tuple[str, str, str | None]]) -> str:
+        """Per snapshot: the copy, then the byte-by-byte comparison, which runs while the
+        next snapshot is copied; ``VERIFIED <volume> <id>`` is printed, in order, once
+        the comparison found no difference."""
+        body: list[str] = []
+        for k, (volume, sid, previous) in enumerate(plan):
+            src = self._remote(f"{self.src_dir}/volumes/{volume}/snapshots/{sid}/")
+            dst = f"{self.dst_dir}/volumes/{volume}/snapshots/{sid}/"
+            link = [f"--link-dest=../{previous}"] if previous else []
+            body += [f"mkdir -p {shlex.quote(dst)}",
+                     self._rsync("--delete", *link, src, dst)]
+            if k:
+                body.append(self._checked(k - 1, *plan[k - 1][:2]))
+            body.append(f'({self._rsync("--delete", "-c", "-n", "-i", src, dst)} '
+                        f'>"$m/v{k}" 2>&1; echo $? >"$m/rc{k}") & v=$!')
+        if plan:
+            body.append(self._checked(len(plan) - 1, *plan[-1][:2]))
+        return self._script(body)
+
+    @staticmethod
+    def _checked(k: int, volume: str, sid: str) -> str:
+        """Wait for comparison ``k``: a failure or a difference ends the script."""
+        return (f'wait "$v"; if [ "$(cat "$m/rc{k}")" != 0 ]; then tail -n 1 "$m/v{k}" >&2; '
+                f'exit 3; fi; if [ -s "$m/v{k}" ]; then echo "DIFFERS {volume} {sid} '
+                f'$(head -n 1 "$m/v{k}")"; exit 3; fi; echo VERIFIED {volume} {sid}')
+
+    def copy_all(self, journal_path: Path) -> None:
+        """Every source snapshot the journal does not hold yet, oldest first, each
+        ``--link-dest`` the one before it; the journal records each as it is verified."""
+        snaps, _ = self.listing()
+        total = sum(len(ids) for ids in snaps.values())
+        plan: list[tuple[str, str, str | None]] = []
+        for volume, ids in snaps.items():
+            done = self.journal.done.setdefault(volume, [])
+            previous: str | None = done[-1] if done else None
+            for sid in ids:
+                if sid not in done:
+                    plan.append((volume, sid, previous))
+                previous = sid
+        if not plan:
+            return
+        sink = _Verified(self, journal_path, total)
+        try:
+            result = self.dst.conn.run(self._copy_script(plan), hide=False, warn=True,
+                                       in_stream=False, out_stream=sink,
+                                       err_stream=io.StringIO())
+        except Exception as e:  # fabric, paramiko and sockets raise many kinds
+            raise MoveFailed(f"{self.dst_server.name}: copying: {reason(e, self.timeout)}; "
+                             "run move-client again to resume") from None
+        if result.exited != 0:
+            lines = [ln for ln in (sink.differs or result.stderr).splitlines() if ln.strip()]
+            raise MoveFailed(f"{self.dst_server.name}: copying: exit {result.exited}: "
+                             f"{lines[-1].strip() if lines else 'no message'}; "
+                             "run move-client again to resume")
+
+
+    def stage_record(self) -> None:
+        """The record and the client directory's facts and reports, not yet registered."""
+        self.dst.sh(self._script([
+            f"mkdir -p {shlex.quote(self.dst_dir)}/reports",
+            self._rsync("--exclude=/*", self._remote(f"{self.src_dir}/"), f"{self.dst_dir}/"),
+            self._rsync("--delete", self._remote(f"{self.src_dir}/reports/"),
+                        f"{self.dst_dir}/reports/"),
+            self._rsync(self._remote(f"{self.src_dir}/client.json"),
+                        f"{self.dst_dir}/client.json.moving")]), "staging the client record")
+
+    def register(self) -> None:
+        d = shlex.quote(self.dst_dir)
+        links = " && ".join(
+            f"ln -sfn snapshots/{ids[-1]} {d}/volumes/{v}/.latest.moving && "
+            f"mv -T {d}/volumes/{v}/.latest.moving {d}/volumes/{v}/latest"
+            for v, ids in self.journal.done.items() if ids) or "true"
+        self.dst.sh(f"{links} && if test -e {d}/client.json.moving; then "
+                    f"mv {d}/client.json.moving {d}/client.json; fi && "
+                    f"test -e {d}/client.json && {XSBACKUP} keys",
+                    "registering the client")
+
+    def close(self) -> None:
+        self.src.close()
+        self.dst.close()
+
+
+class _Verified:
+    """The copy script's standard output, read as it comes: each ``VERIFIED`` line is
+    journalled at once (and is where the crash points of the copy are)."""
+
+    def __init__(self, move: Move, journal_path: Path, total: int) -> None:
+        self.move = move
+        self.journal_path = journal_path
+        self.total = total
+        self.pending = ""
+        self.differs = ""
+
+    def write(self, data: str) -> int:
+        self.pending += data
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            word, _, rest = line.partition(" ")
+            if word == "DIFFERS":
+                self.differs = f"{rest}: differs from the source after copying"
+            if word != "VERIFIED":
+                continue
+            volume, _, sid = rest.partition(" ")
+            journal = self.move.journal
+            journal.done.setdefault(volume, []).append(sid)
+            journal.save(self.journal_path)
+            count = sum(len(v) for v in journal.done.values())
+            self.move.progress(f"{journal.serial} {volume}/{sid}: copied and verified "
+                               f"({count}/{max(self.total, count)})")
+            crash(f"fleet-move-copied-{count}")
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+
+def find_source(inv: Inventory, serial: str, timeout: float) -> FleetServer:
+    """The one server the client is registered on (every server must answer)."""
+    report = ops.status(inv, timeout, None)
+    failed = [f"{r['server']} ({r['error']})" for r in report["servers"] if not r["ok"]]
+    if failed:
+        raise MoveFailed(f"cannot tell where {serial} is registered: {', '.join(failed)} "
+                         "did not answer")
+    on = sorted({c["server"] for c in report["clients"] if c["serial"] == serial})
+    if not on:
+        raise ClientNotFound(f"client {serial} is registered on no fleet server")
+    if len(on) > 1:
+        raise MoveFailed(f"client {serial} is registered on {', '.join(on)}; remove all "
+                         "but one first")
+    return inv.get(on[0])
+
+
+def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
+                timeout: float, progress: Progress) -> dict[str, Any]:
+    """Move ``serial``'s history to ``target`` (or finish the move under way)."""
+    check_client(serial)
+    journal_path = journal_dir / f"move-{serial}.json"
+    journal = _load(journal_path)
+    if journal is not None and journal.target != target:
+        raise MoveFailed(f"a move of {serial} to {journal.target} is under way; finish "
+                         "it first (move-client again with --to " f"{journal.target})")
+    if journal is None:
+        source = find_source(inv, serial, timeout)
+        if source.name == inv.get(target).name:
+            raise MoveFailed(f"client {serial} is already on {target}")
+        journal = Journal(serial, source.name, target)
+        move = Move(inv, journal, timeout, progress)
+        try:
+            d = shlex.quote(move.dst_dir)
+            move.dst.sh(f"test ! -e {d}", f"{target} already holds data of {serial} "
+                        "(remove it there with clients remove --purge first)")
+        finally:
+            move.close()
+        journal_dir.mkdir(mode=0o700, exist_ok=True)
+        journal.save(journal_path)
+    move = Move(inv, journal, timeout, progress)
+    try:
+        _run(move, journal, journal_path)
+    finally:
+        move.close()
+    os.unlink(journal_path)
+    return {"serial": serial, "source": journal.source, "target": journal.target,
+            "snapshots": {v: len(ids) for v, ids in journal.done.items()}}
+
+
+def _run(move: Move, journal: Journal, journal_path: Path) -> None:
+    sn, progress = journal.serial, move.progress
+    if journal.phase == "copying":
+        move.copy_all(journal_path)
+        move.stage_record()
+        crash("fleet-move-staged")
+        journal.phase = "retiring"
+        journal.save(journal_path)
+    if journal.phase == "retiring":
+        move.src.sh(f"{XSBACKUP} clients remove {shlex.quote(sn)}",
+                    f"removing {sn} from the source", ok=(0, ClientNotFound.exit_code))
+        progress(f"{sn}: removed from {journal.source}")
+        _, waiting = move.listing()
+        if waiting:
+            raise MoveFailed(f"{journal.source} has transfers of {sn} waiting for its "
+                             f"post-processor ({', '.join(waiting)}); run xsbackup "
+                             "postprocess there, then move-client again")
+        move.copy_all(journal_path)
+        move.register()
+        journal.phase = "registered"
+        journal.save(journal_path)
+        progress(f"{sn}: registered on {journal.target}")
+        crash("fleet-move-registered")
+    trash = f"{move.src_server.root}/trash/client-{sn}-moved-{int(journal.started)}"
+    d = shlex.quote(move.src_dir)
+    move.src.sh(f"if test -e {d}; then mv {d} {shlex.quote(trash)}; fi",
+                "sending the source copy to trash")
+    progress(f"{sn}: the source copy on {journal.source} is in its trash")
