@@ -1,7 +1,7 @@
 """``xsbackup check``: a client's snapshots against their structure and their manifests.
 
 **Structure** is ``integrity.structure``. **Content**: each selected snapshot is walked
-(``restore.archive.walk``: directory descriptors, nothing followed, under the shared
+(``content.stored_files``: directory descriptors, nothing followed, under the shared
 flock that keeps prune away) and its regular files compared with its manifest by path:
 a file gone (``missing``), another inode (``replaced``), another size (``size``) or mtime
 (``mtime``), a file the manifest does not list (``unlisted``). Then the content of the
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import stat
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from xsbackup.integrity.structure import Finding, check_volume
 from xsbackup.logs import LOG
 from xsbackup.restore import resolve
 from xsbackup.restore.access import OpenSnapshot
-from xsbackup.restore.archive import walk
 from xsbackup.snapshots import manifest
 from xsbackup.store import get_xattrs, set_xattrs
 
@@ -158,9 +156,7 @@ def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volu
         report.findings.append(Finding(kind, client, volume, sid, path, detail, shared))
 
     with OpenSnapshot(ctx.store, client, volume, sid) as snap:
-        for item in walk(snap.fd):
-            if not stat.S_ISREG(item.st.st_mode):
-                continue
+        for item in content.stored_files(snap.fd):
             report.files += 1
             ino = item.st.st_ino
             seen.add(ino)
@@ -224,8 +220,7 @@ def repair_manifests(ctx: Context, client: str, volume: str | None = None,
                 if progress is not None:
                     progress(f"{client}/{vname}/{sid}")
                 with OpenSnapshot(store, client, vname, sid) as snap:
-                    files = [(i.path, i.st) for i in walk(snap.fd)
-                             if stat.S_ISREG(i.st.st_mode)]
+                    files = [(i.path, i.st) for i in content.stored_files(snap.fd)]
                     data, stats = manifest.build(
                         store.snapshots_dir(client, vname) / sid, sid, files,
                         manifest.reusable(storage, client, vname, prev))
