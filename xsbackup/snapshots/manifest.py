@@ -70,7 +70,8 @@ def digest_fd(fd: int) -> tuple[str, int]:
     """(hex digest, bytes read) of the open file ``fd`` from its current offset."""
     h = new_hash()
     n = 0
-    buf = bytearray(1 << 20)
+    # A buffer the file's size (up to 1 MiB): a small file costs no 1 MiB allocation.
+    buf = bytearray(min(1 << 20, max(os.fstat(fd).st_size + 1, 1 << 12)))
     view = memoryview(buf)
     while True:
         got = os.readv(fd, [buf])
