@@ -55,6 +55,7 @@ from bench._common import (
 )
 from bench.snapshot import SN, VOLUME, Promotion, make_small_tree
 
+BREAKDOWN: dict[str, list[float]] = {}  # the manifest step's parts, every timed call
 TARGETS = {"promotion_ratio_max": 1.05, "changed_vs_b2sum_max": 1.1,
            "check_throughput_vs_b2sum_min": 0.8, "diff_vs_diff_rq_max": 0.5}
 
@@ -124,7 +125,9 @@ def manifest_timer(p: Promotion, into: list[float]) -> Iterator[None]:
             try:
                 return fn(*a, **kw)
             finally:
-                spent[0] += time.perf_counter() - t0
+                t = time.perf_counter() - t0
+                spent[0] += t
+                BREAKDOWN.setdefault(fn.__name__, []).append(t)
         return inner
 
     class Timed:
@@ -199,6 +202,7 @@ def bench_promotion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {"tree": tree, "timings": times, "summary": {k: summary(v) for k, v in
                                                           times.items()},
             "manifest_counts": counts, "changed_percent": args.changed,
+            "manifest_step_parts": {k: summary(v) for k, v in BREAKDOWN.items()},
             "ratios": {"promotion_with/without": median(times["with"]) /
                        median(times["without"]),
                        "changed_manifest_step/b2sum": median(times["changed_manifest_step"]) /

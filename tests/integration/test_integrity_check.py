@@ -262,3 +262,14 @@ def test_clients_show(two_snapshots: tuple[Server, list[str]]) -> None:
     assert "keep_daily" in text
     r = server.cli("clients", "show", "SHF0NOSUCH1", check=False)
     assert r.exit_code == 6
+
+
+def test_a_deleted_snapshot_takes_its_manifest_along(
+        two_snapshots: tuple[Server, list[str]]) -> None:
+    server, sids = two_snapshots
+    ctx = server.ctx()
+    assert ctx.storage.manifest_ids(SN, "documents") == sids
+    assert ctx.storage.delete(SN, "documents", sids[0]) == ""
+    assert ctx.storage.manifest_ids(SN, "documents") == [sids[1]]
+    code, report = check_json(server, "--read-data")
+    assert (code, findings(report)) == (0, [])

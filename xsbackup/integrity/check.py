@@ -1,12 +1,13 @@
 """``xsbackup check``: a client's snapshots against their structure and their manifests.
 
 **Structure** is ``integrity.structure``. **Content**: each selected snapshot is walked
-(``restore.archive.walk``: directory descriptors, nothing followed, under the shared
+(``content.stored_files``: directory descriptors, nothing followed, under the shared
 flock that keeps prune away) and its regular files compared with its manifest by path:
 a file gone (``missing``), another inode (``replaced``), another size (``size``) or mtime
 (``mtime``), a file the manifest does not list (``unlisted``). Then the content of the
 inodes chosen is read and hashed, each inode once however many snapshots share it, and
-compared with the manifest's digest (``content``). A finding about an inode names every
+compared with the manifest's digest (``content``; ``unreadable`` when reading fails),
+on ``HASH_THREADS`` threads. A finding about an inode names every
 snapshot of the volume whose manifest lists that inode.
 
 Which inodes are read: none by default (metadata only), all with ``read_data``, or a
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import stat
-from collections import defaultdict
+import os
+from collections import defaultdict, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +38,12 @@ from xsbackup.integrity import content
 from xsbackup.integrity.structure import Finding, check_volume
 from xsbackup.logs import LOG
 from xsbackup.restore import resolve
-from xsbackup.restore.access import OpenSnapshot
-from xsbackup.restore.archive import walk
+from xsbackup.restore.access import O_FILE, OpenSnapshot
 from xsbackup.snapshots import manifest
 from xsbackup.store import get_xattrs, set_xattrs
 
 PPM = 1_000_000
+HASH_THREADS = 2  # reading one file overlaps hashing another; more gain little on a disk
 Progress = Callable[[str], None]
 
 
@@ -120,18 +122,25 @@ def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | No
         if rotate:
             start = int(get_xattrs(store.client_dir(client)).get("check_position", "0") or 0)
     seen: set[int] = set()
-    for vname in volumes:
-        report.findings += check_volume(ctx, client, vname)
-        vol = _load_volume(ctx, client, vname, report)
-        sids = [resolve.resolve(store, client, vname, snapshot)] if snapshot else \
-            resolve.snapshot_ids(store, client, vname)
-        for sid in sids:
-            if progress is not None:
-                progress(f"{client}/{vname}/{sid}")
-            report.snapshots += 1
-            _check_snapshot(ctx, client, vname, sid, vol, report, seen,
-                            lambda ino: width > 0 and _in_window(position(client, ino),
-                                                                 start, width))
+
+    def chosen(ino: int) -> bool:
+        return width >= PPM or (width > 0 and _in_window(position(client, ino), start, width))
+
+    hasher = _Hasher(HASH_THREADS)
+    try:
+        for vname in volumes:
+            report.findings += check_volume(ctx, client, vname)
+            vol = _load_volume(ctx, client, vname, report)
+            sids = [resolve.resolve(store, client, vname, snapshot)] if snapshot else \
+                resolve.snapshot_ids(store, client, vname)
+            for sid in sids:
+                if progress is not None:
+                    progress(f"{client}/{vname}/{sid}")
+                report.snapshots += 1
+                _check_snapshot(ctx, client, vname, sid, vol, report, seen, chosen, hasher)
+                hasher.drain()  # this snapshot's findings before the next one's
+    finally:
+        hasher.close()
     report.inodes = len(seen)
     _record(ctx, client, report, now(), (start, width) if rotate else None)
     LOG.info("client=%s check: %d snapshots, %d files, %d inodes read (%d bytes), %d "
@@ -141,8 +150,59 @@ def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | No
     return report
 
 
+class _Hasher:
+    """Reads and hashes files on a few threads (hashlib releases the GIL while it hashes),
+    so reading one file overlaps hashing another. Each result is handed to its callback
+    in the calling thread, in submission order; a file that cannot be read gives
+    ``(None, 0)``. At most ``AHEAD`` files are open at a time."""
+
+    AHEAD = 32
+
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="check")
+        self.queue: deque[tuple[Future[tuple[str, int]], Callable[[str | None, int],
+                                                                  None]]] = deque()
+
+    def submit(self, name: str, dir_fd: int,
+               done: Callable[[str | None, int], None]) -> None:
+        try:
+            fd = os.open(name, O_FILE, dir_fd=dir_fd)
+        except OSError:
+            done(None, 0)
+            return
+        self.queue.append((self.pool.submit(_hash_and_close, fd), done))
+        while len(self.queue) > self.AHEAD:
+            self._pop()
+
+    def _pop(self) -> None:
+        fut, done = self.queue.popleft()
+        try:
+            digest, n = fut.result()
+        except OSError:
+            done(None, 0)
+            return
+        done(digest, n)
+
+    def drain(self) -> None:
+        while self.queue:
+            self._pop()
+
+    def close(self) -> None:
+        self.drain()
+        self.pool.shutdown()
+
+
+def _hash_and_close(fd: int) -> tuple[str, int]:
+    try:
+        os.set_blocking(fd, True)
+        return manifest.digest_fd(fd)
+    finally:
+        os.close(fd)
+
+
 def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volume,
-                    report: Report, seen: set[int], chosen: Callable[[int], bool]) -> None:
+                    report: Report, seen: set[int], chosen: Callable[[int], bool],
+                    hasher: _Hasher) -> None:
     """Walk one snapshot against its manifest. A finding about a path (``missing``,
     ``replaced``, ``unlisted``) names this snapshot; one about an inode (``size``,
     ``mtime``, ``content``) is made once and names every snapshot holding the inode."""
@@ -158,9 +218,7 @@ def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volu
         report.findings.append(Finding(kind, client, volume, sid, path, detail, shared))
 
     with OpenSnapshot(ctx.store, client, volume, sid) as snap:
-        for item in walk(snap.fd):
-            if not stat.S_ISREG(item.st.st_mode):
-                continue
+        for item in content.stored_files(snap.fd):
             report.files += 1
             ino = item.st.st_ino
             seen.add(ino)
@@ -183,12 +241,19 @@ def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volu
             key = (volume, ino)
             if chosen(ino) and key not in report.read_inodes:
                 report.read_inodes.add(key)
-                digest, n = content.read_digest(item.name, item.dir_fd)
-                report.inodes_read += 1
-                report.bytes_read += n
-                if digest != rec.digest:
-                    bad("content", item.path, "content differs from its digest "
-                        f"(blake2b {digest[:16]}…, expected {rec.digest[:16]}…)", ino)
+
+                def done(digest: str | None, n: int, path: str = item.path,
+                         rec: manifest.Record = rec) -> None:
+                    report.inodes_read += 1
+                    report.bytes_read += n
+                    if digest is None:
+                        bad("unreadable", path, "the file cannot be read (I/O error?)",
+                            rec.inode)
+                    elif digest != rec.digest:
+                        bad("content", path, "content differs from its digest (blake2b "
+                            f"{digest[:16]}…, expected {rec.digest[:16]}…)", rec.inode)
+
+                hasher.submit(item.name, item.dir_fd, done)
     if listed is not None:
         for path in sorted(set(listed) - found):
             bad("missing", path, "listed in the manifest, gone from the snapshot")
@@ -224,8 +289,7 @@ def repair_manifests(ctx: Context, client: str, volume: str | None = None,
                 if progress is not None:
                     progress(f"{client}/{vname}/{sid}")
                 with OpenSnapshot(store, client, vname, sid) as snap:
-                    files = [(i.path, i.st) for i in walk(snap.fd)
-                             if stat.S_ISREG(i.st.st_mode)]
+                    files = [(i.path, i.st) for i in content.stored_files(snap.fd)]
                     data, stats = manifest.build(
                         store.snapshots_dir(client, vname) / sid, sid, files,
                         manifest.reusable(storage, client, vname, prev))

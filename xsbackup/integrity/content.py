@@ -4,8 +4,11 @@ else the file read (``restore.access`` flags: nothing followed)."""
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Iterator
+from typing import NamedTuple
 
-from xsbackup.restore.access import CHUNK, O_FILE
+from xsbackup.restore.access import CHUNK, O_DIR, O_FILE
 from xsbackup.snapshots import manifest
 
 
@@ -48,3 +51,35 @@ def same_bytes(name: str, dir_a: int | None, dir_b: int | None) -> bool:
             os.close(fb)
     finally:
         os.close(fa)
+
+
+class StoredFile(NamedTuple):
+    path: str        # below the snapshot
+    name: str        # below dir_fd
+    dir_fd: int      # valid while the walk is in its directory
+    st: os.stat_result
+
+
+def stored_files(dir_fd: int, prefix: str = "") -> Iterator[StoredFile]:
+    """Every regular file on disk below the directory ``dir_fd``, in no particular order:
+    ``restore.archive.walk`` without the fake-super records (``check`` compares stored
+    bytes, so it needs no client's view). Directories are entered relative to their
+    parent's descriptor with O_NOFOLLOW; nothing else is opened."""
+    with os.scandir(dir_fd) as it:
+        entries = list(it)
+    for e in entries:
+        try:
+            st = e.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield StoredFile(prefix + e.name, e.name, dir_fd, st)
+        elif stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(e.name, O_DIR, dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                yield from stored_files(sub, f"{prefix}{e.name}/")
+            finally:
+                os.close(sub)

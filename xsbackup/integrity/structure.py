@@ -24,8 +24,8 @@ from xsbackup.snapshots.snapshot import read_facts
 from xsbackup.store import SNAPSHOT_RE
 
 # Findings that mean stored data differs from what was recorded; the rest are structure.
-DAMAGE = frozenset({"content", "size", "mtime", "missing", "replaced", "unlisted",
-                    "manifest-damaged"})
+DAMAGE = frozenset({"content", "unreadable", "size", "mtime", "missing", "replaced",
+                    "unlisted", "manifest-damaged"})
 
 
 @dataclass

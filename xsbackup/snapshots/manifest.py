@@ -13,7 +13,7 @@ copied; only the other files are read. A backup that changed nothing reads no co
 **Format** (``docs/manifest.md``): UTF-8 text, one JSON object per line. The first line
 is the header ``{"format": "xsbackup-manifest", "version": 1, "algorithm":
 "blake2b-256", "snapshot": ID, "files": N}``; then one line per regular file, sorted by
-path: ``{"p": PATH, "i": INODE, "s": SIZE, "m": MTIME_NS, "d": HEX_DIGEST}``, where a
+path (code points): ``{"p": PATH, "i": INODE, "s": SIZE, "m": MTIME_NS, "d": HEX_DIGEST}``, where a
 path that is not valid UTF-8 is given as ``"x": HEX_OF_ITS_BYTES`` instead of ``"p"``.
 """
 
@@ -70,7 +70,8 @@ def digest_fd(fd: int) -> tuple[str, int]:
     """(hex digest, bytes read) of the open file ``fd`` from its current offset."""
     h = new_hash()
     n = 0
-    buf = bytearray(1 << 20)
+    # A buffer the file's size (up to 1 MiB): a small file costs no 1 MiB allocation.
+    buf = bytearray(min(1 << 20, max(os.fstat(fd).st_size + 1, 1 << 12)))
     view = memoryview(buf)
     while True:
         got = os.readv(fd, [buf])
@@ -96,18 +97,18 @@ def digest_at(name: str, dir_fd: int | None = None) -> tuple[str, int]:
 
 def _line(r: Record) -> bytes:
     try:
-        r.path.encode("utf-8")
-        name: dict[str, str] = {"p": r.path}
-    except UnicodeEncodeError:
-        name = {"x": os.fsencode(r.path).hex()}
-    return orjson.dumps({**name, "i": r.inode, "s": r.size, "m": r.mtime_ns, "d": r.digest})
+        return orjson.dumps({"p": r.path, "i": r.inode, "s": r.size, "m": r.mtime_ns,
+                             "d": r.digest})
+    except orjson.JSONEncodeError:  # a name that is not UTF-8 (surrogate escapes)
+        return orjson.dumps({"x": os.fsencode(r.path).hex(), "i": r.inode, "s": r.size,
+                             "m": r.mtime_ns, "d": r.digest})
 
 
 def encode(sid: str, records: Iterable[Record]) -> bytes:
-    rows = sorted(records, key=lambda r: os.fsencode(r.path))
+    rows = sorted(records)  # by path first: code points, a non-UTF-8 byte as its escape
     head = orjson.dumps({"format": FORMAT, "version": VERSION, "algorithm": ALGORITHM,
                          "snapshot": sid, "files": len(rows)})
-    return b"\n".join([head, *(_line(r) for r in rows)]) + b"\n"
+    return b"\n".join([head, *map(_line, rows)]) + b"\n"
 
 
 def parse(fh: IO[bytes]) -> Iterator[Record]:
