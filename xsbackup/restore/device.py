@@ -169,7 +169,9 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
         sent = True
         try:
             while chunk := os.read(stream, SEND_BUFFER):
-                chan.sendall(chunk)
+                # A memoryview: sendall slices off each packet it sends, which copies
+                # the rest of a bytes object every time, but not of a view.
+                chan.sendall(memoryview(chunk))  # type: ignore[arg-type]
                 self.progress(len(chunk))
         except (OSError, EOFError, paramiko.SSHException):
             sent = False  # the device stopped reading: its tar says why
