@@ -131,6 +131,10 @@ def test_over_embedded_server_paths_and_zip(pushed: Pushed, tmp_path: Path) -> N
         assert got == want
         assert got["odd/suid"][1] == 0o4755
 
+        r = git_archive(url, env, "-v", "--prefix=p/", "latest", "odd/suid")
+        assert r.returncode == 0, r.stderr
+        assert b"remote: p/odd/suid" in r.stderr  # --verbose: the names on band 2
+
         r = git_archive(url, env, "--list")
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == [b"tar", b"tgz", b"tar.gz", b"zip"]
@@ -171,6 +175,7 @@ REFUSALS = [
     ("../ path", "/documents", ("latest", "../../../clients"), "contains '..'"),
     ("unknown treeish", "/documents", ("v1.0",), "'v1.0' is neither a snapshot id"),
     ("no such volume", "/nothing", ("latest",), "NACK"),
+    ("not a volume path", "/documents/latest", ("latest",), "is not a volume"),
     ("--add-file", "/documents", ("--add-file=/etc/shadow", "latest"),
      "NACK options '--add-file' and '--remote' cannot be used together"),
     ("--mtime", "/documents", ("--mtime=now", "latest"), "NACK option --mtime"),

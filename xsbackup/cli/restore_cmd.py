@@ -3,6 +3,7 @@ devices."""
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from xsbackup.cli._common import emit_json, size_text, with_context
 from xsbackup.context import Context
 from xsbackup.errors import XsbackupError
 from xsbackup.restore.push import HOST_KEY_POLICIES
+
+ARCHIVE_BUFFER = 1 << 20
 
 
 @click.group()
@@ -76,9 +79,12 @@ def restore_archive(ctx: Context, serial: str, path: str,
     else:
         vol = pick_volume(ctx.store, serial, volume)
         sid = resolve(ctx.store, serial, vol, at)
-    out = sys.stdout.buffer
-    core.write_archive(ctx.store, serial, vol, sid, path, fmt, out)
-    out.flush()
+    sys.stdout.flush()
+    # Big writes (sys.stdout's buffer is 8 KiB): whoever reads the pipe (tar, or restore
+    # push's SSH channel) gets the stream in big pieces.
+    with io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "w", closefd=False),
+                           ARCHIVE_BUFFER) as out:
+        core.write_archive(ctx.store, serial, vol, sid, path, fmt, out)
 
 
 @restore.command("kit")

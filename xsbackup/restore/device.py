@@ -16,7 +16,9 @@ volume:
    size, mtime, permissions and symlink target of every item.
 
 The tar stream was measured against a device-side ``rsync -a`` pull of the same tree
-(``bench/restore.py``; figures in ``bench/README.md``).
+(``bench/restore.py``; figures in ``bench/README.md``): the pull was faster there, but it
+needs a one-time restore key that the registry does not offer yet, so this is the
+method shipped.
 
 A classroom goes through fabric's ``ThreadingGroup``: every device has its thread, at
 most ``parallel`` of them connected and transferring at once; one failing device never
@@ -71,7 +73,8 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
 
     def __init__(self, store: Store, serial: str, target: Target, opts: Options,
                  slots: threading.BoundedSemaphore, progress: Progress) -> None:
-        kwargs: dict[str, Any] = {"look_for_keys": not opts.identity}
+        kwargs: dict[str, Any] = {"look_for_keys": not opts.identity,
+                                  "transport_factory": _Transport}
         if opts.identity:
             kwargs["key_filename"] = list(opts.identity)
         super().__init__(target.host, user=target.user, port=target.port,
@@ -91,10 +94,12 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
                 self._connect()
                 self._restore(pieces, out)
             out.ok = True
-        except XsbackupError as e:
-            out.error, out.code = e.message, e.exit_code
+        except (XsbackupError, paramiko.SSHException, OSError, EOFError) as e:
+            error = e if isinstance(e, XsbackupError) else DeviceUnreachable(
+                f"{self.target}: the connection failed ({e or type(e).__name__})")
+            out.error, out.code = error.message, error.exit_code
             LOG.warning("client=%s restore push to %s failed: %s", self.serial, self.target,
-                        e.message)
+                        error.message)
         finally:
             out.seconds = time.monotonic() - start
             self.close()
@@ -115,7 +120,7 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
             self.client.save_host_keys(str(self.opts.known_hosts))
 
     def _restore(self, pieces: list[Piece], out: Outcome) -> None:
-        home_text, _ = self._exec(b"", 'printf "%s\\n%s" "$HOME" "$(id -u)"')
+        home_text = self._exec('printf "%s\\n%s" "$HOME" "$(id -u)"')
         home, uid = home_text.decode("utf-8", "surrogateescape").rsplit("\n", 1)
         root = uid.strip() == "0"
         places = [p.dest if p.dest.startswith("/") else f"{home.rstrip('/')}/{p.dest}"
@@ -137,7 +142,7 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
         script = "; ".join(
             f"p={shlex.quote(place)}; while [ ! -e \"$p\" ]; do p=$(dirname \"$p\"); done; "
             "df -Pk -- \"$p\" | tail -n 1" for place in places)
-        text, _ = self._exec(b"", script)
+        text = self._exec(script)
         rows = text.decode("utf-8", "replace").splitlines()
         needs: dict[str, int] = {}
         free: dict[str, int] = {}
@@ -169,7 +174,9 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
         sent = True
         try:
             while chunk := os.read(stream, SEND_BUFFER):
-                chan.sendall(chunk)
+                # A memoryview: sendall slices off each packet it sends, which copies
+                # the rest of a bytes object every time, but not of a view.
+                chan.sendall(memoryview(chunk))  # type: ignore[arg-type]
                 self.progress(len(chunk))
         except (OSError, EOFError, paramiko.SSHException):
             sent = False  # the device stopped reading: its tar says why
@@ -193,7 +200,7 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
 
     def _verify(self, piece: Piece, place: str, root: bool) -> None:
         """The device's tree against the snapshot's manifest."""
-        listing, _ = self._exec(b"", f"find {shlex.quote(place)} -mindepth 1 "
+        listing = self._exec(f"find {shlex.quote(place)} -mindepth 1 "
                                      "-printf '%y %m %s %T@ %P\\0%l\\0'")
         found: dict[bytes, tuple[str, int, int, int, bytes]] = {}
         fields = listing.split(b"\0")
@@ -219,12 +226,9 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
         chan.exec_command(command)
         return chan
 
-    def _exec(self, data: bytes, command: str) -> tuple[bytes, bytes]:
-        """Run ``command`` on the device with ``data`` on stdin: (stdout, stderr) as bytes;
-        DeviceWriteFailed if it fails."""
+    def _exec(self, command: str) -> bytes:
+        """Run ``command`` on the device: its output; DeviceWriteFailed if it fails."""
         chan = self._channel(command)
-        if data:
-            chan.sendall(data)
         chan.shutdown_write()
         stdout = _drain(chan.makefile("rb"))
         stderr = _drain(chan.makefile_stderr("rb"))
@@ -234,7 +238,7 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
             why = stderr.decode("utf-8", "replace").strip().splitlines()
             raise DeviceWriteFailed(f"{self.target}: {command.split(maxsplit=1)[0]} failed: "
                                     f"{why[-1] if why else f'exit status {status}'}")
-        return stdout, stderr
+        return stdout
 
 
 def _differs(entry: dict[str, Any], got: tuple[str, int, int, int, bytes] | None,
@@ -259,6 +263,17 @@ def _differs(entry: dict[str, Any], got: tuple[str, int, int, int, bytes] | None
 def _drain(stream: Any) -> bytes:
     with stream:
         return bytes(stream.read())
+
+
+class _Transport(paramiko.Transport):
+    """paramiko's transport preferring AES-GCM (one pass per packet: measured 15-30%
+    faster than its default AES-CTR with HMAC-SHA2 here); a device without it gets the
+    default order."""
+
+    _preferred_ciphers = (
+        "aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+        *(c for c in paramiko.Transport._preferred_ciphers  # type: ignore[attr-defined]
+          if "gcm" not in c))
 
 
 class _Unchecked(paramiko.MissingHostKeyPolicy):
