@@ -237,6 +237,7 @@ def run_once(ctx: Context, *, now: Callable[[], dt.datetime] = lambda: dt.dateti
     with state.acquire(ctx.store):
         records = {c: state.load_client(ctx.store, c) for c in iter_clients(ctx.store)}
         try:
+            restic.environment()  # the password and credentials files, checked every pass
             if state.inflight(ctx.store):
                 _adopt(ctx, records, _index(listing()), report, now())
                 state.clear_inflight(ctx.store)
