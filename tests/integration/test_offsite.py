@@ -612,3 +612,17 @@ def test_restic_prune_is_due_once_a_day_after_its_time(server: Server) -> None:
     assert prune_due(ctx, after + dt.timedelta(days=1))
     server.configure('[offsite]\nrepository = "/nowhere"\nprune_schedule = ""\n')
     assert not prune_due(server.ctx(), after + dt.timedelta(days=1))
+
+
+def test_missing_restic_and_no_repository_have_their_own_codes(server: Server,
+                                                               tmp_path: Path) -> None:
+    pw = make_password(tmp_path / "secret")
+    server.configure(f'[offsite]\nrepository = "{tmp_path / "repo"}"\n'
+                     f'password_file = "{pw}"\nrestic = "/nonexistent/restic"\n')
+    r = server.cli("offsite", "init", check=False)
+    assert r.exit_code == 61
+    assert "restic program '/nonexistent/restic' was not found" in r.output
+    server.configure("")
+    r = server.cli("offsite", "run", "--once", check=False)
+    assert r.exit_code == 64
+    assert "offsite.repository" in r.output
