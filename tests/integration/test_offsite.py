@@ -386,6 +386,14 @@ def test_prune_forgets_off_site_unless_the_off_site_policy_keeps(
     [left] = repo.snapshots(sn)
     assert f"snapshot:{ids[2]}" in left["tags"]  # type: ignore[operator]
 
+    # restic prune then reclaims what forgotten snapshots alone held: nothing is left.
+    assert state.load_repo(server.store).last_prune == ""
+    server.cli("offsite", "prune")
+    assert state.load_repo(server.store).last_prune != ""
+    r = repo.restic("prune", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"total prune:\s+0 blobs", r.stdout), r.stdout
+
 
 def test_rebuild_after_losing_the_state_root(server: Server, repo: Repo,
                                              tmp_path: Path) -> None:
@@ -583,3 +591,38 @@ def test_serve_job_replicates_in_its_own_thread_inside_the_window(
     assert state.load_client(server.store, sn).has("documents", sid)
     job()  # not due again before offsite.interval_minutes
     assert job.thread is first
+
+
+def test_restic_prune_is_due_once_a_day_after_its_time(server: Server) -> None:
+    import datetime as dt
+
+    from xsbackup.offsite.schedule import prune_due
+
+    server.configure('[offsite]\nrepository = "/nowhere"\nprune_schedule = "04:30"\n')
+    ctx = server.ctx()
+    local = dt.datetime.now().astimezone()
+    before = local.replace(hour=4, minute=0, second=0, microsecond=0)
+    after = local.replace(hour=5, minute=0, second=0, microsecond=0)
+    assert not prune_due(ctx, before)
+    assert prune_due(ctx, after)
+    rec = state.load_repo(server.store)
+    rec.last_prune = state.now_iso(after - dt.timedelta(minutes=10))  # 04:50 today
+    state.save_repo(server.store, rec)
+    assert not prune_due(ctx, after)
+    assert prune_due(ctx, after + dt.timedelta(days=1))
+    server.configure('[offsite]\nrepository = "/nowhere"\nprune_schedule = ""\n')
+    assert not prune_due(server.ctx(), after + dt.timedelta(days=1))
+
+
+def test_missing_restic_and_no_repository_have_their_own_codes(server: Server,
+                                                               tmp_path: Path) -> None:
+    pw = make_password(tmp_path / "secret")
+    server.configure(f'[offsite]\nrepository = "{tmp_path / "repo"}"\n'
+                     f'password_file = "{pw}"\nrestic = "/nonexistent/restic"\n')
+    r = server.cli("offsite", "init", check=False)
+    assert r.exit_code == 61
+    assert "restic program '/nonexistent/restic' was not found" in r.output
+    server.configure("")
+    r = server.cli("offsite", "run", "--once", check=False)
+    assert r.exit_code == 64
+    assert "offsite.repository" in r.output

@@ -9,6 +9,8 @@ modes, owners and symlinks), the top directory gets its attributes back from the
 ``root:`` tag, ``Backend.complete`` makes it ``incoming/<id>`` under its original id, and
 the post-processor promotes it (stats, facts, ``latest``). Files are not hardlinked to
 neighbouring snapshots (restic knows nothing of them); the next backup links to it again.
+What an interrupted transfer of that volume left for resuming is given up (``prepare``
+makes a fresh ``current/``): the client's next backup sends those files again.
 
 **Rebuild** (the disaster case: the state root is gone) restores the registry from its
 copy in the repository (``registry``: the records with their keys, backed up at every

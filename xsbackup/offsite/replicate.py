@@ -51,7 +51,7 @@ from typing import Any
 
 import orjson
 
-from xsbackup import counters, hooks
+from xsbackup import counters, hooks, units
 from xsbackup.context import Context
 from xsbackup.crashpoints import crash
 from xsbackup.errors import LockBusy, OffsiteFailed, XsbackupError
@@ -60,7 +60,7 @@ from xsbackup.logs import LOG
 from xsbackup.offsite import registry_copy, state
 from xsbackup.offsite.restic import Restic, Snapshot
 from xsbackup.restore.access import FAKE_SUPER
-from xsbackup.restore.resolve import snapshot_ids
+from xsbackup.restore.resolve import exists, snapshot_ids
 from xsbackup.retention import policy as retention
 from xsbackup.store import (
     Store,
@@ -107,8 +107,8 @@ def in_window(ctx: Context, now: dt.datetime) -> bool:
         return True
     local = now.astimezone()
     minute = local.hour * 60 + local.minute
-    h1, m1 = (int(x) for x in s.window_start.split(":"))
-    h2, m2 = (int(x) for x in s.window_end.split(":"))
+    h1, m1 = units.parse_clock(s.window_start)
+    h2, m2 = units.parse_clock(s.window_end)
     start, end = h1 * 60 + m1, h2 * 60 + m2
     return start <= minute < end if start <= end else (minute >= start or minute < end)
 
@@ -237,6 +237,7 @@ def run_once(ctx: Context, *, now: Callable[[], dt.datetime] = lambda: dt.dateti
     with state.acquire(ctx.store):
         records = {c: state.load_client(ctx.store, c) for c in iter_clients(ctx.store)}
         try:
+            restic.environment()  # the password and credentials files, checked every pass
             if state.inflight(ctx.store):
                 _adopt(ctx, records, _index(listing()), report, now())
                 state.clear_inflight(ctx.store)
@@ -271,26 +272,30 @@ def _adopt(ctx: Context, records: dict[str, state.ClientRecord],
             state.save_client(ctx.store, rec)
 
 
-def _next(ctx: Context, records: dict[str, state.ClientRecord], at: float,
-          honour_backoff: bool) -> tuple[state.ClientRecord, str, str] | None:
-    ready = [r for r in records.values() if not (honour_backoff and r.retry_at > at)]
-    for rec in sorted(ready, key=lambda r: (r.last_replicated, r.client)):
-        todo = pending_of(ctx, rec)
-        if todo:
-            return rec, todo[0][0], todo[0][1]
-    return None
+def _next(records: dict[str, state.ClientRecord], todo: dict[str, list[tuple[str, str]]],
+          at: float, honour_backoff: bool) -> tuple[state.ClientRecord, str, str] | None:
+    """The oldest pending snapshot of the least recently replicated ready client."""
+    ready = [r for r in records.values() if todo.get(r.client)
+             and not (honour_backoff and r.retry_at > at)]
+    if not ready:
+        return None
+    rec = min(ready, key=lambda r: (r.last_replicated, r.client))
+    volume, sid = todo[rec.client].pop(0)
+    return rec, volume, sid
 
 
 def _replicate(ctx: Context, restic: Restic, records: dict[str, state.ClientRecord],
                report: Report, now: Callable[[], dt.datetime], honour_backoff: bool,
                limit: int | None, progress: Progress | None) -> None:
-    failed: set[str] = set()  # a client that failed waits for the next run
+    # What is pending, listed once; what is promoted meanwhile waits for the next pass.
+    todo = {c: pending_of(ctx, r) for c, r in records.items()}
     while limit is None or len(report.replicated) < limit:
-        live = {c: r for c, r in records.items() if c not in failed}
-        picked = _next(ctx, live, now().timestamp(), honour_backoff)
+        picked = _next(records, todo, now().timestamp(), honour_backoff)
         if picked is None:
             return
         rec, volume, sid = picked
+        if not exists(ctx.store, rec.client, volume, sid):
+            continue  # pruned since the pass began: nothing to copy
         what = f"{rec.client} {volume}/{sid}"
         if progress is not None:
             progress(what)
@@ -302,7 +307,7 @@ def _replicate(ctx: Context, restic: Restic, records: dict[str, state.ClientReco
             rid = backup_snapshot(ctx, restic, rec.client, volume, sid,
                                   _parent(rec, volume, sid))
         except OffsiteFailed as e:
-            failed.add(rec.client)
+            todo[rec.client] = []  # a client that failed waits for the next pass
             report.failed.append(f"{what}: {e.message}")
             _fail(ctx, f"replication of {what}", e, now(), rec)
             continue

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from xsbackup import units
 from xsbackup.context import Context
 from xsbackup.errors import LockBusy, XsbackupError
 from xsbackup.logs import LOG
@@ -40,7 +41,7 @@ def prune_due(ctx: Context, now: dt.datetime) -> bool:
     if not when:
         return False
     local = now.astimezone()
-    hour, minute = (int(x) for x in when.split(":"))
+    hour, minute = units.parse_clock(when)
     at = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
     if local < at:
         return False
