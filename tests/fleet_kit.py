@@ -42,10 +42,13 @@ class FleetKit:
     def inventory(self) -> Path:
         return self.base / "fleet.toml"
 
-    def write_inventory(self, overrides: dict[str, dict[str, object]] | None = None) -> Path:
+    def write_inventory(self, overrides: dict[str, dict[str, object]] | None = None,
+                        only: tuple[str, ...] = ()) -> Path:
         user = pwd.getpwuid(os.getuid()).pw_name
         out = []
         for name, m in self.members.items():
+            if only and name not in only:
+                continue
             table: dict[str, object] = {
                 "name": name, "host": f"{user}@127.0.0.1", "port": m.port,
                 "root": str(m.server.root), "identity": str(self.admin_key),

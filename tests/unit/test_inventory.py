@@ -107,3 +107,10 @@ def test_assign_from_the_configured_inventory(tmp_path: Path) -> None:
     assert r2.stdout.strip() in r.stdout
     r3 = run_cli("--root", str(root), "fleet", "assign", "bad/serial")
     assert r3.exit_code == 9
+
+
+def test_help_needs_no_inventory() -> None:
+    for sub in ("status", "check", "du", "prune", "collect", "assign", "move-client"):
+        r = run_cli("fleet", sub, "--help")
+        assert r.exit_code == 0, (sub, r.output)
+        assert "Usage: xsbackup fleet" in r.output

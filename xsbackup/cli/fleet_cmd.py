@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from xsbackup.cli._common import Invocation, emit_json, pass_invocation, size_text
 from xsbackup.errors import FleetServerFailed
+
+if TYPE_CHECKING:
+    from xsbackup.config import Settings
+    from xsbackup.fleet.inventory import Inventory
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 _PARALLEL = click.option("--parallel", type=click.IntRange(min=1), metavar="N",
@@ -17,16 +22,28 @@ _PARALLEL = click.option("--parallel", type=click.IntRange(min=1), metavar="N",
 
 
 class Fleet:
-    """The ``fleet`` group's options: the inventory and the per-server timeout."""
+    """The ``fleet`` group's options: the inventory (read when a subcommand first needs
+    it, so ``--help`` works without one) and the per-server timeout."""
 
     def __init__(self, inv: Invocation, inventory: str | None, timeout: float | None) -> None:
+        self._invocation = inv
+        self._option = inventory
+        self._timeout = timeout
+
+    @property
+    def settings(self) -> Settings:
+        return self._invocation.settings()
+
+    @functools.cached_property
+    def inventory(self) -> Inventory:
         from xsbackup.fleet import inventory as inventory_mod
 
-        settings = inv.settings()
-        self.settings = settings
-        self.inventory = inventory_mod.load(inventory_mod.locate(
-            inventory, settings.fleet.inventory, settings.root))
-        self.timeout = timeout if timeout is not None else settings.fleet.timeout
+        return inventory_mod.load(inventory_mod.locate(
+            self._option, self.settings.fleet.inventory, self.settings.root))
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout if self._timeout is not None else self.settings.fleet.timeout
 
 
 pass_fleet = click.make_pass_decorator(Fleet)

@@ -42,7 +42,7 @@ from xsbackup.crashpoints import crash
 from xsbackup.errors import ClientNotFound, MoveFailed
 from xsbackup.fleet import ops
 from xsbackup.fleet.inventory import FleetServer, Inventory
-from xsbackup.fleet.remote import XSBACKUP, ServerConnection, reason
+from xsbackup.fleet.remote import XSBACKUP, ServerConnection, last_line, reason
 from xsbackup.store import (
     SNAPSHOT_RE,
     VOLUME_RE,
@@ -94,9 +94,8 @@ class Host:
             raise MoveFailed(f"{self.server.name}: {what}: {reason(e, self.timeout)}; "
                              "run move-client again to resume") from None
         if result.exited not in ok:
-            lines = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
             raise MoveFailed(f"{self.server.name}: {what}: exit {result.exited}: "
-                             f"{lines[-1].strip() if lines else 'no message'}; "
+                             f"{last_line(result.stderr or result.stdout)}; "
                              "run move-client again to resume")
         return result.exited, result.stdout
 
@@ -211,9 +210,8 @@ class Move:
             raise MoveFailed(f"{self.dst_server.name}: copying: {reason(e, self.timeout)}; "
                              "run move-client again to resume") from None
         if result.exited != 0:
-            lines = [ln for ln in (sink.differs or result.stderr).splitlines() if ln.strip()]
             raise MoveFailed(f"{self.dst_server.name}: copying: exit {result.exited}: "
-                             f"{lines[-1].strip() if lines else 'no message'}; "
+                             f"{last_line(sink.differs or result.stderr)}; "
                              "run move-client again to resume")
 
 

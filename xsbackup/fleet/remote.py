@@ -81,14 +81,19 @@ def reason(exc: BaseException, timeout: float) -> str:
     return f"failed: {text[:200]}"
 
 
+def last_line(text: str) -> str:
+    """The last non-blank line of a command's output (its error), or ``no message``."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "no message"
+
+
 def _answer(server: FleetServer, result: Any, parse: Callable[[str], Any],
             timeout: float, seconds: float) -> Answer:
     if isinstance(result, BaseException):
         return Answer(server, False, error=reason(result, timeout), seconds=seconds)
     if result.exited != 0:
-        lines = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
-        last = lines[-1].strip()[:200] if lines else "no message"
-        return Answer(server, False, error=f"exit {result.exited}: {last}", seconds=seconds)
+        return Answer(server, False, seconds=seconds,
+                      error=f"exit {result.exited}: {last_line(result.stderr or result.stdout)}")
     try:
         data = parse(result.stdout)
     except ValueError as e:
