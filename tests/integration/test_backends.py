@@ -325,3 +325,20 @@ def test_fair_share_quota_on_btrfs(tmp_path: Path) -> None:
         assert len(server.store.snapshot_ids("SBKMEDIUM01", VOL)) == 3
     finally:
         unmount(*got)
+
+
+@pytest.mark.parametrize("server", ["btrfs"], indirect=True)
+def test_a_client_that_does_not_delete_gets_only_what_it_sent(server: Server,
+                                                               tmp_path: Path) -> None:
+    server.add_client(SN)
+    src = source(tmp_path)
+    rsh, env = _local_rsh(server, SN)
+    for _ in range(2):
+        r = subprocess.run(["rsync", "-e", str(rsh), "-a", f"{src}/", f"{SN}@local:{VOL}/"],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        postprocess.run_once(server.ctx())
+        (src / "b.txt").unlink(missing_ok=True)  # gone before the second transfer
+    first, second = server.store.snapshot_ids(SN, VOL)
+    assert (snap(server, first) / "b.txt").exists()
+    assert contents(snap(server, second)) == contents(src)
