@@ -325,3 +325,47 @@ def test_fair_share_quota_on_btrfs(tmp_path: Path) -> None:
         assert len(server.store.snapshot_ids("SBKMEDIUM01", VOL)) == 3
     finally:
         unmount(*got)
+
+
+@pytest.mark.parametrize("server", ["btrfs"], indirect=True)
+def test_a_client_that_does_not_delete_gets_only_what_it_sent(server: Server,
+                                                               tmp_path: Path) -> None:
+    server.add_client(SN)
+    src = source(tmp_path)
+    rsh, env = _local_rsh(server, SN)
+    for _ in range(2):
+        r = subprocess.run(["rsync", "-e", str(rsh), "-a", f"{src}/", f"{SN}@local:{VOL}/"],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        postprocess.run_once(server.ctx())
+        (src / "b.txt").unlink(missing_ok=True)  # gone before the second transfer
+    first, second = server.store.snapshot_ids(SN, VOL)
+    assert (snap(server, first) / "b.txt").exists()
+    assert contents(snap(server, second)) == contents(src)
+
+
+def test_btrfs_usage_from_qgroups_when_quotas_are_on(tmp_path: Path) -> None:
+    from tests.conftest import new_server
+    from xsbackup.storage.choice import record
+    from xsbackup.store import Store, init_root
+
+    got = loop_mount("btrfs", 256 << 20)
+    if isinstance(got, str):
+        pytest.skip(got)
+    try:
+        subprocess.run(["btrfs", "quota", "enable", str(got[1])], check=True)
+        root = got[1] / "state"
+        init_root(root)
+        record(Store(root), "btrfs")
+        server = new_server(root, tmp_path / "keys", "btrfs")
+        server.add_client(SN)
+        src = source(tmp_path)
+        for _ in range(2):  # each snapshot holds its own version of blob.bin
+            (src / "blob.bin").write_bytes(os.urandom(1 << 20))
+            push(server, src)
+        use = server.ctx().storage.measure(SN)
+        assert use.method == "btrfs qgroups"
+        assert use.snapshots[0].exclusive >= 1 << 20
+        assert use.total >= 2 << 20
+    finally:
+        unmount(*got)

@@ -41,8 +41,9 @@ def init(inv: Invocation, backend: str | None) -> None:
     changed = sum(tighten_tree(str(store.client_dir(c) / "volumes"))
                   for c in iter_clients(store))
     mode = "0750, group " + group if group else "0700"
-    click.echo(f"initialised {settings.root} (mode {mode}, storage backend {chosen}"
-               + (f"; {changed} stored items lost group or world write)" if changed else ")"))
+    click.echo(f"initialised {settings.root} (mode {mode}"
+               + (f"; {changed} stored items lost group or world write)" if changed else ")")
+               + f"; storage backend {chosen}")
 
 @click.command("ssh-command")
 @click.option("--client", required=True, metavar="SN", help="The authenticated client's serial.")

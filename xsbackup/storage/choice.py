@@ -113,8 +113,10 @@ def _btrfs_unusable(root: Path) -> str:
     for path in (snap, probe):
         if path.exists():
             res = btrfs("subvolume", "delete", str(path), why="probe subvolume rights")
-            if not res.ok and not why:
-                why = f"btrfs subvolume delete: {res.first_error_line()}"
+            if not res.ok:
+                why = why or f"btrfs subvolume delete: {res.first_error_line()}"
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)  # an owner may remove an empty subvolume (Linux 4.18)
     return why
 
 
