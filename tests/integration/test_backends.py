@@ -18,7 +18,7 @@ import pytest
 
 from tests.backends import BACKENDS, loop_mount, unmount
 from tests.conftest import XSBACKUP, Server, _local_rsh, local_pull, local_push, run_cli
-from xsbackup.snapshots import postprocess
+from xsbackup.snapshots import postprocess, usage
 from xsbackup.snapshots.snapshot import read_facts
 
 pytestmark = pytest.mark.integration
@@ -369,3 +369,18 @@ def test_btrfs_usage_from_qgroups_when_quotas_are_on(tmp_path: Path) -> None:
         assert use.total >= 2 << 20
     finally:
         unmount(*got)
+
+
+@EVERY
+def test_usage_is_measured_once_between_transfers(server: Server, tmp_path: Path) -> None:
+    """A finished transfer leaves nothing pending (btrfs and reflink keep ``current/``
+    for the next one): ``du``, prune and the quota read the cached figures."""
+    server.add_client(SN)
+    push(server, source(tmp_path))
+    seen: list[str] = []
+    first = usage.cached(server.ctx(), SN, progress=lambda v, sid: seen.append(sid))
+    assert seen  # measured...
+    seen.clear()
+    again = usage.cached(server.ctx(), SN, progress=lambda v, sid: seen.append(sid))
+    assert seen == []  # ...once
+    assert again == first

@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -43,16 +44,21 @@ if TYPE_CHECKING:
 CACHE_NAME = "usage.json"
 
 
-def _cache_key(store: Store, client: str) -> str:
+def _cache_key(ctx: Context, client: str) -> str:
     """What the figures depend on: the snapshots and completed transfers, listed. A
-    volume with a ``current/`` makes a key that never matches again."""
+    volume with a transfer running or interrupted (the backend's ``partial_age``: a
+    ``current/`` on the hardlink backend, the ``unfinished`` mark or partial files on
+    btrfs and reflink, whose ``current/`` always exists) makes a key that never matches
+    again."""
+    store = ctx.store
+    now = time.time()
     h = hashlib.sha256()
     for volume in store.volumes(client):
         for sid in store.snapshot_ids(client, volume):
             h.update(f"{volume}/{sid}\n".encode())
         for sid in store.incoming_ids(client, volume):
             h.update(f"{volume}/incoming/{sid}\n".encode())
-        if (store.volume_dir(client, volume) / "current").exists():
+        if ctx.storage.partial_age(client, volume, now) is not None:
             h.update(f"{volume}/current {secrets.token_hex(8)}\n".encode())
     return h.hexdigest()
 
@@ -83,7 +89,7 @@ def cached(ctx: Context, client: str, progress: MeasureProgress | None = None,
            refresh: bool = False, save: bool = True) -> ClientUsage:
     """The client's usage from the cache when it is current, else measured (and, with
     ``save``, cached)."""
-    key = _cache_key(ctx.store, client)
+    key = _cache_key(ctx, client)
     usage, measured = _lookup(ctx, client, key, progress, refresh)
     if measured and save:
         _save(ctx.store, client, key, usage)
@@ -126,7 +132,7 @@ class Tally:
         self._held: dict[str, tuple[str, ClientUsage, bool]] = {}  # key, figures, measured
 
     def get(self, client: str) -> ClientUsage:
-        key = _cache_key(self.ctx.store, client)
+        key = _cache_key(self.ctx, client)
         held = self._held.get(client)
         if held is not None and held[0] == key:
             return held[1]
@@ -137,7 +143,7 @@ class Tally:
     def flush(self) -> None:
         """Cache what was measured and is still current."""
         for client, (key, usage, measured) in self._held.items():
-            if measured and _cache_key(self.ctx.store, client) == key:
+            if measured and _cache_key(self.ctx, client) == key:
                 _save(self.ctx.store, client, key, usage)
         self._held.clear()
 
