@@ -139,10 +139,13 @@ def test_unfinished_transfers_are_their_clients_own(ctx: Context) -> None:
         assert usage.cached(ctx, SN, lambda v, s: seen.append(s)).total == use.total
     assert seen == [IDS[0], IDS[0]]
     assert usage.last_total(store, SN) == use.total
-    shutil.rmtree(current)
+    shutil.rmtree(current)  # partial files are a transfer in flight too
+    usage.cached(ctx, SN, lambda v, s: seen.append(s))
+    assert seen == [IDS[0]] * 3
+    shutil.rmtree(vol / "partial")  # nothing in flight: measured once, then cached
     for _ in range(2):
         usage.cached(ctx, SN, lambda v, s: seen.append(s))
-    assert seen == [IDS[0]] * 3
+    assert seen == [IDS[0]] * 4
 
 
 def fill(path: Path) -> None:
