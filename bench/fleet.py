@@ -125,7 +125,9 @@ def part_status(base: Path, args: argparse.Namespace, admin: Path) -> dict[str, 
         doc = orjson.loads(subprocess.run(fleet, capture_output=True, check=True).stdout)
         assert doc["failed"] == 0
         assert len(doc["clients"]) == args.servers * args.clients
+        trivial = trivial_remote(base / "status", servers, admin, args.runs)
         return {"servers": args.servers, "clients_per_server": args.clients,
+                "trivial_remote": trivial,
                 "single": {n: summary(v) for n, v in singles.items()},
                 "slowest_single": summary(slowest), "sum_of_singles": summary(sums),
                 "fleet_status": summary(fleets),
@@ -135,6 +137,29 @@ def part_status(base: Path, args: argparse.Namespace, admin: Path) -> dict[str, 
     finally:
         for _, _, sshd in servers:
             sshd.stop()
+
+
+def trivial_remote(base: Path, servers: list[tuple[str, Path, Sshd]], admin: Path,
+                   runs: int) -> dict[str, Any]:
+    """Diagnostic: the same two measurements with a remote ``command`` that only prints
+    a saved status document (no Python on the servers), so what remains is the fleet
+    layer's own cost (start-up, fabric, ten handshakes) against one stock ssh."""
+    name, root, sshd = servers[0]
+    saved = base / "status.json"
+    saved.write_text(xsb(root, "status", "--json"))
+    fake = base / "fake-xsbackup"
+    fake.write_text(f"#!/bin/sh\nexec cat {saved}\n")
+    fake.chmod(0o755)
+    inv = inventory(base, servers, admin).rename(base / "fleet-trivial.toml")
+    inv.write_text(inv.read_text().replace(f'command = "{XSBACKUP}"', f'command = "{fake}"'))
+    fleet = [XSBACKUP, "fleet", "--inventory", str(inv), "status", "--json"]
+    single = [*sshd.rsh(admin).split(), "127.0.0.1", f"{fake} status --json"]
+    fleets, singles = [], []
+    for _ in range(runs):
+        singles.append(run_timed(single))
+        fleets.append(run_timed(fleet))
+    return {"single": summary(singles), "fleet_status": summary(fleets),
+            "ratio": median(fleets) / median(singles), "server": name}
 
 
 def make_history(root: Path, src: Path, args: argparse.Namespace) -> None:
@@ -198,6 +223,9 @@ def print_table(result: dict[str, Any]) -> None:
               f" slowest single {s['slowest_single']['median']:.2f} s, ratio "
               f"{s['ratio_fleet_over_slowest_single']:.2f} (target <= 1.5); sum of singles "
               f"{s['sum_of_singles']['median']:.2f} s")
+        t = s["trivial_remote"]
+        print(f"  with a trivial remote command: fleet {t['fleet_status']['median']:.2f} s, "
+              f"one ssh {t['single']['median']:.2f} s, ratio {t['ratio']:.2f}")
     if m:
         print(f"move-client {m['snapshots']} x {m['files']} files: "
               f"{m['move_client']['median']:.2f} s, rsync -aH {m['rsync_aH']['median']:.2f} s,"
