@@ -93,8 +93,8 @@ def manifests_off(p: Promotion) -> Iterator[None]:
         Record = manifest.Record
 
         @staticmethod
-        def reusable(*_: Any) -> dict[int, Any]:
-            return {}
+        def reusable(*_: Any) -> manifest.Reusable:
+            return manifest.Reusable()
 
         @staticmethod
         def build(*_: Any) -> tuple[bytes, manifest.BuildStats]:

@@ -222,6 +222,12 @@ def test_promotion_hashes_only_new_inodes(server: Server, tmp_path: Path) -> Non
                      "hashed_bytes": total}
     assert second == {"files": 10_000, "reused": 10_000, "hashed_files": 0,
                       "hashed_bytes": 0}
+    kept = [server.store.volume_dir(SN, "documents") / "manifests" / f"{s}.jsonl"
+            for s in server.store.snapshot_ids(SN, "documents")]
+    heads, bodies = zip(*(k.read_bytes().split(b"\n", 1) for k in kept), strict=True)
+    assert bodies[0] == bodies[1]  # the same records: copied
+    assert heads[0] != heads[1]  # ... under the new snapshot's header
+    assert len(bodies[1].splitlines()) == 10_000
 
 
 def test_manifest_verb_carries_the_digest(two_snapshots: tuple[Server, list[str]],

@@ -20,9 +20,10 @@ path that is not valid UTF-8 is given as ``"x": HEX_OF_ITS_BYTES`` instead of ``
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -104,11 +105,14 @@ def _line(r: Record) -> bytes:
                              "m": r.mtime_ns, "d": r.digest})
 
 
+def _header(sid: str, files: int) -> bytes:
+    return orjson.dumps({"format": FORMAT, "version": VERSION, "algorithm": ALGORITHM,
+                         "snapshot": sid, "files": files}) + b"\n"
+
+
 def encode(sid: str, records: Iterable[Record]) -> bytes:
     rows = sorted(records)  # by path first: code points, a non-UTF-8 byte as its escape
-    head = orjson.dumps({"format": FORMAT, "version": VERSION, "algorithm": ALGORITHM,
-                         "snapshot": sid, "files": len(rows)})
-    return b"\n".join([head, *map(_line, rows)]) + b"\n"
+    return _header(sid, len(rows)) + b"".join(_line(r) + b"\n" for r in rows)
 
 
 def parse(fh: IO[bytes]) -> Iterator[Record]:
@@ -153,35 +157,56 @@ def read(storage: Backend, client: str, volume: str, sid: str) -> list[Record] |
 # ---- building ----------------------------------------------------------------------------
 
 
-def reusable(storage: Backend, client: str, volume: str,
-             sid: str | None) -> dict[int, Record]:
-    """The records of snapshot ``sid``'s manifest by inode, for ``build`` to copy; empty
-    when there is no such snapshot or manifest, or it is damaged (everything is hashed)."""
-    if sid is None:
-        return {}
+@dataclass
+class Reusable:
+    """A previous snapshot's manifest for ``build`` to copy from: its records by inode,
+    how many it has, and its bytes after the header."""
+
+    by_inode: dict[int, Record] = field(default_factory=dict)
+    count: int = 0
+    body: bytes = b""
+
+
+def reusable(storage: Backend, client: str, volume: str, sid: str | None) -> Reusable:
+    """Snapshot ``sid``'s manifest, for ``build``; empty when there is no such snapshot
+    or manifest, or it is damaged (everything is then hashed)."""
+    fh = storage.open_manifest(client, volume, sid) if sid is not None else None
+    if fh is None:
+        return Reusable()
+    with fh:
+        data = fh.read()
     try:
-        records = read(storage, client, volume, sid)
+        records = list(parse(io.BytesIO(data)))
     except ManifestError:
-        return {}
-    return {r.inode: r for r in records or ()}
+        return Reusable()
+    return Reusable({r.inode: r for r in records}, len(records),
+                    data[data.index(b"\n") + 1:])
 
 
 def build(tree: Path, sid: str, files: Iterable[tuple[str, os.stat_result]],
-          previous: dict[int, Record]) -> tuple[bytes, BuildStats]:
+          previous: Reusable) -> tuple[bytes, BuildStats]:
     """The manifest of ``tree`` (a snapshot not yet visible, which nothing else writes)
     from its regular files ``(relative path, lstat)``: digests copied from ``previous``
-    where inode, size and mtime agree, the other files read."""
+    where inode, size and mtime agree, the other files read. When every file is one of
+    ``previous``'s records at the same path, and there are as many, the records are the
+    same, and so are their bytes: ``previous``'s are copied, not encoded again."""
     stats = BuildStats()
     records = []
+    same = True
+    by_inode = previous.by_inode
     for rel, st in files:
-        old = previous.get(st.st_ino)
+        old = by_inode.get(st.st_ino)
         if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
             digest = old.digest
             stats.reused += 1
+            same = same and old.path == rel
         else:
             digest, n = digest_at(str(tree / rel))
             stats.hashed_files += 1
             stats.hashed_bytes += n
+            same = False
         stats.files += 1
         records.append(Record(rel, st.st_ino, st.st_size, st.st_mtime_ns, digest))
+    if same and stats.files == previous.count:
+        return _header(sid, stats.files) + previous.body, stats
     return encode(sid, records), stats
