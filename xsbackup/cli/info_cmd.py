@@ -9,7 +9,7 @@ import click
 
 from xsbackup import config as config_mod
 from xsbackup.cli._common import Invocation, emit_json, pass_invocation
-from xsbackup.errors import all_errors
+from xsbackup.errors import ConfigError, all_errors
 
 
 def import_every_module() -> None:
@@ -39,12 +39,14 @@ def exit_codes(as_json: bool) -> None:
         click.echo(f"{r['code']:>3}  {r['name']:<18} {r['meaning']}")
 
 
-@click.command("config")
+@click.group("config", invoke_without_command=True)
 @click.option("--defaults", is_flag=True, help="Print the documented defaults as TOML.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_invocation
 def config_cmd(inv: Invocation, defaults: bool, as_json: bool) -> None:
-    """Show the effective configuration (or the defaults)."""
+    """Show the effective configuration (or the defaults); `config check` validates it."""
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     if defaults:
         click.echo(config_mod.example_toml(), nl=False)
         return
@@ -56,6 +58,29 @@ def config_cmd(inv: Invocation, defaults: bool, as_json: bool) -> None:
         return
     for k, v in values.items():
         click.echo(f"{k} = {v!r}")
+
+
+@config_cmd.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_invocation
+def config_check(inv: Invocation, as_json: bool) -> None:
+    """Validate the configuration and what it names: every key (at load, naming it), the
+    state root, the storage backend, the off-site repository's password, credentials
+    and restic, and the fleet inventory. Reads only local files; `offsite init` opens
+    the repository itself. Exit 3 when something is wrong."""
+    from xsbackup.cli.config_check import run_checks
+
+    rows = run_checks(inv.settings())
+    if as_json:
+        emit_json(rows)
+    else:
+        for r in rows:
+            click.echo(f"{'ok  ' if r['ok'] else 'FAIL'}  {r['check']:<10} {r['detail']}")
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        raise ConfigError(f"config check: {len(bad)} problem"
+                                     f"{'s' if len(bad) > 1 else ''} found; first: "
+                                     f"{bad[0]['check']}: {bad[0]['detail']}")
 
 
 def _recorded_backend(settings: config_mod.Settings) -> str:
