@@ -199,17 +199,19 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
                                     f"{why[-1] if why else f'exit status {status}'}")
 
     def _verify(self, piece: Piece, place: str, root: bool) -> None:
-        """The device's tree against the snapshot's manifest."""
-        listing = self._exec(f"find {shlex.quote(place)} -mindepth 1 "
-                                     "-printf '%y %m %s %T@ %P\\0%l\\0'")
+        """The device's tree against the snapshot's manifest, made here while the device
+        lists its tree."""
+        listing = self._start(f"find {shlex.quote(place)} -mindepth 1 "
+                              "-printf '%y %m %s %T@ %P\\0%l\\0'")
+        expected = list(manifest(self.store, self.serial, piece.volume, piece.snapshot))
+        fields = self._finish(listing, "find").split(b"\0")
         found: dict[bytes, tuple[str, int, int, int, bytes]] = {}
-        fields = listing.split(b"\0")
         for head, target in zip(fields[0::2], fields[1::2], strict=False):
             kind, mode, size, mtime, path = head.split(b" ", 4)
             found[path] = (kind.decode(), int(mode, 8), int(size), int(float(mtime)), target)
         mask = 0o7777 if root else 0o5777  # setgid needs the group, which a user may lack
         bad: list[str] = []
-        for entry in manifest(self.store, self.serial, piece.volume, piece.snapshot):
+        for entry in expected:
             got = found.get(os.fsencode(entry["path"]))
             why = _differs(entry, got, mask)
             if why:
@@ -228,15 +230,23 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
 
     def _exec(self, command: str) -> bytes:
         """Run ``command`` on the device: its output; DeviceWriteFailed if it fails."""
+        return self._finish(self._start(command), command.split(maxsplit=1)[0])
+
+    def _start(self, command: str) -> paramiko.Channel:
         chan = self._channel(command)
         chan.shutdown_write()
+        return chan
+
+    def _finish(self, chan: paramiko.Channel, name: str) -> bytes:
+        """The output of the command started on ``chan``; DeviceWriteFailed naming
+        ``name`` if it failed."""
         stdout = _drain(chan.makefile("rb"))
         stderr = _drain(chan.makefile_stderr("rb"))
         status = chan.recv_exit_status()
         chan.close()
         if status != 0:
             why = stderr.decode("utf-8", "replace").strip().splitlines()
-            raise DeviceWriteFailed(f"{self.target}: {command.split(maxsplit=1)[0]} failed: "
+            raise DeviceWriteFailed(f"{self.target}: {name} failed: "
                                     f"{why[-1] if why else f'exit status {status}'}")
         return stdout
 
