@@ -196,7 +196,7 @@ def test_init_tightens_an_older_root_and_status_warns(server: Server,
     assert f"warning: state root {server.root} is mode 0755" in text.stderr
 
     out = server.xsbackup("init").stdout
-    assert "mode 0700, storage backend hardlink; 1 stored items lost group or world write" in out
+    assert "mode 0700; 1 stored items lost group or world write" in out
     assert stat.S_IMODE(server.root.stat().st_mode) == 0o700
     assert stat.S_IMODE((snap / "shared.txt").stat().st_mode) == 0o644
     assert orjson.loads(server.cli("status", "--json").stdout)["warnings"] == []

@@ -80,10 +80,15 @@ def restore_archive(ctx: Context, serial: str, path: str,
         vol = pick_volume(ctx.store, serial, volume)
         sid = resolve(ctx.store, serial, vol, at)
     sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, io.UnsupportedOperation):  # not a file (the CLI run in-process)
+        core.write_archive(ctx.store, serial, vol, sid, path, fmt, sys.stdout.buffer)
+        sys.stdout.flush()
+        return
     # Big writes (sys.stdout's buffer is 8 KiB): whoever reads the pipe (tar, or restore
     # push's SSH channel) gets the stream in big pieces.
-    with io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "w", closefd=False),
-                           ARCHIVE_BUFFER) as out:
+    with io.BufferedWriter(io.FileIO(fd, "w", closefd=False), ARCHIVE_BUFFER) as out:
         core.write_archive(ctx.store, serial, vol, sid, path, fmt, out)
 
 
