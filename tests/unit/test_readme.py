@@ -45,7 +45,8 @@ def test_the_test_command_is_the_ci_script() -> None:
     assert "bash .ci/run\n" in blocks
     ci = (REPO / ".ci" / "run").read_text()
     assert "python3-venv" in ci  # a fresh Debian has no venv module
-    assert ci.rstrip().endswith(".venv/bin/python -m pytest -q")
+    assert ci.rstrip().endswith(".venv/bin/python -m pytest -q -n 2")
+    assert "`.venv/bin/python -m pytest -q -n 2`" in section("Set up")  # as README says
 
 
 def test_the_quick_start_installs_what_it_needs() -> None:
