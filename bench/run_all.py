@@ -39,11 +39,11 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
                "2"], []),
     "restore": (["--files", "500", "--mb", "20", "--runs", "1"], []),
     "registration": (["--count", "30", "--window", "5", "--rounds", "1"], []),
-    "integrity": (["--files", "5000", "--check-files", "2000", "--check-mb", "50", "--runs",
+    "integrity": (["--files", "20000", "--check-files", "4000", "--check-mb", "200", "--runs",
                    "2"], []),
-    "offsite": (["--files", "1000", "--mb", "20", "--runs", "2"], []),
-    "backends": (["--files", "5000", "--mb", "20", "--runs", "2"], []),
-    "fleet": (["--servers", "4", "--files", "2000", "--mb", "10", "--snapshots", "4", "--runs",
+    "offsite": (["--files", "2000", "--mb", "40", "--runs", "2"], []),
+    "backends": (["--files", "15000", "--mb", "60", "--runs", "2"], []),
+    "fleet": (["--servers", "4", "--files", "5000", "--mb", "20", "--snapshots", "5", "--runs",
                "2"], []),
 }
 
@@ -175,15 +175,16 @@ def prune_rows(r: dict[str, Any]) -> list[Row]:
 
 def restore_rows(r: dict[str, Any]) -> list[Row]:
     targets = r.get("targets") or {}
-    secs = lambda case: _get(r, "cases", case, "seconds", "median")  # noqa: E731
     rows = []
     for case, anchor, figure, anchor_name, limit in (
             ("tar_stream", "local_tar", "full restore, tar stream over SSH", "local tar", 1.3),
             ("git_archive", "local_tar", "full restore, git archive --remote",
              "local tar", 1.3),
             ("restore_push", "rsync_pull", "restore push to a device", "rsync pull", 1.2)):
-        if secs(case) is not None:
-            rows.append(_ratio_row("restore", figure, secs(case), anchor_name, secs(anchor),
+        secs = _get(r, "cases", case, "seconds", "median")
+        if secs is not None:
+            rows.append(_ratio_row("restore", figure, secs, anchor_name,
+                                   _get(r, "cases", anchor, "seconds", "median"),
                                    targets.get(f"{case}/{anchor}", limit), _s))
     return rows
 
@@ -233,10 +234,9 @@ def integrity_rows(r: dict[str, Any]) -> list[Row]:
 def offsite_rows(r: dict[str, Any]) -> list[Row]:
     s = r.get("summary") or {}
     limit = _get(r, "ratios", "target") or 1.1
-    med = lambda k: _get(s, k, "median")  # noqa: E731
     return [_ratio_row("offsite", f"{label} snapshot replication (serve)",
-                       med(f"serve_{when}"), "restic by hand", med(f"restic_{when}"), limit,
-                       _s)
+                       _get(s, f"serve_{when}", "median"), "restic by hand",
+                       _get(s, f"restic_{when}", "median"), limit, _s)
             for when, label in (("first", "first"), ("second", "no-change"))]
 
 
@@ -245,20 +245,21 @@ def backends_rows(r: dict[str, Any]) -> list[Row]:
     bt = r.get("btrfs")
     if bt:
         nc = bt["no_change"]
-        med = lambda k: _get(nc, k, "median")  # noqa: E731
+        btrfs = _get(nc, "btrfs", "median")
         rows += [
-            _ratio_row("backends", "no-change backup, btrfs", med("btrfs"),
-                       "ds-backup rsync + cp -al", med("ds-backup"), 0.5, _s),
-            _ratio_row("backends", "no-change backup, btrfs", med("btrfs"),
-                       "hardlink backend", med("hardlink"), 0.3, _s),
+            _ratio_row("backends", "no-change backup, btrfs", btrfs,
+                       "ds-backup rsync + cp -al", _get(nc, "ds-backup", "median"), 0.5, _s),
+            _ratio_row("backends", "no-change backup, btrfs", btrfs,
+                       "hardlink backend", _get(nc, "hardlink", "median"), 0.3, _s),
             _ratio_row("backends", "first full backup, btrfs", _get(bt, "first_full", "btrfs"),
                        "raw rsync", _get(bt, "first_full", "raw"), 1.1, _s),
         ]
     xfs = r.get("xfs")
     if xfs:
-        med = lambda k: _get(xfs, "no_change", k, "median")  # noqa: E731
-        rows.append(_ratio_row("backends", "no-change backup, reflink on XFS", med("reflink"),
-                               "ds-backup rsync + cp -al", med("ds-backup"), 1.0, _s))
+        nc = xfs["no_change"]
+        rows.append(_ratio_row("backends", "no-change backup, reflink on XFS",
+                               _get(nc, "reflink", "median"), "ds-backup rsync + cp -al",
+                               _get(nc, "ds-backup", "median"), 1.0, _s))
     return rows
 
 
