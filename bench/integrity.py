@@ -322,10 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     run_args(ap, out="integrity.json", quiet_load=1.5, quiet_timeout=0)
     args = ap.parse_args(argv)
     exit_on_sigterm()
-    result = new_result("integrity", ["xsbackup/snapshots/manifest.py",
-                                      "xsbackup/snapshots/postprocess.py",
-                                      "xsbackup/integrity/check.py",
-                                      "xsbackup/integrity/diff.py"])
+    result = new_result("integrity", ["snapshots.manifest", "snapshots.postprocess",
+                                      "integrity.check", "integrity.diff"])
     result["config"] = vars(args)
     result["quiet"] = quiet_wait(args.quiet_load, args.quiet_timeout)
     result["targets"] = TARGETS

@@ -221,8 +221,8 @@ def main() -> int:
     run_args(ap, out="offsite.json", quiet_load=0, quiet_timeout=0)
     args = ap.parse_args()
     exit_on_sigterm()
-    result = new_result("offsite", ["xsbackup.offsite", "xsbackup.offsite.replicate",
-                                    "xsbackup.offsite.restic"],
+    result = new_result("offsite", ["offsite.__init__", "offsite.replicate",
+                                    "offsite.restic", "offsite.registry_copy"],
                         restic=subprocess.run([RESTIC, "version"], capture_output=True,
                                               check=False,
                                               text=True).stdout.strip())

@@ -39,6 +39,12 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
                "2"], []),
     "restore": (["--files", "500", "--mb", "20", "--runs", "1"], []),
     "registration": (["--count", "30", "--window", "5", "--rounds", "1"], []),
+    "integrity": (["--files", "20000", "--check-files", "4000", "--check-mb", "200", "--runs",
+                   "2"], []),
+    "offsite": (["--files", "2000", "--mb", "40", "--runs", "2"], []),
+    "backends": (["--files", "15000", "--mb", "60", "--runs", "2"], []),
+    "fleet": (["--servers", "4", "--files", "5000", "--mb", "20", "--snapshots", "5", "--runs",
+               "2"], []),
 }
 
 
@@ -168,13 +174,19 @@ def prune_rows(r: dict[str, Any]) -> list[Row]:
 
 
 def restore_rows(r: dict[str, Any]) -> list[Row]:
-    ratio = _get(r, "ratios", "tar_stream/local_tar")
-    if ratio is None:
-        return []
-    return [Row("restore", "full restore, tar stream over SSH",
-                _s(_get(r, "cases", "tar_stream", "seconds", "median")),
-                f"local tar {_s(_get(r, 'cases', 'local_tar', 'seconds', 'median'))}", ratio,
-                "≤ 1.3x", ratio <= 1.3)]
+    targets = r.get("targets") or {}
+    rows = []
+    for case, anchor, figure, anchor_name, limit in (
+            ("tar_stream", "local_tar", "full restore, tar stream over SSH", "local tar", 1.3),
+            ("git_archive", "local_tar", "full restore, git archive --remote",
+             "local tar", 1.3),
+            ("restore_push", "rsync_pull", "restore push to a device", "rsync pull", 1.2)):
+        secs = _get(r, "cases", case, "seconds", "median")
+        if secs is not None:
+            rows.append(_ratio_row("restore", figure, secs, anchor_name,
+                                   _get(r, "cases", anchor, "seconds", "median"),
+                                   targets.get(f"{case}/{anchor}", limit), _s))
+    return rows
 
 
 def registration_rows(r: dict[str, Any]) -> list[Row]:
@@ -185,9 +197,93 @@ def registration_rows(r: dict[str, Any]) -> list[Row]:
                 "- (flat)", None)]
 
 
+def integrity_rows(r: dict[str, Any]) -> list[Row]:
+    t = r.get("targets") or {}
+    rows = []
+    promo = r.get("promotion")
+    if promo:
+        s = promo["summary"]
+        rows.append(_ratio_row("integrity", "no-change promotion, with manifests",
+                               _get(s, "with", "median"), "without",
+                               _get(s, "without", "median"),
+                               t.get("promotion_ratio_max", 1.05), _s))
+        rows.append(_ratio_row("integrity",
+                               f"{promo.get('changed_percent', 1):g}% changed, manifest step",
+                               _get(s, "changed_manifest_step", "median"),
+                               "b2sum of the changed files", _get(s, "changed_b2sum", "median"),
+                               t.get("changed_vs_b2sum_max", 1.1), _s))
+    check = r.get("check")
+    if check:
+        mbps = check["throughput_mb_s"]
+        ratio = _get(check, "ratios", "check/b2sum_throughput")
+        limit = t.get("check_throughput_vs_b2sum_min", 0.8)
+        rows.append(Row("integrity", "check --read-data throughput",
+                        f"{mbps['check_read_data']:.0f} MB/s",
+                        f"b2sum over distinct inodes {mbps['b2sum_distinct_inodes']:.0f} MB/s",
+                        ratio, f"≥ {limit:g}x", None if ratio is None else ratio >= limit))
+    diff = r.get("diff")
+    if diff:
+        s = diff["summary"]
+        rows.append(_ratio_row("integrity", "diff of two snapshots",
+                               _get(s, "xsbackup_diff", "median"), "diff -rq",
+                               _get(s, "diff_rq", "median"),
+                               t.get("diff_vs_diff_rq_max", 0.5), _s))
+    return rows
+
+
+def offsite_rows(r: dict[str, Any]) -> list[Row]:
+    s = r.get("summary") or {}
+    limit = _get(r, "ratios", "target") or 1.1
+    return [_ratio_row("offsite", f"{label} snapshot replication (serve)",
+                       _get(s, f"serve_{when}", "median"), "restic by hand",
+                       _get(s, f"restic_{when}", "median"), limit, _s)
+            for when, label in (("first", "first"), ("second", "no-change"))]
+
+
+def backends_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    bt = r.get("btrfs")
+    if bt:
+        nc = bt["no_change"]
+        btrfs = _get(nc, "btrfs", "median")
+        rows += [
+            _ratio_row("backends", "no-change backup, btrfs", btrfs,
+                       "ds-backup rsync + cp -al", _get(nc, "ds-backup", "median"), 0.5, _s),
+            _ratio_row("backends", "no-change backup, btrfs", btrfs,
+                       "hardlink backend", _get(nc, "hardlink", "median"), 0.3, _s),
+            _ratio_row("backends", "first full backup, btrfs", _get(bt, "first_full", "btrfs"),
+                       "raw rsync", _get(bt, "first_full", "raw"), 1.1, _s),
+        ]
+    xfs = r.get("xfs")
+    if xfs:
+        nc = xfs["no_change"]
+        rows.append(_ratio_row("backends", "no-change backup, reflink on XFS",
+                               _get(nc, "reflink", "median"), "ds-backup rsync + cp -al",
+                               _get(nc, "ds-backup", "median"), 1.0, _s))
+    return rows
+
+
+def fleet_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    st = r.get("status")
+    if st:
+        rows.append(_ratio_row("fleet", f"fleet status, {st['servers']} servers",
+                               _get(st, "fleet_status", "median"), "slowest single status",
+                               _get(st, "slowest_single", "median"), st.get("target", 1.5),
+                               _s))
+    mv = r.get("move")
+    if mv:
+        rows.append(_ratio_row("fleet", f"move-client, {mv['snapshots']} snapshots",
+                               _get(mv, "move_client", "median"), "rsync -aH",
+                               _get(mv, "rsync_aH", "median"), mv.get("target", 1.3), _s))
+    return rows
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "ingest": ingest_rows, "serve": serve_rows, "snapshot": snapshot_rows,
     "prune": prune_rows, "restore": restore_rows, "registration": registration_rows,
+    "integrity": integrity_rows, "offsite": offsite_rows, "backends": backends_rows,
+    "fleet": fleet_rows,
 }
 
 
