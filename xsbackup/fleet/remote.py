@@ -9,6 +9,7 @@ TCP connect, the SSH banner, the login and the command itself.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 import socket
@@ -21,6 +22,7 @@ import orjson
 import paramiko
 from fabric import Config, Connection, ThreadingGroup  # type: ignore[import-untyped]
 from fabric.exceptions import GroupException  # type: ignore[import-untyped]
+from fabric.runners import Remote  # type: ignore[import-untyped]
 from invoke.exceptions import CommandTimedOut
 
 from xsbackup.fleet.inventory import FleetServer
@@ -41,6 +43,26 @@ class Answer:
     seconds: float = 0.0
 
 
+class _TimedRemote(Remote):  # type: ignore[misc]
+    """fabric's remote runner, with its timeout made exact. invoke's timer kills a
+    command by closing its channel, then tells a timeout by the timer thread having
+    ended; the command's end can be seen first, and the run then looked like a plain
+    exit -1. Here the kill is noted before the channel closes. A kill that finds the
+    connection already gone (closed after a run that ended meanwhile) is not an error
+    in the timer's thread."""
+
+    _killed = False
+
+    def kill(self) -> None:
+        self._killed = True
+        with contextlib.suppress(Exception):
+            super().kill()
+
+    @property
+    def timed_out(self) -> bool:
+        return self._killed or bool(super().timed_out)
+
+
 class ServerConnection(Connection):  # type: ignore[misc]
     """A fabric ``Connection`` to one fleet server that puts that server's own
     ``xsbackup --root ROOT`` where a command line says ``{xsbackup}``."""
@@ -52,7 +74,8 @@ class ServerConnection(Connection):  # type: ignore[misc]
             kwargs["key_filename"] = [server.identity]
         super().__init__(host=server.address, user=server.user, port=server.port,
                          connect_timeout=max(1, math.ceil(timeout)), connect_kwargs=kwargs,
-                         config=Config(overrides={"load_ssh_configs": False}))
+                         config=Config(overrides={"load_ssh_configs": False,
+                                                  "runners": {"remote": _TimedRemote}}))
         self.server = server
         self.seconds = 0.0
 
