@@ -27,6 +27,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
+from xsbackup.errors import LockBusy
+from xsbackup.locking import lock_directory
+
 Progress = Callable[[int], None]              # trash entries deleted so far
 MeasureProgress = Callable[[str, str], None]  # (volume, snapshot id) as each one starts
 
@@ -178,3 +181,15 @@ class Backend(Protocol):
         """The snapshot ids of the volume that have a content manifest kept, oldest
         first, whether or not the snapshot itself still exists (``check`` reports a
         manifest whose snapshot is gone). ``delete`` removes a snapshot's manifest."""
+
+
+def lock_for_delete(snapshot: Path) -> int | str:
+    """The snapshot directory locked exclusively for ``Backend.delete`` (a descriptor the
+    caller closes once the snapshot is out of sight), or why it cannot be deleted now:
+    "being read" (a restore holds it) or "already gone"."""
+    try:
+        return lock_directory(snapshot, shared=False)
+    except LockBusy:
+        return "being read"
+    except FileNotFoundError:
+        return "already gone"

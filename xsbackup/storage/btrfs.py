@@ -34,7 +34,7 @@ from pathlib import Path
 from xsbackup import procs
 from xsbackup.crashpoints import crash
 from xsbackup.errors import BackendUnavailable, LockBusy
-from xsbackup.locking import FileLock, lock_directory
+from xsbackup.locking import FileLock
 from xsbackup.storage.base import (
     DEDUP_BLOCKS,
     READ_ONLY,
@@ -44,6 +44,7 @@ from xsbackup.storage.base import (
     MeasureProgress,
     Progress,
     SnapshotUsage,
+    lock_for_delete,
 )
 from xsbackup.storage.mirror import PARTIAL, MirrorBackend
 from xsbackup.store import fsync_dir
@@ -146,12 +147,9 @@ class BtrfsBackend(MirrorBackend):
 
     def delete(self, client: str, volume: str, sid: str) -> str:
         snapshots = self.store.snapshots_dir(client, volume)
-        try:
-            fd = lock_directory(snapshots / sid, shared=False)
-        except LockBusy:
-            return "being read"
-        except FileNotFoundError:
-            return "already gone"
+        fd = lock_for_delete(snapshots / sid)
+        if isinstance(fd, str):
+            return fd
         try:
             self._deleting.mkdir(mode=0o700, exist_ok=True)
             (self._deleting / str(subvolume_id(snapshots / sid))).write_text(

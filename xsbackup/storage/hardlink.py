@@ -53,7 +53,7 @@ from pathlib import Path
 from xsbackup import procs
 from xsbackup.crashpoints import crash
 from xsbackup.errors import LockBusy
-from xsbackup.locking import FileLock, lock_directory
+from xsbackup.locking import FileLock
 from xsbackup.logs import LOG
 from xsbackup.storage import hardlink_du
 from xsbackup.storage.base import (
@@ -65,6 +65,7 @@ from xsbackup.storage.base import (
     IngestTarget,
     MeasureProgress,
     Progress,
+    lock_for_delete,
 )
 from xsbackup.storage.manifests import ManifestFiles
 from xsbackup.store import (
@@ -212,12 +213,9 @@ class HardlinkBackend(ManifestFiles):
 
     def delete(self, client: str, volume: str, sid: str) -> str:
         snapshots = self.store.snapshots_dir(client, volume)
-        try:
-            fd = lock_directory(snapshots / sid, shared=False)
-        except LockBusy:
-            return "being read"
-        except FileNotFoundError:
-            return "already gone"
+        fd = lock_for_delete(snapshots / sid)
+        if isinstance(fd, str):
+            return fd
         try:
             name = f"{client}.{volume}.{sid}.{secrets.token_hex(4)}"
             os.rename(snapshots / sid, self.store.trash_dir / name)
