@@ -29,6 +29,7 @@ VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SNAPSHOT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{6}Z(?:-\d{1,6})?")
 XATTR_PREFIX = "user.xsbackup."
 PRIVATE_DIRS = ("ssh", "locks")  # never the root group's
+HOST_KEYS = ("ssh_host_ed25519_key", "ssh_host_rsa_key")  # the embedded SSH server's, in ssh/
 ROOT_MODE = 0o700        # the state root: the service account only
 GROUP_ROOT_MODE = 0o750  # ... and, read-only, ``storage.root_group`` when one is set
 
@@ -96,6 +97,16 @@ class Store:
     @property
     def log_dir(self) -> Path:
         return self.root / "log"
+
+    @property
+    def users_file(self) -> Path:
+        """The HTTP API's and web UI's admin users (``web.users``)."""
+        return self.root / "admin" / "users.json"
+
+    def identity_files(self) -> list[Path]:
+        """The server's own secrets that are not client data: the embedded SSH server's
+        host keys and the HTTP admin users. The off-site registry copy carries them."""
+        return [*(self.ssh_dir / name for name in HOST_KEYS), self.users_file]
 
     @property
     def trash_lock(self) -> Path:

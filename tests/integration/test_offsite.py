@@ -23,9 +23,11 @@ from tests.conftest import XSBACKUP, Server, Sshd, local_push
 from tests.integration.test_restore import fingerprint
 from xsbackup import counters
 from xsbackup.monitor import metrics
-from xsbackup.offsite import state
+from xsbackup.offsite import registry_copy, state
+from xsbackup.server.sshserver import ensure_host_keys
 from xsbackup.snapshots import postprocess
 from xsbackup.store import init_root
+from xsbackup.web import users
 
 pytestmark = pytest.mark.integration
 
@@ -395,6 +397,23 @@ def test_prune_forgets_off_site_unless_the_off_site_policy_keeps(
     assert re.search(r"total prune:\s+0 blobs", r.stdout), r.stdout
 
 
+def test_rebuild_keeps_present_identity_files_and_names_the_difference(
+        server: Server, tmp_path: Path) -> None:
+    ensure_host_keys(server.store.ssh_dir)
+    files = registry_copy.identity(server.store)
+    other = tmp_path / "other"
+    store = init_root(other)
+    ensure_host_keys(store.ssh_dir)  # a new server started before the rebuild
+    before = {p: p.read_bytes() for p in store.identity_files() if p.exists()}
+    # A name outside the identity files is ignored, never written.
+    files["../../escape"] = files["ssh/ssh_host_ed25519_key"]
+    written, differing = registry_copy.restore_identity(store, files)
+    assert written == []
+    assert sorted(differing) == ["ssh/ssh_host_ed25519_key", "ssh/ssh_host_rsa_key"]
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (other / "../../escape").resolve().exists()
+
+
 def test_rebuild_after_losing_the_state_root(server: Server, repo: Repo,
                                              tmp_path: Path) -> None:
     clients = ["OFSREBLD01", "OFSREBLD02"]
@@ -406,9 +425,15 @@ def test_rebuild_after_losing_the_state_root(server: Server, repo: Repo,
             (src / "docs" / "a.txt").write_text(f"{sn} {i}\n")
             sid = push(server, sn, src)
             originals[(sn, sid)] = stored(server.store.snapshots_dir(sn, "documents") / sid)
+    # The server's identity: the embedded SSH server's host keys and an HTTP admin.
+    ensure_host_keys(server.store.ssh_dir)
+    server.cli("admin", "add-user", "alice", "--password-stdin", input="s3cret-pass\n")
     offsite_server(server, repo)
     server.cli("offsite", "run", "--once")
     keys = {sn: server.ctx().registry.get(sn).keys for sn in clients}
+    identity = {p.relative_to(server.root): p.read_bytes()
+                for p in server.store.identity_files()}
+    assert len(identity) == 3
 
     fresh = tmp_path / "fresh"
     init_root(fresh)
@@ -419,6 +444,12 @@ def test_rebuild_after_losing_the_state_root(server: Server, repo: Repo,
     assert set(clients) <= set(report["clients"])
     for sn in clients:
         assert rebuilt.ctx().registry.get(sn).keys == keys[sn]
+    # The same host keys (devices that pinned them see no warning) and the same admin.
+    assert sorted(report["files"]) == sorted(str(p) for p in identity)
+    for rel, data in identity.items():
+        assert (fresh / rel).read_bytes() == data
+        assert (fresh / rel).stat().st_mode & 0o777 == 0o600
+    assert users.verify(rebuilt.store, "alice", "s3cret-pass") is not None
     for (sn, sid), tree in originals.items():
         assert sid in rebuilt.store.snapshot_ids(sn, "documents")
         assert stored(rebuilt.store.snapshots_dir(sn, "documents") / sid) == tree

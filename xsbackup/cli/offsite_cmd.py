@@ -140,9 +140,11 @@ def offsite_rebuild(ctx: Context, as_json: bool) -> None:
         emit_json(report.as_dict())
         return
     click.echo(f"clients recreated {len(report.clients)}, snapshots restored "
-               f"{len(report.restored)}")
+               f"{len(report.restored)}, identity files restored {len(report.files)}")
     for line in report.skipped:
         click.echo(f"  skipped {line}")
+    for rel in report.differing:
+        click.echo(f"  kept the present {rel}, which differs from the off-site copy")
 
 
 @offsite.command("check")

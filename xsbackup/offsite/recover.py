@@ -58,10 +58,12 @@ class RebuildReport:
     clients: list[str] = field(default_factory=list)
     restored: list[Restored] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    differing: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"clients": self.clients, "restored": [r.as_dict() for r in self.restored],
-                "skipped": self.skipped}
+                "skipped": self.skipped, "files": self.files, "differing": self.differing}
 
 
 def offsite_snapshots(listing: list[Snapshot], client: str,
@@ -181,7 +183,9 @@ def rebuild(ctx: Context, progress: Progress | None = None) -> RebuildReport:
     report = RebuildReport()
     with state.acquire(ctx.store):
         listing = restic.snapshots()
-        report.clients = registry_copy.restore(ctx, restic, listing)
+        copied = registry_copy.restore(ctx, restic, listing)
+        report.clients, report.files, report.differing = (
+            copied.clients, copied.files, copied.differing)
         hosts = sorted({s.host for s in listing if s.tag("snapshot")})
         for client in hosts:
             if not ctx.registry.exists(client):

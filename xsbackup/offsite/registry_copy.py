@@ -1,8 +1,11 @@
 """The registry's copy in the repository, for ``offsite rebuild`` after losing the state root.
 
-Every record (``clients/<SN>/client.json``: nickname, uuid, SSH keys, aliases, policy) goes
-into one JSON document, backed up with ``restic backup --stdin`` as ``registry.json`` under
-the host ``xsbackup-registry`` and the tag ``registry``. restic encrypts it with the
+Every record (``clients/<SN>/client.json``: nickname, uuid, SSH keys, aliases, policy) and
+the server's own identity (``Store.identity_files``: the embedded SSH server's host keys,
+so devices that pinned them connect again without a host-key warning, and the HTTP admin
+users with their password hashes) go into one JSON document, backed up with
+``restic backup --stdin`` as ``registry.json`` under the host ``xsbackup-registry`` and
+the tag ``registry``. restic encrypts it with the
 repository's key, so it is as private as the snapshots. A copy is made at a replication run
 when the registry changed since the last copy (its hash is kept in
 ``offsite/registry.sha256``); older copies are then forgotten, the newest kept.
@@ -10,7 +13,10 @@ when the registry changed since the last copy (its hash is kept in
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -19,17 +25,34 @@ from xsbackup.context import Context
 from xsbackup.logs import LOG
 from xsbackup.offsite import state
 from xsbackup.offsite.restic import Restic, Snapshot
-from xsbackup.store import atomic_write
+from xsbackup.store import Store, atomic_write, fsync_dir
 
 HOST = "xsbackup-registry"
 TAG = "registry"
 FILENAME = "registry.json"
 
 
+def _relative(store: Store, path: os.PathLike[str]) -> str:
+    return os.path.relpath(path, store.root)
+
+
+def identity(store: Store) -> dict[str, str]:
+    """The identity files present, by path relative to the root, base64-encoded."""
+    out: dict[str, str] = {}
+    for path in store.identity_files():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        out[_relative(store, path)] = base64.b64encode(data).decode()
+    return out
+
+
 def document(ctx: Context) -> bytes:
-    """Every record, as one JSON document."""
+    """Every record and the server's identity files, as one JSON document."""
     records = {c.serial: orjson.loads(c.to_json()) for c in ctx.registry.all()}
-    return orjson.dumps({"version": 1, "clients": records}, option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps({"version": 2, "clients": records, "files": identity(ctx.store)},
+                        option=orjson.OPT_SORT_KEYS)
 
 
 def copies(listing: list[Snapshot]) -> list[Snapshot]:
@@ -58,14 +81,57 @@ def replicate(ctx: Context, restic: Restic) -> bool:
     return True
 
 
-def restore(ctx: Context, restic: Restic, listing: list[Snapshot]) -> list[str]:
-    """Recreate the records the newest copy holds and the store lacks; their serials."""
+@dataclass
+class CopyRestored:
+    """What ``restore`` recreated: client serials, identity files (relative paths), and
+    identity files the store already had with other content (kept; named for the admin)."""
+    clients: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    differing: list[str] = field(default_factory=list)
+
+
+def restore_identity(store: Store, files: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Write the copy's identity files the store lacks (mode 0600, in 0700 directories);
+    never overwrite one. Only the names ``Store.identity_files`` lists are accepted.
+    Returns (written, present with other content)."""
+    allowed = {_relative(store, p): p for p in store.identity_files()}
+    written: list[str] = []
+    differing: list[str] = []
+    for rel, encoded in sorted(files.items()):
+        path = allowed.get(rel)
+        if path is None:
+            LOG.warning("registry copy: ignored unexpected file %r", rel)
+            continue
+        data = base64.b64decode(encoded, validate=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            if path.read_bytes() != data:
+                differing.append(rel)
+            continue
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(path.parent)
+        written.append(rel)
+    return written, differing
+
+
+def restore(ctx: Context, restic: Restic, listing: list[Snapshot]) -> CopyRestored:
+    """Recreate the records and identity files the newest copy holds and the store lacks."""
     found = copies(listing)
     if not found:
-        return []
+        return CopyRestored()
     out = restic.run(["dump", found[-1].id, f"/{FILENAME}"],
                      why="read the registry copy").stdout
-    records = orjson.loads(out).get("clients", {})
+    doc = orjson.loads(out)
+    records = doc.get("clients", {})
+    files, differing = restore_identity(ctx.store, doc.get("files", {}))
+    for rel in differing:
+        LOG.warning("registry copy: kept the present %s, which differs from the off-site "
+                    "copy", rel)
     added: list[str] = []
     with ctx.registry.locked() as txn:
         for serial, raw in sorted(records.items()):
@@ -73,5 +139,6 @@ def restore(ctx: Context, restic: Restic, listing: list[Snapshot]) -> list[str]:
                 txn.save(Client.from_json(orjson.dumps(raw)))
                 added.append(serial)
         txn.rebuild()
-    LOG.info("registry restored from its off-site copy: %d clients", len(added))
-    return added
+    LOG.info("registry restored from its off-site copy: %d clients, %d identity files",
+             len(added), len(files))
+    return CopyRestored(added, files, differing)

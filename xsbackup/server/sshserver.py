@@ -55,8 +55,7 @@ from xsbackup.config import Settings
 from xsbackup.errors import ListenError, NoSlot, Refused, RequestRefused, TooManySessions
 from xsbackup.logs import LOG
 from xsbackup.server.prelogin import Pending, StartupBudget, Throttle
-
-HOST_KEYS = ("ssh_host_ed25519_key", "ssh_host_rsa_key")
+from xsbackup.store import HOST_KEYS
 
 
 def ensure_host_keys(ssh_dir: Path) -> list[paramiko.PKey]:

@@ -122,7 +122,7 @@ def check_password(record: dict[str, Any], password: str) -> bool:
 
 
 def users_path(store: Store) -> str:
-    return os.path.join(store.root, "admin", "users.json")
+    return str(store.users_file)
 
 
 def _lock(store: Store) -> FileLock:
@@ -147,11 +147,10 @@ def _read(store: Store) -> dict[str, User]:
 
 
 def _write(store: Store, users: dict[str, User]) -> None:
-    directory = os.path.join(store.root, "admin")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.makedirs(store.users_file.parent, mode=0o700, exist_ok=True)
     data = {"users": [asdict(u) for _, u in sorted(users.items())]}
     path = users_path(store)
-    atomic_write(store.root / "admin" / "users.json",
+    atomic_write(store.users_file,
                  orjson.dumps(data, option=orjson.OPT_INDENT_2), mode=0o600)
     os.chmod(path, 0o600)  # whatever the umask was
 
