@@ -18,8 +18,12 @@ from xsbackup.clients.registry import Registry
 
 
 def command_paths(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    """Every command and group under ``group``, as the words that name it."""
-    for name, command in sorted(group.commands.items()):
+    """Every command and group under ``group``, as the words that name it (through click's
+    ``list_commands``/``get_command``, which load the top level's lazy commands)."""
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         yield (*path, name)
         if isinstance(command, click.Group):
             yield from command_paths(command, (*path, name))
@@ -29,7 +33,9 @@ def command_at(path: tuple[str, ...]) -> click.Command:
     command: click.Command = cli
     for word in path:
         assert isinstance(command, click.Group)
-        command = command.commands[word]
+        found = command.get_command(click.Context(command), word)
+        assert found is not None, word
+        command = found
     return command
 
 
