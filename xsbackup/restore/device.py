@@ -135,16 +135,22 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
                   for p in pieces]
         self._check_space(pieces, places)
         for piece, place in zip(pieces, places, strict=True):
+            start = time.monotonic()
             method = self._put(piece, place, root, out)
+            sent = time.monotonic()
             self._verify(piece, place, root)
             out.files += piece.files
             out.bytes += piece.bytes
             out.volumes.append({"volume": piece.volume, "snapshot": piece.snapshot,
-                                "dest": place, "method": method})
+                                "dest": place, "method": method,
+                                "transfer_s": round(sent - start, 2),
+                                "verify_s": round(time.monotonic() - sent, 2)})
             if piece.volume in AFTER:
                 out.notes.append(f"{self.target}: {AFTER[piece.volume]}")
-            LOG.info("client=%s volume=%s snapshot=%s pushed to %s:%s (%d items)",
-                     self.serial, piece.volume, piece.snapshot, self.target, place, piece.files)
+            LOG.info("client=%s volume=%s snapshot=%s pushed to %s:%s by %s (%d items; "
+                     "%.1f s, verified in %.1f s)", self.serial, piece.volume, piece.snapshot,
+                     self.target, place, method, piece.files, sent - start,
+                     time.monotonic() - sent)
 
     def _check_space(self, pieces: list[Piece], places: list[str]) -> None:
         script = "; ".join(

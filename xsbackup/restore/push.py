@@ -135,7 +135,7 @@ class Outcome:
     seconds: float = 0.0
     error: str = ""
     code: int = 0
-    volumes: list[dict[str, str]] = field(default_factory=list)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
