@@ -6,8 +6,9 @@ connection. This module imports only ``os``, ``sys`` and ``json`` at first:
 
 * an argument list of exactly that shape (``--root``/``--config`` before the command,
   ``--client`` and a restore key's ``--restore-key`` after it, each at most once, as
-  ``--opt VALUE`` or ``--opt=VALUE``) runs the forced command directly; anything else (``--help``, other commands, a malformed
-  line) goes to the click CLI in ``cli.main``, unchanged;
+  ``--opt VALUE`` or ``--opt=VALUE``) runs the forced command directly; anything else
+  (``--help``, other commands, a malformed line) goes to the click CLI in ``cli.main``,
+  unchanged;
 * a connectivity check (``SSH_ORIGINAL_COMMAND`` of ``true``) from a known, enabled
   client of an initialised state root is answered 0 from ``layout`` and the client's
   record alone, without loading the configuration, logging or the registry;

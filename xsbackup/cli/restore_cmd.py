@@ -147,7 +147,8 @@ def restore_kit(as_json: bool) -> None:
               "for a device that cannot pull.")
 @click.option("--server", "server", metavar="[USER@]HOST[:PORT]", default=None,
               help="This server as the devices reach it, for pull (default: the address "
-              "each device connection comes from; the service user; the embedded SSH "
+              "each device connection reached this server at; the service user; the "
+              "embedded SSH "
               "port, or 22 with server.embedded_ssh = false).")
 @click.option("--server-host-key", "server_host_keys", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
