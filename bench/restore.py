@@ -17,12 +17,13 @@ untimed, after the run is checked):
 * ``git_archive``: the stock ``git archive --remote=ssh://SN@127.0.0.1/documents latest |
   tar -x -C TARGET`` through the embedded SSH server (git's upload-archive protocol,
   ``xsbackup.restore.gitarchive``; target: at most 1.3x ``local_tar``);
-* ``restore_push`` (``--no-push`` skips it): ``xsbackup restore push SN --to
-  root@127.0.0.1:PORT --dest TARGET``, the server pushing to a loopback "device" (a
-  second OpenSSH sshd with a plain admin key) over fabric: space check, tar over the
-  channel into ``tar -x``, manifest check, all timed. Its yardstick is ``rsync_pull``,
-  which is what a device-side ``rsync -a`` pull from the server costs (target: at most
-  1.2x);
+* ``restore_push`` and ``restore_push_tar`` (``--no-push`` skips them): ``xsbackup
+  restore push SN --to root@127.0.0.1:PORT --dest TARGET --method pull|tar``, the server
+  pushing to a loopback "device" (a second OpenSSH sshd with a plain admin key) over
+  fabric: space check, then either the device's ``rsync`` pulling from the embedded
+  server with a one-time restore key (``pull``, the default) or a tar over the channel
+  into ``tar -x`` (``tar``), then the manifest check, all timed. Their yardstick is
+  ``rsync_pull``, a plain ``rsync -a`` pull (target: at most 1.2x);
 * ``local_tar``, the anchor (the physical bound of copying this tree on this disk):
   ``tar -c -C SNAPSHOT_DIR . | tar -x -C TARGET`` of the same snapshot directory;
 * ``http_tar``: ``curl -u bench:PW .../api/v1/clients/SN/volumes/documents/snapshots/ID/
@@ -99,7 +100,7 @@ VOLUME = "documents"
 HTTP_USER = "bench"
 HTTP_PASSWORD = "bench restore password 1"  # noqa: S105 - a throwaway user of a temp root
 TARGETS = {"tar_stream/local_tar": 1.3, "git_archive/local_tar": 1.3,
-           "restore_push/rsync_pull": 1.2}
+           "restore_push/rsync_pull": 1.2, "restore_push_tar/rsync_pull": 1.2}
 ANCHOR = "local_tar"
 MB = 1_000_000
 
@@ -611,12 +612,18 @@ def main(argv: list[str] | None = None) -> int:
             device = stack.enter_context(Sshd(tmp / "device-sshd", keygen(
                 keys / "device_host_key", "device"), device_keys, "prohibit-password"))
             device_to = f"{login_user()}@127.0.0.1:{device.port}"
-            cases.append(Case(
-                "restore_push", "xsbackup restore push to a loopback device (OpenSSH sshd, "
-                "fabric): space check, tar over the channel, manifest check",
-                lambda t: [[XSBACKUP, "--root", str(root), "restore", "push", SN, "--to",
-                            device_to, "--volume", VOLUME, "--dest", str(t), "-i", str(admin),
-                            "--host-keys", "ignore"]], None, _env()))
+            for name, method, how in (
+                    ("restore_push", "pull", "the device's rsync pulls from the embedded "
+                     "server with a one-time restore key"),
+                    ("restore_push_tar", "tar", "tar over the channel")):
+                cases.append(Case(
+                    name, "xsbackup restore push to a loopback device (OpenSSH sshd, "
+                    f"fabric): space check, {how}, manifest check",
+                    lambda t, m=method: [[
+                        XSBACKUP, "--root", str(root), "restore", "push", SN, "--to",
+                        device_to, "--volume", VOLUME, "--dest", str(t), "-i", str(admin),
+                        "--host-keys", "ignore", "--method", m,
+                        "--server", f"127.0.0.1:{served.ssh_port}"]], None, _env()))
         transports: dict[str, Any] = {"embedded": {
             "transport": "xsbackup serve's embedded SSH server (paramiko), login SN",
             "negotiated": negotiated(emb, emb_dest)}}
@@ -713,8 +720,12 @@ def main(argv: list[str] | None = None) -> int:
         ratios["tar_stream/rsync_pull"] = (out["tar_stream"]["seconds"]["median"]
                                            / out["rsync_pull"]["seconds"]["median"])
         if args.push:
-            ratios["restore_push/rsync_pull"] = (out["restore_push"]["seconds"]["median"]
-                                                 / out["rsync_pull"]["seconds"]["median"])
+            for name in ("restore_push", "restore_push_tar"):
+                ratios[f"{name}/rsync_pull"] = (out[name]["seconds"]["median"]
+                                                / out["rsync_pull"]["seconds"]["median"])
+            ratios["restore_push_tar/restore_push"] = (
+                out["restore_push_tar"]["seconds"]["median"]
+                / out["restore_push"]["seconds"]["median"])
         if args.diagnose:
             ratios["archive_local/local_tar"] = ratios.pop("archive_local/local_tar")
             ratios["tar_stream/archive_local"] = (out["tar_stream"]["seconds"]["median"]
@@ -775,7 +786,8 @@ def print_table(r: dict[str, Any]) -> None:
           f"{TARGETS['tar_stream/local_tar']}: "
           f"{'met' if r['targets_met']['tar_stream/local_tar'] else 'NOT met'}); "
           f"rsync_pull/local_tar {ratios['rsync_pull/local_tar']:.2f}x")
-    for key in ("git_archive/local_tar", "restore_push/rsync_pull"):
+    for key in ("git_archive/local_tar", "restore_push/rsync_pull",
+                "restore_push_tar/rsync_pull"):
         if key in ratios:
             print(f"{key} {ratios[key]:.2f}x (target <= {TARGETS[key]}: "
                   f"{'met' if r['targets_met'][key] else 'NOT met'})")

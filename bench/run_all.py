@@ -180,7 +180,10 @@ def restore_rows(r: dict[str, Any]) -> list[Row]:
             ("tar_stream", "local_tar", "full restore, tar stream over SSH", "local tar", 1.3),
             ("git_archive", "local_tar", "full restore, git archive --remote",
              "local tar", 1.3),
-            ("restore_push", "rsync_pull", "restore push to a device", "rsync pull", 1.2)):
+            ("restore_push", "rsync_pull", "restore push to a device (pull)", "rsync pull",
+             1.2),
+            ("restore_push_tar", "rsync_pull", "restore push to a device (tar)",
+             "rsync pull", 1.2)):
         secs = _get(r, "cases", case, "seconds", "median")
         if secs is not None:
             rows.append(_ratio_row("restore", figure, secs, anchor_name,

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ def pushed(server: Server, tmp_path: Path) -> Pushed:
     (src / "odd" / "suid").write_bytes(b"#!/bin/sh\necho changed\n")
     os.utime(src / "odd" / "suid", (1_650_000_000, 1_650_000_000))
     (src / "added").write_bytes(os.urandom(3000))
+    (src / "odd" / "ñandú.txt").write_text("a non-ASCII name\n")
     assert local_push(server, SN, src).returncode == 0
     postprocess.run_once(server.ctx())
     assert len(server.store.snapshot_ids(SN, "documents")) == 2
@@ -95,6 +97,15 @@ def test_over_openssh_latest_id_and_time(pushed: Pushed, sshd: Sshd, tmp_path: P
     got = untar(out.read_bytes(), tmp_path / "tgz", "-z")
     got.pop("restored")
     assert got == {f"restored/{k}": v for k, v in pushed.new_tree.items()}
+    with tarfile.open(out, "r:gz", encoding="utf-8", errors="surrogateescape") as tar:
+        members = tar.getmembers()
+    assert members[0].name == "restored"  # git's entry for the prefix directory
+    assert members[0].isdir()
+    odd = {m.name: m for m in members if m.name.startswith("restored/odd/")}
+    # as git's tar: names in the ustar header as their bytes, no pax record for them
+    for name in ("restored/odd/ñandú.txt", "restored/odd/bad-\udcff\udcfe-utf8"):
+        assert "path" not in odd[name].pax_headers, name
+        assert "hdrcharset" not in odd[name].pax_headers, name
 
 
 def test_over_embedded_server_paths_and_zip(pushed: Pushed, tmp_path: Path) -> None:

@@ -5,9 +5,10 @@ Every SSH connection runs ``xsbackup --root R ssh-command --client SN`` (the lin
 connection. This module imports only ``os``, ``sys`` and ``json`` at first:
 
 * an argument list of exactly that shape (``--root``/``--config`` before the command,
-  ``--client`` after it, each at most once, as ``--opt VALUE`` or ``--opt=VALUE``) runs
-  the forced command directly; anything else (``--help``, other commands, a malformed
-  line) goes to the click CLI in ``cli.main``, unchanged;
+  ``--client`` and a restore key's ``--restore-key`` after it, each at most once, as
+  ``--opt VALUE`` or ``--opt=VALUE``) runs the forced command directly; anything else
+  (``--help``, other commands, a malformed line) goes to the click CLI in ``cli.main``,
+  unchanged;
 * a connectivity check (``SSH_ORIGINAL_COMMAND`` of ``true``) from a known, enabled
   client of an initialised state root is answered 0 from ``layout`` and the client's
   record alone, without loading the configuration, logging or the registry;
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 _GLOBAL: tuple[str, ...] = ("--root", "--config")
 _COMMAND = "ssh-command"
 _CLIENT = "--client"
+_RESTORE_KEY = "--restore-key"  # a one-time restore key's session (restore.pullkey)
 
 
 def forced_args(argv: Sequence[str]) -> dict[str, str] | None:
@@ -43,7 +45,7 @@ def forced_args(argv: Sequence[str]) -> dict[str, str] | None:
         word = words[i]
         i += 1
         if word == _COMMAND and allowed is _GLOBAL:
-            allowed = (_CLIENT,)
+            allowed = (_CLIENT, _RESTORE_KEY)
             continue
         name, eq, value = word.partition("=")
         if name not in allowed or name in found:
@@ -84,14 +86,17 @@ def quick_true(root: str, client: str, environ: Mapping[str, str]) -> bool:
 def run_forced(options: Mapping[str, str], environ: Mapping[str, str]) -> int:
     """The forced command, as ``xsbackup ssh-command`` runs it, without click."""
     client = options[_CLIENT]
-    if quick_true(layout.state_root(options.get("--root"), environ), client, environ):
+    restore_key = options.get(_RESTORE_KEY)  # its every use is checked by the dispatcher
+    if restore_key is None and \
+            quick_true(layout.state_root(options.get("--root"), environ), client, environ):
         return 0
     from xsbackup.cli import forced
     from xsbackup.cli.failure import report
     from xsbackup.errors import XsbackupError
 
     try:
-        return forced.run(options.get("--root"), options.get("--config"), client)
+        return forced.run(options.get("--root"), options.get("--config"), client,
+                          restore_key)
     except (XsbackupError, OSError) as e:
         code = report(e)
         if code is None:

@@ -4,8 +4,10 @@ devices."""
 from __future__ import annotations
 
 import io
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +15,9 @@ from xsbackup.cli._common import emit_json, size_text, with_context
 from xsbackup.context import Context
 from xsbackup.errors import XsbackupError
 from xsbackup.restore.push import HOST_KEY_POLICIES
+
+if TYPE_CHECKING:
+    from xsbackup.restore.pull import Server
 
 ARCHIVE_BUFFER = 1 << 20
 
@@ -136,20 +141,35 @@ def restore_kit(as_json: bool) -> None:
 @click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("~/.ssh/known_hosts").expanduser(), show_default=True,
               help="The known-hosts file for strict and accept-new.")
+@click.option("--method", type=click.Choice(("auto", "pull", "tar")), default="auto",
+              show_default=True, help="pull: the device pulls with rsync and a one-time "
+              "restore key; tar: a tar stream over the SSH channel; auto: pull, and tar "
+              "for a device that cannot pull.")
+@click.option("--server", "server", metavar="[USER@]HOST[:PORT]", default=None,
+              help="This server as the devices reach it, for pull (default: the address "
+              "each device connection reached this server at; the service user; the "
+              "embedded SSH "
+              "port, or 22 with server.embedded_ssh = false).")
+@click.option("--server-host-key", "server_host_keys", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="This server's SSH host key (.pub, repeatable) that devices check, for "
+              "pull (default: the embedded server's keys, or /etc/ssh/ssh_host_*_key.pub).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @with_context
 def restore_push(ctx: Context, serial: str | None, to: str | None, hosts_from: Path | None,
                  volumes: tuple[str, ...], at: str | None, dest: str | None, parallel: int,
                  identity: tuple[str, ...], host_keys: str, known_hosts: Path,
+                 method: str, server: str | None, server_host_keys: tuple[Path, ...],
                  as_json: bool) -> None:
     """Put SERIAL's snapshots back onto a reflashed device over SSH (fabric):
 
     xsbackup restore push SN --to olpc@xo-12.local
 
-    Checks free space first, streams each volume (tar over the SSH channel, modes and
-    owners from the snapshot), verifies it against the manifest, and prints one row per
-    device. --hosts-from FILE restores a classroom, --parallel devices at a time; one
-    failing device does not stop the others."""
+    Checks free space first, puts each volume there (the device pulls it with rsync and
+    a one-time restore key, or a tar over the SSH channel: --method; modes and owners
+    from the snapshot), verifies it against the manifest, and prints one row per device.
+    --hosts-from FILE restores a classroom, --parallel devices at a time; one failing
+    device does not stop the others."""
     from xsbackup.errors import DeviceFull, DeviceUnreachable, DeviceWriteFailed, PushFailed
     from xsbackup.restore import device
     from xsbackup.restore import push as core
@@ -168,7 +188,10 @@ def restore_push(ctx: Context, serial: str | None, to: str | None, hosts_from: P
     cfg = ctx.settings.config_file
     opts = core.Options(volumes, at, dest, identity, host_keys, known_hosts, parallel,
                         (xsbackup_executable(), "--root", str(ctx.settings.root)),
-                        procs.environment({"XSBACKUP_CONFIG": str(cfg)} if cfg else None))
+                        procs.environment({"XSBACKUP_CONFIG": str(cfg)} if cfg else None),
+                        method=method, server=None if method == "tar" else
+                        _pull_server(ctx, method, server, server_host_keys))
+    signal.signal(signal.SIGTERM, _interrupt)  # so the restore keys are dropped
     store = ctx.store.require()
     total = core.total_bytes(store, devices, opts)
     if sys.stderr.isatty() and not as_json:
@@ -193,3 +216,30 @@ def restore_push(ctx: Context, serial: str | None, to: str | None, hosts_from: P
         kind = kinds.get(failed[0].code, PushFailed) if len(outcomes) == 1 else PushFailed
         raise kind(f"{len(failed)} of {len(outcomes)} devices failed: "
                    + "; ".join(f"{o.serial}: {o.error}" for o in failed))
+
+
+def _pull_server(ctx: Context, method: str, server: str | None,
+                 key_files: tuple[Path, ...]) -> Server | None:
+    """This server as devices reach it, from --server and the settings; None (tar) for
+    ``auto`` when this server has no host key to give them."""
+    from xsbackup.restore import pull
+    from xsbackup.restore.push import parse_target
+
+    s = ctx.settings.server
+    where = parse_target(server) if server else None
+    if not key_files:
+        ssh = ctx.settings.root / "ssh" if s.embedded_ssh else Path("/etc/ssh")
+        key_files = tuple(p for p in (ssh / "ssh_host_ed25519_key", ssh / "ssh_host_rsa_key")
+                          if p.exists()) if s.embedded_ssh else \
+            tuple(sorted(ssh.glob("ssh_host_*_key.pub")))
+        if not key_files and method == "auto":
+            return None
+    return pull.Server(login=(where.user if where and where.user else s.service_user),
+                       host=where.host if where else "",
+                       port=(where.port if where and where.port else
+                             s.ssh_port if s.embedded_ssh else 22),
+                       known_hosts=pull.host_keys(key_files))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -47,12 +47,14 @@ def init(inv: Invocation, backend: str | None) -> None:
 
 @click.command("ssh-command")
 @click.option("--client", required=True, metavar="SN", help="The authenticated client's serial.")
+@click.option("--restore-key", "restore_key", metavar="ID", default=None,
+              help="The session logged in with this one-time restore key (restore push).")
 @pass_invocation
-def ssh_command(inv: Invocation, client: str) -> None:
+def ssh_command(inv: Invocation, client: str, restore_key: str | None) -> None:
     """The forced command: validate SSH_ORIGINAL_COMMAND, admit, lock and run rsync."""
     from xsbackup.cli import forced
 
-    sys.exit(forced.run(inv.root, inv.config_file, client))
+    sys.exit(forced.run(inv.root, inv.config_file, client, restore_key))
 
 @click.command()
 @click.option("--bind", default=None, help="Address for the SSH and HTTP servers "

@@ -4,19 +4,30 @@ Keys are kept as the OpenSSH type and base64 blob; the type is always taken from
 blob's own header, since OLPC registration sends the blob without a type prefix. DSA
 keys are stored (old XOs have them) but flagged, because modern OpenSSH and paramiko
 cannot authenticate them, so they never reach ``authorized_keys``.
+
+Restore keys (``RestoreKey``) are the one-time keys ``xsbackup restore push`` gives a
+device so it can pull one snapshot: their lines carry OpenSSH's ``expiry-time=`` and the
+forced command's ``--restore-key ID``, which allows that one download and nothing else.
+``parse_line`` reads a rendered line back (the embedded SSH server's key lookup), so this
+module is the one owner of the line format.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import struct
 import sys
+import threading
+import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +79,35 @@ class KeyEntry:
     keys: tuple[tuple[str, str], ...]
 
 
+@dataclass(frozen=True)
+class RestoreKey:
+    """A one-time restore key: ``serial`` may download ``volume``/``snapshot`` once with
+    it, until ``expires`` (epoch seconds). ``id`` names it in the forced command."""
+
+    id: str
+    serial: str
+    type: str
+    blob: str
+    volume: str
+    snapshot: str
+    expires: int
+
+    def live(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) < self.expires
+
+
+@dataclass(frozen=True)
+class AuthorizedLine:
+    """What one rendered ``authorized_keys`` line grants: ``restore_key`` is "" for a
+    client's own key; ``expires`` is 0 for a line that does not expire."""
+
+    type: str
+    blob: str
+    serial: str
+    restore_key: str = ""
+    expires: int = 0
+
+
 def parse_key(text: str) -> tuple[str, str]:
     """Parse ``type blob [comment]`` or a bare base64 blob; return (type, blob).
 
@@ -115,11 +155,12 @@ def forced_command(executable: str, root: Path) -> str:
     return shlex.join([executable, "--root", str(root), "ssh-command", "--client"])
 
 
-def authorized_keys_text(index: dict[str, KeyEntry], root: Path,
-                        executable: str) -> tuple[str, list[tuple[str, list[str]]]]:
+def authorized_keys_text(index: dict[str, KeyEntry], root: Path, executable: str,
+                         restore_keys: Iterable[RestoreKey] = ()
+                         ) -> tuple[str, list[tuple[str, list[str]]]]:
     """``authorized_keys`` for a key index: one forced-command line per usable key of
     each enabled client, leaving out keys that several clients hold (returned as
-    (fingerprint, serials))."""
+    (fingerprint, serials)); then one line per live restore key of an enabled client."""
     for text in (str(root), executable):
         if any(c in text for c in '"\\\n'):
             raise StateRootError(f"path {text!r} cannot be used in authorized_keys")
@@ -138,5 +179,87 @@ def authorized_keys_text(index: dict[str, KeyEntry], root: Path,
         for ktype, blob in entry.keys:
             if ktype in TRANSFER_KEY_TYPES and len(holders[(ktype, blob)]) == 1:
                 lines.append(f'restrict,command="{cmd}" {ktype} {blob} {serial}')
+    for rk in restore_keys:
+        owner = index.get(rk.serial)
+        if owner is None or owner.disabled or not rk.live() or \
+                rk.type not in TRANSFER_KEY_TYPES or not RESTORE_ID_RE.fullmatch(rk.id):
+            continue
+        until = time.strftime("%Y%m%d%H%M%SZ", time.gmtime(rk.expires))
+        cmd = f"{command} {shlex.quote(rk.serial)} {RESTORE_OPTION} {rk.id}"
+        lines.append(f'restrict,expiry-time="{until}",command="{cmd}" {rk.type} {rk.blob} '
+                     f"restore-{rk.id}")
     shared = [(fingerprint(b), sns) for (_, b), sns in holders.items() if len(sns) > 1]
     return "\n".join(lines) + "\n", shared
+
+
+RESTORE_OPTION = "--restore-key"
+RESTORE_ID_RE = re.compile(r"[0-9a-f]{16}")
+_LINE_RE = re.compile(
+    r'restrict,(?:expiry-time="(\d{14})Z",)?command="([^"]*)" (\S+) (\S+)(?: .*)?')
+
+
+def parse_line(line: str) -> AuthorizedLine | None:
+    """The grant of one line ``authorized_keys_text`` rendered; None for any other line."""
+    m = _LINE_RE.fullmatch(line)
+    if m is None:
+        return None
+    words = m.group(2).split()
+    if "--client" not in words or words.index("--client") + 1 >= len(words):
+        return None
+    serial = words[words.index("--client") + 1]
+    restore = ""
+    if RESTORE_OPTION in words:
+        at = words.index(RESTORE_OPTION) + 1
+        restore = words[at] if at < len(words) else ""
+        if not RESTORE_ID_RE.fullmatch(restore) or m.group(1) is None:
+            return None  # a restore line always names its key and expires
+    expires = 0
+    if m.group(1) is not None:
+        expires = calendar.timegm(time.strptime(m.group(1), "%Y%m%d%H%M%S"))
+    return AuthorizedLine(m.group(3), m.group(4), serial, restore, expires)
+
+
+class KeyIndex:
+    """(key type, base64 blob) -> the grants of its lines, parsed (``keys.parse_line``)
+    from the generated authorized_keys and re-read whenever its mtime or size changes.
+    A restore key's line counts only until its ``expiry-time``, as under OpenSSH."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._index: dict[tuple[str, str], list[AuthorizedLine]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, key_type: str, blob: str) -> set[str]:
+        """The clients this key logs in as, by their own keys."""
+        return {g.serial for g in self._grants(key_type, blob) if not g.restore_key}
+
+    def restore_key(self, key_type: str, blob: str) -> AuthorizedLine | None:
+        """The live restore key this key is, if it is one."""
+        now = time.time()
+        return next((g for g in self._grants(key_type, blob)
+                     if g.restore_key and now < g.expires), None)
+
+    def _grants(self, key_type: str, blob: str) -> list[AuthorizedLine]:
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+                stamp = (st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                stamp = (0, 0)
+            if stamp != self._stamp:
+                self._index = self._parse()
+                self._stamp = stamp
+            return list(self._index.get((key_type, blob), []))
+
+    def _parse(self) -> dict[tuple[str, str], list[AuthorizedLine]]:
+        index: dict[tuple[str, str], list[AuthorizedLine]] = defaultdict(list)
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return {}
+        for line in lines:
+            grant = parse_line(line)
+            if grant is not None:
+                index[(grant.type, grant.blob)].append(grant)
+        return dict(index)

@@ -21,6 +21,10 @@ Beside the records, under the same lock:
     Rendered from the index after every change; never edited by hand. A key that two
     records hold anyway (a state root from before this rule, a record edited by hand)
     authenticates neither: it is left out, and the rebuild reports it.
+``ssh/restore-keys.json``
+    The live one-time restore keys (``keys.RestoreKey``: public halves only), rendered
+    into ``authorized_keys`` with their ``expiry-time``. Every publish sweeps the expired
+    ones; ``restore.pullkey`` adds, takes and drops them.
 ``clients/registrations.json``
     Registrations waiting for the admin (``Request``: they change nothing until approved)
     and the recent new serials the rate limits count; ``registration.py`` has the rules.
@@ -41,6 +45,7 @@ import orjson
 from xsbackup.clients.keys import (
     ClientKey,
     KeyEntry,
+    RestoreKey,
     authorized_keys_text,
     parse_key,
     xsbackup_executable,
@@ -98,7 +103,11 @@ class Request:
 
 @dataclass
 class Registrations:
-    """``clients/registrations.json``: the waiting requests, oldest first, and the time
+    """``ssh/restore-keys.json``
+    The live one-time restore keys (``keys.RestoreKey``: public halves only), rendered
+    into ``authorized_keys`` with their ``expiry-time``. Every publish sweeps the expired
+    ones; ``restore.pullkey`` adds, takes and drops them.
+``clients/registrations.json``: the waiting requests, oldest first, and the time
     and source address of each new serial registered recently (for the rate limits)."""
 
     pending: list[Request] = field(default_factory=list)
@@ -125,6 +134,10 @@ class Registry:
     @property
     def index_path(self) -> Path:
         return self.store.ssh_dir / "keys.json"
+
+    @property
+    def restore_keys_path(self) -> Path:
+        return self.store.ssh_dir / "restore-keys.json"
 
     @property
     def registrations_path(self) -> Path:
@@ -279,6 +292,7 @@ class Transaction:
         self._registrations: Registrations | None = None
         self._registrations_read = b""
         self._read: dict[str, KeyEntry | None] = {}
+        self._restore: dict[str, RestoreKey] | None = None
 
     def get(self, serial: str) -> Client | None:
         try:
@@ -321,6 +335,25 @@ class Transaction:
         self._read[serial] = None
         if self.index().pop(serial, None) is not None:
             self._publish()
+
+    def restore_keys(self) -> dict[str, RestoreKey]:
+        """The restore keys on record (expired ones too, until the next publish)."""
+        if self._restore is None:
+            try:
+                raw = orjson.loads(self.registry.restore_keys_path.read_bytes())
+                self._restore = {k: RestoreKey(**v) for k, v in raw.items()}
+            except FileNotFoundError:
+                self._restore = {}
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                LOG.warning("%s is unreadable: every restore key in it is dropped",
+                            self.registry.restore_keys_path)
+                self._restore = {}
+        return self._restore
+
+    def set_restore_keys(self, keys: dict[str, RestoreKey]) -> None:
+        """Replace the restore keys (expired ones are swept) and publish them."""
+        self._restore = dict(keys)
+        self._publish()
 
     def registrations(self) -> Registrations:
         """The requests and recent new serials, to edit in place: ``commit`` saves them."""
@@ -380,8 +413,15 @@ class Transaction:
         atomic_write(self.registry.index_path, orjson.dumps(
             {sn: {"disabled": e.disabled, "keys": e.keys} for sn, e in index.items()},
             option=orjson.OPT_SORT_KEYS))
+        restore = {k: v for k, v in self.restore_keys().items() if v.live()}
+        if restore or self.registry.restore_keys_path.exists():
+            self._restore = restore
+            atomic_write(self.registry.restore_keys_path, orjson.dumps(
+                {k: asdict(v) for k, v in restore.items()}, option=orjson.OPT_SORT_KEYS),
+                mode=0o600)
         text, shared = authorized_keys_text(index, self.registry.store.root,
-                                            self._executable or xsbackup_executable())
+                                            self._executable or xsbackup_executable(),
+                                            restore.values())
         atomic_write(self.registry.store.ssh_dir / "authorized_keys", text.encode(),
                      mode=0o600)
         return shared

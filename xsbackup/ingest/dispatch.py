@@ -51,13 +51,15 @@ RSYNC_TIMEOUT_EXIT = 30  # rsync's "timeout in data send/receive"
 
 
 def run(ctx: Context, client: str, environ: Mapping[str, str] | None = None,
-        stderr: TextIO | None = None) -> int:
+        stderr: TextIO | None = None, restore_key: str | None = None) -> int:
+    """Serve ``SSH_ORIGINAL_COMMAND`` for ``client``. ``restore_key``: the session logged
+    in with that one-time restore key (``restore.pullkey``), which allows one download."""
     env = os.environ if environ is None else environ
     err = stderr or sys.stderr
     command = env.get("SSH_ORIGINAL_COMMAND")
     remote = env.get("SSH_CONNECTION", "").split(" ")[0]
     try:
-        return _dispatch(ctx, client, command, remote)
+        return _dispatch(ctx, client, command, remote, restore_key)
     except (Refused, InvalidName) as e:
         # A malformed name the client sent (a volume, an --at time) is its error too.
         refusal = e if isinstance(e, Refused) else RequestRefused(e.message)
@@ -94,12 +96,20 @@ def _write_stdout(data: bytes) -> None:
             view = view[os.write(sys.stdout.fileno(), view):]
 
 
-def _dispatch(ctx: Context, client: str, command: str | None, remote: str) -> int:
+def _dispatch(ctx: Context, client: str, command: str | None, remote: str,
+              restore_key: str | None = None) -> int:
     if not CLIENT_RE.fullmatch(client):
         raise UnknownClient(f"unknown client {client[:64]!r}")
     store = ctx.store.require()
     record = admission.check_client(ctx.registry, client)
     req = rsyncargs.parse(command, client)
+    if restore_key is not None:
+        from xsbackup.restore import pullkey
+
+        pullkey.check(ctx.registry, client, restore_key, req.kind, req.source, req.subpath,
+                      req.volume, req.snapshot)
+        LOG.info("client=%s volume=%s snapshot=%s restore key %s used from %s", client,
+                 req.volume, req.snapshot, restore_key, remote or "?")
     if req.kind == "true":
         return 0
     if req.kind == "upload":

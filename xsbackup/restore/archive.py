@@ -175,16 +175,44 @@ def write_tar(snap_fd: int, path: str, out: IO[bytes]) -> int:
         os.close(base)
 
 
-def tar_items(items: Iterable[Item], out: IO[bytes], prefix: str = "") -> int:
-    """Stream ``items`` as a POSIX tar, each named ``prefix`` + its path."""
+class GitTarInfo(tarfile.TarInfo):
+    """A tar header as ``git archive`` writes one: a name (or link target) that fits in
+    the ustar field goes there as its raw bytes, non-ASCII or not; a pax ``path`` (or
+    ``linkpath``) record only for one that does not fit. (tarfile's own pax format puts
+    every non-ASCII name in a pax record.) Numbers that need pax get it as in tarfile."""
+
+    def create_pax_header(self, info: Any, encoding: str) -> bytes:
+        info["magic"] = tarfile.POSIX_MAGIC
+        pax: dict[str, str] = {}
+        for name, key in (("name", "path"), ("linkname", "linkpath")):
+            if len(info[name].encode("utf-8", "surrogateescape")) > tarfile.LENGTH_NAME:
+                pax[key] = info[name]
+        for name, digits in (("uid", 8), ("gid", 8), ("size", 12), ("mtime", 12)):
+            value = info[name]
+            whole = round(value) if isinstance(value, float) else value
+            if not 0 <= whole < 8 ** (digits - 1):
+                info[name], pax[name] = 0, str(value)
+            elif isinstance(value, float):
+                info[name], pax[name] = whole, str(value)
+        head: bytes = self._create_pax_generic_header(  # type: ignore[attr-defined]
+            pax, tarfile.XHDTYPE, "utf-8") if pax else b""
+        ustar: bytes = self._create_header(  # type: ignore[attr-defined]
+            info, tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        return head + ustar
+
+
+def tar_items(items: Iterable[Item], out: IO[bytes], prefix: str = "",
+              tarinfo: type[tarfile.TarInfo] = tarfile.TarInfo) -> int:
+    """Stream ``items`` as a POSIX tar, each named ``prefix`` + its path, with headers
+    made by ``tarinfo`` (``GitTarInfo``: as git archive makes them)."""
     count = 0
     # tarfile's stream buffer is a bytes object it appends to and slices: keep it
     # small (the output is buffered already), or every 512-byte header copies it.
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
                   encoding="utf-8", errors="surrogateescape",
-                  bufsize=TAR_BUFSIZE) as tar:
+                  bufsize=TAR_BUFSIZE, tarinfo=tarinfo) as tar:
         for item in items:
-            ti = tarfile.TarInfo(prefix + item.path)
+            ti = tarinfo(prefix + item.path)
             ti.mode = stat.S_IMODE(item.mode)
             ti.uid, ti.gid = item.uid, item.gid
             ti.mtime = item.st.st_mtime
@@ -252,7 +280,9 @@ def zip_items(items: Iterable[Item], out: IO[bytes], prefix: str = "", level: in
         for item in items:
             kind = stat.S_IFMT(item.mode)
             stamp = time.gmtime(max(item.st.st_mtime, 315532800))[:6]
-            name = prefix + item.path + ("/" if kind == stat.S_IFDIR else "")
+            name = prefix + item.path
+            if kind == stat.S_IFDIR and not name.endswith("/"):  # "" + prefix "p/": "p/"
+                name += "/"
             zi = _RawNameZipInfo(name, date_time=stamp)
             zi.external_attr = (item.mode & 0xFFFF) << 16
             zi.create_system = 3  # Unix, so modes and symlinks are honoured

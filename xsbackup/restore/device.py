@@ -7,18 +7,24 @@ volume:
 1. checks the free space where it will land (``df -Pk``) against the snapshot's size
    (its bytes plus one 4 KiB block per item), so a full device fails before anything is
    written;
-2. streams the snapshot as a tar over the fabric channel into ``tar -x -p`` on the
-   device. The tar is made by ``archive.tar_items`` through ``access``, like every restore
-   path, so modes (setuid included), mtimes and symlinks come from the fake-super
-   records; the owners too when the device user is root (``--same-owner
-   --numeric-owner``);
+2. puts the data there by one of two methods (``--method``):
+
+   * ``pull`` (the default, as ``auto``): the device runs ``rsync`` and pulls the
+     snapshot from this server through the forced command, logging in with a one-time
+     restore key made for that one download (``pullkey``, ``pull``);
+   * ``tar``: the snapshot as a tar over the fabric channel into ``tar -x -p`` on the
+     device. The tar is made by ``archive.tar_items`` through ``access``, like every
+     restore path.
+
+   Either way modes (setuid included), mtimes and symlinks come from the fake-super
+   records; the owners too when the device user is root. ``auto`` sends a volume by tar
+   when the device cannot pull (no rsync or ssh there, or it cannot reach or log in to
+   this server), and says so in the summary's notes;
 3. verifies the device's tree (``find -printf``) against the snapshot's manifest: type,
    size, mtime, permissions and symlink target of every item.
 
-The tar stream was measured against a device-side ``rsync -a`` pull of the same tree
-(``bench/restore.py``; figures in ``bench/README.md``): the pull was faster there, but it
-needs a one-time restore key that the registry does not offer yet, so this is the
-method shipped.
+Both methods are measured side by side in ``bench/restore.py`` (figures in
+``bench/README.md``): the pull was the faster, so it is the default.
 
 A classroom goes through fabric's ``ThreadingGroup``: every device has its thread, at
 most ``parallel`` of them connected and transferring at once; one failing device never
@@ -40,6 +46,7 @@ from fabric import Connection, ThreadingGroup  # type: ignore[import-untyped]
 from fabric.exceptions import GroupException  # type: ignore[import-untyped]
 
 from xsbackup import procs
+from xsbackup.clients.registry import Registry
 from xsbackup.errors import (
     DeviceFull,
     DeviceUnreachable,
@@ -49,6 +56,7 @@ from xsbackup.errors import (
     XsbackupError,
 )
 from xsbackup.logs import LOG
+from xsbackup.restore import pull, pullkey
 from xsbackup.restore.archive import manifest
 from xsbackup.restore.push import (
     AFTER,
@@ -127,16 +135,22 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
                   for p in pieces]
         self._check_space(pieces, places)
         for piece, place in zip(pieces, places, strict=True):
-            self._send(piece, place, root)
+            start = time.monotonic()
+            method = self._put(piece, place, root, out)
+            sent = time.monotonic()
             self._verify(piece, place, root)
             out.files += piece.files
             out.bytes += piece.bytes
             out.volumes.append({"volume": piece.volume, "snapshot": piece.snapshot,
-                                "dest": place})
+                                "dest": place, "method": method,
+                                "transfer_s": round(sent - start, 2),
+                                "verify_s": round(time.monotonic() - sent, 2)})
             if piece.volume in AFTER:
                 out.notes.append(f"{self.target}: {AFTER[piece.volume]}")
-            LOG.info("client=%s volume=%s snapshot=%s pushed to %s:%s (%d items)",
-                     self.serial, piece.volume, piece.snapshot, self.target, place, piece.files)
+            LOG.info("client=%s volume=%s snapshot=%s pushed to %s:%s by %s (%d items; "
+                     "%.1f s, verified in %.1f s)", self.serial, piece.volume, piece.snapshot,
+                     self.target, place, method, piece.files, sent - start,
+                     time.monotonic() - sent)
 
     def _check_space(self, pieces: list[Piece], places: list[str]) -> None:
         script = "; ".join(
@@ -156,6 +170,55 @@ class Device(Connection):  # type: ignore[misc]  # fabric ships no type hints
             if needs[mount] > free[mount]:
                 raise DeviceFull(f"{self.target}: not enough space at {place}: "
                                  f"{mib(needs[mount])} needed, {mib(free[mount])} free")
+
+    def _put(self, piece: Piece, place: str, root: bool, out: Outcome) -> str:
+        """Put ``piece`` at ``place`` by the chosen method; the method used."""
+        if self.opts.method == "tar" or self.opts.server is None:
+            self._send(piece, place, root)
+            return "tar"
+        try:
+            self._pull(piece, place, root, self.opts.server)
+            return "pull"
+        except pull.NoPull as e:
+            if self.opts.method == "pull":
+                raise DeviceUnreachable(f"{self.target}: cannot pull from this server: "
+                                        f"{e}") from None
+            LOG.warning("client=%s volume=%s %s cannot pull (%s): sending a tar instead",
+                        self.serial, piece.volume, self.target, e)
+            out.notes.append(f"{self.target}: {piece.volume} went by tar: the device "
+                             f"could not pull ({e})")
+        self._send(piece, place, root)
+        return "tar"
+
+    def _pull(self, piece: Piece, place: str, root: bool, server: pull.Server) -> None:
+        """The device pulls ``piece`` with rsync and a one-time restore key."""
+        host = server.host or self._local_address()
+        with pullkey.issued(Registry(self.store), self.serial, piece.volume,
+                            piece.snapshot) as key:
+            chan = self._channel(pull.script(server, host, piece.volume, piece.snapshot,
+                                             place, root))
+            errors = _Drain(chan.makefile_stderr("rb"))
+            try:
+                chan.sendall(key.private)
+                chan.shutdown_write()
+                with chan.makefile("rb") as lines:
+                    for line in lines:  # "%i %l" of each item
+                        if line.startswith(b">f"):
+                            self.progress(int(line.split()[-1]))
+            finally:
+                status = chan.recv_exit_status()
+                chan.close()
+        why = pull.failed(status, errors.result())
+        if why is not None:
+            raise DeviceWriteFailed(f"{self.target}: pulling {piece.volume} into {place} "
+                                    f"failed: {why}")
+
+    def _local_address(self) -> str:
+        """This end of the connection to the device: the address it can reach us at."""
+        transport = self.client.get_transport()
+        if transport is None:
+            raise DeviceUnreachable(f"{self.target}: the connection is closed")
+        return str(transport.sock.getsockname()[0])
 
     def _send(self, piece: Piece, place: str, root: bool) -> None:
         """The snapshot as a tar into ``tar -x`` on the device. The tar is written by a
@@ -275,6 +338,24 @@ def _drain(stream: Any) -> bytes:
         return bytes(stream.read())
 
 
+class _Drain(threading.Thread):
+    """Reads a stream to its end in a thread (a command's stderr while its stdout is
+    read), so neither can fill the channel's window and stall the other."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.data = stream, b""
+        self.start()
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            self.data = _drain(self.stream)
+
+    def result(self) -> bytes:
+        self.join()
+        return self.data
+
+
 class _Transport(paramiko.Transport):
     """paramiko's transport preferring AES-GCM (one pass per packet: measured 15-30%
     faster than its default AES-CTR with HMAC-SHA2 here); a device without it gets the
@@ -329,6 +410,8 @@ def push(store: Store, devices: list[tuple[str, Target]], opts: Options,
         results = group._do("restore")  # fabric's per-connection call (public run/put
     except GroupException as e:         # take the same arguments for every device)
         results = e.result
+    finally:  # interrupted: no restore key outlives the push
+        pullkey.drop_mine(Registry(store))
     outcomes = []
     for conn in conns:
         got = results.get(conn)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import os
 import re
 import select
@@ -42,8 +43,15 @@ from typing import TYPE_CHECKING
 from xsbackup.clients.registry import Registry
 from xsbackup.errors import PathNotFound, RequestRefused, XsbackupError
 from xsbackup.logs import LOG
-from xsbackup.restore.access import OpenSnapshot, open_dir, split_path
-from xsbackup.restore.archive import Item, check_readable, tar_items, walk, zip_items
+from xsbackup.restore.access import OpenSnapshot, fake_stat, open_dir, split_path
+from xsbackup.restore.archive import (
+    GitTarInfo,
+    Item,
+    check_readable,
+    tar_items,
+    walk,
+    zip_items,
+)
 from xsbackup.restore.resolve import pick_volume, resolve
 from xsbackup.store import Store
 
@@ -303,6 +311,8 @@ def serve(store: Store, login: str, source: str, volume: str, out: io.RawIOBase,
 
 def _stream(snap_fd: int, opts: Options, out: io.RawIOBase, progress: Band) -> int:
     selected = items(snap_fd, opts.paths)
+    if opts.prefix.endswith("/"):  # git's first entry: the prefix's own directory
+        selected = itertools.chain([_root(snap_fd)], selected)
     if opts.verbose:
         selected = _reported(selected, progress, opts.prefix)
     data = io.BufferedWriter(Band(out, 1), BAND_PAYLOAD)
@@ -310,13 +320,22 @@ def _stream(snap_fd: int, opts: Options, out: io.RawIOBase, progress: Band) -> i
         level = ZIP_LEVEL if opts.level is None else opts.level
         count = zip_items(selected, data, opts.prefix, level)
     elif opts.fmt == "tar":
-        count = tar_items(selected, data, opts.prefix)
+        count = tar_items(selected, data, opts.prefix, GitTarInfo)
     else:
         level = TGZ_LEVEL if opts.level is None else opts.level
         with gzip.GzipFile(fileobj=data, mode="wb", compresslevel=level, mtime=0) as gz:
-            count = tar_items(selected, gz, opts.prefix)  # type: ignore[arg-type]
+            count = tar_items(selected, gz, opts.prefix,  # type: ignore[arg-type]
+                              GitTarInfo)
     data.flush()
     return count
+
+
+def _root(snap_fd: int) -> Item:
+    """The snapshot's root as an item named "" (so ``prefix`` + its path is the prefix),
+    with its recorded mode and mtime."""
+    st = os.fstat(snap_fd)
+    mode, uid, gid, major, minor = fake_stat(snap_fd, st)
+    return Item("", snap_fd, ".", st, mode, uid, gid, major, minor)
 
 
 def _reported(selected: Iterator[Item], progress: Band, prefix: str) -> Iterator[Item]:

@@ -17,12 +17,15 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xsbackup.errors import InvalidName, XsbackupError
 from xsbackup.restore.resolve import pick_volume, resolve
 from xsbackup.snapshots.snapshot import read_facts
 from xsbackup.store import Store, check_client
+
+if TYPE_CHECKING:
+    from xsbackup.restore.pull import Server
 
 XO_PLACES = {"datastore": ".sugar/default/datastore", "documents": "Documents"}
 AFTER = {"datastore": "restart Sugar (log out and back in) so the Journal re-indexes the "
@@ -132,7 +135,7 @@ class Outcome:
     seconds: float = 0.0
     error: str = ""
     code: int = 0
-    volumes: list[dict[str, str]] = field(default_factory=list)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -153,6 +156,8 @@ class Options:
     parallel: int = 4
     archiver: tuple[str, ...] = ("xsbackup",)  # ``xsbackup --root R``: writes the tar
     archiver_env: dict[str, str] | None = None
+    method: str = "auto"  # pull, tar, or auto: pull, and a tar where the device cannot
+    server: Server | None = None  # where devices pull from (None: tar only)
 
 
 def mib(n: int) -> str:

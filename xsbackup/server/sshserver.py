@@ -34,7 +34,7 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from paramiko.common import (
 )
 
 from xsbackup import procs
+from xsbackup.clients.keys import RESTORE_OPTION, KeyIndex
 from xsbackup.clients.registry import xsbackup_executable
 from xsbackup.config import Settings
 from xsbackup.errors import ListenError, NoSlot, Refused, RequestRefused, TooManySessions
@@ -78,52 +79,13 @@ def ensure_host_keys(ssh_dir: Path) -> list[paramiko.PKey]:
     return keys
 
 
-class KeyIndex:
-    """(key type, base64 blob) -> serials, parsed from the generated authorized_keys and
-    re-read whenever its mtime or size changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: tuple[int, int] | None = None
-        self._index: dict[tuple[str, str], set[str]] = {}
-        self._lock = threading.Lock()
-
-    def lookup(self, key_type: str, blob: str) -> set[str]:
-        with self._lock:
-            try:
-                st = os.stat(self.path)
-                stamp = (st.st_mtime_ns, st.st_size)
-            except FileNotFoundError:
-                stamp = (0, 0)
-            if stamp != self._stamp:
-                self._index = self._parse()
-                self._stamp = stamp
-            return set(self._index.get((key_type, blob), set()))
-
-    def _parse(self) -> dict[tuple[str, str], set[str]]:
-        index: dict[tuple[str, str], set[str]] = defaultdict(set)
-        try:
-            lines = self.path.read_text().splitlines()
-        except FileNotFoundError:
-            return {}
-        for line in lines:
-            if not line.startswith("restrict,command="):
-                continue
-            _, _, rest = line.partition('" ')
-            parts = rest.split()
-            head = line.split('"', 2)[1].split()
-            if len(parts) >= 2 and "--client" in head:
-                serial = head[head.index("--client") + 1]
-                index[(parts[0], parts[1])].add(serial)
-        return dict(index)
-
-
 class _Session(paramiko.ServerInterface):
     def __init__(self, server: SshServer, addr: tuple[str, int], local: tuple[str, int]) -> None:
         self.server = server
         self.addr = addr
         self.local = local
         self.client: str | None = None
+        self.restore_key: str | None = None  # logged in with this one-time restore key
         self.attempts = 0
         self.exec_event = threading.Event()
         self.command: str | None = None
@@ -145,8 +107,13 @@ class _Session(paramiko.ServerInterface):
         if username in owners:
             self.client = username
             return AUTH_SUCCESSFUL
-        if username == self.server.settings().server.service_user and len(owners) == 1:
+        service = self.server.settings().server.service_user
+        if username == service and len(owners) == 1:
             self.client = next(iter(owners))
+            return AUTH_SUCCESSFUL
+        restore = self.server.keys.restore_key(key.get_name(), key.get_base64())
+        if restore is not None and username in (restore.serial, service):
+            self.client, self.restore_key = restore.serial, restore.restore_key
             return AUTH_SUCCESSFUL
         self.attempts += 1
         LOG.info("ssh login refused for user %r from %s (%s key %s)", username[:64],
@@ -373,6 +340,8 @@ class SshServer:
             env["SSH_ORIGINAL_COMMAND"] = session.command
         argv = [self.executable, "--root", str(self.root), "ssh-command",
                 "--client", session.client]
+        if session.restore_key is not None:
+            argv += [RESTORE_OPTION, session.restore_key]
         proc = procs.spawn(argv, why=f"the forced command for {session.client}", env=env,
                            stdin=procs.PIPE, stdout=procs.PIPE, stderr=procs.PIPE, bufsize=0,
                            new_session=True)
