@@ -103,11 +103,7 @@ class Request:
 
 @dataclass
 class Registrations:
-    """``ssh/restore-keys.json``
-    The live one-time restore keys (``keys.RestoreKey``: public halves only), rendered
-    into ``authorized_keys`` with their ``expiry-time``. Every publish sweeps the expired
-    ones; ``restore.pullkey`` adds, takes and drops them.
-``clients/registrations.json``: the waiting requests, oldest first, and the time
+    """``clients/registrations.json``: the waiting requests, oldest first, and the time
     and source address of each new serial registered recently (for the rate limits)."""
 
     pending: list[Request] = field(default_factory=list)
