@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import Server, Sshd, local_push, tree_state
+from tests.conftest import XSBACKUP, Server, Sshd, local_push, tree_state
 from xsbackup.errors import DamageFound, StructureProblems
 from xsbackup.integrity import check
 from xsbackup.monitor import metrics, status
@@ -130,6 +130,27 @@ def test_truncated_missing_and_replaced_files_are_found(
         ("missing", sids[0], "sub/deep/f0.txt", (sids[0],)),
         ("replaced", sids[1], "sub/deep/f2.txt", (sids[1],)),
     }
+
+
+def test_an_unreadable_file_is_found(two_snapshots: tuple[Server, list[str]]) -> None:
+    """A stored file that cannot be read: mode 000, and ``check`` run as root without
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (``setpriv``), so the kernel refuses the open
+    as it would to any other user; the store itself stays readable to its owner."""
+    server, sids = two_snapshots
+    victim = snap(server, sids[0]) / "essay.odt"          # shared by both snapshots
+    os.chmod(victim, 0)
+    no_override = "-dac_override,-dac_read_search"
+    r = subprocess.run(["setpriv", f"--inh-caps={no_override}",
+                        f"--bounding-set={no_override}", XSBACKUP, "--root",
+                        str(server.root), "check", SN, "--read-data", "--json"],
+                       capture_output=True, check=False)
+    os.chmod(victim, 0o644)
+    assert r.returncode == DamageFound.exit_code, r.stderr
+    (found,) = findings(orjson.loads(r.stdout))
+    assert (found["kind"], found["path"], found["snapshots"], found["damage"]) == \
+        ("unreadable", "essay.odt", sids, True)
+    code, report = check_json(server, "--read-data")       # readable again: clean
+    assert (code, findings(report)) == (0, [])
 
 
 def test_structure_problems_are_reported_and_nothing_changes(

@@ -145,6 +145,10 @@ class Backend(Protocol):
         its space is reclaimed by ``purge``. Returns "" when done, else why not
         ("being read", "already gone")."""
 
+    def deleted_ids(self, client: str, volume: str) -> set[str]:
+        """Ids of the volume's snapshots that ``delete`` took out of sight and whose space
+        ``purge`` has not reclaimed yet (``check`` reports one that is also visible)."""
+
     def purge(self, progress: Progress | None = None) -> int:
         """Reclaim the space of what ``delete`` took away, outside any client lock;
         resumable after a kill, one purger at a time (a second returns 0 at once).
