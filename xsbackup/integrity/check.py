@@ -40,6 +40,7 @@ from xsbackup.logs import LOG
 from xsbackup.restore import resolve
 from xsbackup.restore.access import O_FILE, OpenSnapshot
 from xsbackup.snapshots import manifest
+from xsbackup.snapshots.snapshot import since_ns
 from xsbackup.store import get_xattrs, set_xattrs
 
 PPM = 1_000_000
@@ -288,11 +289,14 @@ def repair_manifests(ctx: Context, client: str, volume: str | None = None,
             if sid not in have:
                 if progress is not None:
                     progress(f"{client}/{vname}/{sid}")
+                tree = store.snapshots_dir(client, vname) / sid
                 with OpenSnapshot(store, client, vname, sid) as snap:
                     files = [(i.path, i.st) for i in content.stored_files(snap.fd)]
-                    data, stats = manifest.build(
-                        store.snapshots_dir(client, vname) / sid, sid, files,
-                        manifest.reusable(storage, client, vname, prev))
+                    before = manifest.previous(storage, client, vname, prev)
+                    same_fs = prev is not None and os.lstat(tree).st_dev == \
+                        os.lstat(tree.parent / prev).st_dev
+                    data, stats = manifest.build(tree, files, before, same_fs,
+                                                 since_ns(tree.parent / prev if prev else None))
                 storage.write_manifest(client, vname, sid, data)
                 LOG.info("client=%s volume=%s snapshot=%s manifest repaired: %d files, "
                          "%d hashed", client, vname, sid, stats.files, stats.hashed_files)

@@ -177,6 +177,11 @@ class Backend(Protocol):
         of it) and read-only from then on. A second call replaces it atomically; callers
         only do so before the snapshot is visible, or when there was none."""
 
+    def link_manifest(self, client: str, volume: str, sid: str, source: str) -> None:
+        """Keep as the content manifest of ``sid`` the very bytes of ``source``'s (a
+        snapshot of the same volume that has one), as ``write_manifest`` would; sharing
+        them (a hardlink) where the backend can."""
+
     def open_manifest(self, client: str, volume: str, sid: str) -> BinaryIO | None:
         """The content manifest of ``sid`` opened for reading (the caller closes it),
         or None when the snapshot has none."""

@@ -1,0 +1,96 @@
+"""The manifest written at promotion from what the walk found (``manifest.keep``: linked,
+merged into the previous one, or built) is byte for byte the manifest built from scratch,
+whatever changed between two hardlinked snapshots: files kept, edited, removed or added,
+directories removed, a file become a directory and back, names that sort around "/"
+("a-b", "a.txt", "a0") and names that are not UTF-8."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xsbackup.snapshots import manifest
+from xsbackup.snapshots.snapshot import Changes, compute_stats
+from xsbackup.storage.hardlink import HardlinkBackend
+from xsbackup.store import Store, init_root
+
+NAMES = ["a", "a-b", "a.txt", "a0", "b", "z", os.fsdecode(b"n\xff")]
+CLIENT, VOLUME = "SHF00MERGE01", "documents"
+SIDS = ["2026-01-01T000000Z", "2026-01-02T000000Z"]
+
+paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
+
+
+def consistent(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Drop every file that another path needs as a directory."""
+    dirs = {p.rsplit("/", 1)[0] for p in files if "/" in p}
+    dirs |= {d.rsplit("/", k)[0] for d in list(dirs) for k in range(1, 3) if "/" in d}
+    return {p: b for p, b in files.items() if p not in dirs}
+
+
+def plant(top: Path, files: dict[str, bytes], links: dict[str, Path]) -> None:
+    top.mkdir(parents=True)
+    for p, body in files.items():
+        where = top / p
+        where.parent.mkdir(parents=True, exist_ok=True)
+        if p in links:
+            os.link(links[p], where)  # what rsync --link-dest does for an unchanged file
+        else:
+            where.write_bytes(body)
+
+
+def promote(backend: HardlinkBackend, sid: str, tree: Path, prev: Path | None,
+            prev_sid: str | None) -> manifest.BuildStats:
+    changes = Changes()
+    compute_stats(tree, prev, changes=changes)
+    return manifest.keep(backend, CLIENT, VOLUME, sid, tree, changes,
+                         manifest.previous(backend, CLIENT, VOLUME, prev_sid))
+
+
+def from_scratch(tree: Path) -> bytes:
+    files = []
+    for dirpath, _, names in os.walk(tree):
+        for n in names:
+            full = Path(dirpath) / n
+            files.append((str(full.relative_to(tree)), full.lstat()))
+    return manifest.build(tree, files, None, False)[0]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=st.dictionaries(paths, st.binary(max_size=20), max_size=12),
+       fate=st.lists(st.sampled_from(["keep", "edit", "drop"]), min_size=12, max_size=12),
+       added=st.dictionaries(paths, st.binary(max_size=20), max_size=5))
+def test_keep_equals_a_manifest_built_from_scratch(
+        tmp_path_factory: object, before: dict[str, bytes], fate: list[str],
+        added: dict[str, bytes]) -> None:
+    tmp = tmp_path_factory.mktemp("m")  # type: ignore[attr-defined]
+    store = Store(tmp / "state")
+    init_root(store.root)
+    backend = HardlinkBackend(store)
+    snaps = store.snapshots_dir(CLIENT, VOLUME)
+    before = consistent(before)
+    old = snaps / SIDS[0]
+    plant(old, before, {})
+    first = promote(backend, SIDS[0], old, None, None)
+    assert first.how == "built"
+
+    after = {}
+    for (p, body), f in zip(sorted(before.items()), fate, strict=False):
+        if f != "drop":
+            after[p] = body + b"!" if f == "edit" else body
+    after = consistent({**{p: b for p, b in after.items()
+                           if not any(q.startswith(p + "/") for q in added)}, **added})
+    links = {p: old / p for p, b in after.items()
+             if p in before and before[p] == b and p not in added}
+    new = store.incoming_dir(CLIENT, VOLUME) / SIDS[1]
+    plant(new, after, links)
+    stats = promote(backend, SIDS[1], new, old, SIDS[0])
+
+    kept = manifest.read_bytes(backend, CLIENT, VOLUME, SIDS[1])
+    assert kept == from_scratch(new)
+    assert stats.hashed_files == len(after) - len(links)
+    assert stats.how == ("linked" if len(links) == len(after) == len(before) else "merged")
