@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -85,13 +86,17 @@ def new_hash() -> hashlib.blake2b:
     return hashlib.blake2b(digest_size=32)
 
 
+_BUFFERS = threading.local()  # one read buffer a thread, reused from file to file
+
+
 def digest_fd(fd: int) -> tuple[str, int]:
     """(hex digest, bytes read) of the open file ``fd`` from its current offset."""
+    buf = getattr(_BUFFERS, "buf", None)
+    if buf is None:
+        buf = _BUFFERS.buf = bytearray(1 << 20)
+    view = memoryview(buf)
     h = new_hash()
     n = 0
-    # A buffer the file's size (up to 1 MiB): a small file costs no 1 MiB allocation.
-    buf = bytearray(min(1 << 20, max(os.fstat(fd).st_size + 1, 1 << 12)))
-    view = memoryview(buf)
     while True:
         got = os.readv(fd, [buf])
         if not got:
