@@ -299,3 +299,42 @@ def test_a_deleted_snapshot_takes_its_manifest_along(
     assert ctx.storage.manifest_ids(SN, "documents") == [sids[1]]
     code, report = check_json(server, "--read-data")
     assert (code, findings(report)) == (0, [])
+
+
+@pytest.mark.parametrize("server", ["reflink"], indirect=True)
+def test_reflink_promotion_reuses_digests_of_unchanged_files(server: Server,
+                                                             tmp_path: Path) -> None:
+    """Reflink snapshots share no inode with their predecessor: a digest is reused when
+    the file in the persistent current/ has not changed since before the previous
+    snapshot was copied. A client sending --ignore-times rewrites files whose size and
+    mtime stay the same: they are hashed, and check --read-data agrees with every
+    manifest."""
+    import time
+
+    server.add_client(SN)
+    src = tmp_path / "src"
+    make_tree(src)
+
+    def push(*opts: str) -> dict[str, Any]:
+        time.sleep(1.1)  # not a bound: snapshot ids have whole seconds, and the rule needs
+        # a ctime before the previous id
+        r = local_push(server, SN, src, "documents", *opts)
+        assert r.returncode == 0, r.stderr
+        postprocess.run_once(server.ctx())
+        return read_facts(snap(server, server.store.snapshot_ids(SN, "documents")[-1]))[
+            "manifest"]
+
+    assert push()["hashed_files"] == 13
+    push()  # files written within the first snapshot's second may be hashed once more
+    facts = push()
+    assert (facts["hashed_files"], facts["reused"]) == (0, 13)
+    essay = src / "essay.odt"
+    st = essay.stat()
+    essay.write_bytes(os.urandom(st.st_size))
+    os.utime(essay, ns=(st.st_atime_ns, st.st_mtime_ns))
+    facts = push("--ignore-times")  # rsync then rebuilds every file of current/
+    assert (facts["hashed_files"], facts["reused"]) == (13, 0)
+    assert check.run(server.ctx(), SN, read_data=True).findings == []
+    push()
+    facts = push()
+    assert (facts["hashed_files"], facts["reused"]) == (0, 13)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -255,7 +256,11 @@ def previous(storage: Backend, client: str, volume: str, sid: str | None) -> Pre
 def keep(storage: Backend, client: str, volume: str, sid: str, tree: Path,
          changes: Changes, prev: Previous | None) -> BuildStats:
     """Write the manifest of ``tree`` (snapshot ``sid``, not yet visible, which nothing
-    else writes) from what the walk found (``changes``), reusing ``prev``."""
+    else writes) from what the walk found (``changes``), reusing ``prev``. On a backend
+    whose snapshots are copies of a persistent tree (``Backend.copied_from``), a file
+    that is not kept reuses the previous record of its path when ``_unchanged_copy``
+    holds."""
+    origin = storage.copied_from(client, volume)
     if prev is not None and prev.count == changes.kept == changes.files and \
             not changes.new and not changes.gone and prev.head == header(prev.count):
         # (a v1 header names its snapshot: such a manifest is merged, not linked)
@@ -263,10 +268,10 @@ def keep(storage: Backend, client: str, volume: str, sid: str, tree: Path,
         return BuildStats(changes.files, changes.files, how="linked")
     data: bytes | None = None
     if prev is not None:
-        data, stats = merge(tree, changes, prev)
+        data, stats = merge(tree, changes, prev, origin)
     if data is None:
         files = changes.new if not changes.kept else list(_all_files(tree))
-        data, stats = build(tree, files, prev, changes.same_fs, changes.since_ns)
+        data, stats = build(tree, files, prev, changes.same_fs, changes.since_ns, origin)
     storage.write_manifest(client, volume, sid, data)
     return stats
 
@@ -284,6 +289,25 @@ def _all_files(tree: Path) -> Iterator[tuple[str, os.stat_result]]:
                     yield path, e.stat(follow_symlinks=False)
 
 
+def _unchanged_copy(origin: Path | None, rel: str, st: os.stat_result, rec: Record | None,
+                    since_ns: int) -> bool:
+    """Whether ``rec`` (the previous manifest's record of path ``rel``) holds for the
+    file ``rel`` (lstat ``st``) of a snapshot copied from ``origin``: the file at ``rel``
+    in ``origin`` has not changed since before the previous snapshot was copied from it
+    (its ctime is older than that snapshot's id, ``since_ns``: any change to an inode,
+    and a rename onto the path, moves the ctime), so both snapshots hold copies of its
+    present bytes; size and mtime agree everywhere as a cross-check."""
+    if origin is None or rec is None or rec.path != rel or rec.size != st.st_size or \
+            rec.mtime_ns != st.st_mtime_ns:
+        return False
+    try:
+        o = os.lstat(origin / rel)
+    except OSError:
+        return False
+    return stat.S_ISREG(o.st_mode) and o.st_ctime_ns < since_ns and \
+        o.st_size == st.st_size and o.st_mtime_ns == st.st_mtime_ns
+
+
 def _hash_new(tree: Path, files: list[tuple[str, os.stat_result]],
               stats: BuildStats) -> list[Record]:
     files = sorted(files, key=lambda f: f[1].st_ino)  # inode order: nearer on disk
@@ -294,7 +318,8 @@ def _hash_new(tree: Path, files: list[tuple[str, os.stat_result]],
             for (p, st), (d, _) in zip(files, got, strict=True)]
 
 
-def merge(tree: Path, changes: Changes, prev: Previous) -> tuple[bytes | None, BuildStats]:
+def merge(tree: Path, changes: Changes, prev: Previous,
+          origin: Path | None = None) -> tuple[bytes | None, BuildStats]:
     """The previous manifest with the gone paths cut out and the new files' records
     spliced in; (None, …) when the result would not list exactly the walk's files (the
     caller then builds it whole). ``changes.gone`` names a file as its path, a directory
@@ -303,17 +328,24 @@ def merge(tree: Path, changes: Changes, prev: Previous) -> tuple[bytes | None, B
     data = prev.data
     if not data.startswith(prev.head) or not data.endswith(b"\n"):
         return None, stats
-    new = _hash_new(tree, changes.new, stats)
     keys: dict[str, int] = {}
     for g in changes.gone:
         keys[g] = 0
         if g.endswith("/"):
             keys[g[:-1] + "0"] = 0  # "0" follows "/": the end of what was below g
-    for r in new:
-        keys[r.path] = 0
+    for p, _ in changes.new:
+        keys[p] = 0
     at = prev.body
     for k in sorted(keys):  # sorted keys: each search starts where the last one ended
         at = keys[k] = _seek(data, k, at)
+    copied, unknown = [], []
+    for p, st in changes.new:
+        rec = _record_at(data, keys[p]) if origin is not None else None
+        if rec is not None and _unchanged_copy(origin, p, st, rec, changes.since_ns):
+            copied.append(Record(p, st.st_ino, st.st_size, st.st_mtime_ns, rec.digest))
+        else:
+            unknown.append((p, st))
+    new = copied + _hash_new(tree, unknown, stats)
     cuts: list[tuple[int, int, str, bytes]] = []  # data[start:end] becomes the bytes
     for g in changes.gone:
         if g.endswith("/"):
@@ -340,17 +372,26 @@ def merge(tree: Path, changes: Changes, prev: Previous) -> tuple[bytes | None, B
     out.append(data[pos:])
     if prev.count - removed + len(new) != changes.files:
         return None, stats
-    stats.reused = changes.files - len(new)
+    stats.reused = changes.files - stats.hashed_files
     return b"".join(out), stats
+
+
+def _record_at(data: bytes, at: int) -> Record | None:
+    """The record whose line starts at ``at``; None past the end or for a damaged line."""
+    if at >= len(data):
+        return None
+    end = data.index(b"\n", at)
+    try:
+        return _record(_load(data[at:end], 0), 0)
+    except ManifestError:
+        return None
 
 
 def _path_at(data: bytes, at: int) -> str:
     """The path of the record line that starts at ``at``."""
-    end = data.index(b"\n", at)
-    try:
-        return _record(_load(data[at:end], 0), 0).path
-    except ManifestError:
-        return "\U0010ffff"  # damage sorts last; merge's count check then fails
+    rec = _record_at(data, at)
+    return "\U0010ffff" if rec is None else rec.path  # damage sorts last; merge's count
+    # check then fails
 
 
 def _line_start(data: bytes, lo: int, pos: int) -> int:
@@ -394,24 +435,33 @@ def _same_file(rec: Record, st: os.stat_result, same_fs: bool, since_ns: int) ->
 
 
 def build(tree: Path, files: Iterable[tuple[str, os.stat_result]], prev: Previous | None,
-          same_fs: bool, since_ns: int = 0) -> tuple[bytes, BuildStats]:
+          same_fs: bool, since_ns: int = 0,
+          origin: Path | None = None) -> tuple[bytes, BuildStats]:
     """The whole manifest of ``tree`` from its regular files ``(relative path, lstat)``:
     each digest copied from ``prev``'s record of the same inode where ``_same_file``
-    holds (``same_fs``: ``tree`` and the previous snapshot are on one filesystem), the
-    other files read."""
+    holds (``same_fs``: ``tree`` and the previous snapshot are on one filesystem), or
+    from its record of the same path where ``_unchanged_copy`` does; the other files
+    read."""
     stats = BuildStats()
     by_inode: dict[int, Record] = {}
+    by_path: dict[str, Record] = {}
     if prev is not None:
         try:
-            by_inode = {r.inode: r for r in parse_lines(prev.data)}
+            records = parse_lines(prev.data)
         except ManifestError:
-            by_inode = {}
+            records = []
+        by_inode = {r.inode: r for r in records}
+        by_path = {r.path: r for r in records} if origin is not None else {}
     records = []
     unknown = []
     for rel, st in files:
         stats.files += 1
         old = by_inode.get(st.st_ino)
-        if old is not None and _same_file(old, st, same_fs, since_ns):
+        if old is None or not _same_file(old, st, same_fs, since_ns):
+            old = by_path.get(rel)
+            if not _unchanged_copy(origin, rel, st, old, since_ns):
+                old = None
+        if old is not None:
             stats.reused += 1
             records.append(Record(rel, st.st_ino, st.st_size, st.st_mtime_ns, old.digest))
         else:

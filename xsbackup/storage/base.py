@@ -177,6 +177,12 @@ class Backend(Protocol):
         of it) and read-only from then on. A second call replaces it atomically; callers
         only do so before the snapshot is visible, or when there was none."""
 
+    def copied_from(self, client: str, volume: str) -> Path | None:
+        """The persistent tree every new snapshot of the volume is a copy of (a mirror
+        backend's ``current/``), or None. A file there whose ctime is older than a
+        snapshot's id has not changed since before that snapshot was copied
+        (``snapshots.manifest`` reuses digests on that ground)."""
+
     def link_manifest(self, client: str, volume: str, sid: str, source: str) -> None:
         """Keep as the content manifest of ``sid`` the very bytes of ``source``'s (a
         snapshot of the same volume that has one), as ``write_manifest`` would; sharing

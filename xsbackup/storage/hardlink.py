@@ -226,6 +226,9 @@ class HardlinkBackend(ManifestFiles):
         self._forget_manifest(client, volume, sid)
         return ""
 
+    def copied_from(self, client: str, volume: str) -> Path | None:
+        return None  # each transfer writes a new tree; unchanged files are hardlinks
+
     def deleted_ids(self, client: str, volume: str) -> set[str]:
         try:
             names = os.listdir(self.store.trash_dir)

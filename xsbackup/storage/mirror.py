@@ -133,6 +133,9 @@ class MirrorBackend(ManifestFiles, ABC):
 
     # ---- promotion ---------------------------------------------------------------------
 
+    def copied_from(self, client: str, volume: str) -> Path | None:
+        return self.store.volume_dir(client, volume) / "current"
+
     def deleted_ids(self, client: str, volume: str) -> set[str]:
         """Plain trees in ``trash/`` are named the hardlink backend's way (its ``delete``
         or ``_discard``), so it reads them."""
