@@ -94,3 +94,30 @@ def test_keep_equals_a_manifest_built_from_scratch(
     assert kept == from_scratch(new)
     assert stats.hashed_files == len(after) - len(links)
     assert stats.how == ("linked" if len(links) == len(after) == len(before) else "merged")
+
+
+def test_a_version_1_manifest_is_read_and_merged_never_linked(tmp_path: Path) -> None:
+    """Manifests written before version 2 name their snapshot in the header: still read,
+    and the next promotion writes a version 2 manifest of the same records rather than
+    linking a header that names another snapshot."""
+    import orjson
+
+    store = Store(tmp_path / "state")
+    init_root(store.root)
+    backend = HardlinkBackend(store)
+    old = store.snapshots_dir(CLIENT, VOLUME) / SIDS[0]
+    plant(old, {"a": b"1", "d/b": b"22"}, {})
+    promote(backend, SIDS[0], old, None, None)
+    v2 = manifest.read_bytes(backend, CLIENT, VOLUME, SIDS[0])
+    assert v2 is not None
+    head, body = v2.split(b"\n", 1)
+    v1_head = orjson.dumps({"format": "xsbackup-manifest", "version": 1,
+                            "algorithm": "blake2b-256", "snapshot": SIDS[0], "files": 2})
+    backend.write_manifest(CLIENT, VOLUME, SIDS[0], v1_head + b"\n" + body)
+    assert manifest.read(backend, CLIENT, VOLUME, SIDS[0]) == \
+        manifest.parse_lines(head + b"\n" + body)
+    new = store.incoming_dir(CLIENT, VOLUME) / SIDS[1]
+    plant(new, {"a": b"1", "d/b": b"22"}, {"a": old / "a", "d/b": old / "d" / "b"})
+    stats = promote(backend, SIDS[1], new, old, SIDS[0])
+    assert (stats.how, stats.hashed_files) == ("merged", 0)
+    assert manifest.read_bytes(backend, CLIENT, VOLUME, SIDS[1]) == v2
