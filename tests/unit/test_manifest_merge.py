@@ -121,3 +121,27 @@ def test_a_version_1_manifest_is_read_and_merged_never_linked(tmp_path: Path) ->
     stats = promote(backend, SIDS[1], new, old, SIDS[0])
     assert (stats.how, stats.hashed_files) == ("merged", 0)
     assert manifest.read_bytes(backend, CLIENT, VOLUME, SIDS[1]) == v2
+
+
+def test_the_search_finds_every_place_in_a_large_manifest() -> None:
+    """``_seek`` over a manifest far larger than its first galloping step: for sorted
+    keys from where the last search ended, as ``merge`` asks, the offset of the first
+    line at or after each key, as a plain bisection over the parsed paths says."""
+    import bisect
+    import random
+
+    rng = random.Random(12)
+    paths = sorted({"/".join(rng.choice(NAMES) + str(rng.randrange(40))
+                             for _ in range(rng.randrange(1, 4))) for _ in range(20_000)})
+    records = [manifest.Record(p, i, i, i, "0" * 64) for i, p in enumerate(paths)]
+    data = manifest.encode(records)
+    starts = [0]
+    for line in data.split(b"\n")[:-1]:
+        starts.append(starts[-1] + len(line) + 1)
+    body, starts = starts[1], starts[1:]  # offsets of the record lines, then the end
+    keys = sorted(rng.sample(paths, 300) + [p + "/" for p in rng.sample(paths, 100)] +
+                  [p[:-1] + "0" for p in rng.sample(paths, 100)] + ["", "\U0010ffff"])
+    at = body
+    for k in keys:
+        at = manifest._seek(data, k, at)
+        assert at == starts[bisect.bisect_left(paths, k)], k
