@@ -212,6 +212,7 @@ def integrity_rows(r: dict[str, Any]) -> list[Row]:
                                t.get("promotion_ratio_max", 1.05), _s))
         rows.append(_ratio_row("integrity",
                                f"{promo.get('changed_percent', 1):g}% changed, manifest step",
+                               _get(s, "changed_added", "median") or
                                _get(s, "changed_manifest_step", "median"),
                                "b2sum of the changed files", _get(s, "changed_b2sum", "median"),
                                t.get("changed_vs_b2sum_max", 1.1), _s))

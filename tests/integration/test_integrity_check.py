@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import Server, Sshd, local_push, tree_state
+from tests.conftest import XSBACKUP, Server, Sshd, local_push, tree_state
 from xsbackup.errors import DamageFound, StructureProblems
 from xsbackup.integrity import check
 from xsbackup.monitor import metrics, status
@@ -132,6 +132,27 @@ def test_truncated_missing_and_replaced_files_are_found(
     }
 
 
+def test_an_unreadable_file_is_found(two_snapshots: tuple[Server, list[str]]) -> None:
+    """A stored file that cannot be read: mode 000, and ``check`` run as root without
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (``setpriv``), so the kernel refuses the open
+    as it would to any other user; the store itself stays readable to its owner."""
+    server, sids = two_snapshots
+    victim = snap(server, sids[0]) / "essay.odt"          # shared by both snapshots
+    os.chmod(victim, 0)
+    no_override = "-dac_override,-dac_read_search"
+    r = subprocess.run(["setpriv", f"--inh-caps={no_override}",
+                        f"--bounding-set={no_override}", XSBACKUP, "--root",
+                        str(server.root), "check", SN, "--read-data", "--json"],
+                       capture_output=True, check=False)
+    os.chmod(victim, 0o644)
+    assert r.returncode == DamageFound.exit_code, r.stderr
+    (found,) = findings(orjson.loads(r.stdout))
+    assert (found["kind"], found["path"], found["snapshots"], found["damage"]) == \
+        ("unreadable", "essay.odt", sids, True)
+    code, report = check_json(server, "--read-data")       # readable again: clean
+    assert (code, findings(report)) == (0, [])
+
+
 def test_structure_problems_are_reported_and_nothing_changes(
         two_snapshots: tuple[Server, list[str]]) -> None:
     server, sids = two_snapshots
@@ -219,15 +240,14 @@ def test_promotion_hashes_only_new_inodes(server: Server, tmp_path: Path) -> Non
     first, second = (read_facts(snap(server, s))["manifest"]
                      for s in server.store.snapshot_ids(SN, "documents"))
     assert first == {"files": 10_000, "reused": 0, "hashed_files": 10_000,
-                     "hashed_bytes": total}
+                     "hashed_bytes": total, "how": "built"}
     assert second == {"files": 10_000, "reused": 10_000, "hashed_files": 0,
-                      "hashed_bytes": 0}
+                      "hashed_bytes": 0, "how": "linked"}
     kept = [server.store.volume_dir(SN, "documents") / "manifests" / f"{s}.jsonl"
             for s in server.store.snapshot_ids(SN, "documents")]
-    heads, bodies = zip(*(k.read_bytes().split(b"\n", 1) for k in kept), strict=True)
-    assert bodies[0] == bodies[1]  # the same records: copied
-    assert heads[0] != heads[1]  # ... under the new snapshot's header
-    assert len(bodies[1].splitlines()) == 10_000
+    assert kept[0].read_bytes() == kept[1].read_bytes()  # the same records, one file
+    assert kept[0].stat().st_ino == kept[1].stat().st_ino
+    assert len(kept[1].read_bytes().splitlines()) == 10_001  # the header and every file
 
 
 def test_manifest_verb_carries_the_digest(two_snapshots: tuple[Server, list[str]],
@@ -279,3 +299,42 @@ def test_a_deleted_snapshot_takes_its_manifest_along(
     assert ctx.storage.manifest_ids(SN, "documents") == [sids[1]]
     code, report = check_json(server, "--read-data")
     assert (code, findings(report)) == (0, [])
+
+
+@pytest.mark.parametrize("server", ["reflink"], indirect=True)
+def test_reflink_promotion_reuses_digests_of_unchanged_files(server: Server,
+                                                             tmp_path: Path) -> None:
+    """Reflink snapshots share no inode with their predecessor: a digest is reused when
+    the file in the persistent current/ has not changed since before the previous
+    snapshot was copied. A client sending --ignore-times rewrites files whose size and
+    mtime stay the same: they are hashed, and check --read-data agrees with every
+    manifest."""
+    import time
+
+    server.add_client(SN)
+    src = tmp_path / "src"
+    make_tree(src)
+
+    def push(*opts: str) -> dict[str, Any]:
+        time.sleep(1.1)  # not a bound: snapshot ids have whole seconds, and the rule needs
+        # a ctime before the previous id
+        r = local_push(server, SN, src, "documents", *opts)
+        assert r.returncode == 0, r.stderr
+        postprocess.run_once(server.ctx())
+        return read_facts(snap(server, server.store.snapshot_ids(SN, "documents")[-1]))[
+            "manifest"]
+
+    assert push()["hashed_files"] == 13
+    push()  # files written within the first snapshot's second may be hashed once more
+    facts = push()
+    assert (facts["hashed_files"], facts["reused"]) == (0, 13)
+    essay = src / "essay.odt"
+    st = essay.stat()
+    essay.write_bytes(os.urandom(st.st_size))
+    os.utime(essay, ns=(st.st_atime_ns, st.st_mtime_ns))
+    facts = push("--ignore-times")  # rsync then rebuilds every file of current/
+    assert (facts["hashed_files"], facts["reused"]) == (13, 0)
+    assert check.run(server.ctx(), SN, read_data=True).findings == []
+    push()
+    facts = push()
+    assert (facts["hashed_files"], facts["reused"]) == (0, 13)

@@ -23,6 +23,7 @@ from tests.conftest import Server, Sshd, local_push
 from xsbackup.errors import NotReadable, SnapshotNotFound
 from xsbackup.integrity import diff
 from xsbackup.snapshots import postprocess
+from xsbackup.snapshots.snapshot import read_facts
 
 pytestmark = pytest.mark.integration
 SN, OTHER = "SHF000DIFF1", "SHF000DIFF2"
@@ -248,3 +249,45 @@ def test_diff_and_find_over_ssh_only_for_own_snapshots(server: Server, sshd: Ssh
     code, rows, err = ssh_json(sshd, other, "find essay.odt")
     assert code == 0, err
     assert [m["volume"] for m in rows] == ["secret"]
+
+
+@pytest.mark.parametrize("server", ["hardlink", "btrfs"], indirect=True)
+def test_in_place_changes_on_every_backend(server: Server, tmp_path: Path) -> None:
+    """btrfs keeps inode numbers from one snapshot to the next, so there the same inode
+    number alone proves nothing: a chmod rsync makes in place must still be a change to
+    ``diff`` and a new record to the manifest (``check --read-data`` agrees with every
+    manifest), and a file untouched since the previous snapshot is reused."""
+    import time
+
+    from xsbackup.integrity import check
+
+    sn = "SHF00INPLACE"
+    server.add_client(sn)
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(6):
+        (src / "d" / f"f{i}").write_bytes(b"x" * (i + 1))
+
+    def push() -> tuple[str, dict[str, Any]]:
+        time.sleep(1.1)  # not a bound: snapshot ids have whole seconds, and on btrfs a
+        # file is reused when its ctime is before the previous id (snapshot.Changes)
+        r = local_push(server, sn, src)
+        assert r.returncode == 0, r.stderr
+        postprocess.run_once(server.ctx())
+        sid = server.store.snapshot_ids(sn, "documents")[-1]
+        return sid, read_facts(server.store.snapshots_dir(sn, "documents") / sid)["manifest"]
+
+    first, _ = push()
+    os.chmod(src / "d" / "f1", 0o600)
+    (src / "d" / "f2").write_bytes(b"yy")
+    os.utime(src / "d" / "f2", (1_600_000_000, 1_600_000_000))
+    second, facts = push()
+    assert facts["hashed_files"] >= 2
+    _, _, _, changes = diff.diff(server.ctx(), sn, first, second)
+    assert {(c.kind, c.path) for c in changes} == {("metadata", "d/f1"), ("modified", "d/f2")}
+    third, _ = push()
+    fourth, facts = push()
+    assert (facts["hashed_files"], facts["how"]) == (0, "linked")
+    assert diff.diff(server.ctx(), sn, second, third)[3] == []
+    assert diff.diff(server.ctx(), sn, third, fourth)[3] == []
+    assert check.run(server.ctx(), sn, read_data=True).findings == []

@@ -40,6 +40,7 @@ from xsbackup.logs import LOG
 from xsbackup.restore import resolve
 from xsbackup.restore.access import O_FILE, OpenSnapshot
 from xsbackup.snapshots import manifest
+from xsbackup.snapshots.snapshot import since_ns
 from xsbackup.store import get_xattrs, set_xattrs
 
 PPM = 1_000_000
@@ -84,17 +85,30 @@ def _in_window(pos: int, start: int, width: int) -> bool:
 @dataclass
 class _Volume:
     """What one volume's manifests say: each snapshot's records by path, and by inode
-    every snapshot whose manifest holds it."""
+    every snapshot whose manifest holds it (``sids``, built for the first finding)."""
 
     records: dict[str, dict[str, manifest.Record]] = field(default_factory=dict)
-    sids: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    _sids: dict[int, list[str]] | None = None
+    stats: dict[int, tuple[int, int]] = field(default_factory=dict)  # inode: size, mtime
+
+    def sids(self, inode: int) -> list[str]:
+        if self._sids is None:
+            self._sids = defaultdict(list)
+            for sid, records in self.records.items():
+                for r in records.values():
+                    self._sids[r.inode].append(sid)
+        return sorted(set(self._sids.get(inode, [])))
 
 
 def _load_volume(ctx: Context, client: str, volume: str, report: Report) -> _Volume:
+    """Every manifest of the volume; a line that several hold (a file kept from one
+    snapshot to the next) is parsed once."""
     vol = _Volume()
+    cache: dict[bytes, manifest.Record] = {}
     for sid in resolve.snapshot_ids(ctx.store, client, volume):
         try:
-            records = manifest.read(ctx.storage, client, volume, sid)
+            data = manifest.read_bytes(ctx.storage, client, volume, sid)
+            records = None if data is None else manifest.parse_lines(data, cache)
         except manifest.ManifestError as e:
             report.findings.append(Finding("manifest-damaged", client, volume, sid,
                                            detail=str(e)))
@@ -102,8 +116,6 @@ def _load_volume(ctx: Context, client: str, volume: str, report: Report) -> _Vol
         if records is None:
             continue
         vol.records[sid] = {r.path: r for r in records}
-        for r in records:
-            vol.sids[r.inode].append(sid)
     return vol
 
 
@@ -150,40 +162,56 @@ def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | No
     return report
 
 
+Done = Callable[[str | None, int], None]
+
+
 class _Hasher:
     """Reads and hashes files on a few threads (hashlib releases the GIL while it hashes),
-    so reading one file overlaps hashing another. Each result is handed to its callback
-    in the calling thread, in submission order; a file that cannot be read gives
-    ``(None, 0)``. At most ``AHEAD`` files are open at a time."""
+    so reading one file overlaps hashing another. Files go to the threads in batches
+    (``BATCH`` files or ``BATCH_BYTES``), so a small file costs no hand-over of its own.
+    Each result is handed to its callback in the calling thread, in submission order; a
+    file that cannot be read gives ``(None, 0)``. At most ``AHEAD`` batches are open."""
 
-    AHEAD = 32
+    AHEAD = 4
+    BATCH = 32
+    BATCH_BYTES = 16 << 20
 
     def __init__(self, threads: int) -> None:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="check")
-        self.queue: deque[tuple[Future[tuple[str, int]], Callable[[str | None, int],
-                                                                  None]]] = deque()
+        self.queue: deque[tuple[Future[list[tuple[str, int] | None]], list[Done]]] = deque()
+        self.fds: list[int] = []
+        self.dones: list[Done] = []
+        self.size = 0
 
-    def submit(self, name: str, dir_fd: int,
-               done: Callable[[str | None, int], None]) -> None:
+    def submit(self, name: str, dir_fd: int, size: int, done: Done) -> None:
         try:
             fd = os.open(name, O_FILE, dir_fd=dir_fd)
         except OSError:
             done(None, 0)
             return
-        self.queue.append((self.pool.submit(_hash_and_close, fd), done))
+        self.fds.append(fd)
+        self.dones.append(done)
+        self.size += size
+        if len(self.fds) >= self.BATCH or self.size >= self.BATCH_BYTES:
+            self._send()
+
+    def _send(self) -> None:
+        if self.fds:
+            self.queue.append((self.pool.submit(_hash_all, self.fds), self.dones))
+            self.fds, self.dones, self.size = [], [], 0
         while len(self.queue) > self.AHEAD:
             self._pop()
 
     def _pop(self) -> None:
-        fut, done = self.queue.popleft()
-        try:
-            digest, n = fut.result()
-        except OSError:
-            done(None, 0)
-            return
-        done(digest, n)
+        fut, dones = self.queue.popleft()
+        for got, done in zip(fut.result(), dones, strict=True):
+            if got is None:
+                done(None, 0)
+            else:
+                done(*got)
 
     def drain(self) -> None:
+        self._send()
         while self.queue:
             self._pop()
 
@@ -192,12 +220,18 @@ class _Hasher:
         self.pool.shutdown()
 
 
-def _hash_and_close(fd: int) -> tuple[str, int]:
-    try:
-        os.set_blocking(fd, True)
-        return manifest.digest_fd(fd)
-    finally:
-        os.close(fd)
+def _hash_all(fds: list[int]) -> list[tuple[str, int] | None]:
+    """Each file's (digest, bytes read), or None when it cannot be read; every descriptor
+    is closed. (A regular file's reads ignore the O_NONBLOCK it was opened with.)"""
+    out: list[tuple[str, int] | None] = []
+    for fd in fds:
+        try:
+            out.append(manifest.digest_fd(fd))
+        except OSError:
+            out.append(None)
+        finally:
+            os.close(fd)
+    return out
 
 
 def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volume,
@@ -214,46 +248,55 @@ def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volu
             if (volume, inode) in report.bad_inodes:
                 return
             report.bad_inodes.add((volume, inode))
-        shared = sorted(set(vol.sids.get(inode, []))) if inode is not None else [sid]
+        shared = vol.sids(inode) if inode is not None else [sid]
         report.findings.append(Finding(kind, client, volume, sid, path, detail, shared))
 
+    read = report.read_inodes
     with OpenSnapshot(ctx.store, client, volume, sid) as snap:
-        for item in content.stored_files(snap.fd):
-            report.files += 1
-            ino = item.st.st_ino
-            seen.add(ino)
+        for prefix, dir_fd, files in content.stored_dirs(snap.fd):
+            report.files += len(files)
             if listed is None:
+                seen.update(e.inode() for e in files)
                 continue
-            found.add(item.path)
-            rec = listed.get(item.path)
-            if rec is None:
-                bad("unlisted", item.path, "a file the manifest does not list")
-                continue
-            if rec.inode != ino:
-                bad("replaced", item.path, f"inode {ino}, the manifest says {rec.inode}")
-                continue
-            if rec.size != item.st.st_size:
-                bad("size", item.path, f"{item.st.st_size} bytes, the manifest says "
-                    f"{rec.size}", ino)
-                continue
-            if rec.mtime_ns != item.st.st_mtime_ns:
-                bad("mtime", item.path, "modified since the manifest was written", ino)
-            key = (volume, ino)
-            if chosen(ino) and key not in report.read_inodes:
-                report.read_inodes.add(key)
+            for e in files:
+                path = prefix + e.name
+                ino = e.inode()  # readdir's; a stat only for an inode not met yet
+                seen.add(ino)
+                found.add(path)
+                rec = listed.get(path)
+                if rec is None:
+                    bad("unlisted", path, "a file the manifest does not list")
+                    continue
+                if rec.inode != ino:
+                    bad("replaced", path, f"inode {ino}, the manifest says {rec.inode}")
+                    continue
+                got = vol.stats.get(ino)
+                if got is None:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    got = vol.stats[ino] = (st.st_size, st.st_mtime_ns)
+                if rec.size != got[0]:
+                    bad("size", path, f"{got[0]} bytes, the manifest says {rec.size}", ino)
+                    continue
+                if rec.mtime_ns != got[1]:
+                    bad("mtime", path, "modified since the manifest was written", ino)
+                if (volume, ino) not in read and chosen(ino):
+                    read.add((volume, ino))
 
-                def done(digest: str | None, n: int, path: str = item.path,
-                         rec: manifest.Record = rec) -> None:
-                    report.inodes_read += 1
-                    report.bytes_read += n
-                    if digest is None:
-                        bad("unreadable", path, "the file cannot be read (I/O error?)",
-                            rec.inode)
-                    elif digest != rec.digest:
-                        bad("content", path, "content differs from its digest (blake2b "
-                            f"{digest[:16]}…, expected {rec.digest[:16]}…)", rec.inode)
+                    def done(digest: str | None, n: int, path: str = path,
+                             rec: manifest.Record = rec) -> None:
+                        report.inodes_read += 1
+                        report.bytes_read += n
+                        if digest is None:
+                            bad("unreadable", path, "the file cannot be read (I/O error?)",
+                                rec.inode)
+                        elif digest != rec.digest:
+                            bad("content", path, "content differs from its digest (blake2b "
+                                f"{digest[:16]}…, expected {rec.digest[:16]}…)", rec.inode)
 
-                hasher.submit(item.name, item.dir_fd, done)
+                    hasher.submit(e.name, dir_fd, got[0], done)
     if listed is not None:
         for path in sorted(set(listed) - found):
             bad("missing", path, "listed in the manifest, gone from the snapshot")
@@ -288,11 +331,14 @@ def repair_manifests(ctx: Context, client: str, volume: str | None = None,
             if sid not in have:
                 if progress is not None:
                     progress(f"{client}/{vname}/{sid}")
+                tree = store.snapshots_dir(client, vname) / sid
                 with OpenSnapshot(store, client, vname, sid) as snap:
                     files = [(i.path, i.st) for i in content.stored_files(snap.fd)]
-                    data, stats = manifest.build(
-                        store.snapshots_dir(client, vname) / sid, sid, files,
-                        manifest.reusable(storage, client, vname, prev))
+                    before = manifest.previous(storage, client, vname, prev)
+                    same_fs = prev is not None and os.lstat(tree).st_dev == \
+                        os.lstat(tree.parent / prev).st_dev
+                    data, stats = manifest.build(tree, files, before, same_fs,
+                                                 since_ns(tree.parent / prev if prev else None))
                 storage.write_manifest(client, vname, sid, data)
                 LOG.info("client=%s volume=%s snapshot=%s manifest repaired: %d files, "
                          "%d hashed", client, vname, sid, stats.files, stats.hashed_files)

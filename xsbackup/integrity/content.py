@@ -4,7 +4,6 @@ else the file read (``restore.access`` flags: nothing followed)."""
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -57,29 +56,52 @@ class StoredFile(NamedTuple):
     path: str        # below the snapshot
     name: str        # below dir_fd
     dir_fd: int      # valid while the walk is in its directory
-    st: os.stat_result
+    entry: os.DirEntry[str]
+
+    @property
+    def inode(self) -> int:
+        return self.entry.inode()  # readdir's: no stat
+
+    @property
+    def st(self) -> os.stat_result:
+        """The file's lstat (one ``fstatat`` the first time; valid in its directory)."""
+        return self.entry.stat(follow_symlinks=False)
+
+
+def stored_dirs(dir_fd: int, prefix: str = "") -> Iterator[tuple[str, int,
+                                                                list[os.DirEntry[str]]]]:
+    """Each directory below the directory ``dir_fd`` (itself first) as (its path below
+    it with a trailing ``/``, or ``prefix``; its descriptor, valid until the next step;
+    its regular files on disk). Types come from readdir (a ``stat`` only where the
+    filesystem does not give them). Directories are entered relative to their parent's
+    descriptor with O_NOFOLLOW; nothing else is opened."""
+    with os.scandir(dir_fd) as it:
+        entries = list(it)
+    files, dirs = [], []
+    for e in entries:
+        try:
+            if e.is_file(follow_symlinks=False):
+                files.append(e)
+            elif e.is_dir(follow_symlinks=False):
+                dirs.append(e.name)
+        except FileNotFoundError:
+            continue
+    yield prefix, dir_fd, files
+    for name in dirs:
+        try:
+            sub = os.open(name, O_DIR, dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            yield from stored_dirs(sub, f"{prefix}{name}/")
+        finally:
+            os.close(sub)
 
 
 def stored_files(dir_fd: int, prefix: str = "") -> Iterator[StoredFile]:
-    """Every regular file on disk below the directory ``dir_fd``, in no particular order:
-    ``restore.archive.walk`` without the fake-super records (``check`` compares stored
-    bytes, so it needs no client's view). Directories are entered relative to their
-    parent's descriptor with O_NOFOLLOW; nothing else is opened."""
-    with os.scandir(dir_fd) as it:
-        entries = list(it)
-    for e in entries:
-        try:
-            st = e.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            yield StoredFile(prefix + e.name, e.name, dir_fd, st)
-        elif stat.S_ISDIR(st.st_mode):
-            try:
-                sub = os.open(e.name, O_DIR, dir_fd=dir_fd)
-            except OSError:
-                continue
-            try:
-                yield from stored_files(sub, f"{prefix}{e.name}/")
-            finally:
-                os.close(sub)
+    """Every regular file on disk below the directory ``dir_fd``, in no particular order
+    (``stored_dirs``): ``restore.archive.walk`` without the fake-super records (``check``
+    compares stored bytes, so it needs no client's view)."""
+    for pre, fd, files in stored_dirs(dir_fd, prefix):
+        for e in files:
+            yield StoredFile(pre + e.name, e.name, fd, e)

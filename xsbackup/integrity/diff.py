@@ -1,10 +1,13 @@
 """``xsbackup diff``: what changed between two snapshots of a volume.
 
 Both trees are walked together, one directory of each at a time, through directory
-descriptors (``restore.access``: nothing followed, under shared flocks). A regular file
-whose inode is the same in both is unchanged (rsync ``--link-dest`` hardlinked it), and
-nothing more is read about it. Otherwise the client's view of each side (rsync's
-fake-super record) is compared:
+descriptors (``restore.access``: nothing followed, under shared flocks). An entry that
+is the same inode in both is unchanged, and nothing more is read about it: on one
+filesystem (the hardlink backend: rsync ``--link-dest`` hardlinked it) the same name
+and readdir inode number say so, set against set, with no ``stat``; across filesystems
+(btrfs keeps inode numbers from one snapshot to the next) the same inode number also
+needs the same ctime, which any change to the inode moves. Otherwise the client's view
+of each side (rsync's fake-super record) is compared:
 
 * ``added`` / ``removed``: the path is on one side only;
 * ``modified``: the type differs, or the content does (for a file or symlink: its bytes;
@@ -12,8 +15,7 @@ fake-super record) is compared:
 * ``metadata``: same type and content, but the permissions, owner or (except for a
   directory, whose mtime follows its entries) the mtime differ.
 
-Only readdir's inode numbers are looked at for an entry that is the same inode on both
-sides (no ``stat``). Two files of the same size and different inodes are compared by
+Two files of the same size and different inodes are compared by
 their bytes while the bytes read stay under ``read_budget``; past it, by the digests of
 the two snapshots' manifests (loaded then, once), so a ``chmod -R`` of a large tree costs
 two manifest reads rather than reading every file twice.
@@ -70,6 +72,7 @@ class Side:
     volume: str
     sid: str
     _digests: dict[str, manifest.Record] | None = None
+    same_fs: bool = False  # (on side a) both snapshots on one filesystem
 
     @property
     def digests(self) -> dict[str, manifest.Record]:
@@ -102,50 +105,53 @@ def diff(ctx: Context, client: str, a: str, b: str, volume: str | None = None,
     side_a, side_b = Side(ctx, client, vol, sa), Side(ctx, client, vol, sb)
     with OpenSnapshot(store, client, vol, sa) as snap_a, \
             OpenSnapshot(store, client, vol, sb) as snap_b:
+        side_a.same_fs = os.fstat(snap_a.fd).st_dev == os.fstat(snap_b.fd).st_dev
         changes = list(_dir(snap_a.fd, snap_b.fd, "", side_a, side_b, Budget(read_budget)))
     return vol, sa, sb, changes
 
 
 @contextlib.contextmanager
-def _listing(fd: int | None) -> Iterator[dict[str, os.DirEntry[str]]]:
-    """The entries of ``fd`` by name, listed through a fresh descriptor (our own directory
-    offset) that stays open while they are used (``DirEntry.stat`` goes through it)."""
+def _listing(fd: int | None) -> Iterator[tuple[int | None, dict[str, int]]]:
+    """A fresh descriptor of ``fd`` (our own directory offset; None for none) and its
+    entries' inode numbers by name (readdir's: no ``stat``)."""
     if fd is None:
-        yield {}
+        yield None, {}
         return
     sub = os.open(".", O_DIR, dir_fd=fd)
     try:
         with os.scandir(sub) as it:
-            yield {e.name: e for e in it}
+            yield sub, {e.name: e.inode() for e in it}
     finally:
         os.close(sub)
 
 
-def _lstat(entry: os.DirEntry[str] | None) -> os.stat_result | None:
-    if entry is None:
+def _lstat(fd: int | None, name: str, listed: dict[str, int]) -> os.stat_result | None:
+    if fd is None or name not in listed:
         return None
     try:
-        return entry.stat(follow_symlinks=False)
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
 
 
 def _dir(fa: int | None, fb: int | None, prefix: str, side_a: Side, side_b: Side,
          budget: Budget) -> Iterator[Change]:
-    with _listing(fa) as la, _listing(fb) as lb:
-        yield from _entries(fa, fb, la, lb, prefix, side_a, side_b, budget)
+    with _listing(fa) as (da, la), _listing(fb) as (db, lb):
+        yield from _entries(da, db, la, lb, prefix, side_a, side_b, budget)
 
 
-def _entries(fa: int | None, fb: int | None, la: dict[str, os.DirEntry[str]],
-             lb: dict[str, os.DirEntry[str]], prefix: str, side_a: Side, side_b: Side,
-             budget: Budget) -> Iterator[Change]:
-    for name in sorted(la.keys() | lb.keys()):
+def _entries(fa: int | None, fb: int | None, la: dict[str, int], lb: dict[str, int],
+             prefix: str, side_a: Side, side_b: Side, budget: Budget) -> Iterator[Change]:
+    # On one filesystem, one name with one inode is one inode object on both sides
+    # (directories never are): nothing about it can differ. Set operations, in C.
+    names = {n for n, _ in la.items() ^ lb.items()} if side_a.same_fs else \
+        la.keys() | lb.keys()
+    for name in sorted(names):
         path = f"{prefix}{name}"
-        ea, eb = la.get(name), lb.get(name)
-        if ea is not None and eb is not None and ea.inode() == eb.inode() and \
-                not ea.is_dir(follow_symlinks=False):
-            continue  # one inode (directories never are): nothing about it can differ
-        sta, stb = _lstat(ea), _lstat(eb)
+        sta, stb = _lstat(fa, name, la), _lstat(fb, name, lb)
+        if sta is not None and stb is not None and sta.st_ino == stb.st_ino and \
+                sta.st_ctime_ns == stb.st_ctime_ns and not stat.S_ISDIR(sta.st_mode):
+            continue  # (btrfs keeps inode numbers and ctimes: an inode not changed since)
         va = fake_stat_at(fa, name, sta) if fa is not None and sta is not None else None
         vb = fake_stat_at(fb, name, stb) if fb is not None and stb is not None else None
         change = _compare(path, name, fa, fb, sta, stb, va, vb, side_a, side_b, budget)

@@ -53,16 +53,6 @@ class Finding:
                f"{self.detail}{shared}"
 
 
-def _trash_ids(ctx: Context, client: str, volume: str) -> set[str]:
-    """Snapshot ids of the volume deleted and waiting in ``trash/`` to be purged."""
-    try:
-        names = os.listdir(ctx.store.trash_dir)
-    except FileNotFoundError:
-        return set()
-    prefix = f"{client}.{volume}."
-    return {n[len(prefix):].split(".")[0] for n in names if n.startswith(prefix)}
-
-
 def check_volume(ctx: Context, client: str, volume: str) -> list[Finding]:
     store, storage = ctx.store, ctx.storage
     out: list[Finding] = []
@@ -111,6 +101,6 @@ def check_volume(ctx: Context, client: str, volume: str) -> list[Finding]:
             add("incoming-and-visible", sid, "both waiting in incoming/ and visible")
     for sid in sorted(queued - set(waiting) - set(visible)):
         add("queue-without-transfer", sid, "a queue entry names no transfer or snapshot")
-    for sid in sorted(_trash_ids(ctx, client, volume) & set(visible)):
+    for sid in sorted(storage.deleted_ids(client, volume) & set(visible)):
         add("trash-and-visible", sid, "both visible and deleted into trash/")
     return out

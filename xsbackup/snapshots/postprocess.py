@@ -53,7 +53,13 @@ from xsbackup.locking import postprocess_lock
 from xsbackup.logs import LOG
 from xsbackup.snapshots import manifest, queue
 from xsbackup.snapshots.queue import Entry
-from xsbackup.snapshots.snapshot import compute_stats, read_facts, write_facts
+from xsbackup.snapshots.snapshot import (
+    Changes,
+    compute_stats,
+    read_facts,
+    since_ns,
+    write_facts,
+)
 from xsbackup.store import Store, atomic_write, set_xattrs, snapshot_sort_key
 
 # Where ``XSBACKUP_CRASH_AT`` may kill a run (``crashpoints``); "after-rename" is inside
@@ -111,11 +117,11 @@ def process(ctx: Context, entry: Entry,
         if incoming.is_dir() and not visible.exists():
             # One walk gives both the stats and the metadata files to validate.
             metadata: list[str] = []
-            regular: list[tuple[str, os.stat_result]] = []
             prev = previous_snapshot(store, client, volume, sid)
+            changes = Changes(since_ns=since_ns(prev))
             stats = compute_stats(incoming, prev,
                                   _pattern_re(settings.postprocess.cjson_patterns),
-                                  metadata, tighten=True, regular=regular)
+                                  metadata, tighten=True, changes=changes)
             summary, findings = validate_metadata(incoming, metadata, settings)
             reports = store.reports_dir(client) / volume
             reports.mkdir(parents=True, exist_ok=True)
@@ -126,12 +132,12 @@ def process(ctx: Context, entry: Entry,
                 LOG.warning("%s metadata flagged: %d of %d files not canonical JSON",
                             who, len(findings), summary["checked"])
             crash("after-cjson")
-            data, mstats = manifest.build(incoming, sid, regular, manifest.reusable(
-                ctx.storage, client, volume, prev.name if prev is not None else None))
-            ctx.storage.write_manifest(client, volume, sid, data)
-            LOG.info("%s manifest written: %d files, %d hashed (%d bytes), %d digests reused",
-                     who, mstats.files, mstats.hashed_files, mstats.hashed_bytes,
-                     mstats.reused)
+            mstats = manifest.keep(ctx.storage, client, volume, sid, incoming, changes,
+                                   manifest.previous(ctx.storage, client, volume,
+                                                     prev.name if prev is not None else None))
+            LOG.info("%s manifest written (%s): %d files, %d hashed (%d bytes), %d records "
+                     "reused", who, mstats.how, mstats.files, mstats.hashed_files,
+                     mstats.hashed_bytes, mstats.reused)
             crash("after-manifest")
             write_facts(incoming, {
                 "created": now().isoformat(timespec="seconds"),

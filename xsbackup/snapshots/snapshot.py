@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import orjson
 
 from xsbackup.storage.permissions import tighten as tighten_item
-from xsbackup.store import XATTR_PREFIX, get_xattrs, set_xattrs
+from xsbackup.store import XATTR_PREFIX, get_xattrs, set_xattrs, snapshot_time
 
 # Every fact the post-processor writes on a snapshot directory; nothing else is a fact.
 FACT_KEYS = ("created", "files", "bytes", "new_bytes", "linked_files", "stats", "cjson",
@@ -46,14 +46,44 @@ class Stats:
         return asdict(self)
 
 
-def _prev_inodes(prev: Path | None, rel: str) -> dict[str, int]:
+@dataclass
+class Changes:
+    """What ``compute_stats`` found of the new tree against the previous snapshot, for
+    the content manifest (``snapshots.manifest.build``). A regular file is *kept* when it
+    is the previous snapshot's very file at the same path: the same inode there, and
+    either the same filesystem (one inode object: the hardlink backend's link) or a
+    ctime older than ``since_ns``, the previous snapshot's id time (the inode has not
+    changed since before that snapshot was taken: a btrfs snapshot keeps inode numbers).
+    Its size, mtime and content are then the previous snapshot's."""
+
+    since_ns: int = 0
+    same_fs: bool = False   # the new tree and the previous snapshot share a filesystem
+    files: int = 0          # regular files of the new tree
+    kept: int = 0
+    new: list[tuple[str, os.stat_result]] = field(default_factory=list)  # not kept
+    # Entries of the previous snapshot not kept: a file as its path, a directory as its
+    # path and "/" (everything that was below it).
+    gone: list[str] = field(default_factory=list)
+
+
+def since_ns(snapshot: Path | None) -> int:
+    """The time of ``snapshot``'s id in nanoseconds (0 for none): it was taken after
+    that (``snapshot.Changes``)."""
+    if snapshot is None:
+        return 0
+    return int(snapshot_time(snapshot.name).timestamp()) * 1_000_000_000
+
+
+def _prev_entries(prev: Path | None, rel: str) -> dict[str, int]:
+    """The entries of the previous snapshot's directory ``rel``: name -> inode number, or
+    its complement (negative) for a directory."""
     if prev is None:
         return {}
     out: dict[str, int] = {}
     try:
         with os.scandir(prev / rel if rel else prev) as it:
             for e in it:
-                out[e.name] = e.inode()
+                out[e.name] = ~e.inode() if e.is_dir(follow_symlinks=False) else e.inode()
     except OSError:
         return {}
     return out
@@ -61,47 +91,69 @@ def _prev_inodes(prev: Path | None, rel: str) -> dict[str, int]:
 
 def compute_stats(tree: Path, previous: Path | None, match: re.Pattern[str] | None = None,
                   found: list[str] | None = None, tighten: bool = False,
-                  regular: list[tuple[str, os.stat_result]] | None = None) -> Stats:
+                  changes: Changes | None = None) -> Stats:
     """Walk ``tree`` once (scandir, no symlink following), comparing inodes by path with
     ``previous``. One directory listing of each tree per directory; no file is opened.
     With ``match``, the relative paths of non-directories whose name matches are
     appended to ``found`` in the same walk (the post-processor's metadata files). With
     ``tighten``, every item (``tree`` included) loses group and world write on the way
-    (``storage.permissions.tighten``). With ``regular``, every regular file's relative
-    path and ``lstat`` are appended to it (the content manifest's input)."""
+    (``storage.permissions.tighten``). With ``changes``, what the content manifest
+    needs is recorded there (``Changes``): every regular file that is not kept, and every
+    entry of ``previous`` that is not."""
     st = Stats()
     if tighten:
         tighten_item(str(tree), os.lstat(tree))
+    try:
+        same_fs = previous is not None and os.lstat(previous).st_dev == os.lstat(tree).st_dev
+    except FileNotFoundError:
+        same_fs = False
+    since = changes.since_ns if changes is not None else 0
+    new = changes.new if changes is not None else None
+    gone = changes.gone if changes is not None else None
+    kept = 0
     stack = [""]
     while stack:
         rel = stack.pop()
-        prev = _prev_inodes(previous, rel)
+        prev = _prev_entries(previous, rel)
+        base = f"{rel}/" if rel else ""
         with os.scandir(tree / rel if rel else tree) as it:
             for e in it:
                 s = e.stat(follow_symlinks=False)
                 if tighten:
                     tighten_item(e.path, s)
                 mode = s.st_mode
+                was = prev.pop(e.name, None)
                 if stat.S_ISDIR(mode):
                     st.dirs += 1
-                    stack.append(f"{rel}/{e.name}" if rel else e.name)
+                    stack.append(base + e.name)
+                    if was is not None and was >= 0 and gone is not None:
+                        gone.append(base + e.name)  # a file there before
                     continue
                 if match is not None and found is not None and match.match(e.name):
-                    found.append(f"{rel}/{e.name}" if rel else e.name)
+                    found.append(base + e.name)
                 if stat.S_ISREG(mode):
                     st.files += 1
                     st.bytes += s.st_size
-                    if regular is not None:
-                        regular.append((f"{rel}/{e.name}" if rel else e.name, s))
-                    if prev.get(e.name) == s.st_ino:
+                    if was == s.st_ino:
                         st.linked_files += 1
+                        if same_fs or s.st_ctime_ns < since:
+                            kept += 1
+                            continue
                     else:
                         st.new_files += 1
                         st.new_bytes += s.st_size
+                    if new is not None:
+                        new.append((base + e.name, s))
                 elif stat.S_ISLNK(mode):
                     st.symlinks += 1
                 else:
                     st.others += 1
+                if was is not None and gone is not None:
+                    gone.append(base + e.name + ("/" if was < 0 else ""))
+        if prev and gone is not None:
+            gone.extend(base + name + ("/" if was < 0 else "") for name, was in prev.items())
+    if changes is not None:
+        changes.files, changes.kept, changes.same_fs = st.files, kept, same_fs
     return st
 
 

@@ -145,6 +145,10 @@ class Backend(Protocol):
         its space is reclaimed by ``purge``. Returns "" when done, else why not
         ("being read", "already gone")."""
 
+    def deleted_ids(self, client: str, volume: str) -> set[str]:
+        """Ids of the volume's snapshots that ``delete`` took out of sight and whose space
+        ``purge`` has not reclaimed yet (``check`` reports one that is also visible)."""
+
     def purge(self, progress: Progress | None = None) -> int:
         """Reclaim the space of what ``delete`` took away, outside any client lock;
         resumable after a kill, one purger at a time (a second returns 0 at once).
@@ -172,6 +176,17 @@ class Backend(Protocol):
         tree, durably (synced before returning), atomically (a reader sees none or all
         of it) and read-only from then on. A second call replaces it atomically; callers
         only do so before the snapshot is visible, or when there was none."""
+
+    def copied_from(self, client: str, volume: str) -> Path | None:
+        """The persistent tree every new snapshot of the volume is a copy of (a mirror
+        backend's ``current/``), or None. A file there whose ctime is older than a
+        snapshot's id has not changed since before that snapshot was copied
+        (``snapshots.manifest`` reuses digests on that ground)."""
+
+    def link_manifest(self, client: str, volume: str, sid: str, source: str) -> None:
+        """Keep as the content manifest of ``sid`` the very bytes of ``source``'s (a
+        snapshot of the same volume that has one), as ``write_manifest`` would; sharing
+        them (a hardlink) where the backend can."""
 
     def open_manifest(self, client: str, volume: str, sid: str) -> BinaryIO | None:
         """The content manifest of ``sid`` opened for reading (the caller closes it),

@@ -217,7 +217,7 @@ class HardlinkBackend(ManifestFiles):
         if isinstance(fd, str):
             return fd
         try:
-            name = f"{client}.{volume}.{sid}.{secrets.token_hex(4)}"
+            name = f"{_trash_prefix(client, volume)}{sid}.{secrets.token_hex(4)}"
             os.rename(snapshots / sid, self.store.trash_dir / name)
         finally:
             os.close(fd)
@@ -225,6 +225,17 @@ class HardlinkBackend(ManifestFiles):
         crash("prune-after-rename")
         self._forget_manifest(client, volume, sid)
         return ""
+
+    def copied_from(self, client: str, volume: str) -> Path | None:
+        return None  # each transfer writes a new tree; unchanged files are hardlinks
+
+    def deleted_ids(self, client: str, volume: str) -> set[str]:
+        try:
+            names = os.listdir(self.store.trash_dir)
+        except FileNotFoundError:
+            return set()
+        prefix = _trash_prefix(client, volume)
+        return {n[len(prefix):].split(".")[0] for n in names if n.startswith(prefix)}
 
     def purge(self, progress: Progress | None = None) -> int:
         try:
@@ -268,6 +279,11 @@ class HardlinkBackend(ManifestFiles):
 
     def measure(self, client: str, progress: MeasureProgress | None = None) -> ClientUsage:
         return hardlink_du.measure(self.store, client, progress)
+
+
+def _trash_prefix(client: str, volume: str) -> str:
+    """How ``delete`` names a snapshot in ``trash/``: this prefix, the id, a random tail."""
+    return f"{client}.{volume}."
 
 
 def _remove(path: Path) -> str:

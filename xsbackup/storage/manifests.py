@@ -6,10 +6,18 @@ are ``snapshots.manifest``'s and opaque here (``base.Backend``'s manifest method
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import BinaryIO
 
-from xsbackup.store import SNAPSHOT_RE, Store, atomic_write, check_snapshot_id, snapshot_sort_key
+from xsbackup.store import (
+    SNAPSHOT_RE,
+    Store,
+    atomic_write,
+    check_snapshot_id,
+    fsync_dir,
+    snapshot_sort_key,
+)
 
 MANIFESTS = "manifests"       # the volume's directory of content manifests
 MANIFEST_SUFFIX = ".jsonl"
@@ -31,6 +39,19 @@ class ManifestFiles:
         path.parent.mkdir(exist_ok=True)
         atomic_write(path, data, mode=MANIFEST_MODE)
         os.chmod(path, MANIFEST_MODE)  # whatever the umask took away, never more
+
+    def link_manifest(self, client: str, volume: str, sid: str, source: str) -> None:
+        """A hardlink: the manifest is mode 0444 and never edited, and deleting either
+        snapshot unlinks only its own name."""
+        path = self._manifest(client, volume, sid)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        os.link(self._manifest(client, volume, source), tmp)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
 
     def open_manifest(self, client: str, volume: str, sid: str) -> BinaryIO | None:
         try:

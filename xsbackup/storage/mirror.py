@@ -133,6 +133,16 @@ class MirrorBackend(ManifestFiles, ABC):
 
     # ---- promotion ---------------------------------------------------------------------
 
+    def copied_from(self, client: str, volume: str) -> Path | None:
+        return self.store.volume_dir(client, volume) / "current"
+
+    def deleted_ids(self, client: str, volume: str) -> set[str]:
+        """Plain trees in ``trash/`` are named the hardlink backend's way (its ``delete``
+        or ``_discard``), so it reads them."""
+        from xsbackup.storage.hardlink import HardlinkBackend
+
+        return HardlinkBackend(self.store).deleted_ids(client, volume)
+
     def _point_latest(self, client: str, volume: str) -> None:
         vol = self.store.volume_dir(client, volume)
         ids = self.store.snapshot_ids(client, volume)
