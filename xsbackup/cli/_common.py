@@ -11,7 +11,7 @@ import click
 
 from xsbackup import config as config_mod
 from xsbackup import units
-from xsbackup.cli.output import emit_json  # noqa: F401 (the commands import it from here)
+from xsbackup.cli.output import emit_json as emit_json  # noqa: PLC0414 (re-exported)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

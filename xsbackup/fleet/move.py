@@ -4,11 +4,15 @@ The target pulls from the source with rsync over SSH (the source's inventory ``h
 ``port`` and ``identity``, which must work from the target too; the target keeps the
 peers' host keys in ``<root>/fleet-known_hosts``). The steps, each safe to repeat:
 
-1. ``copying``: every snapshot of every volume, oldest first, into its final place on the
-   target (``rsync -aHXX --numeric-ids``: every xattr, fake-super records too;
-   ``--link-dest`` the previous moved one, so unchanged files stay shared), each verified
-   byte by byte (``rsync -c -n -i`` must find no difference; it runs while the next one
-   is copied) before the journal records it. The client's record (``client.json``) waits
+1. ``copying``: per volume, the snapshots not moved yet, oldest first, in one rsync
+   stream into their final place on the target (``rsync -aHXX --numeric-ids``: every
+   xattr, fake-super records too) with the last one already moved, so ``-H`` keeps what
+   they share with it and with each other; and their manifests. Then, at once, an rsync
+   dry run against the source (it must find no difference in entries, modes, owners,
+   sizes, mtimes, links or xattrs) and ``fleet verify-copy`` (``fleet.verify``: every
+   file's content against the source's manifest, each distinct inode read once); a
+   snapshot without a manifest is compared byte by byte (``rsync -c -n -i``). Only then
+   does the journal record each. The client's record (``client.json``) waits
    on the target as ``client.json.moving``: not registered there.
 2. ``retiring``: the source forgets the client (``clients remove``: its keys leave
    ``authorized_keys``); what it stored since is copied and verified too, and a transfer
@@ -160,45 +164,66 @@ class Move:
     def _remote(self, path: str) -> str:
         return f"{self.src_server.host}:{path}"
 
-    def _copy_script(self, plan: list[tuple[str, str, str | None]]) -> str:
-        """Per snapshot: the copy, then the byte-by-byte comparison, which runs while the
-        next snapshot is copied; ``VERIFIED <volume> <id>`` is printed, in order, once
-        the comparison found no difference."""
+    def _copy_script(self, plan: list[tuple[str, list[str], str | None]]) -> str:
+        """Per volume, one ``rsync -aHXX`` stream of its snapshots to copy (with the last
+        one already moved, so ``-H`` keeps what they share with it) and one of their
+        manifests. Then two checks at once: an rsync dry run against the source
+        (entries, types, modes, owners, sizes, mtimes, links, xattrs) and ``fleet
+        verify-copy`` (every file's content against the manifest, each inode read
+        once); a snapshot without a manifest is compared byte by byte instead. Then
+        ``VERIFIED <volume> <id>`` for each, in order."""
         body: list[str] = []
-        for k, (volume, sid, previous) in enumerate(plan):
-            src = self._remote(f"{self.src_dir}/volumes/{volume}/snapshots/{sid}/")
-            dst = f"{self.dst_dir}/volumes/{volume}/snapshots/{sid}/"
-            link = [f"--link-dest=../{previous}"] if previous else []
-            body += [f"mkdir -p {shlex.quote(dst)}",
-                     self._rsync("--delete", *link, src, dst)]
-            if k:
-                body.append(self._checked(k - 1, *plan[k - 1][:2]))
-            body.append(f'({self._rsync("--delete", "-c", "-n", "-i", src, dst)} '
-                        f'>"$m/v{k}" 2>&1; echo $? >"$m/rc{k}") & v=$!')
-        if plan:
-            body.append(self._checked(len(plan) - 1, *plan[-1][:2]))
+        for volume, ids, base in plan:
+            vol_src, vol_dst = (f"{self.src_dir}/volumes/{volume}",
+                                f"{self.dst_dir}/volumes/{volume}")
+            snaps = [self._remote(f"{vol_src}/snapshots/./{sid}")
+                     for sid in ([base] if base else []) + ids]
+            dst, mf = f"{vol_dst}/snapshots/", f"{vol_dst}/manifests"
+            manifests = [self._remote(f"{vol_src}/manifests/./{sid}.jsonl") for sid in ids]
+            body += [f"mkdir -p {shlex.quote(dst)} {shlex.quote(mf)}",
+                     self._rsync("-R", "--delete", *snaps, dst),
+                     self._rsync("-R", "--ignore-missing-args", *manifests, f"{mf}/"),
+                     self._background("meta", "-R", "--delete", "-n", "-i", *snaps, dst),
+                     f"ids=; for i in {' '.join(ids)}; do if test -s {shlex.quote(mf)}/"
+                     '"$i.jsonl"; then ids="$ids $i"; fi; done',
+                     f"{XSBACKUP} fleet verify-copy {self.journal.serial} {volume} $ids",
+                     self._checked("meta", volume)]
+            for sid in ids:
+                bytes_check = self._background(
+                    "bytes", "--delete", "-c", "-n", "-i",
+                    self._remote(f"{vol_src}/snapshots/{sid}/"), f"{dst}{sid}/")
+                body.append(f"if ! test -s {shlex.quote(f'{mf}/{sid}.jsonl')}; then "
+                            f"{bytes_check}; {self._checked('bytes', f'{volume} {sid}')}; "
+                            f"fi; echo VERIFIED {volume} {sid}")
         return self._script(body)
 
+    def _background(self, name: str, *args: str) -> str:
+        """An rsync check run in the background: its output in ``$m/<name>``, its exit
+        status in ``$m/<name>.rc``, its process in ``$v``."""
+        return (f'({self._rsync(*args)} >"$m/{name}" 2>&1; echo $? >"$m/{name}.rc") & '
+                "v=$!")
+
     @staticmethod
-    def _checked(k: int, volume: str, sid: str) -> str:
-        """Wait for comparison ``k``: a failure or a difference ends the script."""
-        return (f'wait "$v"; if [ "$(cat "$m/rc{k}")" != 0 ]; then tail -n 1 "$m/v{k}" >&2; '
-                f'exit 3; fi; if [ -s "$m/v{k}" ]; then echo "DIFFERS {volume} {sid} '
-                f'$(head -n 1 "$m/v{k}")"; exit 3; fi; echo VERIFIED {volume} {sid}')
+    def _checked(name: str, label: str) -> str:
+        """Wait for the check ``name``: a failure or a difference (any output) ends the
+        script."""
+        return (f'wait "$v"; if [ "$(cat "$m/{name}.rc")" != 0 ]; then tail -n 1 '
+                f'"$m/{name}" >&2; exit 3; fi; if [ -s "$m/{name}" ]; then echo "DIFFERS '
+                f'{label} $(head -n 1 "$m/{name}")"; exit 3; fi')
 
     def copy_all(self, journal_path: Path) -> None:
-        """Every source snapshot the journal does not hold yet, oldest first, each
-        ``--link-dest`` the one before it; the journal records each as it is verified."""
+        """Every source snapshot the journal does not hold yet, oldest first, per volume
+        with the one moved before the first of them; the journal records each as it is
+        verified."""
         snaps, _ = self.listing()
         total = sum(len(ids) for ids in snaps.values())
-        plan: list[tuple[str, str, str | None]] = []
+        plan: list[tuple[str, list[str], str | None]] = []
         for volume, ids in snaps.items():
             done = self.journal.done.setdefault(volume, [])
-            previous: str | None = done[-1] if done else None
-            for sid in ids:
-                if sid not in done:
-                    plan.append((volume, sid, previous))
-                previous = sid
+            todo = [sid for sid in ids if sid not in done]
+            if todo:
+                before = [sid for sid in ids[:ids.index(todo[0])] if sid in done]
+                plan.append((volume, todo, before[-1] if before else None))
         if not plan:
             return
         sink = _Verified(self, journal_path, total)
