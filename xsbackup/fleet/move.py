@@ -156,7 +156,7 @@ class Move:
                           *(["-i", s.identity] if s.identity else [])])
         host = shlex.quote(s.host)
         return "\n".join([
-            "set -e", 'm=$(mktemp -d)', f"rsh={shlex.quote(ssh)}' -S '\"$m/s\"",
+            "set -e", "umask 077", 'm=$(mktemp -d)', f"rsh={shlex.quote(ssh)}' -S '\"$m/s\"",
             f"trap 'eval \"$rsh -O exit {host}\" 2>/dev/null; rm -rf \"$m\"' EXIT",
             "trap 'exit 1' HUP INT TERM PIPE",
             f'eval "$rsh -M -o ControlPersist=no -fN {host}"', *body])
@@ -164,7 +164,7 @@ class Move:
     def _remote(self, path: str) -> str:
         return f"{self.src_server.host}:{path}"
 
-    def _copy_script(self, plan: list[tuple[str, list[str], str | None]]) -> str:
+    def _copy_body(self, plan: list[tuple[str, list[str], str | None]]) -> list[str]:
         """Per volume, one ``rsync -aHXX`` stream of its snapshots to copy (with the last
         one already moved, so ``-H`` keeps what they share with it) and one of their
         manifests. Then two checks at once: an rsync dry run against the source
@@ -195,7 +195,7 @@ class Move:
                 body.append(f"if ! test -s {shlex.quote(f'{mf}/{sid}.jsonl')}; then "
                             f"{bytes_check}; {self._checked('bytes', f'{volume} {sid}')}; "
                             f"fi; echo VERIFIED {volume} {sid}")
-        return self._script(body)
+        return body
 
     def _background(self, name: str, *args: str) -> str:
         """An rsync check run in the background: its output in ``$m/<name>``, its exit
@@ -211,11 +211,14 @@ class Move:
                 f'"$m/{name}" >&2; exit 3; fi; if [ -s "$m/{name}" ]; then echo "DIFFERS '
                 f'{label} $(head -n 1 "$m/{name}")"; exit 3; fi')
 
-    def copy_all(self, journal_path: Path) -> None:
-        """Every source snapshot the journal does not hold yet, oldest first, per volume
-        with the one moved before the first of them; the journal records each as it is
-        verified."""
-        snaps, _ = self.listing()
+    def copy_all(self, journal_path: Path, snaps: dict[str, list[str]] | None = None,
+                 then: list[str] | None = None) -> None:
+        """Every source snapshot (``snaps``, else the source's listing) the journal does
+        not hold yet, oldest first, per volume with the one moved before the first of
+        them; the journal records each as it is verified. ``then``: more of the same
+        script, run once they all are."""
+        if snaps is None:
+            snaps, _ = self.listing()
         total = sum(len(ids) for ids in snaps.values())
         plan: list[tuple[str, list[str], str | None]] = []
         for volume, ids in snaps.items():
@@ -224,11 +227,12 @@ class Move:
             if todo:
                 before = [sid for sid in ids[:ids.index(todo[0])] if sid in done]
                 plan.append((volume, todo, before[-1] if before else None))
-        if not plan:
+        if not plan and not then:
             return
         sink = _Verified(self, journal_path, total)
         try:
-            result = self.dst.conn.run(self._copy_script(plan), hide=False, warn=True,
+            result = self.dst.conn.run(self._script(self._copy_body(plan) + (then or [])),
+                                       hide=False, warn=True,
                                        in_stream=False, out_stream=sink,
                                        err_stream=io.StringIO())
         except Exception as e:  # fabric, paramiko and sockets raise many kinds
@@ -240,15 +244,16 @@ class Move:
                              "run move-client again to resume")
 
 
-    def stage_record(self) -> None:
-        """The record and the client directory's facts and reports, not yet registered."""
-        self.dst.sh(self._script([
-            f"mkdir -p {shlex.quote(self.dst_dir)}/reports",
-            self._rsync("--exclude=/*", self._remote(f"{self.src_dir}/"), f"{self.dst_dir}/"),
-            self._rsync("--delete", self._remote(f"{self.src_dir}/reports/"),
-                        f"{self.dst_dir}/reports/"),
-            self._rsync(self._remote(f"{self.src_dir}/client.json"),
-                        f"{self.dst_dir}/client.json.moving")]), "staging the client record")
+    def staging(self) -> list[str]:
+        """The script lines that stage the record and the client directory's facts and
+        reports on the target, not yet registered."""
+        return [f"mkdir -p {shlex.quote(self.dst_dir)}/reports",
+                self._rsync("--exclude=/*", self._remote(f"{self.src_dir}/"),
+                            f"{self.dst_dir}/"),
+                self._rsync("--delete", self._remote(f"{self.src_dir}/reports/"),
+                            f"{self.dst_dir}/reports/"),
+                self._rsync(self._remote(f"{self.src_dir}/client.json"),
+                            f"{self.dst_dir}/client.json.moving")]
 
     def register(self) -> None:
         d = shlex.quote(self.dst_dir)
@@ -352,8 +357,7 @@ def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
 def _run(move: Move, journal: Journal, journal_path: Path) -> None:
     sn, progress = journal.serial, move.progress
     if journal.phase == "copying":
-        move.copy_all(journal_path)
-        move.stage_record()
+        move.copy_all(journal_path, then=move.staging())
         crash("fleet-move-staged")
         journal.phase = "retiring"
         journal.save(journal_path)
@@ -361,12 +365,12 @@ def _run(move: Move, journal: Journal, journal_path: Path) -> None:
         move.src.sh(f"{XSBACKUP} clients remove {shlex.quote(sn)}",
                     f"removing {sn} from the source", ok=(0, ClientNotFound.exit_code))
         progress(f"{sn}: removed from {journal.source}")
-        _, waiting = move.listing()
+        snaps, waiting = move.listing()
         if waiting:
             raise MoveFailed(f"{journal.source} has transfers of {sn} waiting for its "
                              f"post-processor ({', '.join(waiting)}); run xsbackup "
                              "postprocess there, then move-client again")
-        move.copy_all(journal_path)
+        move.copy_all(journal_path, snaps)
         move.register()
         journal.phase = "registered"
         journal.save(journal_path)
