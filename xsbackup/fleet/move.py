@@ -14,19 +14,24 @@ peers' host keys in ``<root>/fleet-known_hosts``). The steps, each safe to repea
    snapshot without a manifest is compared byte by byte (``rsync -c -n -i``). Only then
    does the journal record each. The client's record (``client.json``) waits
    on the target as ``client.json.moving``: not registered there.
-2. ``retiring``: the source forgets the client (``clients remove``: its keys leave
-   ``authorized_keys``); what it stored since is copied and verified too, and a transfer
-   still waiting for the source's post-processor stops the move (run it again later).
-3. ``registered``: the record becomes ``client.json`` on the target, ``latest`` is set and
-   ``authorized_keys`` rebuilt: the client now backs up there.
+2. ``retiring``: the source disables the client (``clients disable``: its keys leave
+   ``authorized_keys``, its record stays, so it is still registered there); what it
+   stored since is copied and verified too, and a transfer still waiting for the
+   source's post-processor stops the move (run it again later; the client stays
+   registered on the source meanwhile). Then the switch, one script on the target: the
+   source's ``clients remove`` through the target's SSH connection to it, and at once
+   the staged record's rename into ``client.json``.
+3. ``registered``: ``latest`` is set and ``authorized_keys`` rebuilt on the target: the
+   client now backs up there.
 4. The source's copy goes to its ``trash/`` (its next prune frees the space), and the
    journal is removed.
 
 The journal (``<root>/fleet/move-<SN>.json`` of the state root running the command) says
 which step is under way; killed anywhere, the same command resumes, and no snapshot is lost
-or copied twice. The client's record exists on exactly one server, except between the
-source's ``clients remove`` and the target's rename, where it exists on none (a device
-trying then is refused and retries later).
+or copied twice. The client's record exists on exactly one server, except between the end
+of the source's ``clients remove`` and the rename that follows it in the same script on
+the target (the time for ssh to return), where it exists on none; a kill in that instant
+leaves it so until the move is resumed.
 """
 
 from __future__ import annotations
@@ -255,16 +260,29 @@ class Move:
                 self._rsync(self._remote(f"{self.src_dir}/client.json"),
                             f"{self.dst_dir}/client.json.moving")]
 
-    def register(self) -> None:
+    def switch(self) -> None:
+        """The registration moves: one script on the target runs the source's ``clients
+        remove`` (through its SSH connection to the source) and at once renames the
+        staged record into place, so the client is registered nowhere only between that
+        command's end and the rename; then ``latest`` is set and ``authorized_keys``
+        rebuilt there. A client the source no longer knows (a switch cut short) is
+        registered here all the same."""
         d = shlex.quote(self.dst_dir)
-        links = " && ".join(
-            f"ln -sfn snapshots/{ids[-1]} {d}/volumes/{v}/.latest.moving && "
-            f"mv -T {d}/volumes/{v}/.latest.moving {d}/volumes/{v}/latest"
-            for v, ids in self.journal.done.items() if ids) or "true"
-        self.dst.sh(f"{links} && if test -e {d}/client.json.moving; then "
-                    f"mv {d}/client.json.moving {d}/client.json; fi && "
-                    f"test -e {d}/client.json && {XSBACKUP} keys",
-                    "registering the client")
+        src = self.src_server
+        remove = shlex.join([src.command, "--root", src.root, "clients", "remove",
+                             self.journal.serial])
+        links = [f"ln -sfn snapshots/{ids[-1]} {d}/volumes/{v}/.latest.moving && "
+                 f"mv -T {d}/volumes/{v}/.latest.moving {d}/volumes/{v}/latest"
+                 for v, ids in self.journal.done.items() if ids]
+        self.dst.sh(self._script([
+            *links, "r=0",
+            f'eval "$rsh" {_twice(src.host)} {_twice(remove)} >/dev/null || r=$?',
+            f'if [ "$r" != 0 ] && [ "$r" != {ClientNotFound.exit_code} ]; then echo "the '
+            'source\'s clients remove: exit $r" >&2; exit 3; fi',
+            f"if test -e {d}/client.json.moving; then mv {d}/client.json.moving "
+            f"{d}/client.json; fi",
+            f"test -e {d}/client.json", f"{XSBACKUP} keys"]),
+            "switching the registration")
 
     def close(self) -> None:
         self.src.close()
@@ -303,6 +321,11 @@ class _Verified:
 
     def flush(self) -> None:
         return None
+
+
+def _twice(word: str) -> str:
+    """``word`` quoted for a line that ``eval`` parses once more."""
+    return shlex.quote(shlex.quote(word))
 
 
 def find_source(inv: Inventory, serial: str, timeout: float) -> FleetServer:
@@ -362,19 +385,24 @@ def _run(move: Move, journal: Journal, journal_path: Path) -> None:
         journal.phase = "retiring"
         journal.save(journal_path)
     if journal.phase == "retiring":
-        move.src.sh(f"{XSBACKUP} clients remove {shlex.quote(sn)}",
-                    f"removing {sn} from the source", ok=(0, ClientNotFound.exit_code))
-        progress(f"{sn}: removed from {journal.source}")
+        # Disabled, the client stays registered on the source (its keys leave there)
+        # until the switch; a move stopped before it leaves it there.
+        move.src.sh(f"{XSBACKUP} clients disable {shlex.quote(sn)}",
+                    f"disabling {sn} on the source", ok=(0, ClientNotFound.exit_code))
+        progress(f"{sn}: disabled on {journal.source} until the switch")
         snaps, waiting = move.listing()
         if waiting:
             raise MoveFailed(f"{journal.source} has transfers of {sn} waiting for its "
                              f"post-processor ({', '.join(waiting)}); run xsbackup "
-                             "postprocess there, then move-client again")
+                             "postprocess there, then move-client again (the client "
+                             f"stays registered on {journal.source}, disabled; clients "
+                             "enable there gives up the move)")
         move.copy_all(journal_path, snaps)
-        move.register()
+        crash("fleet-move-retired")
+        move.switch()
         journal.phase = "registered"
         journal.save(journal_path)
-        progress(f"{sn}: registered on {journal.target}")
+        progress(f"{sn}: removed from {journal.source}, registered on {journal.target}")
         crash("fleet-move-registered")
     trash = f"{move.src_server.root}/trash/client-{sn}-moved-{int(journal.started)}"
     d = shlex.quote(move.src_dir)
