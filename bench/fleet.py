@@ -175,11 +175,11 @@ def part_status(base: Path, args: argparse.Namespace, admin: Path) -> dict[str, 
         doc = orjson.loads(subprocess.run(fleet, capture_output=True, check=True).stdout)
         assert doc["failed"] == 0
         assert len(doc["clients"]) == args.servers * args.clients
-        trivial = trivial_remote(base / "status", servers, admin, args.runs)
         _, root, sshd = servers[-1]
         floor = cpu_floor(fleet, [*sshd.rsh(admin).split(), "127.0.0.1",
                                   f"{XSBACKUP} --root {root} status --json"],
                           [s for _, _, s in servers], args.runs)
+        trivial = trivial_remote(base / "status", servers, admin, args.runs)  # moves inv
         return {"servers": args.servers, "clients_per_server": args.clients,
                 "trivial_remote": trivial, "cpu": floor,
                 "ratio_floor_over_slowest_single": floor["fleet_floor_seconds"]

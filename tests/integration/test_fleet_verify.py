@@ -26,7 +26,8 @@ def two_snapshots(server: Server, tmp_path: Path) -> tuple[list[str], Path]:
     (src / "same").write_bytes(os.urandom(50_000))
     (src / "sub" / "note").write_text("one\n")
     assert local_push(server, SN, src).returncode == 0
-    (src / "sub" / "note").write_text("two\n")
+    (src / "sub" / "note").write_text("second\n")
+    os.utime(src / "sub" / "note", (1_700_000_000, 1_700_000_000))  # surely changed
     assert local_push(server, SN, src).returncode == 0
     server.xsbackup("postprocess")
     ids = server.store.snapshot_ids(SN, "documents")
@@ -65,7 +66,7 @@ def test_changed_content_of_the_same_size_and_mtime_is_found(
     victim = copy / ids[1] / "sub" / "note"
     st = victim.stat()
     victim.unlink()  # its own inode: the first snapshot's copy stays right
-    victim.write_text("owt\n")
+    victim.write_text("SECOND\n")
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(Differs, match=f"documents/{ids[1]}/sub/note: content differs"):
         run(server, copy, ids)

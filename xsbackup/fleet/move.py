@@ -19,12 +19,12 @@ peers' host keys in ``<root>/fleet-known_hosts``). The steps, each safe to repea
    stored since is copied and verified too, and a transfer still waiting for the
    source's post-processor stops the move (run it again later; the client stays
    registered on the source meanwhile). Then the switch, one script on the target: the
-   source's ``clients remove`` through the target's SSH connection to it, and at once
-   the staged record's rename into ``client.json``.
-3. ``registered``: ``latest`` is set and ``authorized_keys`` rebuilt on the target: the
-   client now backs up there.
-4. The source's copy goes to its ``trash/`` (its next prune frees the space), and the
-   journal is removed.
+   source's ``clients remove`` through the target's SSH connection to it (the same
+   command sends the source's copy to its ``trash/``, which its next prune frees), and
+   at once the staged record's rename into ``client.json``; ``latest`` is set and
+   ``authorized_keys`` rebuilt there: the client now backs up there.
+3. ``registered``: the journal is removed (a run resumed here sends the source's copy to
+   its trash, if the switch did not get to it).
 
 The journal (``<root>/fleet/move-<SN>.json`` of the state root running the command) says
 which step is under way; killed anywhere, the same command resumes, and no snapshot is lost
@@ -126,12 +126,17 @@ class Move:
         self.src_dir = f"{self.src_server.root}/clients/{sn}"
         self.dst_dir = f"{self.dst_server.root}/clients/{sn}"
 
-    def listing(self) -> tuple[dict[str, list[str]], list[str]]:
-        """The source's snapshots per volume (oldest first) and its waiting transfers."""
+    def listing(self, first: str = "", what: str = "listing snapshots"
+                ) -> tuple[dict[str, list[str]], list[str]]:
+        """The source's snapshots per volume (oldest first) and its waiting transfers;
+        ``first``: a command the same session runs before (0 or ``ClientNotFound``'s
+        exit status, else the listing fails)."""
         d = shlex.quote(f"{self.src_dir}/volumes")
-        _, out = self.src.sh(f"test -d {d} || exit 0; cd {d} && find . -mindepth 3 "
+        before = (f"{first} >/dev/null; r=$?; if [ $r != 0 ] && [ $r != "
+                  f"{ClientNotFound.exit_code} ]; then exit $r; fi; ") if first else ""
+        _, out = self.src.sh(f"{before}test -d {d} || exit 0; cd {d} && find . -mindepth 3 "
                              "-maxdepth 3 -type d \\( -path './*/snapshots/*' -o -path "
-                             "'./*/incoming/*' \\) -print", "listing snapshots")
+                             "'./*/incoming/*' \\) -print", what)
         snaps: dict[str, list[str]] = {}
         waiting = []
         for line in out.splitlines():
@@ -171,8 +176,8 @@ class Move:
 
     def _copy_body(self, plan: list[tuple[str, list[str], str | None]]) -> list[str]:
         """Per volume, one ``rsync -aHXX`` stream of its snapshots to copy (with the last
-        one already moved, so ``-H`` keeps what they share with it) and one of their
-        manifests. Then two checks at once: an rsync dry run against the source
+        one already moved, so ``-H`` keeps what they share with it) and, beside it, one
+        of their manifests. Then two checks at once: an rsync dry run against the source
         (entries, types, modes, owners, sizes, mtimes, links, xattrs) and ``fleet
         verify-copy`` (every file's content against the manifest, each inode read
         once); a snapshot without a manifest is compared byte by byte instead. Then
@@ -186,42 +191,49 @@ class Move:
             dst, mf = f"{vol_dst}/snapshots/", f"{vol_dst}/manifests"
             manifests = [self._remote(f"{vol_src}/manifests/./{sid}.jsonl") for sid in ids]
             body += [f"mkdir -p {shlex.quote(dst)} {shlex.quote(mf)}",
+                     self._job("mf", self._rsync("-R", "--ignore-missing-args", *manifests,
+                                                 f"{mf}/")),
                      self._rsync("-R", "--delete", *snaps, dst),
-                     self._rsync("-R", "--ignore-missing-args", *manifests, f"{mf}/"),
-                     self._background("meta", "-R", "--delete", "-n", "-i", *snaps, dst),
+                     self._job("meta", self._rsync("-R", "--delete", "-n", "-i", *snaps, dst)),
+                     self._waited("mf"),
                      f"ids=; for i in {' '.join(ids)}; do if test -s {shlex.quote(mf)}/"
                      '"$i.jsonl"; then ids="$ids $i"; fi; done',
                      f"{XSBACKUP} fleet verify-copy {self.journal.serial} {volume} $ids",
                      self._checked("meta", volume)]
             for sid in ids:
-                bytes_check = self._background(
-                    "bytes", "--delete", "-c", "-n", "-i",
-                    self._remote(f"{vol_src}/snapshots/{sid}/"), f"{dst}{sid}/")
+                bytes_check = self._job("bytes", self._rsync(
+                    "--delete", "-c", "-n", "-i",
+                    self._remote(f"{vol_src}/snapshots/{sid}/"), f"{dst}{sid}/"))
                 body.append(f"if ! test -s {shlex.quote(f'{mf}/{sid}.jsonl')}; then "
                             f"{bytes_check}; {self._checked('bytes', f'{volume} {sid}')}; "
                             f"fi; echo VERIFIED {volume} {sid}")
         return body
 
-    def _background(self, name: str, *args: str) -> str:
-        """An rsync check run in the background: its output in ``$m/<name>``, its exit
-        status in ``$m/<name>.rc``, its process in ``$v``."""
-        return (f'({self._rsync(*args)} >"$m/{name}" 2>&1; echo $? >"$m/{name}.rc") & '
-                "v=$!")
+    @staticmethod
+    def _job(name: str, command: str) -> str:
+        """``command`` run in the background: its output in ``$m/<name>``, its exit
+        status in ``$m/<name>.rc``, its process in ``$j_<name>``."""
+        return f'( ({command}) >"$m/{name}" 2>&1; echo $? >"$m/{name}.rc" ) & j_{name}=$!'
 
     @staticmethod
-    def _checked(name: str, label: str) -> str:
+    def _waited(name: str) -> str:
+        """Wait for the job ``name``: a failure ends the script with its last line."""
+        return (f'wait "$j_{name}"; if [ "$(cat "$m/{name}.rc")" != 0 ]; then tail -n 1 '
+                f'"$m/{name}" >&2; exit 3; fi')
+
+    @classmethod
+    def _checked(cls, name: str, label: str) -> str:
         """Wait for the check ``name``: a failure or a difference (any output) ends the
         script."""
-        return (f'wait "$v"; if [ "$(cat "$m/{name}.rc")" != 0 ]; then tail -n 1 '
-                f'"$m/{name}" >&2; exit 3; fi; if [ -s "$m/{name}" ]; then echo "DIFFERS '
-                f'{label} $(head -n 1 "$m/{name}")"; exit 3; fi')
+        return (f'{cls._waited(name)}; if [ -s "$m/{name}" ]; then echo "DIFFERS {label} '
+                f'$(head -n 1 "$m/{name}")"; exit 3; fi')
 
     def copy_all(self, journal_path: Path, snaps: dict[str, list[str]] | None = None,
-                 then: list[str] | None = None) -> None:
+                 stage: bool = False) -> None:
         """Every source snapshot (``snaps``, else the source's listing) the journal does
         not hold yet, oldest first, per volume with the one moved before the first of
-        them; the journal records each as it is verified. ``then``: more of the same
-        script, run once they all are."""
+        them; the journal records each as it is verified. ``stage``: the same script
+        stages the record meanwhile (``staging``)."""
         if snaps is None:
             snaps, _ = self.listing()
         total = sum(len(ids) for ids in snaps.values())
@@ -232,11 +244,13 @@ class Move:
             if todo:
                 before = [sid for sid in ids[:ids.index(todo[0])] if sid in done]
                 plan.append((volume, todo, before[-1] if before else None))
-        if not plan and not then:
+        if not plan and not stage:
             return
+        staging = [self._job("stage", "set -e; " + "; ".join(self.staging()))] if stage else []
+        body = staging + self._copy_body(plan) + [self._waited("stage")] * stage
         sink = _Verified(self, journal_path, total)
         try:
-            result = self.dst.conn.run(self._script(self._copy_body(plan) + (then or [])),
+            result = self.dst.conn.run(self._script(body),
                                        hide=False, warn=True,
                                        in_stream=False, out_stream=sink,
                                        err_stream=io.StringIO())
@@ -252,11 +266,8 @@ class Move:
     def staging(self) -> list[str]:
         """The script lines that stage the record and the client directory's facts and
         reports on the target, not yet registered."""
-        return [f"mkdir -p {shlex.quote(self.dst_dir)}/reports",
-                self._rsync("--exclude=/*", self._remote(f"{self.src_dir}/"),
-                            f"{self.dst_dir}/"),
-                self._rsync("--delete", self._remote(f"{self.src_dir}/reports/"),
-                            f"{self.dst_dir}/reports/"),
+        return [self._rsync("--delete", "--include=/reports/***", "--exclude=/*",
+                            self._remote(f"{self.src_dir}/"), f"{self.dst_dir}/"),
                 self._rsync(self._remote(f"{self.src_dir}/client.json"),
                             f"{self.dst_dir}/client.json.moving")]
 
@@ -266,23 +277,35 @@ class Move:
         staged record into place, so the client is registered nowhere only between that
         command's end and the rename; then ``latest`` is set and ``authorized_keys``
         rebuilt there. A client the source no longer knows (a switch cut short) is
-        registered here all the same."""
+        registered here all the same. The source command also sends the source's copy
+        to its trash once the record is gone (the target's copy is verified by then)."""
         d = shlex.quote(self.dst_dir)
         src = self.src_server
         remove = shlex.join([src.command, "--root", src.root, "clients", "remove",
-                             self.journal.serial])
+                             self.journal.serial]) + f" >/dev/null; r=$?; {self.trash_command()}"
         links = [f"ln -sfn snapshots/{ids[-1]} {d}/volumes/{v}/.latest.moving && "
                  f"mv -T {d}/volumes/{v}/.latest.moving {d}/volumes/{v}/latest"
                  for v, ids in self.journal.done.items() if ids]
         self.dst.sh(self._script([
             *links, "r=0",
-            f'eval "$rsh" {_twice(src.host)} {_twice(remove)} >/dev/null || r=$?',
+            f'eval "$rsh" {_twice(src.host)} {_twice(remove)} || r=$?',
             f'if [ "$r" != 0 ] && [ "$r" != {ClientNotFound.exit_code} ]; then echo "the '
             'source\'s clients remove: exit $r" >&2; exit 3; fi',
             f"if test -e {d}/client.json.moving; then mv {d}/client.json.moving "
             f"{d}/client.json; fi",
             f"test -e {d}/client.json", f"{XSBACKUP} keys"]),
             "switching the registration")
+
+    def trash_command(self) -> str:
+        """A source command: unless ``$r`` says ``clients remove`` failed (neither 0 nor
+        ``ClientNotFound``), the client's directory goes to the source's ``trash/``;
+        exit ``$r``."""
+        sn = self.journal.serial
+        d = shlex.quote(self.src_dir)
+        trash = shlex.quote(f"{self.src_server.root}/trash/client-{sn}-moved-"
+                            f"{int(self.journal.started)}")
+        return (f"if [ $r = 0 ] || [ $r = {ClientNotFound.exit_code} ]; then if test -e {d}; "
+                f"then mv {d} {trash} || exit 1; fi; fi; exit $r")
 
     def close(self) -> None:
         self.src.close()
@@ -358,17 +381,14 @@ def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
         if source.name == inv.get(target).name:
             raise MoveFailed(f"client {serial} is already on {target}")
         journal = Journal(serial, source.name, target)
-        move = Move(inv, journal, timeout, progress)
-        try:
+    move = Move(inv, journal, timeout, progress)
+    try:
+        if not journal_path.exists():
             d = shlex.quote(move.dst_dir)
             move.dst.sh(f"test ! -e {d}", f"{target} already holds data of {serial} "
                         "(remove it there with clients remove --purge first)")
-        finally:
-            move.close()
-        journal_dir.mkdir(mode=0o700, exist_ok=True)
-        journal.save(journal_path)
-    move = Move(inv, journal, timeout, progress)
-    try:
+            journal_dir.mkdir(mode=0o700, exist_ok=True)
+            journal.save(journal_path)
         _run(move, journal, journal_path)
     finally:
         move.close()
@@ -380,17 +400,16 @@ def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
 def _run(move: Move, journal: Journal, journal_path: Path) -> None:
     sn, progress = journal.serial, move.progress
     if journal.phase == "copying":
-        move.copy_all(journal_path, then=move.staging())
+        move.copy_all(journal_path, stage=True)
         crash("fleet-move-staged")
         journal.phase = "retiring"
         journal.save(journal_path)
     if journal.phase == "retiring":
         # Disabled, the client stays registered on the source (its keys leave there)
         # until the switch; a move stopped before it leaves it there.
-        move.src.sh(f"{XSBACKUP} clients disable {shlex.quote(sn)}",
-                    f"disabling {sn} on the source", ok=(0, ClientNotFound.exit_code))
+        snaps, waiting = move.listing(f"{XSBACKUP} clients disable {shlex.quote(sn)}",
+                                      f"disabling {sn} on the source")
         progress(f"{sn}: disabled on {journal.source} until the switch")
-        snaps, waiting = move.listing()
         if waiting:
             raise MoveFailed(f"{journal.source} has transfers of {sn} waiting for its "
                              f"post-processor ({', '.join(waiting)}); run xsbackup "
@@ -402,10 +421,10 @@ def _run(move: Move, journal: Journal, journal_path: Path) -> None:
         move.switch()
         journal.phase = "registered"
         journal.save(journal_path)
-        progress(f"{sn}: removed from {journal.source}, registered on {journal.target}")
+        progress(f"{sn}: registered on {journal.target}; the source copy on "
+                 f"{journal.source} is in its trash")
         crash("fleet-move-registered")
-    trash = f"{move.src_server.root}/trash/client-{sn}-moved-{int(journal.started)}"
-    d = shlex.quote(move.src_dir)
-    move.src.sh(f"if test -e {d}; then mv {d} {shlex.quote(trash)}; fi",
-                "sending the source copy to trash")
+        return
+    # Registered before this run, which cannot tell whether the switch's trash step ran.
+    move.src.sh("r=0; " + move.trash_command(), "sending the source copy to trash")
     progress(f"{sn}: the source copy on {journal.source} is in its trash")
