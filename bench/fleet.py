@@ -17,8 +17,15 @@ the forced command, then the post-processor). Timed once each, interleaved over
 back the other way, so every run moves the same history), against ``rsync -aH`` of the
 snapshots directory from one root into a fresh directory of the other (local, no ssh: the
 cost floor of copying the history with its sharing). Target: move at most 1.3 x rsync.
-The move also reads every byte twice more (its byte-by-byte verification,
-``rsync -c -n``), goes through ssh, and journals each snapshot.
+The move also copies every xattr (the facts and fake-super records) and the manifests,
+goes through ssh, checks the copy (an rsync dry run against the source for metadata,
+every distinct inode's content against the source's manifests), and journals each
+snapshot.
+
+Status also reports the CPU both sides spend (``cpu``): the fleet process's own, and
+every server's sessions (the sshd listeners' reaped children: sshd, the login shell
+with whatever it sources, ``xsbackup status``), and the floor they put on the fleet's
+wall time when spread over every core of this one machine.
 
 Usage: ``python bench/fleet.py [--servers 10] [--files 20000] [--runs 3]``.
 Smoke run: ``python bench/fleet.py --servers 3 --files 500 --snapshots 3 --runs 1
@@ -29,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +110,47 @@ def inventory(base: Path, servers: list[tuple[str, Path, Sshd]], admin: Path) ->
     return path
 
 
+def _sshd_cpu(sshds: list[Sshd]) -> float:
+    """CPU seconds of every finished session of these sshds (each listener's reaped
+    children: the session's sshd, the user's shell, the command)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for sshd in sshds:
+        assert sshd.proc is not None
+        fields = Path(f"/proc/{sshd.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return total / tick
+
+
+def cpu_of(argv: list[str], sshds: list[Sshd]) -> tuple[float, float]:
+    """(local, remote) CPU seconds of one run of ``argv``: its own process tree, and the
+    sessions it caused on the loopback sshds."""
+    before_local = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before_remote = _sshd_cpu(sshds)
+    run_timed(argv)
+    time.sleep(0.3)  # each session's sshd is reaped by its listener
+    after_local = resource.getrusage(resource.RUSAGE_CHILDREN)
+    local = (after_local.ru_utime + after_local.ru_stime
+             - before_local.ru_utime - before_local.ru_stime)
+    return local, _sshd_cpu(sshds) - before_remote
+
+
+def cpu_floor(fleet: list[str], single: list[str], sshds: list[Sshd],
+              runs: int) -> dict[str, Any]:
+    """What the fleet run costs in CPU, on this machine's cores: its local side (Python,
+    fabric, the handshakes), every server's side, and the wall-clock floor that leaves
+    (all of it spread over every core); and one single status's remote side."""
+    fl = [cpu_of(fleet, sshds) for _ in range(runs)]
+    one = [cpu_of(single, sshds) for _ in range(runs)]
+    local, remote = median([a for a, _ in fl]), median([b for _, b in fl])
+    cores = os.cpu_count() or 1
+    return {"cores": cores, "fleet_local_cpu": local, "fleet_remote_cpu": remote,
+            "remote_cpu_per_server": remote / len(sshds),
+            "single_local_cpu": median([a for a, _ in one]),
+            "single_remote_cpu": median([b for _, b in one]),
+            "fleet_floor_seconds": (local + remote) / cores}
+
+
 def part_status(base: Path, args: argparse.Namespace, admin: Path) -> dict[str, Any]:
     servers = start_servers(base / "status", args.servers, args.clients, admin)
     try:
@@ -125,9 +175,15 @@ def part_status(base: Path, args: argparse.Namespace, admin: Path) -> dict[str, 
         doc = orjson.loads(subprocess.run(fleet, capture_output=True, check=True).stdout)
         assert doc["failed"] == 0
         assert len(doc["clients"]) == args.servers * args.clients
-        trivial = trivial_remote(base / "status", servers, admin, args.runs)
+        _, root, sshd = servers[-1]
+        floor = cpu_floor(fleet, [*sshd.rsh(admin).split(), "127.0.0.1",
+                                  f"{XSBACKUP} --root {root} status --json"],
+                          [s for _, _, s in servers], args.runs)
+        trivial = trivial_remote(base / "status", servers, admin, args.runs)  # moves inv
         return {"servers": args.servers, "clients_per_server": args.clients,
-                "trivial_remote": trivial,
+                "trivial_remote": trivial, "cpu": floor,
+                "ratio_floor_over_slowest_single": floor["fleet_floor_seconds"]
+                / median(slowest),
                 "single": {n: summary(v) for n, v in singles.items()},
                 "slowest_single": summary(slowest), "sum_of_singles": summary(sums),
                 "fleet_status": summary(fleets),
@@ -223,6 +279,11 @@ def print_table(result: dict[str, Any]) -> None:
               f" slowest single {s['slowest_single']['median']:.2f} s, ratio "
               f"{s['ratio_fleet_over_slowest_single']:.2f} (target <= 1.5); sum of singles "
               f"{s['sum_of_singles']['median']:.2f} s")
+        c = s["cpu"]
+        print(f"  CPU: fleet local {c['fleet_local_cpu']:.2f} s + remote "
+              f"{c['fleet_remote_cpu']:.2f} s ({c['remote_cpu_per_server']:.3f} s a server) "
+              f"over {c['cores']} cores: floor {c['fleet_floor_seconds']:.2f} s = "
+              f"{s['ratio_floor_over_slowest_single']:.2f} x the slowest single")
         t = s["trivial_remote"]
         print(f"  with a trivial remote command: fleet {t['fleet_status']['median']:.2f} s, "
               f"one ssh {t['single']['median']:.2f} s, ratio {t['ratio']:.2f}")

@@ -4,15 +4,14 @@ the size option type. Sizes are printed with ``xsbackup.units.format_bytes`` (IE
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-import orjson
 
 from xsbackup import config as config_mod
 from xsbackup import units
+from xsbackup.cli.output import emit_json as emit_json  # noqa: PLC0414 (re-exported)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,10 +31,6 @@ class Invocation:
 
 
 pass_invocation = click.make_pass_decorator(Invocation)
-
-
-def emit_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def with_context(fn: F) -> F:

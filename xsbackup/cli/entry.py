@@ -14,7 +14,10 @@ connection. This module imports only ``os``, ``sys`` and ``json`` at first:
   record alone, without loading the configuration, logging or the registry;
 * everything else (and any check the quick answer cannot make: an unknown or disabled
   client, an unreadable record) is ``forced.run``, the same call ``ssh-command`` makes,
-  with the same error handling as the CLI's top-level group (``failure.report``).
+  with the same error handling as the CLI's top-level group (``failure.report``);
+* ``status --json`` (the global options, then exactly those two words: what every
+  ``fleet status`` and ``fleet collect`` runs on each server) is ``cli.status.document``,
+  the body of the click command, printed the same way; only what it needs is imported.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from xsbackup import layout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 _GLOBAL: tuple[str, ...] = ("--root", "--config")
 _COMMAND = "ssh-command"
 _CLIENT = "--client"
 _RESTORE_KEY = "--restore-key"  # a one-time restore key's session (restore.pullkey)
+_STATUS_JSON = ("status", "--json")
 
 
 def forced_args(argv: Sequence[str]) -> dict[str, str] | None:
@@ -63,6 +67,56 @@ def forced_args(argv: Sequence[str]) -> dict[str, str] | None:
     return found
 
 
+def status_args(argv: Sequence[str]) -> dict[str, str] | None:
+    """``{"--root": R, "--config": F}`` (the options given) for the line
+    ``[--root R] [--config F] status --json``, or None for any other line."""
+    words = list(argv)
+    if len(words) < 2 or tuple(words[-2:]) != _STATUS_JSON:
+        return None
+    found: dict[str, str] = {}
+    i, head = 0, words[:-2]
+    while i < len(head):
+        name, eq, value = head[i].partition("=")
+        i += 1
+        if name not in _GLOBAL or name in found:
+            return None
+        if not eq:
+            if i >= len(head):
+                return None
+            value = head[i]
+            i += 1
+        if not value or value.startswith("-"):
+            return None
+        found[name] = value
+    return found
+
+
+def _reported(call: Callable[[], int]) -> int:
+    """``call()``, with the CLI top-level group's handling of an error (``failure``)."""
+    from xsbackup.cli.failure import report
+    from xsbackup.errors import XsbackupError
+
+    try:
+        return call()
+    except (XsbackupError, OSError) as e:
+        code = report(e)
+        if code is None:
+            raise
+        return code
+
+
+def run_status(options: Mapping[str, str]) -> int:
+    """``xsbackup status --json``, as the click command runs it, without click."""
+    from xsbackup.cli.output import emit_json
+    from xsbackup.cli.status import document
+
+    def call() -> int:
+        emit_json(document(options.get("--root"), options.get("--config")))
+        return 0
+
+    return _reported(call)
+
+
 def quick_true(root: str, client: str, environ: Mapping[str, str]) -> bool:
     """Whether this is a connectivity check that the full dispatcher would answer 0:
     the command is ``true``, the state root is initialised, and the client's record
@@ -91,29 +145,24 @@ def run_forced(options: Mapping[str, str], environ: Mapping[str, str]) -> int:
             quick_true(layout.state_root(options.get("--root"), environ), client, environ):
         return 0
     from xsbackup.cli import forced
-    from xsbackup.cli.failure import report
-    from xsbackup.errors import XsbackupError
 
-    try:
-        return forced.run(options.get("--root"), options.get("--config"), client,
-                          restore_key)
-    except (XsbackupError, OSError) as e:
-        code = report(e)
-        if code is None:
-            raise
-        return code
+    return _reported(lambda: forced.run(options.get("--root"), options.get("--config"),
+                                        client, restore_key))
 
 
 def main() -> None:
-    options = forced_args(sys.argv[1:])
-    if options is None:
+    argv = sys.argv[1:]
+    status = status_args(argv)
+    options = forced_args(argv) if status is None else None
+    if status is None and options is None:
         from xsbackup.cli.main import main as cli_main
 
         cli_main()
         return
     os.umask(layout.SERVICE_UMASK)  # nothing the service creates is another user's to read
     try:
-        code = run_forced(options, os.environ)
+        code = run_status(status) if status is not None else \
+            run_forced(options or {}, os.environ)
     except (KeyboardInterrupt, EOFError):
         sys.stderr.write("\naborted\n")
         code = 130

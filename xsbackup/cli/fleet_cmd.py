@@ -246,8 +246,9 @@ def assign(fl: Fleet, serial: str, as_json: bool) -> None:
 @pass_fleet
 def move_client(fl: Fleet, serial: str, target: str, as_json: bool) -> None:
     """Move SERIAL's whole history to SERVER: snapshots oldest first (sharing kept),
-    each verified byte by byte; then the registration; then the source copy to trash.
-    Interrupted, the same command resumes (journal in <root>/fleet/)."""
+    each verified (content against its manifest, or byte by byte; metadata against the
+    source); then the registration; then the source copy to trash. Interrupted, the
+    same command resumes (journal in <root>/fleet/)."""
     from xsbackup.fleet.move import move_client as move
     from xsbackup.store import Store
 
@@ -262,3 +263,30 @@ def move_client(fl: Fleet, serial: str, target: str, as_json: bool) -> None:
     else:
         click.echo(f"moved {serial} from {out['source']} to {out['target']}: "
                    + ", ".join(f"{v} {n} snapshots" for v, n in out["snapshots"].items()))
+
+
+@fleet.command("verify-copy", hidden=True)
+@click.argument("serial")
+@click.argument("volume")
+@click.argument("ids", nargs=-1)
+@pass_fleet
+def verify_copy(fl: Fleet, serial: str, volume: str, ids: tuple[str, ...]) -> None:
+    """Run by move-client on its target: check the copied snapshots IDS of SERIAL's
+    VOLUME against their manifests; prints CONTENT VOLUME ID for each that matches."""
+    from xsbackup.context import Context
+    from xsbackup.errors import MoveFailed
+    from xsbackup.fleet.verify import Differs, verify
+    from xsbackup.store import SNAPSHOT_RE, check_client
+
+    check_client(serial)
+    for sid in ids:
+        if not SNAPSHOT_RE.fullmatch(sid):
+            raise click.BadParameter(f"not a snapshot id: {sid!r}", param_hint="IDS")
+    ctx = Context.open(fl.settings)
+    snaps = ctx.store.snapshots_dir(serial, volume)
+    try:
+        verify(ctx.storage, lambda sid: snaps / sid, serial, volume, ids,
+               lambda sid: click.echo(f"CONTENT {volume} {sid}"))
+    except Differs as e:
+        click.echo(f"DIFFERS {e}")
+        raise MoveFailed(f"{e}: the copy differs from the source's manifest") from None

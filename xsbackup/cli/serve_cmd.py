@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 
 import click
@@ -85,9 +84,9 @@ def serve(inv: Invocation, bind: str | None, ssh_port: int | None,
 def status(ctx: Context, as_json: bool) -> None:
     """Disk use (as df counts it), the storage backend, and one row per client from its
     status xattrs, without walking snapshot trees."""
-    from xsbackup.monitor.status import server_status
+    from xsbackup.cli.status import status_of
 
-    out = server_status(ctx, dt.datetime.now(dt.UTC))
+    out = status_of(ctx)
     if as_json:
         emit_json(out)
         return

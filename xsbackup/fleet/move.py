@@ -4,25 +4,34 @@ The target pulls from the source with rsync over SSH (the source's inventory ``h
 ``port`` and ``identity``, which must work from the target too; the target keeps the
 peers' host keys in ``<root>/fleet-known_hosts``). The steps, each safe to repeat:
 
-1. ``copying``: every snapshot of every volume, oldest first, into its final place on the
-   target (``rsync -aHXX --numeric-ids``: every xattr, fake-super records too;
-   ``--link-dest`` the previous moved one, so unchanged files stay shared), each verified
-   byte by byte (``rsync -c -n -i`` must find no difference; it runs while the next one
-   is copied) before the journal records it. The client's record (``client.json``) waits
+1. ``copying``: per volume, the snapshots not moved yet, oldest first, in one rsync
+   stream into their final place on the target (``rsync -aHXX --numeric-ids``: every
+   xattr, fake-super records too) with the last one already moved, so ``-H`` keeps what
+   they share with it and with each other; and their manifests. Then, at once, an rsync
+   dry run against the source (it must find no difference in entries, modes, owners,
+   sizes, mtimes, links or xattrs) and ``fleet verify-copy`` (``fleet.verify``: every
+   file's content against the source's manifest, each distinct inode read once); a
+   snapshot without a manifest is compared byte by byte (``rsync -c -n -i``). Only then
+   does the journal record each. The client's record (``client.json``) waits
    on the target as ``client.json.moving``: not registered there.
-2. ``retiring``: the source forgets the client (``clients remove``: its keys leave
-   ``authorized_keys``); what it stored since is copied and verified too, and a transfer
-   still waiting for the source's post-processor stops the move (run it again later).
-3. ``registered``: the record becomes ``client.json`` on the target, ``latest`` is set and
-   ``authorized_keys`` rebuilt: the client now backs up there.
-4. The source's copy goes to its ``trash/`` (its next prune frees the space), and the
-   journal is removed.
+2. ``retiring``: the source disables the client (``clients disable``: its keys leave
+   ``authorized_keys``, its record stays, so it is still registered there); what it
+   stored since is copied and verified too, and a transfer still waiting for the
+   source's post-processor stops the move (run it again later; the client stays
+   registered on the source meanwhile). Then the switch, one script on the target: the
+   source's ``clients remove`` through the target's SSH connection to it (the same
+   command sends the source's copy to its ``trash/``, which its next prune frees), and
+   at once the staged record's rename into ``client.json``; ``latest`` is set and
+   ``authorized_keys`` rebuilt there: the client now backs up there.
+3. ``registered``: the journal is removed (a run resumed here sends the source's copy to
+   its trash, if the switch did not get to it).
 
 The journal (``<root>/fleet/move-<SN>.json`` of the state root running the command) says
 which step is under way; killed anywhere, the same command resumes, and no snapshot is lost
-or copied twice. The client's record exists on exactly one server, except between the
-source's ``clients remove`` and the target's rename, where it exists on none (a device
-trying then is refused and retries later).
+or copied twice. The client's record exists on exactly one server, except between the end
+of the source's ``clients remove`` and the rename that follows it in the same script on
+the target (the time for ssh to return), where it exists on none; a kill in that instant
+leaves it so until the move is resumed.
 """
 
 from __future__ import annotations
@@ -117,12 +126,17 @@ class Move:
         self.src_dir = f"{self.src_server.root}/clients/{sn}"
         self.dst_dir = f"{self.dst_server.root}/clients/{sn}"
 
-    def listing(self) -> tuple[dict[str, list[str]], list[str]]:
-        """The source's snapshots per volume (oldest first) and its waiting transfers."""
+    def listing(self, first: str = "", what: str = "listing snapshots"
+                ) -> tuple[dict[str, list[str]], list[str]]:
+        """The source's snapshots per volume (oldest first) and its waiting transfers;
+        ``first``: a command the same session runs before (0 or ``ClientNotFound``'s
+        exit status, else the listing fails)."""
         d = shlex.quote(f"{self.src_dir}/volumes")
-        _, out = self.src.sh(f"test -d {d} || exit 0; cd {d} && find . -mindepth 3 "
+        before = (f"{first} >/dev/null; r=$?; if [ $r != 0 ] && [ $r != "
+                  f"{ClientNotFound.exit_code} ]; then exit $r; fi; ") if first else ""
+        _, out = self.src.sh(f"{before}test -d {d} || exit 0; cd {d} && find . -mindepth 3 "
                              "-maxdepth 3 -type d \\( -path './*/snapshots/*' -o -path "
-                             "'./*/incoming/*' \\) -print", "listing snapshots")
+                             "'./*/incoming/*' \\) -print", what)
         snaps: dict[str, list[str]] = {}
         waiting = []
         for line in out.splitlines():
@@ -152,7 +166,7 @@ class Move:
                           *(["-i", s.identity] if s.identity else [])])
         host = shlex.quote(s.host)
         return "\n".join([
-            "set -e", 'm=$(mktemp -d)', f"rsh={shlex.quote(ssh)}' -S '\"$m/s\"",
+            "set -e", "umask 077", 'm=$(mktemp -d)', f"rsh={shlex.quote(ssh)}' -S '\"$m/s\"",
             f"trap 'eval \"$rsh -O exit {host}\" 2>/dev/null; rm -rf \"$m\"' EXIT",
             "trap 'exit 1' HUP INT TERM PIPE",
             f'eval "$rsh -M -o ControlPersist=no -fN {host}"', *body])
@@ -160,50 +174,84 @@ class Move:
     def _remote(self, path: str) -> str:
         return f"{self.src_server.host}:{path}"
 
-    def _copy_script(self, plan: list[tuple[str, str, str | None]]) -> str:
-        """Per snapshot: the copy, then the byte-by-byte comparison, which runs while the
-        next snapshot is copied; ``VERIFIED <volume> <id>`` is printed, in order, once
-        the comparison found no difference."""
+    def _copy_body(self, plan: list[tuple[str, list[str], str | None]]) -> list[str]:
+        """Per volume, one ``rsync -aHXX`` stream of its snapshots to copy (with the last
+        one already moved, so ``-H`` keeps what they share with it) and, beside it, one
+        of their manifests. Then two checks at once: an rsync dry run against the source
+        (entries, types, modes, owners, sizes, mtimes, links, xattrs) and ``fleet
+        verify-copy`` (every file's content against the manifest, each inode read
+        once); a snapshot without a manifest is compared byte by byte instead. Then
+        ``VERIFIED <volume> <id>`` for each, in order."""
         body: list[str] = []
-        for k, (volume, sid, previous) in enumerate(plan):
-            src = self._remote(f"{self.src_dir}/volumes/{volume}/snapshots/{sid}/")
-            dst = f"{self.dst_dir}/volumes/{volume}/snapshots/{sid}/"
-            link = [f"--link-dest=../{previous}"] if previous else []
-            body += [f"mkdir -p {shlex.quote(dst)}",
-                     self._rsync("--delete", *link, src, dst)]
-            if k:
-                body.append(self._checked(k - 1, *plan[k - 1][:2]))
-            body.append(f'({self._rsync("--delete", "-c", "-n", "-i", src, dst)} '
-                        f'>"$m/v{k}" 2>&1; echo $? >"$m/rc{k}") & v=$!')
-        if plan:
-            body.append(self._checked(len(plan) - 1, *plan[-1][:2]))
-        return self._script(body)
+        for volume, ids, base in plan:
+            vol_src, vol_dst = (f"{self.src_dir}/volumes/{volume}",
+                                f"{self.dst_dir}/volumes/{volume}")
+            snaps = [self._remote(f"{vol_src}/snapshots/./{sid}")
+                     for sid in ([base] if base else []) + ids]
+            dst, mf = f"{vol_dst}/snapshots/", f"{vol_dst}/manifests"
+            manifests = [self._remote(f"{vol_src}/manifests/./{sid}.jsonl") for sid in ids]
+            body += [f"mkdir -p {shlex.quote(dst)} {shlex.quote(mf)}",
+                     self._job("mf", self._rsync("-R", "--ignore-missing-args", *manifests,
+                                                 f"{mf}/")),
+                     self._rsync("-R", "--delete", *snaps, dst),
+                     self._job("meta", self._rsync("-R", "--delete", "-n", "-i", *snaps, dst)),
+                     self._waited("mf"),
+                     f"ids=; for i in {' '.join(ids)}; do if test -s {shlex.quote(mf)}/"
+                     '"$i.jsonl"; then ids="$ids $i"; fi; done',
+                     f"{XSBACKUP} fleet verify-copy {self.journal.serial} {volume} $ids",
+                     self._checked("meta", volume)]
+            for sid in ids:
+                bytes_check = self._job("bytes", self._rsync(
+                    "--delete", "-c", "-n", "-i",
+                    self._remote(f"{vol_src}/snapshots/{sid}/"), f"{dst}{sid}/"))
+                body.append(f"if ! test -s {shlex.quote(f'{mf}/{sid}.jsonl')}; then "
+                            f"{bytes_check}; {self._checked('bytes', f'{volume} {sid}')}; "
+                            f"fi; echo VERIFIED {volume} {sid}")
+        return body
 
     @staticmethod
-    def _checked(k: int, volume: str, sid: str) -> str:
-        """Wait for comparison ``k``: a failure or a difference ends the script."""
-        return (f'wait "$v"; if [ "$(cat "$m/rc{k}")" != 0 ]; then tail -n 1 "$m/v{k}" >&2; '
-                f'exit 3; fi; if [ -s "$m/v{k}" ]; then echo "DIFFERS {volume} {sid} '
-                f'$(head -n 1 "$m/v{k}")"; exit 3; fi; echo VERIFIED {volume} {sid}')
+    def _job(name: str, command: str) -> str:
+        """``command`` run in the background: its output in ``$m/<name>``, its exit
+        status in ``$m/<name>.rc``, its process in ``$j_<name>``."""
+        return f'( ({command}) >"$m/{name}" 2>&1; echo $? >"$m/{name}.rc" ) & j_{name}=$!'
 
-    def copy_all(self, journal_path: Path) -> None:
-        """Every source snapshot the journal does not hold yet, oldest first, each
-        ``--link-dest`` the one before it; the journal records each as it is verified."""
-        snaps, _ = self.listing()
+    @staticmethod
+    def _waited(name: str) -> str:
+        """Wait for the job ``name``: a failure ends the script with its last line."""
+        return (f'wait "$j_{name}"; if [ "$(cat "$m/{name}.rc")" != 0 ]; then tail -n 1 '
+                f'"$m/{name}" >&2; exit 3; fi')
+
+    @classmethod
+    def _checked(cls, name: str, label: str) -> str:
+        """Wait for the check ``name``: a failure or a difference (any output) ends the
+        script."""
+        return (f'{cls._waited(name)}; if [ -s "$m/{name}" ]; then echo "DIFFERS {label} '
+                f'$(head -n 1 "$m/{name}")"; exit 3; fi')
+
+    def copy_all(self, journal_path: Path, snaps: dict[str, list[str]] | None = None,
+                 stage: bool = False) -> None:
+        """Every source snapshot (``snaps``, else the source's listing) the journal does
+        not hold yet, oldest first, per volume with the one moved before the first of
+        them; the journal records each as it is verified. ``stage``: the same script
+        stages the record meanwhile (``staging``)."""
+        if snaps is None:
+            snaps, _ = self.listing()
         total = sum(len(ids) for ids in snaps.values())
-        plan: list[tuple[str, str, str | None]] = []
+        plan: list[tuple[str, list[str], str | None]] = []
         for volume, ids in snaps.items():
             done = self.journal.done.setdefault(volume, [])
-            previous: str | None = done[-1] if done else None
-            for sid in ids:
-                if sid not in done:
-                    plan.append((volume, sid, previous))
-                previous = sid
-        if not plan:
+            todo = [sid for sid in ids if sid not in done]
+            if todo:
+                before = [sid for sid in ids[:ids.index(todo[0])] if sid in done]
+                plan.append((volume, todo, before[-1] if before else None))
+        if not plan and not stage:
             return
+        staging = [self._job("stage", "set -e; " + "; ".join(self.staging()))] if stage else []
+        body = staging + self._copy_body(plan) + [self._waited("stage")] * stage
         sink = _Verified(self, journal_path, total)
         try:
-            result = self.dst.conn.run(self._copy_script(plan), hide=False, warn=True,
+            result = self.dst.conn.run(self._script(body),
+                                       hide=False, warn=True,
                                        in_stream=False, out_stream=sink,
                                        err_stream=io.StringIO())
         except Exception as e:  # fabric, paramiko and sockets raise many kinds
@@ -215,26 +263,49 @@ class Move:
                              "run move-client again to resume")
 
 
-    def stage_record(self) -> None:
-        """The record and the client directory's facts and reports, not yet registered."""
-        self.dst.sh(self._script([
-            f"mkdir -p {shlex.quote(self.dst_dir)}/reports",
-            self._rsync("--exclude=/*", self._remote(f"{self.src_dir}/"), f"{self.dst_dir}/"),
-            self._rsync("--delete", self._remote(f"{self.src_dir}/reports/"),
-                        f"{self.dst_dir}/reports/"),
-            self._rsync(self._remote(f"{self.src_dir}/client.json"),
-                        f"{self.dst_dir}/client.json.moving")]), "staging the client record")
+    def staging(self) -> list[str]:
+        """The script lines that stage the record and the client directory's facts and
+        reports on the target, not yet registered."""
+        return [self._rsync("--delete", "--include=/reports/***", "--exclude=/*",
+                            self._remote(f"{self.src_dir}/"), f"{self.dst_dir}/"),
+                self._rsync(self._remote(f"{self.src_dir}/client.json"),
+                            f"{self.dst_dir}/client.json.moving")]
 
-    def register(self) -> None:
+    def switch(self) -> None:
+        """The registration moves: one script on the target runs the source's ``clients
+        remove`` (through its SSH connection to the source) and at once renames the
+        staged record into place, so the client is registered nowhere only between that
+        command's end and the rename; then ``latest`` is set and ``authorized_keys``
+        rebuilt there. A client the source no longer knows (a switch cut short) is
+        registered here all the same. The source command also sends the source's copy
+        to its trash once the record is gone (the target's copy is verified by then)."""
         d = shlex.quote(self.dst_dir)
-        links = " && ".join(
-            f"ln -sfn snapshots/{ids[-1]} {d}/volumes/{v}/.latest.moving && "
-            f"mv -T {d}/volumes/{v}/.latest.moving {d}/volumes/{v}/latest"
-            for v, ids in self.journal.done.items() if ids) or "true"
-        self.dst.sh(f"{links} && if test -e {d}/client.json.moving; then "
-                    f"mv {d}/client.json.moving {d}/client.json; fi && "
-                    f"test -e {d}/client.json && {XSBACKUP} keys",
-                    "registering the client")
+        src = self.src_server
+        remove = shlex.join([src.command, "--root", src.root, "clients", "remove",
+                             self.journal.serial]) + f" >/dev/null; r=$?; {self.trash_command()}"
+        links = [f"ln -sfn snapshots/{ids[-1]} {d}/volumes/{v}/.latest.moving && "
+                 f"mv -T {d}/volumes/{v}/.latest.moving {d}/volumes/{v}/latest"
+                 for v, ids in self.journal.done.items() if ids]
+        self.dst.sh(self._script([
+            *links, "r=0",
+            f'eval "$rsh" {_twice(src.host)} {_twice(remove)} || r=$?',
+            f'if [ "$r" != 0 ] && [ "$r" != {ClientNotFound.exit_code} ]; then echo "the '
+            'source\'s clients remove: exit $r" >&2; exit 3; fi',
+            f"if test -e {d}/client.json.moving; then mv {d}/client.json.moving "
+            f"{d}/client.json; fi",
+            f"test -e {d}/client.json", f"{XSBACKUP} keys"]),
+            "switching the registration")
+
+    def trash_command(self) -> str:
+        """A source command: unless ``$r`` says ``clients remove`` failed (neither 0 nor
+        ``ClientNotFound``), the client's directory goes to the source's ``trash/``;
+        exit ``$r``."""
+        sn = self.journal.serial
+        d = shlex.quote(self.src_dir)
+        trash = shlex.quote(f"{self.src_server.root}/trash/client-{sn}-moved-"
+                            f"{int(self.journal.started)}")
+        return (f"if [ $r = 0 ] || [ $r = {ClientNotFound.exit_code} ]; then if test -e {d}; "
+                f"then mv {d} {trash} || exit 1; fi; fi; exit $r")
 
     def close(self) -> None:
         self.src.close()
@@ -275,6 +346,11 @@ class _Verified:
         return None
 
 
+def _twice(word: str) -> str:
+    """``word`` quoted for a line that ``eval`` parses once more."""
+    return shlex.quote(shlex.quote(word))
+
+
 def find_source(inv: Inventory, serial: str, timeout: float) -> FleetServer:
     """The one server the client is registered on (every server must answer)."""
     report = ops.status(inv, timeout, None)
@@ -305,17 +381,14 @@ def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
         if source.name == inv.get(target).name:
             raise MoveFailed(f"client {serial} is already on {target}")
         journal = Journal(serial, source.name, target)
-        move = Move(inv, journal, timeout, progress)
-        try:
+    move = Move(inv, journal, timeout, progress)
+    try:
+        if not journal_path.exists():
             d = shlex.quote(move.dst_dir)
             move.dst.sh(f"test ! -e {d}", f"{target} already holds data of {serial} "
                         "(remove it there with clients remove --purge first)")
-        finally:
-            move.close()
-        journal_dir.mkdir(mode=0o700, exist_ok=True)
-        journal.save(journal_path)
-    move = Move(inv, journal, timeout, progress)
-    try:
+            journal_dir.mkdir(mode=0o700, exist_ok=True)
+            journal.save(journal_path)
         _run(move, journal, journal_path)
     finally:
         move.close()
@@ -327,28 +400,31 @@ def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
 def _run(move: Move, journal: Journal, journal_path: Path) -> None:
     sn, progress = journal.serial, move.progress
     if journal.phase == "copying":
-        move.copy_all(journal_path)
-        move.stage_record()
+        move.copy_all(journal_path, stage=True)
         crash("fleet-move-staged")
         journal.phase = "retiring"
         journal.save(journal_path)
     if journal.phase == "retiring":
-        move.src.sh(f"{XSBACKUP} clients remove {shlex.quote(sn)}",
-                    f"removing {sn} from the source", ok=(0, ClientNotFound.exit_code))
-        progress(f"{sn}: removed from {journal.source}")
-        _, waiting = move.listing()
+        # Disabled, the client stays registered on the source (its keys leave there)
+        # until the switch; a move stopped before it leaves it there.
+        snaps, waiting = move.listing(f"{XSBACKUP} clients disable {shlex.quote(sn)}",
+                                      f"disabling {sn} on the source")
+        progress(f"{sn}: disabled on {journal.source} until the switch")
         if waiting:
             raise MoveFailed(f"{journal.source} has transfers of {sn} waiting for its "
                              f"post-processor ({', '.join(waiting)}); run xsbackup "
-                             "postprocess there, then move-client again")
-        move.copy_all(journal_path)
-        move.register()
+                             "postprocess there, then move-client again (the client "
+                             f"stays registered on {journal.source}, disabled; clients "
+                             "enable there gives up the move)")
+        move.copy_all(journal_path, snaps)
+        crash("fleet-move-retired")
+        move.switch()
         journal.phase = "registered"
         journal.save(journal_path)
-        progress(f"{sn}: registered on {journal.target}")
+        progress(f"{sn}: registered on {journal.target}; the source copy on "
+                 f"{journal.source} is in its trash")
         crash("fleet-move-registered")
-    trash = f"{move.src_server.root}/trash/client-{sn}-moved-{int(journal.started)}"
-    d = shlex.quote(move.src_dir)
-    move.src.sh(f"if test -e {d}; then mv {d} {shlex.quote(trash)}; fi",
-                "sending the source copy to trash")
+        return
+    # Registered before this run, which cannot tell whether the switch's trash step ran.
+    move.src.sh("r=0; " + move.trash_command(), "sending the source copy to trash")
     progress(f"{sn}: the source copy on {journal.source} is in its trash")

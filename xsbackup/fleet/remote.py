@@ -70,8 +70,9 @@ class ServerConnection(Connection):  # type: ignore[misc]
     def __init__(self, server: FleetServer, timeout: float) -> None:
         kwargs: dict[str, Any] = {"banner_timeout": timeout, "auth_timeout": timeout,
                                   "channel_timeout": timeout}
-        if server.identity:
-            kwargs["key_filename"] = [server.identity]
+        if server.identity:  # that key only: no agent, no probing of ~/.ssh
+            kwargs.update(key_filename=[server.identity], allow_agent=False,
+                          look_for_keys=False)
         super().__init__(host=server.address, user=server.user, port=server.port,
                          connect_timeout=max(1, math.ceil(timeout)), connect_kwargs=kwargs,
                          config=Config(overrides={"load_ssh_configs": False,

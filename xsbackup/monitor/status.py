@@ -15,7 +15,6 @@ from typing import Any
 
 from xsbackup.clients.registry import Client, Registry
 from xsbackup.context import Context
-from xsbackup.offsite import replicate
 from xsbackup.snapshots.snapshot import read_facts
 from xsbackup.snapshots.usage import last_total
 from xsbackup.store import Store, disk_use, get_xattrs, root_warnings
@@ -110,4 +109,8 @@ def server_status(ctx: Context, now: dt.datetime) -> dict[str, Any]:
 
 def _offsite(ctx: Context, now: dt.datetime) -> dict[str, Any]:
     """The off-site replication (``xsbackup.offsite``), when a repository is configured."""
-    return {"offsite": replicate.status(ctx, now)} if ctx.settings.offsite.repository else {}
+    if not ctx.settings.offsite.repository:
+        return {}
+    from xsbackup.offsite import replicate  # only then: most servers have none
+
+    return {"offsite": replicate.status(ctx, now)}
