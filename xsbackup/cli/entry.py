@@ -128,10 +128,10 @@ def _exit_now(code: int) -> None:
     """End the process with ``code`` once everything written is flushed, without
     unwinding the interpreter (nothing a forced command leaves needs it: the locks are
     descriptors the kernel releases, the files it wrote are already renamed in place)."""
-    import logging
-
+    logging = sys.modules.get("logging")  # never imported by a quick ``true``
     try:
-        logging.shutdown()
+        if logging is not None:
+            logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
     except BrokenPipeError:
