@@ -29,7 +29,6 @@ A failing or hanging ``post-*``/``on-failure`` hook is logged and never affects 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +82,8 @@ def run_one(path: Path, env: dict[str, str], timeout: float) -> HookResult:
     """Run one hook. Output goes to an unlinked temporary file, not a pipe, so a daemon
     the hook leaves behind can neither hang us nor turn a success into a timeout; we wait
     for the hook process alone, then kill its whole process group."""
+    import tempfile  # not at import: most runs have no hook to run
+
     with tempfile.TemporaryFile() as out:
         try:
             proc = procs.spawn([str(path)], why=f"hook {path.name}", env=env,

@@ -13,7 +13,6 @@ import grp
 import math
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,7 +179,7 @@ class Store:
 
 def check_xattrs(directory: Path) -> None:
     """Refuse a filesystem without user xattrs: snapshots and fake-super depend on them."""
-    probe = directory / f".xattr-probe-{secrets.token_hex(4)}"
+    probe = directory / f".xattr-probe-{os.urandom(4).hex()}"
     probe.write_bytes(b"")
     try:
         os.setxattr(probe, "user.xsbackup.probe", b"1")
@@ -276,7 +275,7 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the whole new one.
     ``sync=False`` skips the fsyncs, for data that may be lost in a crash (counters)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -295,7 +294,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, sync: bool = True) 
 
 def atomic_symlink(target: str, link: Path) -> None:
     """Point ``link`` at ``target`` by renaming a temporary symlink over it."""
-    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
+    tmp = link.with_name(f".{link.name}.{os.urandom(4).hex()}.tmp")
     os.symlink(target, tmp)
     try:
         os.rename(tmp, link)

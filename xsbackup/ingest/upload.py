@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +49,6 @@ from xsbackup.ingest.admission import check_server
 from xsbackup.ingest.command import Request
 from xsbackup.locking import FileLock, client_lock, take_slot
 from xsbackup.logs import LOG
-from xsbackup.restore.access import O_DIR, OpenSnapshot
-from xsbackup.restore.resolve import resolve
 from xsbackup.snapshots import queue
 from xsbackup.storage.base import IngestTarget
 from xsbackup.store import XATTR_PREFIX, Store, set_xattrs, snapshot_id_for
@@ -133,6 +130,8 @@ def unique_snapshot_id(store: Store, client: str, volume: str, now: dt.datetime)
 
 
 def _open_dir(path: str, dir_fd: int) -> int:
+    from xsbackup.restore.access import O_DIR
+
     return os.open(path, O_DIR, dir_fd=dir_fd)
 
 
@@ -237,6 +236,8 @@ def mark_success(ctx: Context, transfer: Transfer, target: IngestTarget) -> Path
 
 def run_completion(ctx: Context, client: str, req: Request, clock: Clock = utcnow) -> int:
     """ds-backup's completion flag: receive the empty file, then confirm the session."""
+    import shutil  # here only: an upload's wrapper never needs it
+
     store, settings = ctx.store, ctx.settings
     session = Session(ctx, client)
     try:
@@ -260,6 +261,10 @@ def run_completion(ctx: Context, client: str, req: Request, clock: Clock = utcno
 
 def run_download(ctx: Context, client: str, req: Request) -> int:
     """Send one of the client's snapshots (or a path in it) read-only."""
+    # Imported here, not with the module: an upload (every backup) never needs them.
+    from xsbackup.restore.access import OpenSnapshot
+    from xsbackup.restore.resolve import resolve
+
     store, settings = ctx.store, ctx.settings
     sid = resolve(store, client, req.volume, req.snapshot)
     slot = _slot(ctx)

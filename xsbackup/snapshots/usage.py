@@ -28,8 +28,7 @@ immutable, and a neighbour's prune changes its exclusive size.
 from __future__ import annotations
 
 import errno
-import hashlib
-import secrets
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +49,8 @@ def _cache_key(ctx: Context, client: str) -> str:
     ``current/`` on the hardlink backend, the ``unfinished`` mark or partial files on
     btrfs and reflink, whose ``current/`` always exists) makes a key that never matches
     again."""
+    import hashlib  # here only: the forced command imports this module, rarely calls it
+
     store = ctx.store
     now = time.time()
     h = hashlib.sha256()
@@ -59,7 +60,7 @@ def _cache_key(ctx: Context, client: str) -> str:
         for sid in store.incoming_ids(client, volume):
             h.update(f"{volume}/incoming/{sid}\n".encode())
         if ctx.storage.partial_age(client, volume, now) is not None:
-            h.update(f"{volume}/current {secrets.token_hex(8)}\n".encode())
+            h.update(f"{volume}/current {os.urandom(8).hex()}\n".encode())
     return h.hexdigest()
 
 

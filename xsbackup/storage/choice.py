@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 from pathlib import Path
 
 from xsbackup.config import STORAGE_BACKENDS
@@ -102,7 +101,7 @@ def _btrfs_unusable(root: Path) -> str:
 
     if not on_btrfs(root):
         return "it is not on btrfs"
-    probe = root / f".subvolume-probe-{secrets.token_hex(4)}"
+    probe = root / f".subvolume-probe-{os.urandom(4).hex()}"
     snap = probe.with_name(probe.name + "-ro")
     why = ""
     for args in (("create", str(probe)), ("snapshot", "-r", str(probe), str(snap))):
@@ -121,7 +120,7 @@ def _btrfs_unusable(root: Path) -> str:
 
 
 def _reflink_unusable(root: Path) -> str:
-    src = root / f".reflink-probe-{secrets.token_hex(4)}"
+    src = root / f".reflink-probe-{os.urandom(4).hex()}"
     dst = src.with_name(src.name + "-clone")
     try:
         src.write_bytes(b"x" * 4096)

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -217,7 +216,7 @@ class HardlinkBackend(ManifestFiles):
         if isinstance(fd, str):
             return fd
         try:
-            name = f"{_trash_prefix(client, volume)}{sid}.{secrets.token_hex(4)}"
+            name = f"{_trash_prefix(client, volume)}{sid}.{os.urandom(4).hex()}"
             os.rename(snapshots / sid, self.store.trash_dir / name)
         finally:
             os.close(fd)
