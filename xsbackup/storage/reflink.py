@@ -1,17 +1,20 @@
 """The reflink backend: copy-on-write copies of a persistent ``current/`` (XFS with
 ``reflink=1``, or btrfs where subvolumes cannot be made).
 
-Ingest is ``mirror``'s: rsync updates ``current/`` in place. **Complete** copies it with
-``cp -a --reflink=always`` into the volume's ``snapshotting/`` and renames that to
-``incoming/<id>``, so a copy killed halfway is never taken for a transfer (the next copy
-deletes it first). Copies share data blocks, never inodes: a later chmod, touch or
-rewrite in ``current/`` cannot reach a snapshot, as it could through a hardlink.
+Ingest is ``mirror``'s: rsync updates ``current/`` in place. **Complete** copies it into
+the volume's ``snapshotting/`` and renames that to ``incoming/<id>``, so a copy killed
+halfway is never taken for a transfer (the next copy deletes it first). The copy is
+``clonetree``'s: each file's data shared by ``FICLONE``, and in the same pass each
+regular file made read-only (its write bits go, after rsync's record keeps the client's
+mode, as ``permissions.tighten`` does for group and world write) and immutable where the
+service may set that attribute (``CAP_LINUX_IMMUTABLE``). Where it cannot (an entry type
+it does not copy), ``cp -a --reflink=always`` copies and ``freeze_tree`` freezes. Copies
+share data blocks, never inodes: a later chmod, touch or rewrite in ``current/`` cannot
+reach a snapshot, as it could through a hardlink. Directories stay writable by the
+service, so a snapshot can still be renamed away and its facts written.
 
-**Promote** makes every regular file of ``incoming/<id>`` read-only (its write bits go,
-after rsync's record keeps the client's mode, as ``permissions.tighten`` does for group
-and world write) and immutable where the service may set that attribute
-(``CAP_LINUX_IMMUTABLE``), then renames it to ``snapshots/<id>``. Directories stay
-writable by the service, so a snapshot can still be renamed away.
+**Promote** renames ``incoming/<id>`` to ``snapshots/<id>``. A copy whose top directory
+lacks the ``FROZEN`` mark (made before there was one) is frozen first.
 
 **Delete** is the hardlink backend's rename into ``trash/`` under an exclusive flock;
 **purge** clears the immutable attribute of what is there, then removes it the hardlink
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from xsbackup import procs
 from xsbackup.crashpoints import crash
+from xsbackup.logs import LOG
 from xsbackup.storage import extents
 from xsbackup.storage.base import (
     DEDUP_BLOCKS,
@@ -39,6 +43,7 @@ from xsbackup.storage.base import (
     MeasureProgress,
     Progress,
 )
+from xsbackup.storage.clonetree import clone_tree
 from xsbackup.storage.hardlink import HardlinkBackend
 from xsbackup.storage.mirror import PARTIAL, MirrorBackend
 from xsbackup.storage.permissions import tighten
@@ -50,6 +55,8 @@ FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 FS_IMMUTABLE_FL = 0x10
 WRITE_BITS = 0o222
+# On a copy's top directory from when it is whole and frozen until its promotion.
+FROZEN = "user.xsbackup-reflink.frozen"
 
 
 class ReflinkBackend(MirrorBackend):
@@ -67,10 +74,19 @@ class ReflinkBackend(MirrorBackend):
         aside = src.parent / SNAPSHOTTING
         if aside.exists():
             self._remove_tree(aside)
-        res = procs.run(["cp", "-a", "--reflink=always", "--no-target-directory", "--",
-                         str(src), str(aside)], why="reflink-copy a transfer")
-        if not res.ok:
-            raise OSError(f"cp --reflink=always {src}: {res.first_error_line()}")
+        try:
+            clone_tree(str(src), str(aside))
+        except OSError as e:
+            # A type clone_tree does not copy, or no reflinks here: cp says which.
+            LOG.info("reflink copy of %s by cp instead (%s)", src, e)
+            if aside.exists():
+                self._remove_tree(aside)
+            res = procs.run(["cp", "-a", "--reflink=always", "--no-target-directory", "--",
+                             str(src), str(aside)], why="reflink-copy a transfer")
+            if not res.ok:
+                raise OSError(f"cp --reflink=always {src}: {res.first_error_line()}") from None
+            freeze_tree(str(aside))
+        os.setxattr(aside, FROZEN, b"1")
         os.rename(aside, dst)
 
     def _remove_tree(self, path: Path) -> None:
@@ -87,7 +103,12 @@ class ReflinkBackend(MirrorBackend):
         src, dst = vol / "incoming" / sid, vol / "snapshots" / sid
         (vol / "snapshots").mkdir(exist_ok=True)
         if src.is_dir() and not dst.exists():
-            freeze_tree(str(src))
+            try:
+                os.removexattr(src, FROZEN)
+            except OSError as e:   # copied before this mark existed: freeze it now
+                if e.errno != errno.ENODATA:
+                    raise
+                freeze_tree(str(src))
             os.rename(src, dst)
             fsync_dir(vol / "snapshots")
             fsync_dir(vol / "incoming")
