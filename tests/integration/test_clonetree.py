@@ -29,7 +29,7 @@ def tree(top: Path) -> Path:
     src = top / "src"
     (src / "d" / "e").mkdir(parents=True)
     (src / "loose.txt").write_text("loose\n")
-    os.chmod(src / "loose.txt", 0o666)
+    os.chmod(src / "loose.txt", 0o666)  # noqa: S103 - a client's loose mode
     (src / "kept.txt").write_text("kept\n")
     os.setxattr(src / "kept.txt", STAT_XATTR, b"100600 0,0 1000:1000")
     (src / "empty").write_bytes(b"")
@@ -37,7 +37,7 @@ def tree(top: Path) -> Path:
     os.link(src / "d" / "e" / "big.bin", src / "d" / "twin.bin")
     os.symlink("kept.txt", src / "link")
     (src / "weird\nname").write_text("x")
-    os.chmod(src / "d", 0o750)
+    os.chmod(src / "d", 0o750)  # noqa: S103
     for i, p in enumerate(sorted(src.rglob("*"), reverse=True)):
         os.utime(p, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_123_456_789 + i),
                  follow_symlinks=False)
