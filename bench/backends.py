@@ -252,9 +252,13 @@ def one_filesystem(kind: str, base: Path, src: Path, key: Path, host_key: Path,
     print(f"{kind}: {runs} no-change runs per case ...", flush=True)
     timings = interleave(cases, runs)
     out["no_change"] = {name: summary(ts) | {"raw": ts} for name, ts in timings.items()}
+    out["first_full_split"] = {}
     for c in cases:  # the first entry is the first full backup
         nc = out["no_change"][c.name]
         if isinstance(c, XsbackupCase):
+            out["first_full_split"][c.name] = {"transfer": c.parts[0][0],
+                                               "postprocess": c.parts[0][1],
+                                               "postprocess_phases": c.phases[0]}
             nc["transfer_median"] = summary([t for t, _ in c.parts[1:]])["median"]
             nc["postprocess_median"] = summary([p for _, p in c.parts[1:]])["median"]
             nc["postprocess_phases_median"] = {
@@ -292,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = quiet_wait(args.quiet_load, args.quiet_timeout)
     total = int(args.mb * 1_000_000)
     result = new_result("backends", ("storage.btrfs", "storage.reflink", "storage.mirror",
-                                     "storage.hardlink", "ingest.upload"))
+                                     "storage.clonetree", "storage.hardlink",
+                                     "ingest.upload"))
     result |= {"quiet_wait": quiet, "config": {"files": args.files, "bytes": total,
                                                "runs": args.runs, "seed": args.seed}}
     env = {k: v for k, v in os.environ.items() if not k.startswith("XSBACKUP_")}

@@ -19,7 +19,6 @@ stores, such as a device node) raises ``Unsupported``; the caller then falls bac
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -58,8 +57,12 @@ class _Cloner:
         """xattrs, owner, mode and times of ``s`` onto ``d`` (``mode`` the final one)."""
         names = os.listxattr(s)
         for name in names:
-            with contextlib.suppress(OSError):  # an attribute we may not set (trusted.*)
+            try:
                 os.setxattr(d, name, os.getxattr(s, name))
+            except OSError:
+                if name.startswith("user."):  # rsync's records: never lost quietly
+                    raise
+                # an attribute the service may not set (trusted.*, security.*)
         loose = stat.S_IMODE(st.st_mode) & ~mode
         if loose and STAT_XATTR not in names:
             # No record: the stored attributes are the client's. Write the record rsync
