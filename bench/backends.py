@@ -11,10 +11,16 @@ snapshot is visible:
 | ``hardlink`` | xsbackup's forced command (hardlink backend), then the post-processor |
 | ``reflink`` (XFS) | xsbackup's forced command (reflink backend), then the post-processor |
 | ``ds-backup`` (both images) | ``rsync`` into a persistent tree, then ``cp -al`` of it |
+| ``ds-backup+fake-super`` (both) | the same with ``--fake-super`` on the receiving rsync |
 
 Every case first makes one timed full backup (``first_full``), as does ``raw`` (plain
 rsync into an empty directory, the reference for the first full backup); then the timed
-no-change runs are interleaved round-robin, with an untimed ``sync`` before each. Also
+no-change runs are interleaved round-robin, with an untimed ``sync`` before each. The
+``ds-backup`` case is the issue's anchor; ``ds-backup+fake-super`` is informational: the
+receiving rsync with the ``--fake-super`` xsbackup always gives it (owners, devices and
+setuid bits recorded, never applied), which in rsync 3.5 resolves every stored file's
+path component by component and reads its record (bench/README.md). xsbackup's runs are
+split into transfer and post-processing, and post-processing into its steps. Also
 timed: deleting one snapshot (``storage.delete`` and ``purge``, for btrfs including the
 wait for the cleaner) and measuring usage (``Backend.measure``) against ``btrfs filesystem
 du -s`` of the same snapshots. Reports; never asserts a timing. Needs root.
@@ -93,30 +99,90 @@ class XsbackupCase(Case):
 
         self.settings = config.load(root, environ={})
         self.parts: list[tuple[float, float]] = []  # (transfer, post-processing) per run
+        self.phases: list[dict[str, float]] = []    # post-processing's steps per run
 
     def run(self) -> float:
         from xsbackup.context import Context
         from xsbackup.snapshots import postprocess
 
         t = self.push("documents/")
-        dt_pp, counts = timed(lambda: postprocess.run_once(Context.open(self.settings)))
+        with PhaseTimer() as phases:
+            dt_pp, counts = timed(lambda: postprocess.run_once(Context.open(self.settings)))
         if counts.get("promoted") != 1:
             raise RuntimeError(f"{self.name}: postprocess promoted {counts}")
         self.parts.append((t, dt_pp))
+        self.phases.append(phases.seconds)
         return t + dt_pp
 
 
+class PhaseTimer:
+    """Seconds spent in the post-processor's steps during one ``run_once`` (this process
+    only): the stats walk (``compute_stats``, which also tightens modes), the content
+    manifest (``manifest.reusable`` + ``build`` + the backend's ``write_manifest``), and
+    the backend's ``promote``. The functions are wrapped where ``postprocess`` calls them
+    and restored on exit."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def _wrap(self, owner: Any, attr: str, key: str) -> None:
+        import time
+
+        inner = getattr(owner, attr)
+
+        def timed_call(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+
+        self._undo.append((owner, attr, inner))
+        setattr(owner, attr, timed_call)
+
+    def __enter__(self) -> PhaseTimer:
+        from xsbackup.snapshots import manifest, postprocess
+        from xsbackup.storage import btrfs, hardlink, reflink
+
+        self._wrap(postprocess, "compute_stats", "stats_walk")
+        self._wrap(manifest, "reusable", "manifest")
+        self._wrap(manifest, "build", "manifest")
+        for cls in (btrfs.BtrfsBackend, reflink.ReflinkBackend, hardlink.HardlinkBackend):
+            self._wrap(cls, "write_manifest", "manifest")
+            self._wrap(cls, "promote", "promote")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, attr, inner in reversed(self._undo):
+            setattr(owner, attr, inner)
+
+
 class DsBackupCase(Case):
-    def __init__(self, name: str, rsh: str, src: Path, base: Path) -> None:
+    """rsync into a persistent tree, then ``cp -al`` of it. ``rsync_path``: the server's
+    rsync command (``rsync --fake-super`` for the informational ``ds-backup+fake-super``
+    case: the option xsbackup must give its receiving rsync, which the issue's anchor
+    does not pay)."""
+
+    def __init__(self, name: str, rsh: str, src: Path, base: Path,
+                 rsync_path: str = "") -> None:
         super().__init__(name, rsh, src)
-        self.base, self.n = base, 0
+        self.base, self.n, self.rsync_path = base, 0, rsync_path
+        self.parts: list[tuple[float, float]] = []  # (rsync, cp -al) per run
         (base / "snapshots").mkdir(parents=True)
+
+    def push(self, dest: str) -> float:
+        extra = [f"--rsync-path={self.rsync_path}"] if self.rsync_path else []
+        return run_timed(["rsync", "-a", "--delete", *extra, "-e", self.rsh,
+                          f"{self.src}/", f"127.0.0.1:{dest}"])
 
     def run(self) -> float:
         t = self.push(f"{self.base / 'current'}/")
         self.n += 1
-        return t + run_timed(["cp", "-al", str(self.base / "current"),
-                              str(self.base / "snapshots" / f"s{self.n:03d}")])
+        cp = run_timed(["cp", "-al", str(self.base / "current"),
+                        str(self.base / "snapshots" / f"s{self.n:03d}")])
+        self.parts.append((t, cp))
+        return t + cp
 
 
 def xsbackup_root(root: Path, backend: str, pub: Path, env: dict[str, str]) -> Path:
@@ -175,6 +241,8 @@ def one_filesystem(kind: str, base: Path, src: Path, key: Path, host_key: Path,
     raw = stack.enter_context(Sshd(base / f"sshd-{kind}-raw", host_key, raw_ak,
                                    permit_root="prohibit-password"))
     cases.append(DsBackupCase("ds-backup", rsh_for(raw), src, mnt / "ds-backup"))
+    cases.append(DsBackupCase("ds-backup+fake-super", rsh_for(raw), src,
+                              mnt / "ds-backup-fake-super", "rsync --fake-super"))
     out: dict[str, Any] = {"first_full": {}}
     if kind == "btrfs":
         out["first_full"]["raw"] = Case("raw", rsh_for(raw), src).push(f"{mnt / 'raw'}/")
@@ -184,14 +252,27 @@ def one_filesystem(kind: str, base: Path, src: Path, key: Path, host_key: Path,
     print(f"{kind}: {runs} no-change runs per case ...", flush=True)
     timings = interleave(cases, runs)
     out["no_change"] = {name: summary(ts) | {"raw": ts} for name, ts in timings.items()}
+    out["first_full_split"] = {}
     for c in cases:  # the first entry is the first full backup
+        nc = out["no_change"][c.name]
         if isinstance(c, XsbackupCase):
-            out["no_change"][c.name]["transfer_median"] = summary([t for t, _ in c.parts[1:]])[
-                "median"]
-            out["no_change"][c.name]["postprocess_median"] = summary(
-                [p for _, p in c.parts[1:]])["median"]
+            out["first_full_split"][c.name] = {"transfer": c.parts[0][0],
+                                               "postprocess": c.parts[0][1],
+                                               "postprocess_phases": c.phases[0]}
+            nc["transfer_median"] = summary([t for t, _ in c.parts[1:]])["median"]
+            nc["postprocess_median"] = summary([p for _, p in c.parts[1:]])["median"]
+            nc["postprocess_phases_median"] = {
+                k: summary([ph.get(k, 0.0) for ph in c.phases[1:]])["median"]
+                for k in sorted({k for ph in c.phases for k in ph})}
+        elif isinstance(c, DsBackupCase):
+            nc["rsync_median"] = summary([t for t, _ in c.parts[1:]])["median"]
+            nc["cp_al_median"] = summary([p for _, p in c.parts[1:]])["median"]
     med = {name: out["no_change"][name]["median"] for name in timings}
     out["ratios"] = {f"{b}/ds-backup": med[b] / med["ds-backup"] for b in backends}
+    # Informational, not a target: against the anchor's method with the receiving
+    # rsync's --fake-super, which xsbackup always gives and the anchor does not.
+    out["ratios"] |= {f"{b}/ds-backup+fake-super": med[b] / med["ds-backup+fake-super"]
+                      for b in backends}
     if kind == "btrfs":
         out["ratios"]["btrfs/hardlink"] = med["btrfs"] / med["hardlink"]
         out["ratios"]["first_full btrfs/raw"] = (out["first_full"]["btrfs"]
@@ -215,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = quiet_wait(args.quiet_load, args.quiet_timeout)
     total = int(args.mb * 1_000_000)
     result = new_result("backends", ("storage.btrfs", "storage.reflink", "storage.mirror",
-                                     "storage.hardlink", "ingest.upload"))
+                                     "storage.clonetree", "storage.hardlink",
+                                     "ingest.upload"))
     result |= {"quiet_wait": quiet, "config": {"files": args.files, "bytes": total,
                                                "runs": args.runs, "seed": args.seed}}
     env = {k: v for k, v in os.environ.items() if not k.startswith("XSBACKUP_")}
@@ -247,12 +329,18 @@ def print_table(r: dict[str, Any]) -> None:
         fs = r[kind]
         print(f"{kind}: no-change backup, end to end (median s)")
         for name, s in fs["no_change"].items():
-            split = (f"   (transfer {s['transfer_median']:.3f} + post-processing "
-                     f"{s['postprocess_median']:.3f})" if "transfer_median" in s else "")
-            print(f"  {name:<10} {s['median']:8.3f}   first full "
+            split = ""
+            if "transfer_median" in s:
+                phases = ", ".join(f"{k} {v:.3f}"
+                                   for k, v in s.get("postprocess_phases_median", {}).items())
+                split = (f"   (transfer {s['transfer_median']:.3f} + post-processing "
+                         f"{s['postprocess_median']:.3f}: {phases})")
+            elif "rsync_median" in s:
+                split = f"   (rsync {s['rsync_median']:.3f} + cp -al {s['cp_al_median']:.3f})"
+            print(f"  {name:<21} {s['median']:8.3f}   first full "
                   f"{fs['first_full'][name]:8.3f}{split}")
         for name, ratio in fs["ratios"].items():
-            print(f"  {name:<22} {ratio:6.2f}x")
+            print(f"  {name:<32} {ratio:6.2f}x")
         for name, s in fs["storage"].items():
             du = f", btrfs filesystem du {s['btrfs_filesystem_du_s']:.3f}" \
                 if "btrfs_filesystem_du_s" in s else ""

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.backends import BACKENDS, loop_mount, unmount
-from tests.conftest import XSBACKUP, Server, _local_rsh, local_pull, local_push, run_cli
+from tests.conftest import XSBACKUP, Server, Sshd, _local_rsh, local_pull, local_push, run_cli
 from xsbackup.snapshots import postprocess, usage
 from xsbackup.snapshots.snapshot import read_facts
 
@@ -384,3 +384,30 @@ def test_usage_is_measured_once_between_transfers(server: Server, tmp_path: Path
     again = usage.cached(server.ctx(), SN, progress=lambda v, sid: seen.append(sid))
     assert seen == []  # ...once
     assert again == first
+
+
+@EVERY
+def test_newly_excluded_and_protected_files_leave_later_snapshots(server: Server, sshd: Sshd,
+                                                                   tmp_path: Path) -> None:
+    """A snapshot holds exactly what the client sent, on every backend: a file it now
+    excludes, or protects from deletion with a ``P`` rule after removing it, is in the
+    older snapshots only (the hardlink backend's fresh tree; the others' ``R *`` rule)."""
+    key = server.add_client(SN)
+    src = source(tmp_path)
+    (src / "d" / "old.log").write_text("log\n")
+    (src / "gone.txt").write_text("removed before the second backup\n")
+    dest = f"{SN}@127.0.0.1:{VOL}/"
+    r = sshd.rsync(key, "-a", "--delete", f"{src}/", dest)
+    assert r.returncode == 0, r.stderr
+    postprocess.run_once(server.ctx())
+    first_view = contents(snap(server, server.store.snapshot_ids(SN, VOL)[0]))
+    (src / "gone.txt").unlink()
+    r = sshd.rsync(key, "-a", "--delete", "--exclude=*.log", "--filter=P gone.txt",
+                   f"{src}/", dest)
+    assert r.returncode == 0, r.stderr
+    postprocess.run_once(server.ctx())
+    first, second = server.store.snapshot_ids(SN, VOL)
+    assert contents(snap(server, first)) == first_view
+    assert {"d/old.log", "gone.txt"} <= set(first_view)
+    expected = {k: v for k, v in contents(src).items() if not k.endswith(".log")}
+    assert contents(snap(server, second)) == expected

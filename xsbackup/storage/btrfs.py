@@ -4,8 +4,11 @@ Ingest is ``mirror``'s: rsync updates the volume's ``current`` subvolume in plac
 successful transfer becomes ``incoming/<id>``, a writable snapshot of it, where the
 post-processor writes the facts. **Promote** takes a read-only snapshot of that as
 ``snapshots/<id>`` (it appears whole, read-only from its first instant: a write, chmod or
-utime there fails with ``EROFS``, even as root) and deletes ``incoming/<id>``. (A
-read-only subvolume cannot be renamed into another directory: its ``..`` would change.)
+utime there fails with ``EROFS``, even as root) and moves ``incoming/<id>`` into the
+state root's ``deleting/`` (``CLIENT.VOLUME.ID.subvolume``), which ``purge`` and
+``measure`` empty: deleting a subvolume evicts every cached inode of it, 0.4 s at 100,000
+files, which the promotion need not wait for. (A read-only subvolume cannot be renamed
+into another directory: its ``..`` would change; a writable one can.)
 
 **Delete** is ``btrfs subvolume delete`` under the snapshot's exclusive flock (a reader
 makes it refuse), after noting the subvolume's id in ``deleting/``. The filesystem's
@@ -52,7 +55,8 @@ from xsbackup.store import fsync_dir
 NAME = "btrfs"
 SUBVOL_INO = 256                      # the root directory of every subvolume
 _INO_LOOKUP = 0xD0009412              # _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args)
-DELETING = "deleting"                 # under the state root: ids of deleted subvolumes
+DELETING = "deleting"                 # under the state root: ids of deleted subvolumes,
+RETIRED = ".subvolume"                # and promoted incoming/<id> waiting to be deleted
 
 
 def btrfs(*args: str, why: str) -> procs.Result:
@@ -135,9 +139,31 @@ class BtrfsBackend(MirrorBackend):
             fsync_dir(vol / "snapshots")
         crash("after-rename")
         if is_subvolume(src) and dst.exists():
-            self._remove_tree(src)
+            self._retire(src, f"{client}.{volume}.{sid}")
         self._point_latest(client, volume)
         return dst
+
+    def _retire(self, path: Path, name: str) -> None:
+        """Move the writable subvolume ``path`` into ``deleting/`` for ``purge`` (or the
+        next ``measure``) to delete. Deleting it here would cost the promotion the
+        eviction of every cached inode of the tree (0.4 s at 100,000 files)."""
+        self._deleting.mkdir(mode=0o700, exist_ok=True)
+        os.rename(path, self._deleting / f"{name}{RETIRED}")
+        fsync_dir(self._deleting)
+        fsync_dir(path.parent)
+
+    def _delete_retired(self) -> int:
+        """Delete the subvolumes ``promote`` retired, noting each for the cleaner's wait
+        (the caller holds the trash lock). Returns how many."""
+        try:
+            names = sorted(n for n in os.listdir(self._deleting) if n.endswith(RETIRED))
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            path = self._deleting / name
+            (self._deleting / str(subvolume_id(path))).write_text(f"{name}\n")
+            self._remove_tree(path)
+        return len(names)
 
     # ---- deletion ----------------------------------------------------------------------
 
@@ -168,6 +194,7 @@ class BtrfsBackend(MirrorBackend):
         removed = 0
         try:
             with FileLock(self.store.trash_lock).acquire():
+                self._delete_retired()
                 removed = self._wait_cleaner(progress)
         except LockBusy:
             return 0
@@ -183,6 +210,8 @@ class BtrfsBackend(MirrorBackend):
         if notes:  # a commit wakes the cleaner now, not at the next periodic one
             btrfs_ok("filesystem", "sync", str(self.store.root), why="wake the btrfs cleaner")
         for note in notes:
+            if note.endswith(RETIRED):
+                continue
             if note.isdigit():
                 btrfs_ok("subvolume", "sync", str(self.store.root), note,
                          why="wait for the btrfs cleaner")
@@ -209,8 +238,11 @@ class BtrfsBackend(MirrorBackend):
             pending += [vol / "incoming" / i for i in self.store.incoming_ids(client, volume)]
             pending += [p for p in (vol / "current", vol / PARTIAL) if p.is_dir()]
         paths = [p for _, p in snaps] + pending
-        # Deleted subvolumes (promoted incoming/<id>, pruned snapshots) hold their extents
-        # until the cleaner has run: until then nothing they shared would be exclusive.
+        # Retired and deleted subvolumes (promoted incoming/<id>, pruned snapshots) hold
+        # their extents until deleted and cleaned: until then nothing they shared would be
+        # exclusive.
+        with contextlib.suppress(LockBusy), FileLock(self.store.trash_lock).acquire():
+            self._delete_retired()
         btrfs_ok("filesystem", "sync", str(self.store.root), why="wake the btrfs cleaner")
         btrfs_ok("subvolume", "sync", str(self.store.root), why="wait for the btrfs cleaner")
         figures, method = self._exclusive(paths)

@@ -6,12 +6,17 @@ in place (no ``--link-dest``), so an unchanged file costs one ``lstat`` and an i
 transfer resumes by construction. A client that does not ask rsync to delete what it no
 longer has gets an empty ``current/`` instead (``fresh``): otherwise files it removed would
 stay in every later snapshot, and a snapshot would no longer be exactly what it sent (as
-on the hardlink backend). While a transfer runs, ``unfinished`` marks the volume; a
-transfer killed with SIGKILL leaves it, and rsync's temporary files (``.<name>.XXXXXX``,
-next to their destination: a temporary directory elsewhere would not be on the same
-subvolume, and every file would be copied instead of renamed). The next ``prepare`` then
-deletes every file of ``current/`` that has such a name: anything wrongly taken is only
-sent again. rsync's partial files go to the volume's ``partial/``.
+on the hardlink backend). For the same reason the server gives rsync a first rule,
+``R *`` (``RISK_ALL``), that leaves nothing in ``current/`` protected from deletion:
+without it, a file the client newly excludes (``--exclude`` without
+``--delete-excluded``, a ``P`` or ``-r`` rule) would be protected by the client's own rule
+and stay in every later snapshot; with it, a snapshot holds exactly what the client sent,
+as a hardlink snapshot (a fresh tree) does. While a transfer runs, ``unfinished`` marks
+the volume; a transfer killed with SIGKILL leaves it, and rsync's temporary files
+(``.<name>.XXXXXX``, next to their destination: a temporary directory elsewhere would not
+be on the same subvolume, and every file would be copied instead of renamed). The next
+``prepare`` then deletes every file of ``current/`` that has such a name: anything wrongly
+taken is only sent again. rsync's partial files go to the volume's ``partial/``.
 
 **Complete** makes ``incoming/<id>`` a writable copy of ``current/`` (a subvolume
 snapshot, or a reflink copy made aside and renamed in) and only then clears
@@ -39,6 +44,9 @@ from xsbackup.storage.manifests import ManifestFiles
 from xsbackup.store import Store, atomic_symlink, fsync_dir
 
 UNFINISHED = "unfinished"
+# Given to the receiving rsync before the client's rules: nothing in current/ is protected
+# from --delete, so what the client now excludes goes as what it removed does.
+RISK_ALL = "--filter=R *"
 PARTIAL = "partial"
 # rsync's temporary files: "." + name + "." + six random characters.
 RSYNC_TEMP_RE = re.compile(r"\..+\.[A-Za-z0-9]{6}", re.DOTALL)
@@ -85,7 +93,8 @@ class MirrorBackend(ManifestFiles, ABC):
         # Nanosecond mtimes: at rsync's default (whole seconds) a directory whose entries
         # changed within the second of its recorded mtime would keep the new one.
         return IngestTarget(client, volume, current,
-                            rsync_args=(f"--partial-dir={vol / PARTIAL}", "--modify-window=-1"))
+                            rsync_args=(f"--partial-dir={vol / PARTIAL}", "--modify-window=-1",
+                                        RISK_ALL))
 
     def complete(self, target: IngestTarget, sid: str) -> Path:
         vol = target.path.parent
@@ -96,6 +105,9 @@ class MirrorBackend(ManifestFiles, ABC):
         (vol / UNFINISHED).unlink(missing_ok=True)
         fsync_dir(vol)
         return incoming
+
+    def same_files(self, client: str, volume: str, sid: str, previous: str) -> dict[int, int]:
+        return {}  # an unchanged file keeps its inode
 
     # ---- interrupted transfers ---------------------------------------------------------
 

@@ -1,17 +1,20 @@
 """The reflink backend: copy-on-write copies of a persistent ``current/`` (XFS with
 ``reflink=1``, or btrfs where subvolumes cannot be made).
 
-Ingest is ``mirror``'s: rsync updates ``current/`` in place. **Complete** copies it with
-``cp -a --reflink=always`` into the volume's ``snapshotting/`` and renames that to
-``incoming/<id>``, so a copy killed halfway is never taken for a transfer (the next copy
-deletes it first). Copies share data blocks, never inodes: a later chmod, touch or
-rewrite in ``current/`` cannot reach a snapshot, as it could through a hardlink.
+Ingest is ``mirror``'s: rsync updates ``current/`` in place. **Complete** copies it into
+the volume's ``snapshotting/`` and renames that to ``incoming/<id>``, so a copy killed
+halfway is never taken for a transfer (the next copy deletes it first). The copy is
+``clonetree``'s: each file's data shared by ``FICLONE``, and in the same pass each
+regular file made read-only (its write bits go, after rsync's record keeps the client's
+mode, as ``permissions.tighten`` does for group and world write) and immutable where the
+service may set that attribute (``CAP_LINUX_IMMUTABLE``). Where it cannot (an entry type
+it does not copy), ``cp -a --reflink=always`` copies and ``freeze_tree`` freezes. Copies
+share data blocks, never inodes: a later chmod, touch or rewrite in ``current/`` cannot
+reach a snapshot, as it could through a hardlink. Directories stay writable by the
+service, so a snapshot can still be renamed away and its facts written.
 
-**Promote** makes every regular file of ``incoming/<id>`` read-only (its write bits go,
-after rsync's record keeps the client's mode, as ``permissions.tighten`` does for group
-and world write) and immutable where the service may set that attribute
-(``CAP_LINUX_IMMUTABLE``), then renames it to ``snapshots/<id>``. Directories stay
-writable by the service, so a snapshot can still be renamed away.
+**Promote** renames ``incoming/<id>`` to ``snapshots/<id>``. A copy whose top directory
+lacks the ``FROZEN`` mark (made before there was one) is frozen first.
 
 **Delete** is the hardlink backend's rename into ``trash/`` under an exclusive flock;
 **purge** clears the immutable attribute of what is there, then removes it the hardlink
@@ -26,10 +29,12 @@ import fcntl
 import os
 import stat
 import struct
+from array import array
 from pathlib import Path
 
 from xsbackup import procs
 from xsbackup.crashpoints import crash
+from xsbackup.logs import LOG
 from xsbackup.storage import extents
 from xsbackup.storage.base import (
     DEDUP_BLOCKS,
@@ -39,10 +44,11 @@ from xsbackup.storage.base import (
     MeasureProgress,
     Progress,
 )
+from xsbackup.storage.clonetree import clone_tree
 from xsbackup.storage.hardlink import HardlinkBackend
 from xsbackup.storage.mirror import PARTIAL, MirrorBackend
 from xsbackup.storage.permissions import tighten
-from xsbackup.store import fsync_dir
+from xsbackup.store import atomic_write, check_snapshot_id, fsync_dir
 
 NAME = "reflink"
 SNAPSHOTTING = "snapshotting"
@@ -50,6 +56,11 @@ FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 FS_IMMUTABLE_FL = 0x10
 WRITE_BITS = 0o222
+# On a copy's top directory from when it is whole and frozen until its promotion.
+FROZEN = "user.xsbackup-reflink.frozen"
+# The volume's directory of copy records, ``ID.bin``: per file copied into snapshot ID,
+# its source's inode and ctime in ``current/`` and its copy's inode (``same_files``).
+SOURCES = "sources"
 
 
 class ReflinkBackend(MirrorBackend):
@@ -67,10 +78,24 @@ class ReflinkBackend(MirrorBackend):
         aside = src.parent / SNAPSHOTTING
         if aside.exists():
             self._remove_tree(aside)
-        res = procs.run(["cp", "-a", "--reflink=always", "--no-target-directory", "--",
-                         str(src), str(aside)], why="reflink-copy a transfer")
-        if not res.ok:
-            raise OSError(f"cp --reflink=always {src}: {res.first_error_line()}")
+        record = src.parent / SOURCES / f"{check_snapshot_id(dst.name)}.bin"
+        record.unlink(missing_ok=True)
+        try:
+            sources = clone_tree(str(src), str(aside))
+        except OSError as e:
+            # A type clone_tree does not copy, or no reflinks here: cp says which.
+            LOG.info("reflink copy of %s by cp instead (%s)", src, e)
+            if aside.exists():
+                self._remove_tree(aside)
+            res = procs.run(["cp", "-a", "--reflink=always", "--no-target-directory", "--",
+                             str(src), str(aside)], why="reflink-copy a transfer")
+            if not res.ok:
+                raise OSError(f"cp --reflink=always {src}: {res.first_error_line()}") from None
+            freeze_tree(str(aside))
+        else:
+            record.parent.mkdir(exist_ok=True)
+            atomic_write(record, sources.tobytes(), mode=0o600)
+        os.setxattr(aside, FROZEN, b"1")
         os.rename(aside, dst)
 
     def _remove_tree(self, path: Path) -> None:
@@ -87,7 +112,12 @@ class ReflinkBackend(MirrorBackend):
         src, dst = vol / "incoming" / sid, vol / "snapshots" / sid
         (vol / "snapshots").mkdir(exist_ok=True)
         if src.is_dir() and not dst.exists():
-            freeze_tree(str(src))
+            try:
+                os.removexattr(src, FROZEN)
+            except OSError as e:   # copied before this mark existed: freeze it now
+                if e.errno != errno.ENODATA:
+                    raise
+                freeze_tree(str(src))
             os.rename(src, dst)
             fsync_dir(vol / "snapshots")
             fsync_dir(vol / "incoming")
@@ -98,7 +128,42 @@ class ReflinkBackend(MirrorBackend):
     # ---- deletion ----------------------------------------------------------------------
 
     def delete(self, client: str, volume: str, sid: str) -> str:
-        return HardlinkBackend(self.store).delete(client, volume, sid)
+        why = HardlinkBackend(self.store).delete(client, volume, sid)
+        if why != "being read":
+            self._sources(client, volume, sid).unlink(missing_ok=True)
+        return why
+
+    # ---- copy records ------------------------------------------------------------------
+
+    def _sources(self, client: str, volume: str, sid: str) -> Path:
+        return (self.store.volume_dir(client, volume) / SOURCES /
+                f"{check_snapshot_id(sid)}.bin")
+
+    def _read_sources(self, client: str, volume: str, sid: str) -> array[int]:
+        out = array("Q")
+        try:
+            data = self._sources(client, volume, sid).read_bytes()
+        except FileNotFoundError:
+            return out
+        if len(data) % (3 * out.itemsize) == 0:  # else damaged: nothing is the same
+            out.frombytes(data)
+        return out
+
+    def same_files(self, client: str, volume: str, sid: str, previous: str) -> dict[int, int]:
+        """Copies of one ``current/`` file whose inode and ctime are the same in both
+        records: nothing changed it between the two copies (a write, chmod, utime or
+        rename in place changes its ctime; rsync replaces a changed file by a new one)."""
+        new, old = (self._read_sources(client, volume, i) for i in (sid, previous))
+        if not new or not old:
+            return {}
+        copy_of = {(ino, ctime): copy
+                   for ino, ctime, copy in zip(old[0::3], old[1::3], old[2::3], strict=True)}
+        out = {}
+        for ino, ctime, copy in zip(new[0::3], new[1::3], new[2::3], strict=True):
+            before = copy_of.get((ino, ctime))
+            if before is not None:
+                out[copy] = before
+        return out
 
     def purge(self, progress: Progress | None = None) -> int:
         with contextlib.suppress(FileNotFoundError):
