@@ -11,15 +11,11 @@ from pathlib import Path
 import pytest
 
 from tests.backends import shared_mount
-from tests.conftest import Server, local_push
-from xsbackup.snapshots import postprocess
 from xsbackup.storage import reflink
 from xsbackup.storage.clonetree import Unsupported, clone_tree
 from xsbackup.storage.permissions import STAT_XATTR
 
 pytestmark = pytest.mark.integration
-SN = "SBK00445566"
-VOL = "documents"
 
 
 @pytest.fixture
@@ -51,7 +47,7 @@ def tree(top: Path) -> Path:
 def test_copy_keeps_everything_but_write_bits_and_freezes(xfs: Path) -> None:
     src = tree(xfs)
     dst = xfs / "dst"
-    assert len(clone_tree(str(src), str(dst))) == 3 * 5  # the twin is a link
+    assert clone_tree(str(src), str(dst)) == 5  # the twin is a link
     for p in [src, *src.rglob("*")]:
         q = dst / p.relative_to(src)
         a, b = p.lstat(), q.lstat()
@@ -85,42 +81,9 @@ def test_a_device_node_is_unsupported_and_the_backend_falls_back_to_cp(xfs: Path
         clone_tree(str(src), str(xfs / "dst"))
     reflink.set_immutable_tree(str(xfs / "dst"), False)
     backend = reflink.ReflinkBackend.__new__(reflink.ReflinkBackend)
-    copy = xfs / "2026-01-01T000000Z"
-    backend._copy_tree(src, copy)
-    assert stat.S_ISFIFO((copy / "d" / "fifo").lstat().st_mode)
-    assert os.getxattr(copy, reflink.FROZEN) == b"1"
+    backend._copy_tree(src, xfs / "copy")
+    assert stat.S_ISFIFO((xfs / "copy" / "d" / "fifo").lstat().st_mode)
+    assert os.getxattr(xfs / "copy", reflink.FROZEN) == b"1"
     with pytest.raises(PermissionError):
-        (copy / "loose.txt").open("ab").close()
-    assert not (xfs / reflink.SOURCES / f"{copy.name}.bin").exists()  # cp records none
-    reflink.set_immutable_tree(str(copy), False)
-
-
-@pytest.mark.parametrize("server", ["reflink"], indirect=True)
-def test_same_files_names_the_copies_of_unchanged_files(server: Server,
-                                                        tmp_path: Path) -> None:
-    """``Backend.same_files`` on reflink: a file rsync left alone between two backups
-    maps to its copy in the older snapshot; a changed, touched or new one does not."""
-    server.add_client(SN)
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("same", "changed", "touched"):
-        (src / name).write_text(f"{name}\n")
-    first = push(server, src)
-    (src / "changed").write_text("changed, longer\n")
-    os.utime(src / "touched", (1_000_000_000, 1_000_000_000))
-    (src / "new").write_text("new\n")
-    second = push(server, src)
-    a, b = (server.store.snapshots_dir(SN, VOL) / i for i in (first, second))
-    got = server.ctx().storage.same_files(SN, VOL, second, first)
-    assert got == {(b / "same").stat().st_ino: (a / "same").stat().st_ino}
-    assert server.ctx().storage.same_files(SN, VOL, second, "2001-01-01T000000Z") == {}
-    # Deleting a snapshot deletes its record.
-    server.ctx().storage.delete(SN, VOL, first)
-    assert server.ctx().storage.same_files(SN, VOL, second, first) == {}
-
-
-def push(server: Server, src: Path) -> str:
-    r = local_push(server, SN, src)
-    assert r.returncode == 0, r.stderr
-    postprocess.run_once(server.ctx())
-    return server.store.snapshot_ids(SN, VOL)[-1]
+        (xfs / "copy" / "loose.txt").open("ab").close()
+    reflink.set_immutable_tree(str(xfs / "copy"), False)

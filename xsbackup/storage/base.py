@@ -168,13 +168,6 @@ class Backend(Protocol):
         total, which also counts its transfers that are not snapshots yet (``pending``:
         what only they hold)."""
 
-    def same_files(self, client: str, volume: str, sid: str, previous: str) -> dict[int, int]:
-        """For the content manifest's digest reuse: the regular files of snapshot ``sid``
-        (visible, or still in ``incoming/``) that are copies of the very files, unchanged,
-        that snapshot ``previous`` holds copies of, as {inode in ``sid``: inode in
-        ``previous``}. Empty where unchanged files keep their inode from one snapshot to
-        the next (hardlink, btrfs), or the backend cannot tell."""
-
     # ---- content manifests (the bytes are ``snapshots.manifest``'s; opaque here) -------
 
     def write_manifest(self, client: str, volume: str, sid: str, data: bytes) -> None:

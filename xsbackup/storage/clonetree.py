@@ -24,7 +24,6 @@ import fcntl
 import os
 import stat
 import struct
-from array import array
 from collections.abc import Iterator
 
 from xsbackup.storage.permissions import STAT_XATTR
@@ -48,8 +47,7 @@ class _Cloner:
         self.immutable = True          # until the filesystem or our rights say otherwise
         self.links: dict[tuple[int, int], str] = {}   # (dev, ino) -> path below top
         self.top = -1                                 # the destination's descriptor
-        # Per regular file copied: its source's inode and ctime, then the copy's inode.
-        self.sources = array("Q")
+        self.files = 0
 
     # ---- one entry ---------------------------------------------------------------------
 
@@ -100,7 +98,6 @@ class _Cloner:
             try:
                 if st.st_size:
                     fcntl.ioctl(d, FICLONE, s)
-                self.sources.extend((st.st_ino, st.st_ctime_ns, os.fstat(d).st_ino))
                 self._meta(s, d, st, stat.S_IMODE(st.st_mode) & ~WRITE_BITS)
                 if st.st_nlink > 1:   # may be linked again: immutable only at the end
                     self.links[key] = rel
@@ -110,6 +107,7 @@ class _Cloner:
                 os.close(d)
         finally:
             os.close(s)
+        self.files += 1
 
     def symlink(self, sdir: int, ddir: int, name: str, st: os.stat_result) -> None:
         os.symlink(os.readlink(name, dir_fd=sdir), name, dir_fd=ddir)
@@ -172,13 +170,12 @@ class _Cloner:
                 os.close(d)
             os.close(self.top)
 
-def clone_tree(src: str, dst: str) -> array[int]:
+def clone_tree(src: str, dst: str) -> int:
     """Copy ``src`` to the new directory ``dst`` (which must not exist), sharing file data
-    by reflink, with every regular file read-only and immutable where allowed. Returns,
-    for each regular file copied (a hardlink's other names aside), its source's inode
-    and ctime (ns) and its copy's inode, flat. A filesystem without reflinks raises
-    ``OSError`` (EOPNOTSUPP or EXDEV); an entry of another type ``Unsupported``. Either
-    way ``dst`` is left for the caller to remove."""
+    by reflink, with every regular file read-only and immutable where allowed. Returns
+    the files cloned. A filesystem without reflinks raises ``OSError`` (EOPNOTSUPP or
+    EXDEV); an entry of another type ``Unsupported``. Either way ``dst`` is left for the
+    caller to remove."""
     c = _Cloner()
     c.tree(src, dst)
-    return c.sources
+    return c.files

@@ -210,9 +210,6 @@ class HardlinkBackend(ManifestFiles):
 
     # ---- deletion ----------------------------------------------------------------------
 
-    def same_files(self, client: str, volume: str, sid: str, previous: str) -> dict[int, int]:
-        return {}  # an unchanged file keeps its inode
-
     def delete(self, client: str, volume: str, sid: str) -> str:
         snapshots = self.store.snapshots_dir(client, volume)
         fd = lock_for_delete(snapshots / sid)

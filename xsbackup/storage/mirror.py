@@ -106,9 +106,6 @@ class MirrorBackend(ManifestFiles, ABC):
         fsync_dir(vol)
         return incoming
 
-    def same_files(self, client: str, volume: str, sid: str, previous: str) -> dict[int, int]:
-        return {}  # an unchanged file keeps its inode
-
     # ---- interrupted transfers ---------------------------------------------------------
 
     def _partials(self, client: str, volume: str) -> list[Path]:

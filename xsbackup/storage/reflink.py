@@ -29,7 +29,6 @@ import fcntl
 import os
 import stat
 import struct
-from array import array
 from pathlib import Path
 
 from xsbackup import procs
@@ -48,7 +47,7 @@ from xsbackup.storage.clonetree import clone_tree
 from xsbackup.storage.hardlink import HardlinkBackend
 from xsbackup.storage.mirror import PARTIAL, MirrorBackend
 from xsbackup.storage.permissions import tighten
-from xsbackup.store import atomic_write, check_snapshot_id, fsync_dir
+from xsbackup.store import fsync_dir
 
 NAME = "reflink"
 SNAPSHOTTING = "snapshotting"
@@ -58,9 +57,6 @@ FS_IMMUTABLE_FL = 0x10
 WRITE_BITS = 0o222
 # On a copy's top directory from when it is whole and frozen until its promotion.
 FROZEN = "user.xsbackup-reflink.frozen"
-# The volume's directory of copy records, ``ID.bin``: per file copied into snapshot ID,
-# its source's inode and ctime in ``current/`` and its copy's inode (``same_files``).
-SOURCES = "sources"
 
 
 class ReflinkBackend(MirrorBackend):
@@ -78,10 +74,8 @@ class ReflinkBackend(MirrorBackend):
         aside = src.parent / SNAPSHOTTING
         if aside.exists():
             self._remove_tree(aside)
-        record = src.parent / SOURCES / f"{check_snapshot_id(dst.name)}.bin"
-        record.unlink(missing_ok=True)
         try:
-            sources = clone_tree(str(src), str(aside))
+            clone_tree(str(src), str(aside))
         except OSError as e:
             # A type clone_tree does not copy, or no reflinks here: cp says which.
             LOG.info("reflink copy of %s by cp instead (%s)", src, e)
@@ -92,9 +86,6 @@ class ReflinkBackend(MirrorBackend):
             if not res.ok:
                 raise OSError(f"cp --reflink=always {src}: {res.first_error_line()}") from None
             freeze_tree(str(aside))
-        else:
-            record.parent.mkdir(exist_ok=True)
-            atomic_write(record, sources.tobytes(), mode=0o600)
         os.setxattr(aside, FROZEN, b"1")
         os.rename(aside, dst)
 
@@ -128,42 +119,7 @@ class ReflinkBackend(MirrorBackend):
     # ---- deletion ----------------------------------------------------------------------
 
     def delete(self, client: str, volume: str, sid: str) -> str:
-        why = HardlinkBackend(self.store).delete(client, volume, sid)
-        if why != "being read":
-            self._sources(client, volume, sid).unlink(missing_ok=True)
-        return why
-
-    # ---- copy records ------------------------------------------------------------------
-
-    def _sources(self, client: str, volume: str, sid: str) -> Path:
-        return (self.store.volume_dir(client, volume) / SOURCES /
-                f"{check_snapshot_id(sid)}.bin")
-
-    def _read_sources(self, client: str, volume: str, sid: str) -> array[int]:
-        out = array("Q")
-        try:
-            data = self._sources(client, volume, sid).read_bytes()
-        except FileNotFoundError:
-            return out
-        if len(data) % (3 * out.itemsize) == 0:  # else damaged: nothing is the same
-            out.frombytes(data)
-        return out
-
-    def same_files(self, client: str, volume: str, sid: str, previous: str) -> dict[int, int]:
-        """Copies of one ``current/`` file whose inode and ctime are the same in both
-        records: nothing changed it between the two copies (a write, chmod, utime or
-        rename in place changes its ctime; rsync replaces a changed file by a new one)."""
-        new, old = (self._read_sources(client, volume, i) for i in (sid, previous))
-        if not new or not old:
-            return {}
-        copy_of = {(ino, ctime): copy
-                   for ino, ctime, copy in zip(old[0::3], old[1::3], old[2::3], strict=True)}
-        out = {}
-        for ino, ctime, copy in zip(new[0::3], new[1::3], new[2::3], strict=True):
-            before = copy_of.get((ino, ctime))
-            if before is not None:
-                out[copy] = before
-        return out
+        return HardlinkBackend(self.store).delete(client, volume, sid)
 
     def purge(self, progress: Progress | None = None) -> int:
         with contextlib.suppress(FileNotFoundError):
