@@ -118,7 +118,8 @@ class XsbackupCase(Case):
 class PhaseTimer:
     """Seconds spent in the post-processor's steps during one ``run_once`` (this process
     only): the stats walk (``compute_stats``, which also tightens modes), the content
-    manifest (``manifest.reusable`` + ``build`` + the backend's ``write_manifest``), and
+    manifest (``manifest.previous`` + ``keep``, which builds, merges or links it and
+    hands it to the backend), and
     the backend's ``promote``. The functions are wrapped where ``postprocess`` calls them
     and restored on exit."""
 
@@ -146,10 +147,9 @@ class PhaseTimer:
         from xsbackup.storage import btrfs, hardlink, reflink
 
         self._wrap(postprocess, "compute_stats", "stats_walk")
-        self._wrap(manifest, "reusable", "manifest")
-        self._wrap(manifest, "build", "manifest")
+        self._wrap(manifest, "previous", "manifest")
+        self._wrap(manifest, "keep", "manifest")
         for cls in (btrfs.BtrfsBackend, reflink.ReflinkBackend, hardlink.HardlinkBackend):
-            self._wrap(cls, "write_manifest", "manifest")
             self._wrap(cls, "promote", "promote")
         return self
 

@@ -318,31 +318,52 @@ def table(rows: list[Row], mode: str, notes: list[str]) -> str:
     return "\n".join([*lines, "", *notes, ""])
 
 
+def _load(result: dict[str, Any]) -> Any:
+    return _get(result, "machine", "loadavg_at_start") or _get(
+        result, "load_1min_when_started")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("mode", choices=("quick", "full"))
-    ap.add_argument("--only", default="", help="comma-separated benchmarks (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated benchmarks (default: all); "
+                    "the others' rows come from their last results, marked so")
+    ap.add_argument("--no-run", action="store_true",
+                    help="run nothing: rewrite the summary from the last results")
     ap.add_argument("--quiet-load", type=float, default=1.0,
                     help="wait before each benchmark until the 1-min load is at most this")
     ap.add_argument("--quiet-timeout", type=float, default=600,
                     help="wait at most this many seconds for it (600)")
     args = ap.parse_args(argv)
-    names = [n for n in BENCHES if not args.only or n in args.only.split(",")]
+    names = [] if args.no_run else \
+        [n for n in BENCHES if not args.only or n in args.only.split(",")]
     rows: list[Row] = []
     notes: list[str] = []
-    for name in names:
-        quick, full = BENCHES[name]
+    for name, (quick, full) in BENCHES.items():
+        path = RESULTS_DIR / f"run-all-{args.mode}-{name}.json"
+        if name not in names:
+            # Not run this time (--only): its last result, said to be one.
+            try:
+                result = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            rows += ROWS[name](result)
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(path.stat().st_mtime))
+            notes.append(f"- {name}: not run this time; its result from {when}, load at "
+                         f"start {_load(result)}")
+            continue
+        started = time.time()
         path, rc, took = run_one(name, quick if args.mode == "quick" else full, args.mode,
                                  args.quiet_load, args.quiet_timeout)
         try:
+            if path.stat().st_mtime < started:
+                raise ValueError("left from an earlier run")
             result = json.loads(path.read_text())
         except (OSError, ValueError):
             notes.append(f"- {name}: no result (exit {rc}, {took:.0f} s)")
             continue
         rows += ROWS[name](result)
-        load = _get(result, "machine", "loadavg_at_start") or _get(
-            result, "load_1min_when_started")
-        notes.append(f"- {name}: exit {rc}, {took:.0f} s, load at start {load}")
+        notes.append(f"- {name}: exit {rc}, {took:.0f} s, load at start {_load(result)}")
     text = table(rows, args.mode, ["Runs:", *notes])
     (RESULTS_DIR / "summary.md").write_text(text)
     (RESULTS_DIR / "summary.json").write_text(json.dumps(
