@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
+from xsbackup import procs
 from xsbackup.errors import LockBusy
 from xsbackup.locking import lock_directory
 
@@ -208,3 +209,10 @@ def lock_for_delete(snapshot: Path) -> int | str:
         return "being read"
     except FileNotFoundError:
         return "already gone"
+
+
+def rm_tree(path: Path, why: str) -> str:
+    """Delete the tree ``path`` for good with ``rm -rf --one-file-system`` (never into
+    another filesystem mounted below it); "" on success, else rm's first error line."""
+    res = procs.run(["rm", "-rf", "--one-file-system", "--", str(path)], why=why)
+    return "" if res.ok else res.first_error_line()

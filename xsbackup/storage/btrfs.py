@@ -48,6 +48,7 @@ from xsbackup.storage.base import (
     Progress,
     SnapshotUsage,
     lock_for_delete,
+    rm_tree,
 )
 from xsbackup.storage.mirror import PARTIAL, MirrorBackend
 from xsbackup.store import fsync_dir
@@ -122,10 +123,9 @@ class BtrfsBackend(MirrorBackend):
         if is_subvolume(path):
             btrfs_ok("subvolume", "delete", str(path), why="delete a subvolume")
             return
-        res = procs.run(["rm", "-rf", "--one-file-system", "--", str(path)],
-                        why="delete a partial file")
-        if not res.ok:
-            raise OSError(f"rm -rf {path}: {res.first_error_line()}")
+        error = rm_tree(path, "delete a partial file")
+        if error:
+            raise OSError(f"rm -rf {path}: {error}")
 
     # ---- promotion ---------------------------------------------------------------------
 

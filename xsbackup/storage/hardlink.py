@@ -49,7 +49,6 @@ import os
 import time
 from pathlib import Path
 
-from xsbackup import procs
 from xsbackup.crashpoints import crash
 from xsbackup.errors import LockBusy
 from xsbackup.locking import FileLock
@@ -65,6 +64,7 @@ from xsbackup.storage.base import (
     MeasureProgress,
     Progress,
     lock_for_delete,
+    rm_tree,
 )
 from xsbackup.storage.manifests import ManifestFiles
 from xsbackup.store import (
@@ -288,9 +288,7 @@ def _trash_prefix(client: str, volume: str) -> str:
 def _remove(path: Path) -> str:
     """Delete one tree or file for good; "" on success, else rm's first error line."""
     if path.is_dir() and not path.is_symlink():
-        res = procs.run(["rm", "-rf", "--one-file-system", "--", str(path)],
-                        why="delete pruned snapshots")
-        return "" if res.ok else res.first_error_line()
+        return rm_tree(path, "delete pruned snapshots")
     try:
         path.unlink(missing_ok=True)
     except OSError as e:

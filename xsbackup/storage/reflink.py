@@ -42,6 +42,7 @@ from xsbackup.storage.base import (
     ClientUsage,
     MeasureProgress,
     Progress,
+    rm_tree,
 )
 from xsbackup.storage.clonetree import clone_tree
 from xsbackup.storage.hardlink import HardlinkBackend
@@ -91,10 +92,9 @@ class ReflinkBackend(MirrorBackend):
 
     def _remove_tree(self, path: Path) -> None:
         set_immutable_tree(str(path), False)
-        res = procs.run(["rm", "-rf", "--one-file-system", "--", str(path)],
-                        why="delete a tree")
-        if not res.ok:
-            raise OSError(f"rm -rf {path}: {res.first_error_line()}")
+        error = rm_tree(path, "delete a tree")
+        if error:
+            raise OSError(f"rm -rf {path}: {error}")
 
     # ---- promotion ---------------------------------------------------------------------
 
