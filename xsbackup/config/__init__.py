@@ -16,12 +16,13 @@ import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 from xsbackup import units
 from xsbackup.config.check import CheckSettings  # new sections have their own modules
+from xsbackup.config.declare import section as _section
 from xsbackup.config.declare import setting as _key
 from xsbackup.config.fleet import FleetSettings
 from xsbackup.config.offsite import OffsiteSettings
@@ -29,7 +30,7 @@ from xsbackup.errors import ConfigError
 from xsbackup.layout import state_root
 
 
-@dataclass(frozen=True)
+@_section
 class ServerSettings:
     bind: str = _key("127.0.0.1", "address the embedded SSH and HTTP servers bind")
     ssh_port: int = _key(2222, "SSH port: the embedded server's, and the one restore plans "
@@ -59,7 +60,7 @@ class ServerSettings:
         return units.parse_startups(self.max_startups)
 
 
-@dataclass(frozen=True)
+@_section
 class HttpSettings:
     threads: int = _key(8, "HTTP worker threads", minimum=1)
     connection_limit: int = _key(1000, "open HTTP connections at most (more wait in the "
@@ -70,14 +71,14 @@ class HttpSettings:
     max_downloads: int = _key(4, "archives, files and Journal entries streamed at once, in "
                               "all (at most http.threads - 2, at least 1)", minimum=1)
     downloads_per_user: int = _key(2, "downloads one web user may stream at once", minimum=1)
-    trusted_proxies: list[str] = _key(  # noqa: RUF009 (a field())
+    trusted_proxies: list[str] = _key(
         [], "addresses or networks (CIDR) of reverse proxies in front of the web server; "
         "only from these are X-Forwarded-For and X-Forwarded-Proto believed, so the "
         "per-address limits count the device or browser behind the proxy",
         kind="networks")
 
 
-@dataclass(frozen=True)
+@_section
 class AvailabilitySettings:
     window_count: int = _key(10, "clients admitted per window by the availability check",
                              minimum=0)
@@ -95,7 +96,7 @@ class AvailabilitySettings:
 POLICIES = ("open", "approve", "closed")
 
 
-@dataclass(frozen=True)
+@_section
 class RegistrationSettings:
     new_serial: str = _key("open", "policy for an unknown serial", choices=POLICIES)
     new_key: str = _key("approve", "policy for a known serial with a new key",
@@ -109,7 +110,7 @@ class RegistrationSettings:
                                        "approval at most", minimum=1)
 
 
-@dataclass(frozen=True)
+@_section
 class AdmissionSettings:
     max_load: float = _key(8.0, "refuse transfers above this 1-minute load average",
                            minimum=0)
@@ -123,7 +124,7 @@ class AdmissionSettings:
     maintenance: bool = _key(False, "refuse every transfer (also: xsbackup maintenance)")
 
 
-@dataclass(frozen=True)
+@_section
 class IngestSettings:
     rsync: str = _key("rsync", "the rsync executable the server runs")
     timeout: int = _key(300, "seconds of I/O silence after which the server ends a session "
@@ -139,7 +140,7 @@ class IngestSettings:
 STORAGE_BACKENDS = ("hardlink", "btrfs", "reflink")
 
 
-@dataclass(frozen=True)
+@_section
 class StorageSettings:
     backend: str = _key("auto", "how snapshots are stored: hardlink (one tree per "
                         "snapshot, unchanged files hardlinked to the previous one), btrfs "
@@ -152,9 +153,9 @@ class StorageSettings:
                            "owned by this group); empty: the service account only (0700)")
 
 
-@dataclass(frozen=True)
+@_section
 class PostprocessSettings:
-    cjson_patterns: list[str] = _key(["*.metadata", "*.cjson"],  # noqa: RUF009 (a field())
+    cjson_patterns: list[str] = _key(["*.metadata", "*.cjson"],
                                      "file-name patterns validated as Canonical JSON")
     cjson_max_bytes: int = _key(1 << 20, "metadata files larger are reported, not read "
                                 "(bytes, or a size such as \"1MiB\", \"512KiB\", \"1MB\")",
@@ -163,13 +164,13 @@ class PostprocessSettings:
     sweep_seconds: float = _key(60.0, "periodic queue sweep of --watch", minimum=0.1)
 
 
-@dataclass(frozen=True)
+@_section
 class HooksSettings:
     dir: str = _key("hooks", "hook directory; relative paths are under the state root")
     timeout: float = _key(60.0, "seconds a hook may run before it is killed", minimum=0.1)
 
 
-@dataclass(frozen=True)
+@_section
 class RetentionSettings:
     keep_last: int = _key(0, "keep the N newest snapshots", minimum=-1)
     keep_within: str = _key("90d", "keep everything newer than this (12h, 90d, 2w, "
@@ -183,19 +184,19 @@ class RetentionSettings:
                                    "months (-1: all; the original XS server)", minimum=-1)
 
 
-@dataclass(frozen=True)
+@_section
 class QuotaSettings:
     soft_quota_pct: float = _key(70.0, "trim in fair-share rounds above this % of the state "
                                  "root's blocks or inodes", minimum=0, maximum=100)
 
 
-@dataclass(frozen=True)
+@_section
 class PruneSettings:
     schedule: str = _key("03:00", "daily time (server local HH:MM, 00:00-23:59) of the "
                          "scheduled policy prune and quota check; empty: never", kind="clock")
 
 
-@dataclass(frozen=True)
+@_section
 class UiSettings:
     overdue_days: float = _key(2.0, "days without a successful backup before the web UI "
                                "marks a client overdue", minimum=0.01)
@@ -205,7 +206,7 @@ class UiSettings:
                                         "long a refusal lasts", minimum=0.01)
 
 
-@dataclass(frozen=True)
+@_section
 class LogSettings:
     target: str = _key("file", "where logs go", choices=("file", "syslog"))
     level: str = _key("info", "log level", choices=("debug", "info", "warning", "error"))
@@ -222,7 +223,7 @@ SECTIONS: dict[str, type[Any]] = {
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
 
-@dataclass(frozen=True)
+@_section
 class Key:
     type: type
     default: Any
@@ -336,7 +337,7 @@ def _as_type(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
     return out
 
 
-@dataclass(frozen=True)
+@_section
 class Settings:
     """The validated configuration, one typed section each, with the state root resolved."""
 

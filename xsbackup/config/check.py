@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from xsbackup.config.declare import section
 from xsbackup.config.declare import setting as _key
 
 
-@dataclass(frozen=True)
+@section
 class CheckSettings:
     schedule: str = _key("04:00", "daily time (HH:MM) of the sampled check", kind="clock")
     sample_percent: float = _key(1.0, "percent of each client's inodes it reads, rotating "

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from xsbackup.config.declare import section
 from xsbackup.config.declare import setting as _key
 
 
-@dataclass(frozen=True)
+@section
 class FleetSettings:
     inventory: str = _key("", "fleet inventory TOML (relative: under the state root)")
     timeout: float = _key(30.0, "seconds each step on one fleet server may take", minimum=1)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from xsbackup.config.declare import section
 from xsbackup.config.declare import setting as _key
 from xsbackup.errors import ConfigError
 
@@ -15,7 +14,7 @@ OFFSITE_ENV = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION
                "GOOGLE_PROJECT_ID", "GOOGLE_APPLICATION_CREDENTIALS"]
 
 
-@dataclass(frozen=True)
+@section
 class OffsiteSettings:
     repository: str = _key("", "restic repository of the off-site copies: /path, "
                            "sftp:user@host:/path, s3:http://host:port/bucket, b2:..., "
@@ -27,12 +26,12 @@ class OffsiteSettings:
     credentials_file: str = _key("", "KEY=VALUE lines of backend credentials "
                                  "(AWS_ACCESS_KEY_ID=...; mode 0600; relative paths are "
                                  "under the state root); empty: none")
-    credentials_env: list[str] = _key(OFFSITE_ENV,  # noqa: RUF009 (a field())
+    credentials_env: list[str] = _key(OFFSITE_ENV,
                                       "environment variables passed on to restic")
     restic: str = _key("restic", "the restic executable")
-    options: list[str] = _key([], "restic extended options, each key=value (restic -o; "  # noqa: RUF009
+    options: list[str] = _key([], "restic extended options, each key=value (restic -o; "
                               "e.g. sftp.command=ssh -p 2200 backup@host -s sftp)")
-    volumes: list[str] = _key([], "volumes replicated (empty: every volume)")  # noqa: RUF009
+    volumes: list[str] = _key([], "volumes replicated (empty: every volume)")
     upload_limit: int = _key(0, "upload bandwidth limit per second (a size such as "
                              "\"2MiB\"; 0: none)", minimum=0, kind="size")
     window_start: str = _key("", "replicate only from this time of day (server local "
