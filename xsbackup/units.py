@@ -25,7 +25,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -90,6 +89,8 @@ def parse_size(value: int | str) -> int:
     unit = _SIZE_UNITS.get((match[3] or "").lower()) if match is not None else None
     if match is None or unit is None or (match[2] and not match[3]):
         raise ValueError(f"invalid size {value!r}: expected {SIZE_HELP}, e.g. 1MiB")
+    from decimal import Decimal  # here: loading the configuration rarely needs it
+
     return int(Decimal(match[1] + (match[2] or "")) * unit)
 
 

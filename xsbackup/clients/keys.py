@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import calendar
 import os
 import re
-import shlex
 import struct
 import sys
 import threading
@@ -154,6 +152,8 @@ def xsbackup_executable() -> str:
 
 def forced_command(executable: str, root: Path) -> str:
     """The forced command without its serial: each line appends `` <serial>``."""
+    import shlex  # here and below: the forced command never writes the file
+
     return shlex.join([executable, "--root", str(root), "ssh-command", "--client"])
 
 
@@ -163,6 +163,8 @@ def authorized_keys_text(index: dict[str, KeyEntry], root: Path, executable: str
     """``authorized_keys`` for a key index: one forced-command line per usable key of
     each enabled client, leaving out keys that several clients hold (returned as
     (fingerprint, serials)); then one line per live restore key of an enabled client."""
+    import shlex
+
     for text in (str(root), executable):
         if any(c in text for c in '"\\\n'):
             raise StateRootError(f"path {text!r} cannot be used in authorized_keys")
@@ -196,13 +198,13 @@ def authorized_keys_text(index: dict[str, KeyEntry], root: Path, executable: str
 
 RESTORE_OPTION = "--restore-key"
 RESTORE_ID_RE = re.compile(r"[0-9a-f]{16}")
-_LINE_RE = re.compile(
-    r'restrict,(?:expiry-time="(\d{14})Z",)?command="([^"]*)" (\S+) (\S+)(?: .*)?')
+# Compiled (and cached by ``re``) at its first use: only the key index reads lines back.
+_LINE = r'restrict,(?:expiry-time="(\d{14})Z",)?command="([^"]*)" (\S+) (\S+)(?: .*)?'
 
 
 def parse_line(line: str) -> AuthorizedLine | None:
     """The grant of one line ``authorized_keys_text`` rendered; None for any other line."""
-    m = _LINE_RE.fullmatch(line)
+    m = re.fullmatch(_LINE, line)
     if m is None:
         return None
     words = m.group(2).split()
@@ -217,6 +219,8 @@ def parse_line(line: str) -> AuthorizedLine | None:
             return None  # a restore line always names its key and expires
     expires = 0
     if m.group(1) is not None:
+        import calendar  # here: the forced command never reads a line back
+
         expires = calendar.timegm(time.strptime(m.group(1), "%Y%m%d%H%M%S"))
     return AuthorizedLine(m.group(3), m.group(4), serial, restore, expires)
 

@@ -6,7 +6,6 @@ are ``snapshots.manifest``'s and opaque here (``base.Backend``'s manifest method
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,7 +43,7 @@ class ManifestFiles:
         """A hardlink: the manifest is mode 0444 and never edited, and deleting either
         snapshot unlinks only its own name."""
         path = self._manifest(client, volume, sid)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
         os.link(self._manifest(client, volume, source), tmp)
         try:
             os.rename(tmp, path)
