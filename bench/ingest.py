@@ -116,8 +116,10 @@ class Case:
 class XsbackupCase(Case):
     name = "xsbackup"
 
-    def __init__(self, sshd: Sshd, key: Path, src: Path, root: Path) -> None:
+    def __init__(self, sshd: Sshd, key: Path, src: Path, root: Path,
+                 exe: str = XSBACKUP) -> None:
         super().__init__(sshd, key, src)
+        self.exe = exe
         from xsbackup import config
         from xsbackup.store import Store
 
@@ -142,9 +144,14 @@ class XsbackupCase(Case):
         from xsbackup.snapshots import postprocess
         from xsbackup.snapshots.snapshot import read_facts
 
-        counts = postprocess.run_once(Context.open(self.settings))
-        if counts.get("promoted") != 1:
-            raise RuntimeError(f"postprocess did not promote exactly one snapshot: {counts}")
+        if self.exe == XSBACKUP:
+            counts = postprocess.run_once(Context.open(self.settings))
+            if counts.get("promoted") != 1:
+                raise RuntimeError(f"postprocess did not promote exactly one snapshot: "
+                                   f"{counts}")
+        else:  # another installation (--also): its own post-processor
+            subprocess.run([self.exe, "--root", str(self.root), "postprocess"], check=True,
+                           stdout=subprocess.DEVNULL, env=_env())
         sid = self.store.latest_id(SN, "documents")
         assert sid is not None
         facts = read_facts(self.store.snapshots_dir(SN, "documents") / sid)
@@ -217,8 +224,15 @@ def local_link_dest_variants(src: Path, base: Path, runs: int) -> dict[str, Any]
     return out
 
 
-def startup_costs(root: Path, rr_dir: Path, runs: int) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XSBACKUP_")}
+def _env() -> dict[str, str]:
+    """The environment every xsbackup command of the bench runs in (bytecode written)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("XSBACKUP_") and k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def startup_costs(root: Path, rr_dir: Path, runs: int,
+                  also: dict[str, tuple[str, Path]] | None = None) -> dict[str, Any]:
+    env = _env()
     env["SSH_ORIGINAL_COMMAND"] = "true"
     cmds = {
         "xsbackup_ssh_command_true": [XSBACKUP, "--root", str(root), "ssh-command",
@@ -226,6 +240,9 @@ def startup_costs(root: Path, rr_dir: Path, runs: int) -> dict[str, Any]:
         "python_c_pass": [sys.executable, "-c", "pass"],
         "rrsync_true": [RRSYNC, str(rr_dir)],
     }
+    for name, (exe, other_root) in (also or {}).items():
+        cmds[f"{name}_ssh_command_true"] = [exe, "--root", str(other_root), "ssh-command",
+                                            "--client", SN]
     times: dict[str, list[float]] = {k: [] for k in cmds}
     for _ in range(2):  # warm-up
         for argv in cmds.values():
@@ -240,7 +257,7 @@ def startup_costs(root: Path, rr_dir: Path, runs: int) -> dict[str, Any]:
                                          / median(times["rrsync_true"]))
     counted = {k: instruction_count(argv, env) for k, argv in cmds.items()}
     instructions = {k: v for k, v in counted.items() if v is not None}
-    if len(instructions) == len(cmds):
+    if instructions:
         out["instructions"] = instructions
         out["instructions_ratio_xsbackup_over_rrsync"] = (
             instructions["xsbackup_ssh_command_true"] / instructions["rrsync_true"])
@@ -288,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="timed runs of each start-up command (20)")
     ap.add_argument("--no-diagnose", dest="diagnose", action="store_false",
                     help="skip the two extra raw cases with -M--fake-super [-M--confine-root]")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=XSBACKUP",
+                    help="one more xsbackup case, interleaved with the others: another "
+                    "installation's xsbackup script (a before/after or an editable/regular "
+                    "install comparison), with its own state root and sshd; repeatable")
     run_args(ap, out="ingest.json", quiet_load=0, quiet_timeout=900)
     args = ap.parse_args(argv)
     exit_on_sigterm()
@@ -315,14 +336,26 @@ def main(argv: list[str] | None = None) -> int:
         pub = key.with_suffix(".pub").read_text().strip()
 
         root = tmp / "xsroot"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("XSBACKUP_")}
-        subprocess.run([XSBACKUP, "--root", str(root), "init"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        result["config"]["xsbackup_toml"] = write_bench_config(root)
-        subprocess.run([XSBACKUP, "--root", str(root), "clients", "add", SN, "--pubkey",
-                        str(key.with_suffix(".pub"))], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        xs_ak = root / "ssh" / "authorized_keys"
+        env = _env()
+
+        def xs_root(exe: str, at: Path) -> Path:
+            """A state root made by ``exe``, with the bench's client; its authorized_keys."""
+            subprocess.run([exe, "--root", str(at), "init"], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
+            result["config"]["xsbackup_toml"] = write_bench_config(at)
+            subprocess.run([exe, "--root", str(at), "clients", "add", SN, "--pubkey",
+                            str(key.with_suffix(".pub"))], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
+            return at / "ssh" / "authorized_keys"
+
+        xs_ak = xs_root(XSBACKUP, root)
+        also: dict[str, tuple[str, Path]] = {}
+        for spec in args.also:
+            name, _, exe = spec.partition("=")
+            if not name or not exe or not os.access(exe, os.X_OK):
+                ap.error(f"--also {spec!r}: expected NAME=path of an xsbackup script")
+            also[name] = (exe, tmp / f"xsroot-{name}")
+        result["config"]["also"] = {name: exe for name, (exe, _) in also.items()}
 
         raw_dir = tmp / "raw"
         raw_dir.mkdir()
@@ -346,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
                     link_arg=lambda p: p.name, dest_arg=lambda p: f"{p.name}/"),
         ]
         cases[2].name = "rrsync"
+        for name, (exe, other_root) in also.items():
+            other_ak = xs_root(exe, other_root)
+            c = XsbackupCase(stack.enter_context(Sshd(tmp / f"sshd-{name}", host_key,
+                                                      other_ak)), key, src, other_root, exe)
+            c.name = name
+            cases.append(c)
         if args.diagnose:
             # Raw rsync plus the receiver options the wrapper adds, passed with -M
             # (--remote-option), to tell rsync's cost of them from the wrapper's own.
@@ -401,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {i + 1}/{args.runs}: " + "  ".join(
                 f"{c.name} {timings[c.name][-1]:.3f}s" for c in cases), flush=True)
 
-        full_cases = cases[:3]
+        full_cases = [*cases[:3], *(c for c in cases if c.name in also)]
         if args.diagnose:
             # Raw plus every receiver option the wrapper adds to a transfer with nothing
             # to link against (its absolute partial dir), and the same with the absolute
@@ -440,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                 src, tmp / "local", args.runs)
 
         print("start-up costs ...", flush=True)
-        result["startup"] = startup_costs(root, rr_dir, args.startup_runs)
+        result["startup"] = startup_costs(root, rr_dir, args.startup_runs, also)
         result["ssh_true"] = ssh_true_costs(cases, args.startup_runs)
 
         result["machine"]["loadavg_1min_after_each_round"] = loads
