@@ -9,17 +9,16 @@ reaches every one of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from xsbackup.clients.registry import Registry
 from xsbackup.config import Settings
+from xsbackup.records import record
 from xsbackup.storage import open_backend
 from xsbackup.storage.base import Backend
 from xsbackup.storage.choice import effective
 from xsbackup.store import Store
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Context:
     settings: Settings
     store: Store

@@ -29,18 +29,18 @@ A failing or hanging ``post-*``/``on-failure`` hook is logged and never affects 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from xsbackup import procs
 from xsbackup.config import Settings
 from xsbackup.errors import HookVeto
 from xsbackup.logs import LOG
+from xsbackup.records import record
 
 MAX_OUTPUT = 64 * 1024  # bytes of a hook's output kept for the log and a veto line
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HookResult:
     path: Path
     returncode: int | None  # None: killed at its timeout
@@ -137,3 +137,4 @@ def run_post(stage: str, settings: Settings, extra: dict[str, str]) -> None:
     except OSError as e:
         LOG.warning("client=%s hook stage %s could not run: %s",
                     extra.get("XSBACKUP_CLIENT", "-"), stage, e)
+

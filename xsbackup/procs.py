@@ -17,10 +17,10 @@ import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import IO, Any
 
 from xsbackup.logs import LOG
+from xsbackup.records import record
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 GRACE_SECONDS = 10.0
@@ -128,7 +128,7 @@ def call(argv: Sequence[str], *, why: str, env: Mapping[str, str] | None = None,
         raise
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Result:
     argv: tuple[str, ...]
     returncode: int | None  # None: killed at the timeout
@@ -166,3 +166,4 @@ def run(argv: Sequence[str], *, why: str, env: Mapping[str, str] | None = None,
         raise
     return Result(tuple(proc.args), code,  # type: ignore[arg-type]
                   out.decode(errors="replace"), err.decode(errors="replace"))
+

@@ -15,12 +15,12 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from xsbackup import layout
 from xsbackup.errors import InvalidName, StateRootError, XattrUnsupported
 from xsbackup.layout import LAYOUT_DIRS, is_initialised
+from xsbackup.records import record
 
 CLIENT_RE = layout.CLIENT_RE  # owned by ``layout``; importers of store find it here too
 
@@ -67,7 +67,7 @@ def snapshot_sort_key(snapshot_id: str) -> tuple[str, int]:
     return (head, int(suffix[1:]) if suffix.startswith("-") and suffix[1:].isdigit() else 0)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Store:
     """Paths of one state root. Construct with ``Store(root)``; nothing is touched."""
 
@@ -334,7 +334,7 @@ def iter_clients(store: Store) -> Iterator[str]:
             yield n
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DiskUse:
     """How full the state root's filesystem is, by df's definition: used blocks over
     used plus those available to unprivileged users (reserved blocks are not usable).
@@ -371,3 +371,4 @@ def disk_use(path: os.PathLike[str] | str) -> DiskUse:
         free_bytes=st.f_bavail * st.f_frsize,
         total_bytes=st.f_blocks * st.f_frsize,
     )
+

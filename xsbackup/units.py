@@ -23,8 +23,9 @@ lowest layers can use it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import timedelta
+
+from xsbackup.records import record
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -111,7 +112,7 @@ def format_bytes(n: int | float) -> str:
     return f"{int(value)} B" if unit == 0 else f"{value:.1f} {_IEC[unit]}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Startups:
     """OpenSSH's ``MaxStartups start:rate:full`` for unauthenticated SSH connections."""
 

@@ -23,7 +23,7 @@ EXEMPT = frozenset({"xsbackup", "xsbackup.__main__"})
 # and example hooks; standard library only) and ``units`` (text forms of durations and
 # sizes) sit with config.
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer.split()) for layer in (
-    "errors layout",
+    "errors layout records",
     "config procs logs locking resources crashpoints units",
     "store counters hooks",
     "storage",

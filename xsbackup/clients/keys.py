@@ -24,10 +24,10 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from xsbackup.errors import InvalidKey, StateRootError
+from xsbackup.records import record
 
 TRANSFER_KEY_TYPES = frozenset({
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
@@ -48,7 +48,7 @@ def fingerprint(blob: str) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-@dataclass
+@record
 class ClientKey:
     type: str
     blob: str
@@ -69,7 +69,7 @@ class ClientKey:
         return f"{self.type} {self.blob}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KeyEntry:
     """One client in the key index: its active keys as (type, blob), and its flag."""
 
@@ -77,7 +77,7 @@ class KeyEntry:
     keys: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RestoreKey:
     """A one-time restore key: ``serial`` may download ``volume``/``snapshot`` once with
     it, until ``expires`` (epoch seconds). ``id`` names it in the forced command."""
@@ -94,7 +94,7 @@ class RestoreKey:
         return (time.time() if now is None else now) < self.expires
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AuthorizedLine:
     """What one rendered ``authorized_keys`` line grants: ``restore_key`` is "" for a
     client's own key; ``expires`` is 0 for a line that does not expire."""
@@ -269,3 +269,4 @@ class KeyIndex:
             if grant is not None:
                 index[(grant.type, grant.blob)].append(grant)
         return dict(index)
+

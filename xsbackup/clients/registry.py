@@ -36,7 +36,7 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +54,14 @@ from xsbackup.errors import ClientExists, ClientNotFound, InvalidName, KeyInUse,
 from xsbackup.layout import CLIENT_RECORD
 from xsbackup.locking import FileLock
 from xsbackup.logs import LOG
+from xsbackup.records import record
 from xsbackup.store import Store, atomic_write, check_client, iter_clients
 
 __all__ = ["Client", "ClientKey", "Registrations", "Registry", "Request", "Transaction",
            "parse_key", "write_authorized_keys", "xsbackup_executable"]
 
 
-@dataclass
+@record
 class Client:
     serial: str
     nickname: str = ""
@@ -89,7 +90,7 @@ class Client:
         return KeyEntry(self.disabled, tuple((k.type, k.blob) for k in self.active_keys()))
 
 
-@dataclass
+@record
 class Request:
     """A registration waiting for the admin: the key (status ``pending``; ``added`` is
     when it was asked), where it came from, and the nickname and uuid it asked for."""
@@ -101,7 +102,7 @@ class Request:
     uuid: str = ""
 
 
-@dataclass
+@record
 class Registrations:
     """``clients/registrations.json``: the waiting requests, oldest first, and the time
     and source address of each new serial registered recently (for the rate limits)."""

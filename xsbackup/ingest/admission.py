@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -28,6 +27,7 @@ from xsbackup.errors import (
     UnknownClient,
 )
 from xsbackup.ingest.window import Memory, admissions_dir
+from xsbackup.records import record
 from xsbackup.snapshots.usage import last_total
 from xsbackup.store import Store, disk_use
 from xsbackup.units import format_bytes
@@ -105,7 +105,7 @@ def check_server(ctx: Context, reserved: bool = False) -> None:
 #   a window; the rest stay for clients with history (a ``latest`` snapshot).
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Verdict:
     granted: bool
     reason: str = ""          # load | blocks | inodes | window | address | new | maintenance

@@ -30,9 +30,10 @@ Callers map the result onto real paths (``ingest``), never by joining raw string
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 from xsbackup.errors import RequestRefused
+from xsbackup.records import record
 from xsbackup.store import CLIENT_RE, SNAPSHOT_RE, VOLUME_RE
 
 # 0: no argument; 1: argument not checked; -1: refused; "drop": accepted, argument
@@ -96,7 +97,7 @@ VERB_PATHS = frozenset({"archive"})
 VERB_ARGS: dict[str, int] = {"diff": 2, "find": 1}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Request:
     """A validated request. ``kind`` is true, upload, completion, download, verb or
     gitarchive."""

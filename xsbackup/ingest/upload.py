@@ -30,7 +30,6 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from xsbackup import hooks, procs
@@ -49,6 +48,7 @@ from xsbackup.ingest.admission import check_server
 from xsbackup.ingest.command import Request
 from xsbackup.locking import FileLock, client_lock, take_slot
 from xsbackup.logs import LOG
+from xsbackup.records import record
 from xsbackup.snapshots import queue
 from xsbackup.storage.base import IngestTarget
 from xsbackup.store import XATTR_PREFIX, Store, set_xattrs, snapshot_id_for
@@ -63,7 +63,7 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@dataclass
+@record
 class Transfer:
     """What one ingest did, for the queue entry, hooks and logs."""
 

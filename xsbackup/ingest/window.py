@@ -23,19 +23,19 @@ import contextlib
 import os
 import stat
 import threading
-from dataclasses import dataclass
 
 import orjson
 
 from xsbackup.clients.registry import Registry
 from xsbackup.errors import ClientDisabled, UnknownClient
 from xsbackup.layout import CLIENT_RE, client_record
+from xsbackup.records import record
 from xsbackup.store import Store
 
 Signature = tuple[int, int, int]  # (inode, mtime_ns, size)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Grant:
     serial: str
     time: float

@@ -13,13 +13,13 @@ below ``ingest`` in the layering, and the post-processor is the queue's consumer
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from xsbackup.errors import InvalidName
+from xsbackup.records import record
 from xsbackup.store import (
     Store,
     atomic_write,
@@ -31,7 +31,7 @@ from xsbackup.store import (
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Entry:
     path: Path
     client: str

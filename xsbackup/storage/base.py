@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Protocol
 from xsbackup import procs
 from xsbackup.errors import LockBusy
 from xsbackup.locking import lock_directory
+from xsbackup.records import record
 
 Progress = Callable[[int], None]              # trash entries deleted so far
 MeasureProgress = Callable[[str, str], None]  # (volume, snapshot id) as each one starts
@@ -42,7 +43,7 @@ READ_ONLY = "read-only-snapshots"    # the filesystem itself refuses writes to a
 EXACT_USAGE = "exact-usage"          # measure() gives exact exclusive bytes per snapshot
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BackendInfo:
     name: str
     summary: str
@@ -53,7 +54,7 @@ class BackendInfo:
                 "capabilities": list(self.capabilities)}
 
 
-@dataclass
+@record
 class IngestTarget:
     """Where one upload writes, and what rsync needs from the backend to write there.
 
@@ -82,7 +83,7 @@ class IngestTarget:
         self.close()
 
 
-@dataclass
+@record
 class SnapshotUsage:
     volume: str
     id: str
@@ -92,7 +93,7 @@ class SnapshotUsage:
     shared: int = 0       # apparent bytes of files also held elsewhere
 
 
-@dataclass
+@record
 class ClientUsage:
     client: str
     total: int = 0        # allocated bytes of every distinct inode it holds (snapshots,
@@ -216,3 +217,4 @@ def rm_tree(path: Path, why: str) -> str:
     another filesystem mounted below it); "" on success, else rm's first error line."""
     res = procs.run(["rm", "-rf", "--one-file-system", "--", str(path)], why=why)
     return "" if res.ok else res.first_error_line()
+
