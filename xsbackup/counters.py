@@ -9,10 +9,9 @@ read-modify-write, about a tenth of a millisecond. Keys are ``name{label="v",...
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Mapping
-
-import orjson
 
 from xsbackup.locking import FileLock
 from xsbackup.store import Store, atomic_write
@@ -32,8 +31,8 @@ def path(store: Store) -> str:
 def read(store: Store) -> dict[str, float]:
     try:
         with open(path(store), "rb") as fh:
-            data = orjson.loads(fh.read())
-    except (FileNotFoundError, orjson.JSONDecodeError):
+            data = json.loads(fh.read())
+    except (FileNotFoundError, ValueError):
         return {}
     return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
@@ -45,7 +44,8 @@ def add(store: Store, events: Mapping[str, float]) -> None:
         data = read(store)
         for k, v in events.items():
             data[k] = data.get(k, 0.0) + v
-        atomic_write(store.root / "log" / "counters.json", orjson.dumps(data), sync=False)
+        atomic_write(store.root / "log" / "counters.json",
+                     json.dumps(data, separators=(",", ":")).encode(), sync=False)
 
 
 def bump(store: Store, name: str, labels: Mapping[str, str] | None = None,

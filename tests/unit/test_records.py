@@ -6,13 +6,13 @@ import dataclasses
 
 import pytest
 
-from xsbackup.records import record
+from xsbackup.records import field, fields_of, record
 
 
 @record
 class Mutable:
     name: str
-    tags: list[str] = dataclasses.field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
     size: int = 0
 
 
@@ -38,6 +38,8 @@ def test_a_mutable_record_is_a_dataclass_with_dataclass_semantics() -> None:
     with pytest.raises(TypeError):
         hash(m)  # eq without frozen: unhashable, as @dataclass
     assert dataclasses.replace(m, name="o").name == "o"
+    assert [f.name for f in fields_of(Mutable)] == ["name", "tags", "size"]
+    assert [f.name for f in dataclasses.fields(Mutable)] == ["name", "tags", "size"]
 
 
 def test_a_frozen_record_refuses_assignment_and_hashes_by_value() -> None:
@@ -60,7 +62,14 @@ def test_bad_arguments_are_type_errors() -> None:
 
 
 def test_a_field_option_it_cannot_honour_is_refused() -> None:
-    with pytest.raises(TypeError, match="takes only a default"):
+    with pytest.raises(TypeError, match=r"records\.field"):
         @record
         class Bad:
             x: int = dataclasses.field(default=0, init=False)
+
+
+def test_a_mutable_default_is_refused() -> None:
+    with pytest.raises(ValueError, match="default_factory"):
+        @record
+        class Bad:
+            x: list[int] = []  # noqa: RUF012

@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from xsbackup.clients.keys import (
     ClientKey,
@@ -54,7 +52,7 @@ from xsbackup.errors import ClientExists, ClientNotFound, InvalidName, KeyInUse,
 from xsbackup.layout import CLIENT_RECORD
 from xsbackup.locking import FileLock
 from xsbackup.logs import LOG
-from xsbackup.records import record
+from xsbackup.records import field, fields_of, record
 from xsbackup.store import Store, atomic_write, check_client, iter_clients
 
 __all__ = ["Client", "ClientKey", "Registrations", "Registry", "Request", "Transaction",
@@ -74,13 +72,17 @@ class Client:
     created: str = ""
 
     def to_json(self) -> bytes:
+        from dataclasses import asdict  # here: only writing a record needs these
+
+        import orjson
+
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
     @classmethod
     def from_json(cls, data: bytes) -> Client:
-        raw = orjson.loads(data)
+        raw = json.loads(data)
         raw["keys"] = [ClientKey(**k) for k in raw.get("keys", [])]
-        known = set(cls.__dataclass_fields__)
+        known = {f.name for f in fields_of(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     def active_keys(self) -> list[ClientKey]:
@@ -111,12 +113,16 @@ class Registrations:
     recent: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
+        from dataclasses import asdict
+
+        import orjson
+
         return orjson.dumps({"pending": [asdict(r) for r in self.pending],
                              "recent": self.recent}, option=orjson.OPT_INDENT_2)
 
     @classmethod
     def from_json(cls, data: bytes) -> Registrations:
-        raw = orjson.loads(data)
+        raw = json.loads(data)
         pending = [Request(**{**r, "key": ClientKey(**r["key"])}) for r in raw["pending"]]
         return cls(pending, [(str(t), str(a)) for t, a in raw["recent"]])
 
@@ -147,7 +153,7 @@ class Registry:
             raise ClientNotFound(f"unknown client {serial}") from None
         try:
             return Client.from_json(data)
-        except (orjson.JSONDecodeError, TypeError) as e:
+        except (ValueError, TypeError) as e:
             raise StateRootError(f"corrupt registry record for {serial}: {e}") from None
 
     def exists(self, serial: str) -> bool:
@@ -165,7 +171,7 @@ class Registry:
             return Registrations()
         try:
             return Registrations.from_json(data)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise StateRootError(f"corrupt {self.registrations_path}: {e}") from None
 
     def _write(self, client: Client) -> None:
@@ -337,11 +343,11 @@ class Transaction:
         """The restore keys on record (expired ones too, until the next publish)."""
         if self._restore is None:
             try:
-                raw = orjson.loads(self.registry.restore_keys_path.read_bytes())
+                raw = json.loads(self.registry.restore_keys_path.read_bytes())
                 self._restore = {k: RestoreKey(**v) for k, v in raw.items()}
             except FileNotFoundError:
                 self._restore = {}
-            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            except (AttributeError, TypeError, ValueError):
                 LOG.warning("%s is unreadable: every restore key in it is dropped",
                             self.registry.restore_keys_path)
                 self._restore = {}
@@ -375,12 +381,12 @@ class Transaction:
     def _load_index(self) -> dict[str, KeyEntry]:
         path = self.registry.index_path
         try:
-            raw = orjson.loads(path.read_bytes())
+            raw = json.loads(path.read_bytes())
             return {sn: KeyEntry(bool(e["disabled"]), tuple((t, b) for t, b in e["keys"]))
                     for sn, e in raw.items()}
         except FileNotFoundError:
             pass
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             LOG.warning("%s is unreadable: rebuilding it from the records", path)
         return {c.serial: c.key_entry() for c in self.registry.all()}
 
@@ -405,6 +411,10 @@ class Transaction:
 
     def _publish(self) -> list[tuple[str, list[str]]]:
         """Write the (changed) index and render ``authorized_keys`` from it."""
+        from dataclasses import asdict
+
+        import orjson
+
         index = self.index()
         self._holders = None
         atomic_write(self.registry.index_path, orjson.dumps(

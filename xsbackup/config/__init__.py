@@ -11,12 +11,10 @@ The state root is chosen by ``--root`` or ``XSBACKUP_ROOT``; the file by ``--con
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,8 @@ from xsbackup.config.fleet import FleetSettings
 from xsbackup.config.offsite import OffsiteSettings
 from xsbackup.errors import ConfigError
 from xsbackup.layout import state_root
+from xsbackup.records import MISSING
+from xsbackup.records import fields_of as fields
 
 
 @_section
@@ -238,7 +238,7 @@ def _schema() -> dict[str, Key]:
     out: dict[str, Key] = {}
     for section, cls in SECTIONS.items():
         for f in fields(cls):
-            default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[operator]
+            default = f.default_factory() if f.default is MISSING else f.default
             meta = f.metadata
             out[f"{section}.{f.name}"] = Key(_TYPES[str(f.type)], default, meta["help"],
                                              meta["minimum"], meta.get("maximum"),
@@ -265,6 +265,8 @@ def _coerce(name: str, key: Key, value: Any, *, from_text: bool) -> Any:
     """``value`` as ``key``'s type, checked against its kind and bounds; ``ConfigError``
     naming ``name`` (the key, or the environment variable it came from) otherwise."""
     if key.kind == "networks":
+        import ipaddress  # here: the forced command's settings have no address to check
+
         out: Any = _as_type(name, key, value, from_text=from_text)
         for item in out:
             try:

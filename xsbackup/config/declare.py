@@ -3,10 +3,9 @@ decorator that makes a section a frozen dataclass without generating code for it
 
 from __future__ import annotations
 
-from dataclasses import field
 from typing import Any, TypeVar, dataclass_transform
 
-from xsbackup.records import make
+from xsbackup.records import field, make
 
 _T = TypeVar("_T")
 

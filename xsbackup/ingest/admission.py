@@ -9,11 +9,8 @@ so the forced command does not pay psutil's import.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 from typing import Any
-
-import orjson
 
 from xsbackup.clients.registry import Client, Registry
 from xsbackup.context import Context
@@ -128,6 +125,8 @@ def _grants(store: Store) -> dict[str, float]:
 def bounded_address(address: str) -> str:
     """The address a per-address bound applies to: IPv4-mapped IPv6 as IPv4; ``""`` for
     an unknown or loopback address (a local reverse proxy, not a device)."""
+    import ipaddress  # here: only the HTTP grant path bounds addresses
+
     try:
         ip = ipaddress.ip_address(address.strip())
     except ValueError:
@@ -210,6 +209,8 @@ def _write_grant(store: Store, serial: str, facts: dict[str, Any], now: float) -
     os.makedirs(base, exist_ok=True)
     path = os.path.join(base, serial)
     tmp = os.path.join(base, f".{serial}.{os.getpid()}.tmp")
+    import orjson  # here: the forced command never grants
+
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, orjson.dumps(facts))

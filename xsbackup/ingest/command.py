@@ -30,10 +30,9 @@ Callers map the result onto real paths (``ingest``), never by joining raw string
 from __future__ import annotations
 
 import re
-from dataclasses import field, replace
 
 from xsbackup.errors import RequestRefused
-from xsbackup.records import record
+from xsbackup.records import field, record
 from xsbackup.store import CLIENT_RE, SNAPSHOT_RE, VOLUME_RE
 
 # 0: no argument; 1: argument not checked; -1: refused; "drop": accepted, argument
@@ -339,7 +338,11 @@ def _download(options: tuple[str, ...], path: str) -> Request:
             raise refuse("clients/<serial>/<volume>/... names an aliased client's snapshot")
         source, parts = parts[1], parts[2:]
     req = _download_own(options, parts, trailing)
-    return replace(req, source=source) if source else req
+    if not source:
+        return req
+    from dataclasses import replace
+
+    return replace(req, source=source)
 
 
 def _download_own(options: tuple[str, ...], parts: list[str], trailing: bool) -> Request:

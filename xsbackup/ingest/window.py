@@ -20,11 +20,10 @@ saves re-reading what has not changed:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import threading
-
-import orjson
 
 from xsbackup.clients.registry import Registry
 from xsbackup.errors import ClientDisabled, UnknownClient
@@ -55,10 +54,10 @@ def _read_grant(path: str) -> dict[str, object]:
     """What a grant file records (an empty or unreadable one, as older versions wrote,
     records nothing)."""
     facts: object = None
-    with contextlib.suppress(OSError, orjson.JSONDecodeError):
+    with contextlib.suppress(OSError, ValueError):
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            facts = orjson.loads(os.read(fd, 4096))
+            facts = json.loads(os.read(fd, 4096))
         finally:
             os.close(fd)
     return facts if isinstance(facts, dict) else {}

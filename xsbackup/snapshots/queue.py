@@ -12,11 +12,10 @@ below ``ingest`` in the layering, and the post-processor is the queue's consumer
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from xsbackup.errors import InvalidName
 from xsbackup.records import record
@@ -60,16 +59,20 @@ def write(store: Store, sid: str, client: str, volume: str, data: dict[str, Any]
     """Queue (or rewrite) the entry of ``client``'s ``volume`` transfer ``sid``,
     atomically and durably."""
     path = store.queue_dir / entry_name(sid, client, volume)
-    atomic_write(path, orjson.dumps({"id": sid, "client": client, "volume": volume, **data},
-                                    option=orjson.OPT_SORT_KEYS))
+    atomic_write(path, _dumps({"id": sid, "client": client, "volume": volume, **data}))
     return path
+
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    """An entry's bytes: compact, keys sorted (stdlib json: the forced command writes one
+    entry per backup and must not pay orjson's import, which loads dataclasses too)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def mark_promoted(entry: Entry) -> None:
     """Record that the entry's snapshot is visible (a rerun then only finishes up)."""
     if not entry.data.get("promoted"):
-        atomic_write(entry.path, orjson.dumps({**entry.data, "promoted": True},
-                                              option=orjson.OPT_SORT_KEYS))
+        atomic_write(entry.path, _dumps({**entry.data, "promoted": True}))
 
 
 def read(path: Path) -> Entry | None:
@@ -78,8 +81,8 @@ def read(path: Path) -> Entry | None:
     if parsed is None:
         return None
     try:
-        data = orjson.loads(path.read_bytes())
-    except (orjson.JSONDecodeError, OSError):
+        data = json.loads(path.read_bytes())
+    except (ValueError, OSError):
         return None
     sid, client, volume = parsed
     return Entry(path, client, volume, sid, data if isinstance(data, dict) else {})

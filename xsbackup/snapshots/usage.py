@@ -28,11 +28,10 @@ immutable, and a neighbour's prune changes its exclusive size.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from xsbackup.storage.base import ClientUsage, MeasureProgress
 from xsbackup.store import Store, atomic_write
@@ -68,8 +67,8 @@ def _read(store: Store, client: str) -> dict[str, Any] | None:
     """The cache file's content ({"key", "usage"}), or None when absent or unreadable."""
     try:
         with open(store.client_dir(client) / CACHE_NAME, "rb") as fh:
-            data = orjson.loads(fh.read())
-    except (OSError, orjson.JSONDecodeError):
+            data = json.loads(fh.read())
+    except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("usage"), dict):
         return None
@@ -114,6 +113,8 @@ def _save(store: Store, client: str, key: str, usage: ClientUsage) -> None:
     """Cache the figures; a disk with no room for them skips it (the next run measures)."""
     if not store.client_dir(client).is_dir():
         return
+    import orjson  # here: admission only reads the cache (stdlib json, no orjson import)
+
     try:
         atomic_write(store.client_dir(client) / CACHE_NAME,
                      orjson.dumps({"key": key, "usage": usage.as_dict()}), sync=False)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
@@ -30,7 +29,7 @@ from typing import Any, BinaryIO, Protocol
 from xsbackup import procs
 from xsbackup.errors import LockBusy
 from xsbackup.locking import lock_directory
-from xsbackup.records import record
+from xsbackup.records import field, record
 
 Progress = Callable[[int], None]              # trash entries deleted so far
 MeasureProgress = Callable[[str, str], None]  # (volume, snapshot id) as each one starts
@@ -105,6 +104,8 @@ class ClientUsage:
     method: str = "walk"  # how exclusive bytes were measured (btrfs: qgroups or du)
 
     def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
         return asdict(self)
 
     @classmethod
