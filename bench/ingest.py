@@ -120,6 +120,7 @@ class XsbackupCase(Case):
                  exe: str = XSBACKUP) -> None:
         super().__init__(sshd, key, src)
         self.exe = exe
+        self.extra_queued = False  # the full backups' volumes wait in the queue too
         from xsbackup import config
         from xsbackup.store import Store
 
@@ -137,6 +138,7 @@ class XsbackupCase(Case):
 
     def full(self, i: int) -> float:
         # A volume of its own: no snapshot to link against. Left queued (never promoted).
+        self.extra_queued = True
         return run_timed(self.rsync(f"{self.src}/", f"127.0.0.1:full{i:03d}/"))
 
     def after(self) -> None:
@@ -146,7 +148,7 @@ class XsbackupCase(Case):
 
         if self.exe == XSBACKUP:
             counts = postprocess.run_once(Context.open(self.settings))
-            if counts.get("promoted") != 1:
+            if counts.get("promoted") != 1 and not self.extra_queued:
                 raise RuntimeError(f"postprocess did not promote exactly one snapshot: "
                                    f"{counts}")
         else:  # another installation (--also): its own post-processor
@@ -291,6 +293,35 @@ def ssh_true_costs(cases: list[Case], runs: int) -> dict[str, Any]:
         for name, argv in argvs.items():
             times[name].append(run_timed(argv))
     return {k: {**summary(v), "timings": v} for k, v in times.items()}
+
+
+def upload_instructions(cases: list[Case], tmp: Path) -> dict[str, int]:
+    """Instructions of the forced command's own process for one more no-change backup
+    per xsbackup case (callgrind; rsync, its child, not traced; load-independent). The
+    client's rsync runs locally through an rsh that starts the forced command as
+    ``authorized_keys`` would (``SSH_ORIGINAL_COMMAND`` set, no ssh); the snapshot it
+    makes is post-processed as any other run's."""
+    out: dict[str, int] = {}
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return out
+    for c in cases:
+        if not isinstance(c, XsbackupCase):
+            continue
+        log = tmp / f"callgrind-{c.name}.txt"
+        rsh = tmp / f"rsh-{c.name}"
+        rsh.write_text("#!/bin/sh\nshift  # the host\nSSH_ORIGINAL_COMMAND=\"$*\" exec "
+                       f"{valgrind} --tool=callgrind --callgrind-out-file=/dev/null "
+                       f"--log-file={log} {shlex.join([c.exe, '--root', str(c.root)])} "
+                       f"ssh-command --client {SN}\n")
+        rsh.chmod(0o755)
+        subprocess.run(["rsync", "-a", "--delete", "-e", str(rsh), f"{c.src}/",
+                        "x:documents/"], check=True, env=_env(), stdout=subprocess.DEVNULL)
+        c.after()
+        found = re.search(r"Collected : (\d+)", log.read_text())
+        if found:
+            out[c.name] = int(found.group(1))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -481,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         print("start-up costs ...", flush=True)
         result["startup"] = startup_costs(root, rr_dir, args.startup_runs, also)
         result["ssh_true"] = ssh_true_costs(cases, args.startup_runs)
+        print("the forced command's instructions per no-change backup ...", flush=True)
+        result["upload_instructions"] = upload_instructions(cases, tmp)
 
         result["machine"]["loadavg_1min_after_each_round"] = loads
         raw_med = median(timings["raw"])
@@ -532,6 +565,9 @@ def print_table(r: dict[str, Any]) -> None:
           f"wrapper overhead {s['xsbackup_overhead_over_python'] * 1e3:.1f} ms")
     print("ssh HOST true (median ms): " + ", ".join(
         f"{k} {v['median'] * 1e3:.1f}" for k, v in r["ssh_true"].items()))
+    if r.get("upload_instructions"):
+        print("forced command of one no-change backup, instructions (rsync not traced): "
+              + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in r["upload_instructions"].items()))
 
 
 if __name__ == "__main__":

@@ -115,6 +115,10 @@ def ingest_rows(r: dict[str, Any]) -> list[Row]:
                         f"rrsync {instr['rrsync_true'] / 1e6:.1f} M "
                         f"(python -c pass {instr['python_c_pass'] / 1e6:.1f} M)",
                         ratio, "≤ 1x", ratio <= 1.0))
+    upload = r.get("upload_instructions", {}).get("xsbackup")
+    if upload:  # diagnostic: the wrapper's own work per backup, load-independent
+        rows.append(Row("ingest", "forced command of a no-change backup, instructions",
+                        f"{upload / 1e6:.1f} M", "(rsync not traced)", None, "-", None))
     return rows
 
 
