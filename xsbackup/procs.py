@@ -15,24 +15,38 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
+import time
 from collections.abc import Mapping, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from xsbackup.logs import LOG
 from xsbackup.records import record
+
+if TYPE_CHECKING:  # at run time, the module __getattr__ below (re-exported: "as")
+    import subprocess
+    from subprocess import DEVNULL as DEVNULL  # noqa: PLC0414
+    from subprocess import PIPE as PIPE  # noqa: PLC0414
+    from subprocess import STDOUT as STDOUT  # noqa: PLC0414
+    from subprocess import Popen as Popen  # noqa: PLC0414
+    from subprocess import TimeoutExpired as TimeoutExpired  # noqa: PLC0414
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 GRACE_SECONDS = 10.0
 
 # What a child inherits from our environment when the caller passes nothing else.
 INHERITED = ("PATH",)
+_SUBPROCESS_NAMES = ("TimeoutExpired", "PIPE", "DEVNULL", "STDOUT", "Popen")
 
-TimeoutExpired = subprocess.TimeoutExpired
-PIPE = subprocess.PIPE
-DEVNULL = subprocess.DEVNULL
-STDOUT = subprocess.STDOUT
-Popen = subprocess.Popen
+
+def __getattr__(name: str) -> Any:
+    """``procs.Popen``, ``PIPE``, ``DEVNULL``, ``STDOUT`` and ``TimeoutExpired``: the
+    ``subprocess`` names, which is loaded on first use (the forced command's ``call``
+    never loads it: it and ``selectors`` and ``locale`` are 2 ms of every connection)."""
+    if name in _SUBPROCESS_NAMES:
+        import subprocess
+
+        return getattr(subprocess, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def environment(extra: Mapping[str, str] | None = None,
@@ -60,6 +74,8 @@ def spawn(argv: Sequence[str], *, why: str, env: Mapping[str, str] | None = None
           cwd: str | None = None) -> subprocess.Popen[bytes]:
     """Start ``argv`` (no shell) with a scrubbed environment, in ``cwd`` when given; the
     caller waits for it."""
+    import subprocess
+
     args = _check_argv(argv)
     LOG.debug("running %s: %s", why, " ".join(args))
     return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr,
@@ -71,6 +87,8 @@ def spawn(argv: Sequence[str], *, why: str, env: Mapping[str, str] | None = None
 def stop(proc: subprocess.Popen[Any], grace: float = GRACE_SECONDS) -> int:
     """End ``proc``: SIGTERM (to its group when it leads one), then SIGKILL after
     ``grace`` seconds. Returns its exit status. Safe on a process that already ended."""
+    import subprocess
+
     _signal(proc, signal.SIGTERM)
     try:
         return proc.wait(timeout=grace)
@@ -107,6 +125,8 @@ def wait(proc: subprocess.Popen[Any], timeout: float | None = None) -> int | Non
     """Wait for ``proc``; None when ``timeout`` passed first (the child then still runs).
     An exception or signal while waiting (KeyboardInterrupt, SystemExit from a SIGTERM
     handler) stops the child before it propagates."""
+    import subprocess
+
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -119,13 +139,59 @@ def wait(proc: subprocess.Popen[Any], timeout: float | None = None) -> int | Non
 def call(argv: Sequence[str], *, why: str, env: Mapping[str, str] | None = None,
          pass_fds: Sequence[int] = ()) -> int:
     """Run ``argv`` on our own stdin/stdout/stderr (the forced command's rsync) and return
-    its exit status; if we are interrupted meanwhile, the child is stopped first."""
-    proc = spawn(argv, why=why, env=env, pass_fds=pass_fds)
+    its exit status (``-N`` for signal N, as ``Popen.returncode``); if we are interrupted
+    meanwhile, the child is stopped first.
+
+    ``os.posix_spawn``, not ``subprocess``: the same child as ``spawn`` would start (the
+    scrubbed environment, its ``PATH`` searched for ``argv[0]``, SIGPIPE and SIGXFSZ back
+    to their defaults, ``pass_fds`` inherited and every other descriptor of ours closed
+    at exec, as all of them are opened close-on-exec), without loading ``subprocess`` on
+    every SSH connection."""
+    args = _check_argv(argv)
+    LOG.debug("running %s: %s", why, " ".join(args))
+    child_env = dict(env) if env is not None else environment()
+    exe = _search_path(args[0], child_env.get("PATH", DEFAULT_PATH))
+    opened = [fd for fd in pass_fds if not os.get_inheritable(fd)]
     try:
-        return proc.wait()
+        for fd in opened:
+            os.set_inheritable(fd, True)
+        pid = os.posix_spawn(exe, args, child_env,
+                             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    finally:
+        for fd in opened:
+            os.set_inheritable(fd, False)
+    try:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     except BaseException:
-        stop(proc)
+        _stop_pid(pid)
         raise
+
+
+def _search_path(name: str, path: str) -> str:
+    """``name``'s executable as ``exec*p`` finds it in ``path`` (the child's ``PATH``, as
+    ``Popen`` searches it); a name with a slash is taken as it is."""
+    if "/" in name:
+        return name
+    for directory in path.split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(2, f"No such file or directory: {name!r}")
+
+
+def _stop_pid(pid: int, grace: float = GRACE_SECONDS) -> int:
+    """``stop`` for a child ``call`` started: SIGTERM, then SIGKILL after ``grace``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 @record(frozen=True)
@@ -152,6 +218,8 @@ def run(argv: Sequence[str], *, why: str, env: Mapping[str, str] | None = None,
     """Run ``argv`` to completion (in ``cwd`` when given) with its output captured (text).
     At ``timeout`` the child is stopped and ``returncode`` is None. Never raises for a
     non-zero exit."""
+    import subprocess
+
     proc = spawn(argv, why=why, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE, cwd=cwd)
     try:
