@@ -4,7 +4,10 @@
 (``content.stored_files``: directory descriptors, nothing followed, under the shared
 flock that keeps prune away) and its regular files compared with its manifest by path:
 a file gone (``missing``), another inode (``replaced``), another size (``size``) or mtime
-(``mtime``), a file the manifest does not list (``unlisted``). Then the content of the
+(``mtime``), a file the manifest does not list (``unlisted``). A snapshot after the
+first is compared again only where its walk (path and readdir inode) or its manifest's
+lines differ from the snapshot checked before it, or where that one had a finding of a
+path: anywhere else every comparison would repeat the last. Then the content of the
 inodes chosen is read and hashed, each inode once however many snapshots share it, and
 compared with the manifest's digest (``content``; ``unreadable`` when reading fails),
 on ``HASH_THREADS`` threads. A finding about an inode names every
@@ -25,10 +28,11 @@ digests) and nothing else.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import os
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +48,7 @@ from xsbackup.snapshots.snapshot import since_ns
 from xsbackup.store import get_xattrs, set_xattrs
 
 PPM = 1_000_000
+O_NOATIME = getattr(os, "O_NOATIME", 0)
 HASH_THREADS = 2  # reading one file overlaps hashing another; more gain little on a disk
 Progress = Callable[[str], None]
 
@@ -82,41 +87,73 @@ def _in_window(pos: int, start: int, width: int) -> bool:
     return (pos - start) % PPM < width
 
 
-@dataclass
 class _Volume:
-    """What one volume's manifests say: each snapshot's records by path, and by inode
-    every snapshot whose manifest holds it (``sids``, built for the first finding)."""
+    """What one volume's manifests say, each read when first needed (so hashing starts
+    after the first snapshot's, not after all of them): each snapshot's records by path
+    and its lines, every line parsed once (``parsed``: a file kept from one snapshot to
+    the next has the same line), and by inode every snapshot whose manifest holds it
+    (``sids``, built for the first finding). A damaged manifest is a finding in
+    ``findings`` (the volume's own, before any snapshot's)."""
 
-    records: dict[str, dict[str, manifest.Record]] = field(default_factory=dict)
-    _sids: dict[int, list[str]] | None = None
-    stats: dict[int, tuple[int, int]] = field(default_factory=dict)  # inode: size, mtime
+    def __init__(self, ctx: Context, client: str, volume: str,
+                 findings: list[Finding]) -> None:
+        self.where = (ctx.storage, client, volume)
+        self.ids = resolve.snapshot_ids(ctx.store, client, volume)
+        self.findings = findings
+        self.records: dict[str, dict[str, manifest.Record] | None] = {}
+        self.lines: dict[str, set[bytes]] = {}
+        self.parsed: dict[bytes, manifest.Record] = {}
+        self.stats: dict[int, tuple[int, int]] = {}  # inode: size, mtime
+        self._sids: dict[int, list[str]] | None = None
+
+    def load(self, sid: str) -> dict[str, manifest.Record] | None:
+        """Snapshot ``sid``'s records by path; None without a (usable) manifest."""
+        if sid in self.records:
+            return self.records[sid]
+        storage, client, volume = self.where
+        records: dict[str, manifest.Record] | None = None
+        try:
+            data = manifest.read_bytes(storage, client, volume, sid)
+            if data is not None:
+                records = {r.path: r for r in manifest.parse_lines(data, self.parsed)}
+                self.lines[sid] = set(data.split(b"\n"))
+        except manifest.ManifestError as e:
+            self.findings.append(Finding("manifest-damaged", client, volume, sid,
+                                         detail=str(e)))
+        self.records[sid] = records
+        return records
+
+    def load_all(self) -> None:
+        for sid in self.ids:
+            self.load(sid)
 
     def sids(self, inode: int) -> list[str]:
         if self._sids is None:
+            self.load_all()
             self._sids = defaultdict(list)
             for sid, records in self.records.items():
-                for r in records.values():
+                for r in (records or {}).values():
                     self._sids[r.inode].append(sid)
         return sorted(set(self._sids.get(inode, [])))
 
+    def changed_paths(self, sid: str, before: str) -> set[str]:
+        """The paths whose record differs between two snapshots' manifests (a line of
+        one that the other has not: the path, inode, size, mtime or digest differ)."""
+        parsed = self.parsed
+        return {parsed[line].path for line in self.lines[sid] ^ self.lines[before]
+                if line in parsed}
 
-def _load_volume(ctx: Context, client: str, volume: str, report: Report) -> _Volume:
-    """Every manifest of the volume; a line that several hold (a file kept from one
-    snapshot to the next) is parsed once."""
-    vol = _Volume()
-    cache: dict[bytes, manifest.Record] = {}
-    for sid in resolve.snapshot_ids(ctx.store, client, volume):
-        try:
-            data = manifest.read_bytes(ctx.storage, client, volume, sid)
-            records = None if data is None else manifest.parse_lines(data, cache)
-        except manifest.ManifestError as e:
-            report.findings.append(Finding("manifest-damaged", client, volume, sid,
-                                           detail=str(e)))
-            continue
-        if records is None:
-            continue
-        vol.records[sid] = {r.path: r for r in records}
-    return vol
+
+@dataclass
+class _Walked:
+    """The last snapshot checked against its manifest: what its walk found (path:
+    inode) and its paths with a finding of their own. The next snapshot re-examines
+    only a path whose inode or record differs from this one's, or that had a finding:
+    for any other, every comparison would give what it gave here."""
+
+    sid: str
+    files: dict[str, int]
+    bad: set[str]
 
 
 def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | None = None,
@@ -138,21 +175,30 @@ def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | No
     def chosen(ino: int) -> bool:
         return width >= PPM or (width > 0 and _in_window(position(client, ino), start, width))
 
+    # Findings in order: each volume's structure and manifests, then each snapshot's
+    # (a content finding arrives when its file is hashed, maybe during a later snapshot;
+    # a damaged manifest is found when first read).
+    ordered: list[list[Finding]] = []
     hasher = _Hasher(HASH_THREADS)
     try:
         for vname in volumes:
-            report.findings += check_volume(ctx, client, vname)
-            vol = _load_volume(ctx, client, vname, report)
-            sids = [resolve.resolve(store, client, vname, snapshot)] if snapshot else \
-                resolve.snapshot_ids(store, client, vname)
+            head = check_volume(ctx, client, vname)
+            ordered.append(head)
+            vol = _Volume(ctx, client, vname, head)
+            sids = [resolve.resolve(store, client, vname, snapshot)] if snapshot else vol.ids
+            last: _Walked | None = None
             for sid in sids:
                 if progress is not None:
                     progress(f"{client}/{vname}/{sid}")
                 report.snapshots += 1
-                _check_snapshot(ctx, client, vname, sid, vol, report, seen, chosen, hasher)
-                hasher.drain()  # this snapshot's findings before the next one's
+                out: list[Finding] = []
+                ordered.append(out)
+                last = _check_snapshot(ctx, client, vname, sid, vol, report, seen, chosen,
+                                       hasher, last, out)
+            vol.load_all()  # every damaged manifest is a finding, whichever was checked
     finally:
         hasher.close()
+        report.findings = [f for part in ordered for f in part]
     report.inodes = len(seen)
     _record(ctx, client, report, now(), (start, width) if rotate else None)
     LOG.info("client=%s check: %d snapshots, %d files, %d inodes read (%d bytes), %d "
@@ -167,16 +213,19 @@ Done = Callable[[str | None, int], None]
 
 class _Hasher:
     """Reads and hashes files on a few threads (hashlib releases the GIL while it hashes),
-    so reading one file overlaps hashing another. Files go to the threads in batches
-    (``BATCH`` files or ``BATCH_BYTES``), so a small file costs no hand-over of its own.
+    so reading one file overlaps hashing another, and the walk goes on meanwhile. Files
+    are opened without updating their access time where the kernel allows it. Files go
+    to the threads in batches (``BATCH`` files or ``BATCH_BYTES``), so a small file
+    costs no hand-over of its own.
     Each result is handed to its callback in the calling thread, in submission order; a
     file that cannot be read gives ``(None, 0)``. At most ``AHEAD`` batches are open."""
 
-    AHEAD = 4
+    AHEAD = 8
     BATCH = 32
     BATCH_BYTES = 16 << 20
 
     def __init__(self, threads: int) -> None:
+        self.flags = O_FILE | O_NOATIME  # reading never touches a stored file's atime
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="check")
         self.queue: deque[tuple[Future[list[tuple[str, int] | None]], list[Done]]] = deque()
         self.fds: list[int] = []
@@ -185,7 +234,14 @@ class _Hasher:
 
     def submit(self, name: str, dir_fd: int, size: int, done: Done) -> None:
         try:
-            fd = os.open(name, O_FILE, dir_fd=dir_fd)
+            fd = os.open(name, self.flags, dir_fd=dir_fd)
+        except PermissionError as e:
+            if e.errno != errno.EPERM or self.flags == O_FILE:
+                done(None, 0)
+                return
+            self.flags = O_FILE  # O_NOATIME needs the file's owner (or CAP_FOWNER)
+            self.submit(name, dir_fd, size, done)
+            return
         except OSError:
             done(None, 0)
             return
@@ -236,33 +292,49 @@ def _hash_all(fds: list[int]) -> list[tuple[str, int] | None]:
 
 def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volume,
                     report: Report, seen: set[int], chosen: Callable[[int], bool],
-                    hasher: _Hasher) -> None:
-    """Walk one snapshot against its manifest. A finding about a path (``missing``,
-    ``replaced``, ``unlisted``) names this snapshot; one about an inode (``size``,
-    ``mtime``, ``content``) is made once and names every snapshot holding the inode."""
-    listed = vol.records.get(sid)
-    found: set[str] = set()
+                    hasher: _Hasher, last: _Walked | None,
+                    out: list[Finding]) -> _Walked | None:
+    """Walk one snapshot against its manifest (after ``last``, the one checked before
+    it: only what differs from it is compared again). A finding about a path
+    (``missing``, ``replaced``, ``unlisted``) names this snapshot; one about an inode
+    (``size``, ``mtime``, ``content``) is made once and names every snapshot holding the
+    inode. Returns what the next snapshot needs (None without a manifest)."""
+    listed = vol.load(sid)
+    bad_paths: set[str] = set()
 
     def bad(kind: str, path: str, detail: str, inode: int | None = None) -> None:
         if inode is not None:
             if (volume, inode) in report.bad_inodes:
                 return
             report.bad_inodes.add((volume, inode))
+        else:
+            bad_paths.add(path)
         shared = vol.sids(inode) if inode is not None else [sid]
-        report.findings.append(Finding(kind, client, volume, sid, path, detail, shared))
+        out.append(Finding(kind, client, volume, sid, path, detail, shared))
 
+    before = last if listed is not None and last is not None and \
+        last.sid in vol.lines else None
+    again: dict[str, list[str]] = {}  # by directory: paths to compare whatever the walk
+    if before is not None:
+        for path in vol.changed_paths(sid, before.sid) | before.bad:
+            again.setdefault(path[:path.rfind("/") + 1], []).append(path)
     read = report.read_inodes
+    walked: dict[str, int] = {}
     with OpenSnapshot(ctx.store, client, volume, sid) as snap:
         for prefix, dir_fd, files in content.stored_dirs(snap.fd):
-            report.files += len(files)
+            here = {prefix + e.name: e.inode() for e in files}  # readdir's inodes
+            walked.update(here)
             if listed is None:
-                seen.update(e.inode() for e in files)
                 continue
-            for e in files:
-                path = prefix + e.name
-                ino = e.inode()  # readdir's; a stat only for an inode not met yet
-                seen.add(ino)
-                found.add(path)
+            todo: Iterable[str] = here
+            if before is not None:
+                prev = before.files.get
+                todo = {p for p, ino in here.items() if prev(p) != ino}
+                todo.update(p for p in again.get(prefix, ()) if p in here)
+                todo = sorted(todo)
+            cut = len(prefix)
+            for path in todo:
+                ino = here[path]
                 rec = listed.get(path)
                 if rec is None:
                     bad("unlisted", path, "a file the manifest does not list")
@@ -270,11 +342,12 @@ def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volu
                 if rec.inode != ino:
                     bad("replaced", path, f"inode {ino}, the manifest says {rec.inode}")
                     continue
-                got = vol.stats.get(ino)
+                got = vol.stats.get(ino)  # a stat only for an inode not met yet
                 if got is None:
                     try:
-                        st = e.stat(follow_symlinks=False)
+                        st = os.stat(path[cut:], dir_fd=dir_fd, follow_symlinks=False)
                     except FileNotFoundError:
+                        bad_paths.add(path)
                         continue
                     got = vol.stats[ino] = (st.st_size, st.st_mtime_ns)
                 if rec.size != got[0]:
@@ -296,10 +369,14 @@ def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volu
                             bad("content", path, "content differs from its digest (blake2b "
                                 f"{digest[:16]}…, expected {rec.digest[:16]}…)", rec.inode)
 
-                    hasher.submit(e.name, dir_fd, got[0], done)
-    if listed is not None:
-        for path in sorted(set(listed) - found):
-            bad("missing", path, "listed in the manifest, gone from the snapshot")
+                    hasher.submit(path[cut:], dir_fd, got[0], done)
+    report.files += len(walked)
+    seen.update(walked.values())
+    if listed is None:
+        return None
+    for path in sorted(listed.keys() - walked.keys()):
+        bad("missing", path, "listed in the manifest, gone from the snapshot")
+    return _Walked(sid, walked, bad_paths)
 
 
 def _record(ctx: Context, client: str, report: Report, when: dt.datetime,

@@ -77,15 +77,12 @@ def stored_dirs(dir_fd: int, prefix: str = "") -> Iterator[tuple[str, int,
     descriptor with O_NOFOLLOW; nothing else is opened."""
     with os.scandir(dir_fd) as it:
         entries = list(it)
-    files, dirs = [], []
-    for e in entries:
-        try:
-            if e.is_file(follow_symlinks=False):
-                files.append(e)
-            elif e.is_dir(follow_symlinks=False):
-                dirs.append(e.name)
-        except FileNotFoundError:
-            continue
+    try:  # in C, entry by entry; a stat only where readdir gave no type
+        files = [e for e in entries if e.is_file(follow_symlinks=False)]
+        dirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)] \
+            if len(files) < len(entries) else []
+    except FileNotFoundError:  # such an entry went away meanwhile: skip it
+        files, dirs = _kinds(entries)
     yield prefix, dir_fd, files
     for name in dirs:
         try:
@@ -96,6 +93,20 @@ def stored_dirs(dir_fd: int, prefix: str = "") -> Iterator[tuple[str, int,
             yield from stored_dirs(sub, f"{prefix}{name}/")
         finally:
             os.close(sub)
+
+
+def _kinds(entries: list[os.DirEntry[str]]) -> tuple[list[os.DirEntry[str]], list[str]]:
+    """(regular files, directory names) of ``entries``, skipping one that is gone."""
+    files, dirs = [], []
+    for e in entries:
+        try:
+            if e.is_file(follow_symlinks=False):
+                files.append(e)
+            elif e.is_dir(follow_symlinks=False):
+                dirs.append(e.name)
+        except FileNotFoundError:
+            continue
+    return files, dirs
 
 
 def stored_files(dir_fd: int, prefix: str = "") -> Iterator[StoredFile]:
