@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from xsbackup.clients.registry import Registry
 from xsbackup.config import Settings
-from xsbackup.storage import open_backend
-from xsbackup.storage.base import Backend
-from xsbackup.storage.choice import effective
 from xsbackup.store import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from xsbackup.storage.base import Backend
 
 
 @dataclass(frozen=True)
@@ -36,5 +37,9 @@ class Context:
     @property
     def storage(self) -> Backend:
         """The storage backend recorded in this state root (``storage.choice``), checked
-        against ``storage.backend``."""
+        against ``storage.backend``. (Imported here: a command that reads no snapshot
+        data through the backend, such as ``diff``, does not pay for it.)"""
+        from xsbackup.storage import open_backend
+        from xsbackup.storage.choice import effective
+
         return open_backend(effective(self.store, self.settings.storage.backend), self.store)

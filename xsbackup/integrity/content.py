@@ -1,5 +1,6 @@
 """The content digest of a stored file: the manifest's where it holds for this inode,
-else the file read (``restore.access`` flags: nothing followed)."""
+else the file read (``restore.access`` flags: nothing followed). ``snapshots.manifest``
+is imported where a file is hashed: ``diff``'s walk (a short command) rarely needs it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from xsbackup.restore.access import CHUNK, O_DIR, O_FILE
-from xsbackup.snapshots import manifest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from xsbackup.snapshots import manifest
 
 
 def read_digest(name: str, dir_fd: int | None) -> tuple[str, int]:
     """(hex BLAKE2b-256, bytes read) of the stored file ``name`` below ``dir_fd``."""
+    from xsbackup.snapshots import manifest  # here: hashlib and threads, not for diff's walk
+
     fd = os.open(name, O_FILE, dir_fd=dir_fd)
     try:
         os.set_blocking(fd, True)
@@ -31,17 +37,18 @@ def digest(path: str, name: str, dir_fd: int | None, st: os.stat_result,
     return read_digest(name, dir_fd)[0]
 
 
-def same_bytes(name: str, dir_a: int | None, dir_b: int | None) -> bool:
-    """Whether the stored files ``name`` below ``dir_a`` and ``dir_b`` hold the same
-    bytes (read side by side, stopping at the first difference)."""
+def same_bytes(name: str, dir_a: int | None, dir_b: int | None, size: int) -> bool:
+    """Whether the stored regular files ``name`` below ``dir_a`` and ``dir_b``, both
+    ``size`` bytes by their lstat, hold the same bytes (read side by side in pieces of
+    that size, stopping at the first difference; a regular file's reads ignore the
+    O_NONBLOCK it is opened with)."""
     fa = os.open(name, O_FILE, dir_fd=dir_a)
     try:
         fb = os.open(name, O_FILE, dir_fd=dir_b)
         try:
-            os.set_blocking(fa, True)
-            os.set_blocking(fb, True)
+            step = min(size + 1, CHUNK)
             while True:
-                a, b = os.read(fa, CHUNK), os.read(fb, CHUNK)
+                a, b = os.read(fa, step), os.read(fb, step)
                 if a != b:
                     return False
                 if not a:
