@@ -27,6 +27,7 @@ digests) and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -49,6 +50,7 @@ from xsbackup.store import get_xattrs, set_xattrs
 
 PPM = 1_000_000
 O_NOATIME = getattr(os, "O_NOATIME", 0)
+HELD = 64  # snapshots held open while their files wait to be hashed
 HASH_THREADS = 2  # reading one file overlaps hashing another; more gain little on a disk
 Progress = Callable[[str], None]
 
@@ -105,6 +107,7 @@ class _Volume:
         self.parsed: dict[bytes, manifest.Record] = {}
         self.stats: dict[int, tuple[int, int]] = {}  # inode: size, mtime
         self._sids: dict[int, list[str]] | None = None
+        self._last: tuple[bytes, dict[str, manifest.Record] | None, str] = (b"", None, "")
 
     def load(self, sid: str) -> dict[str, manifest.Record] | None:
         """Snapshot ``sid``'s records by path; None without a (usable) manifest."""
@@ -114,9 +117,13 @@ class _Volume:
         records: dict[str, manifest.Record] | None = None
         try:
             data = manifest.read_bytes(storage, client, volume, sid)
-            if data is not None:
+            if data is not None and data == self._last[0] and self._last[1] is not None:
+                records = self._last[1]  # a no-change snapshot's manifest: the same bytes
+                self.lines[sid] = self.lines[self._last[2]]
+            elif data is not None:
                 records = {r.path: r for r in manifest.parse_lines(data, self.parsed)}
                 self.lines[sid] = set(data.split(b"\n"))
+                self._last = (data, records, sid)
         except manifest.ManifestError as e:
             self.findings.append(Finding("manifest-damaged", client, volume, sid,
                                          detail=str(e)))
@@ -179,6 +186,9 @@ def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | No
     # (a content finding arrives when its file is hashed, maybe during a later snapshot;
     # a damaged manifest is found when first read).
     ordered: list[list[Finding]] = []
+    # A snapshot stays open (its shared flock held) until its queued files are hashed;
+    # at most HELD at once.
+    held = contextlib.ExitStack()
     hasher = _Hasher(HASH_THREADS)
     try:
         for vname in volumes:
@@ -193,12 +203,19 @@ def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | No
                 report.snapshots += 1
                 out: list[Finding] = []
                 ordered.append(out)
-                last = _check_snapshot(ctx, client, vname, sid, vol, report, seen, chosen,
-                                       hasher, last, out)
+                snap = held.enter_context(OpenSnapshot(store, client, vname, sid))
+                last = _check_snapshot(snap.fd, client, vname, sid, vol, report, seen,
+                                       chosen, hasher, last, out)
+                if report.snapshots % HELD == 0:
+                    hasher.drain()
+                    held.close()
             vol.load_all()  # every damaged manifest is a finding, whichever was checked
     finally:
-        hasher.close()
-        report.findings = [f for part in ordered for f in part]
+        try:
+            hasher.close()
+        finally:
+            held.close()
+            report.findings = [f for part in ordered for f in part]
     report.inodes = len(seen)
     _record(ctx, client, report, now(), (start, width) if rotate else None)
     LOG.info("client=%s check: %d snapshots, %d files, %d inodes read (%d bytes), %d "
@@ -211,51 +228,50 @@ def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | No
 Done = Callable[[str | None, int], None]
 
 
+Work = list[tuple[int, str, list[tuple[str, int]]]]  # (snapshot fd, dir, [(name, size)])
+
+
 class _Hasher:
     """Reads and hashes files on a few threads (hashlib releases the GIL while it hashes),
-    so reading one file overlaps hashing another, and the walk goes on meanwhile. Files
-    are opened without updating their access time where the kernel allows it. Files go
-    to the threads in batches (``BATCH`` files or ``BATCH_BYTES``), so a small file
-    costs no hand-over of its own.
-    Each result is handed to its callback in the calling thread, in submission order; a
-    file that cannot be read gives ``(None, 0)``. At most ``AHEAD`` batches are open."""
+    so reading one file overlaps hashing another, and the walk goes on meanwhile: a file
+    is queued as its directory below an open snapshot and its name, and the thread opens
+    it (``content.open_stored_dir``: nothing followed), so a queued file holds no
+    descriptor and the walk need not wait for the hashing. Files are opened without
+    updating their access time where the kernel allows it. Files go to the threads in
+    batches (``BATCH`` files or ``BATCH_BYTES``), so a small file costs no hand-over of
+    its own. Each result is handed to its callback in the calling thread, in submission
+    order; a file that cannot be read gives ``(None, 0)``. At most ``AHEAD`` batches
+    are open (the walk then waits)."""
 
-    AHEAD = 8
+    AHEAD = 4096
     BATCH = 32
     BATCH_BYTES = 16 << 20
 
     def __init__(self, threads: int) -> None:
-        self.flags = O_FILE | O_NOATIME  # reading never touches a stored file's atime
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="check")
         self.queue: deque[tuple[Future[list[tuple[str, int] | None]], list[Done]]] = deque()
-        self.fds: list[int] = []
+        self.work: Work = []
         self.dones: list[Done] = []
-        self.size = 0
+        self.files = self.size = 0
+        self.flags = [O_FILE | O_NOATIME]  # reading never touches a stored file's atime
 
-    def submit(self, name: str, dir_fd: int, size: int, done: Done) -> None:
-        try:
-            fd = os.open(name, self.flags, dir_fd=dir_fd)
-        except PermissionError as e:
-            if e.errno != errno.EPERM or self.flags == O_FILE:
-                done(None, 0)
-                return
-            self.flags = O_FILE  # O_NOATIME needs the file's owner (or CAP_FOWNER)
-            self.submit(name, dir_fd, size, done)
-            return
-        except OSError:
-            done(None, 0)
-            return
-        self.fds.append(fd)
-        self.dones.append(done)
-        self.size += size
-        if len(self.fds) >= self.BATCH or self.size >= self.BATCH_BYTES:
+    def submit(self, snap_fd: int, prefix: str, files: list[tuple[str, int, Done]]) -> None:
+        """Queue ``files`` (name, size, callback) of the directory ``prefix`` below the
+        open snapshot ``snap_fd``, which stays open until ``drain``."""
+        self.work.append((snap_fd, prefix, [(name, size) for name, size, _ in files]))
+        for _, size, done in files:
+            self.dones.append(done)
+            self.files += 1
+            self.size += size
+        if self.files >= self.BATCH or self.size >= self.BATCH_BYTES:
             self._send()
 
     def _send(self) -> None:
-        if self.fds:
-            self.queue.append((self.pool.submit(_hash_all, self.fds), self.dones))
-            self.fds, self.dones, self.size = [], [], 0
-        while len(self.queue) > self.AHEAD:
+        if self.work:
+            self.queue.append((self.pool.submit(_hash_all, self.work, self.flags),
+                               self.dones))
+            self.work, self.dones, self.files, self.size = [], [], 0, 0
+        while len(self.queue) > self.AHEAD or (self.queue and self.queue[0][0].done()):
             self._pop()
 
     def _pop(self) -> None:
@@ -276,21 +292,45 @@ class _Hasher:
         self.pool.shutdown()
 
 
-def _hash_all(fds: list[int]) -> list[tuple[str, int] | None]:
-    """Each file's (digest, bytes read), or None when it cannot be read; every descriptor
-    is closed. (A regular file's reads ignore the O_NONBLOCK it was opened with.)"""
+def _hash_all(work: Work, flags: list[int]) -> list[tuple[str, int] | None]:
+    """Each file's (digest, bytes read), or None when it cannot be read (or its
+    directory cannot be opened). ``flags[0]`` drops O_NOATIME for good when the kernel
+    refuses it (it needs the file's owner or CAP_FOWNER). (A regular file's reads ignore
+    the O_NONBLOCK it is opened with.)"""
     out: list[tuple[str, int] | None] = []
-    for fd in fds:
+    for snap_fd, prefix, files in work:
         try:
-            out.append(manifest.digest_fd(fd))
+            dir_fd = content.open_stored_dir(snap_fd, prefix)
         except OSError:
-            out.append(None)
+            out += [None] * len(files)
+            continue
+        try:
+            for name, _ in files:
+                out.append(_hash_one(name, dir_fd, flags))
         finally:
-            os.close(fd)
+            os.close(dir_fd)
     return out
 
 
-def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volume,
+def _hash_one(name: str, dir_fd: int, flags: list[int]) -> tuple[str, int] | None:
+    try:
+        fd = os.open(name, flags[0], dir_fd=dir_fd)
+    except PermissionError as e:
+        if e.errno != errno.EPERM or flags[0] == O_FILE:
+            return None
+        flags[0] = O_FILE
+        return _hash_one(name, dir_fd, flags)
+    except OSError:
+        return None
+    try:
+        return manifest.digest_fd(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _check_snapshot(snap_fd: int, client: str, volume: str, sid: str, vol: _Volume,
                     report: Report, seen: set[int], chosen: Callable[[int], bool],
                     hasher: _Hasher, last: _Walked | None,
                     out: list[Finding]) -> _Walked | None:
@@ -320,56 +360,58 @@ def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volu
             again.setdefault(path[:path.rfind("/") + 1], []).append(path)
     read = report.read_inodes
     walked: dict[str, int] = {}
-    with OpenSnapshot(ctx.store, client, volume, sid) as snap:
-        for prefix, dir_fd, files in content.stored_dirs(snap.fd):
-            here = {prefix + e.name: e.inode() for e in files}  # readdir's inodes
-            walked.update(here)
-            if listed is None:
+    for prefix, dir_fd, files in content.stored_dirs(snap_fd):
+        here = {prefix + e.name: e.inode() for e in files}  # readdir's inodes
+        walked.update(here)
+        if listed is None:
+            continue
+        todo: Iterable[str] = here
+        if before is not None:
+            prev = before.files.get
+            todo = {p for p, ino in here.items() if prev(p) != ino}
+            todo.update(p for p in again.get(prefix, ()) if p in here)
+            todo = sorted(todo)
+        cut = len(prefix)
+        to_read: list[tuple[str, int, Done]] = []
+        for path in todo:
+            ino = here[path]
+            rec = listed.get(path)
+            if rec is None:
+                bad("unlisted", path, "a file the manifest does not list")
                 continue
-            todo: Iterable[str] = here
-            if before is not None:
-                prev = before.files.get
-                todo = {p for p, ino in here.items() if prev(p) != ino}
-                todo.update(p for p in again.get(prefix, ()) if p in here)
-                todo = sorted(todo)
-            cut = len(prefix)
-            for path in todo:
-                ino = here[path]
-                rec = listed.get(path)
-                if rec is None:
-                    bad("unlisted", path, "a file the manifest does not list")
+            if rec.inode != ino:
+                bad("replaced", path, f"inode {ino}, the manifest says {rec.inode}")
+                continue
+            got = vol.stats.get(ino)  # a stat only for an inode not met yet
+            if got is None:
+                try:
+                    st = os.stat(path[cut:], dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    bad_paths.add(path)
                     continue
-                if rec.inode != ino:
-                    bad("replaced", path, f"inode {ino}, the manifest says {rec.inode}")
-                    continue
-                got = vol.stats.get(ino)  # a stat only for an inode not met yet
-                if got is None:
-                    try:
-                        st = os.stat(path[cut:], dir_fd=dir_fd, follow_symlinks=False)
-                    except FileNotFoundError:
-                        bad_paths.add(path)
-                        continue
-                    got = vol.stats[ino] = (st.st_size, st.st_mtime_ns)
-                if rec.size != got[0]:
-                    bad("size", path, f"{got[0]} bytes, the manifest says {rec.size}", ino)
-                    continue
-                if rec.mtime_ns != got[1]:
-                    bad("mtime", path, "modified since the manifest was written", ino)
-                if (volume, ino) not in read and chosen(ino):
-                    read.add((volume, ino))
+                got = vol.stats[ino] = (st.st_size, st.st_mtime_ns)
+            if rec.size != got[0]:
+                bad("size", path, f"{got[0]} bytes, the manifest says {rec.size}", ino)
+                continue
+            if rec.mtime_ns != got[1]:
+                bad("mtime", path, "modified since the manifest was written", ino)
+            if (volume, ino) not in read and chosen(ino):
+                read.add((volume, ino))
 
-                    def done(digest: str | None, n: int, path: str = path,
-                             rec: manifest.Record = rec) -> None:
-                        report.inodes_read += 1
-                        report.bytes_read += n
-                        if digest is None:
-                            bad("unreadable", path, "the file cannot be read (I/O error?)",
-                                rec.inode)
-                        elif digest != rec.digest:
-                            bad("content", path, "content differs from its digest (blake2b "
-                                f"{digest[:16]}…, expected {rec.digest[:16]}…)", rec.inode)
+                def done(digest: str | None, n: int, path: str = path,
+                         rec: manifest.Record = rec) -> None:
+                    report.inodes_read += 1
+                    report.bytes_read += n
+                    if digest is None:
+                        bad("unreadable", path, "the file cannot be read (I/O error?)",
+                            rec.inode)
+                    elif digest != rec.digest:
+                        bad("content", path, "content differs from its digest (blake2b "
+                            f"{digest[:16]}…, expected {rec.digest[:16]}…)", rec.inode)
 
-                    hasher.submit(path[cut:], dir_fd, got[0], done)
+                to_read.append((path[cut:], got[0], done))
+        if to_read:
+            hasher.submit(snap_fd, prefix, to_read)
     report.files += len(walked)
     seen.update(walked.values())
     if listed is None:

@@ -102,6 +102,22 @@ def stored_dirs(dir_fd: int, prefix: str = "") -> Iterator[tuple[str, int,
             os.close(sub)
 
 
+def open_stored_dir(snap_fd: int, prefix: str) -> int:
+    """The directory ``prefix`` (``stored_dirs``' form: ``""`` or ``a/b/``) below the
+    open snapshot ``snap_fd``, entered as ``stored_dirs`` does (one component at a time,
+    O_NOFOLLOW); the caller closes it. OSError if it cannot be."""
+    fd = os.dup(snap_fd)
+    try:
+        for name in prefix.split("/")[:-1]:
+            sub = os.open(name, O_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _kinds(entries: list[os.DirEntry[str]]) -> tuple[list[os.DirEntry[str]], list[str]]:
     """(regular files, directory names) of ``entries``, skipping one that is gone."""
     files, dirs = [], []
