@@ -153,13 +153,14 @@ class _Volume:
 
 @dataclass
 class _Walked:
-    """The last snapshot checked against its manifest: what its walk found (path:
-    inode) and its paths with a finding of their own. The next snapshot re-examines
-    only a path whose inode or record differs from this one's, or that had a finding:
-    for any other, every comparison would give what it gave here."""
+    """The last snapshot checked against its manifest: what its walk found (by
+    directory, each regular file's readdir inode) and its paths with a finding of their
+    own. The next snapshot re-examines only a path whose inode or record differs from
+    this one's, or that had a finding: for any other, every comparison would give what
+    it gave here (a directory listed alike is passed over whole)."""
 
     sid: str
-    files: dict[str, int]
+    dirs: dict[str, dict[str, int]]  # by directory: name -> inode
     bad: set[str]
 
 
@@ -354,29 +355,38 @@ def _check_snapshot(snap_fd: int, client: str, volume: str, sid: str, vol: _Volu
 
     before = last if listed is not None and last is not None and \
         last.sid in vol.lines else None
-    again: dict[str, list[str]] = {}  # by directory: paths to compare whatever the walk
+    again: dict[str, list[str]] = {}  # by directory: names to compare whatever the walk
     if before is not None:
         for path in vol.changed_paths(sid, before.sid) | before.bad:
-            again.setdefault(path[:path.rfind("/") + 1], []).append(path)
+            cut = path.rfind("/") + 1
+            again.setdefault(path[:cut], []).append(path[cut:])
     read = report.read_inodes
-    walked: dict[str, int] = {}
+    walked: dict[str, dict[str, int]] = {}  # by directory: name -> readdir's inode
+    files_walked = unlisted = 0
     for prefix, dir_fd, files in content.stored_dirs(snap_fd):
-        here = {prefix + e.name: e.inode() for e in files}  # readdir's inodes
-        walked.update(here)
+        here = walked[prefix] = {e.name: e.inode() for e in files}
+        files_walked += len(here)
+        seen.update(here.values())
         if listed is None:
             continue
         todo: Iterable[str] = here
         if before is not None:
-            prev = before.files.get
-            todo = {p for p, ino in here.items() if prev(p) != ino}
-            todo.update(p for p in again.get(prefix, ()) if p in here)
+            last_here = before.dirs.get(prefix)
+            if last_here == here:  # the same names and inodes: in C
+                todo = set()
+            elif last_here is None:
+                todo = set(here)
+            else:
+                todo = {n for n, ino in here.items() if last_here.get(n) != ino}
+            todo.update(n for n in again.get(prefix, ()) if n in here)
             todo = sorted(todo)
-        cut = len(prefix)
         to_read: list[tuple[str, int, Done]] = []
-        for path in todo:
-            ino = here[path]
+        for name in todo:
+            path = prefix + name
+            ino = here[name]
             rec = listed.get(path)
             if rec is None:
+                unlisted += 1
                 bad("unlisted", path, "a file the manifest does not list")
                 continue
             if rec.inode != ino:
@@ -385,7 +395,7 @@ def _check_snapshot(snap_fd: int, client: str, volume: str, sid: str, vol: _Volu
             got = vol.stats.get(ino)  # a stat only for an inode not met yet
             if got is None:
                 try:
-                    st = os.stat(path[cut:], dir_fd=dir_fd, follow_symlinks=False)
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
                     bad_paths.add(path)
                     continue
@@ -409,15 +419,18 @@ def _check_snapshot(snap_fd: int, client: str, volume: str, sid: str, vol: _Volu
                         bad("content", path, "content differs from its digest (blake2b "
                             f"{digest[:16]}…, expected {rec.digest[:16]}…)", rec.inode)
 
-                to_read.append((path[cut:], got[0], done))
+                to_read.append((name, got[0], done))
         if to_read:
             hasher.submit(snap_fd, prefix, to_read)
-    report.files += len(walked)
-    seen.update(walked.values())
+    report.files += files_walked
     if listed is None:
         return None
-    for path in sorted(listed.keys() - walked.keys()):
-        bad("missing", path, "listed in the manifest, gone from the snapshot")
+    # Every walked path the manifest does not list was compared (it is new, or was
+    # unlisted last time too), so when the counts agree, none is missing.
+    if files_walked - unlisted != len(listed):
+        found = {prefix + name for prefix, here in walked.items() for name in here}
+        for path in sorted(listed.keys() - found):
+            bad("missing", path, "listed in the manifest, gone from the snapshot")
     return _Walked(sid, walked, bad_paths)
 
 
