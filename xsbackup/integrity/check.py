@@ -6,7 +6,7 @@ flock that keeps prune away) and its regular files compared with its manifest by
 a file gone (``missing``), another inode (``replaced``), another size (``size``) or mtime
 (``mtime``), a file the manifest does not list (``unlisted``). A snapshot after the
 first is compared again only where its walk (path and readdir inode) or its manifest's
-lines differ from the snapshot checked before it, or where that one had a finding of a
+records differ from the snapshot checked before it, or where that one had a finding of a
 path: anywhere else every comparison would repeat the last. Then the content of the
 inodes chosen is read and hashed, each inode once however many snapshots share it, and
 compared with the manifest's digest (``content``; ``unreadable`` when reading fails),
@@ -91,9 +91,9 @@ def _in_window(pos: int, start: int, width: int) -> bool:
 
 class _Volume:
     """What one volume's manifests say, each read when first needed (so hashing starts
-    after the first snapshot's, not after all of them): each snapshot's records by path
-    and its lines, every line parsed once (``parsed``: a file kept from one snapshot to
-    the next has the same line), and by inode every snapshot whose manifest holds it
+    after the first snapshot's, not after all of them): each snapshot's records by path,
+    every line parsed once (``parsed``: a file kept from one snapshot to the next has the
+    same line, so the same record object), and by inode every snapshot whose manifest holds it
     (``sids``, built for the first finding). A damaged manifest is a finding in
     ``findings`` (the volume's own, before any snapshot's)."""
 
@@ -103,7 +103,6 @@ class _Volume:
         self.ids = resolve.snapshot_ids(ctx.store, client, volume)
         self.findings = findings
         self.records: dict[str, dict[str, manifest.Record] | None] = {}
-        self.lines: dict[str, set[bytes]] = {}
         self.parsed: dict[bytes, manifest.Record] = {}
         self.stats: dict[int, tuple[int, int]] = {}  # inode: size, mtime
         self._sids: dict[int, list[str]] | None = None
@@ -119,10 +118,8 @@ class _Volume:
             data = manifest.read_bytes(storage, client, volume, sid)
             if data is not None and data == self._last[0] and self._last[1] is not None:
                 records = self._last[1]  # a no-change snapshot's manifest: the same bytes
-                self.lines[sid] = self.lines[self._last[2]]
             elif data is not None:
                 records = {r.path: r for r in manifest.parse_lines(data, self.parsed)}
-                self.lines[sid] = set(data.split(b"\n"))
                 self._last = (data, records, sid)
         except manifest.ManifestError as e:
             self.findings.append(Finding("manifest-damaged", client, volume, sid,
@@ -144,11 +141,11 @@ class _Volume:
         return sorted(set(self._sids.get(inode, [])))
 
     def changed_paths(self, sid: str, before: str) -> set[str]:
-        """The paths whose record differs between two snapshots' manifests (a line of
-        one that the other has not: the path, inode, size, mtime or digest differ)."""
-        parsed = self.parsed
-        return {parsed[line].path for line in self.lines[sid] ^ self.lines[before]
-                if line in parsed}
+        """The paths whose record differs between two snapshots' manifests (listed by
+        one only, or with another inode, size, mtime or digest): a set operation in C,
+        most records being the very same objects."""
+        return {path for path, _ in (self.records[sid] or {}).items() ^
+                (self.records[before] or {}).items()}
 
 
 @dataclass
@@ -354,7 +351,7 @@ def _check_snapshot(snap_fd: int, client: str, volume: str, sid: str, vol: _Volu
         out.append(Finding(kind, client, volume, sid, path, detail, shared))
 
     before = last if listed is not None and last is not None and \
-        last.sid in vol.lines else None
+        vol.records.get(last.sid) is not None else None
     again: dict[str, list[str]] = {}  # by directory: names to compare whatever the walk
     if before is not None:
         for path in vol.changed_paths(sid, before.sid) | before.bad:
