@@ -360,8 +360,8 @@ def _check_snapshot(snap_fd: int, client: str, volume: str, sid: str, vol: _Volu
     read = report.read_inodes
     walked: dict[str, dict[str, int]] = {}  # by directory: name -> readdir's inode
     files_walked = unlisted = 0
-    for prefix, dir_fd, files in content.stored_dirs(snap_fd):
-        here = walked[prefix] = {e.name: e.inode() for e in files}
+    for prefix, dir_fd, here in content.stored_inodes(snap_fd):
+        walked[prefix] = here
         files_walked += len(here)
         seen.update(here.values())
         if listed is None:

@@ -5,8 +5,8 @@ is imported where a file is hashed: ``diff``'s walk (a short command) rarely nee
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, TypeVar
 
 from xsbackup.restore.access import CHUNK, O_DIR, O_FILE
 
@@ -82,14 +82,37 @@ def stored_dirs(dir_fd: int, prefix: str = "") -> Iterator[tuple[str, int,
     its regular files on disk). Types come from readdir (a ``stat`` only where the
     filesystem does not give them). Directories are entered relative to their parent's
     descriptor with O_NOFOLLOW; nothing else is opened."""
+    return _walk(dir_fd, prefix, _files)
+
+
+def stored_inodes(dir_fd: int, prefix: str = "") -> Iterator[tuple[str, int,
+                                                                  dict[str, int]]]:
+    """``stored_dirs`` with each directory's regular files as {name: readdir inode}."""
+    return _walk(dir_fd, prefix, _inodes)
+
+
+Files = TypeVar("Files", list[os.DirEntry[str]], dict[str, int])
+
+
+def _files(entries: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
+    return [e for e in entries if e.is_file(follow_symlinks=False)]
+
+
+def _inodes(entries: list[os.DirEntry[str]]) -> dict[str, int]:
+    return {e.name: e.inode() for e in entries if e.is_file(follow_symlinks=False)}
+
+
+def _walk(dir_fd: int, prefix: str, pick: Callable[[list[os.DirEntry[str]]], Files]
+          ) -> Iterator[tuple[str, int, Files]]:
     with os.scandir(dir_fd) as it:
         entries = list(it)
     try:  # in C, entry by entry; a stat only where readdir gave no type
-        files = [e for e in entries if e.is_file(follow_symlinks=False)]
+        files = pick(entries)
         dirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)] \
             if len(files) < len(entries) else []
     except FileNotFoundError:  # such an entry went away meanwhile: skip it
-        files, dirs = _kinds(entries)
+        kept, dirs = _kinds(entries)
+        files = pick(kept)
     yield prefix, dir_fd, files
     for name in dirs:
         try:
@@ -97,7 +120,7 @@ def stored_dirs(dir_fd: int, prefix: str = "") -> Iterator[tuple[str, int,
         except OSError:
             continue
         try:
-            yield from stored_dirs(sub, f"{prefix}{name}/")
+            yield from _walk(sub, f"{prefix}{name}/", pick)
         finally:
             os.close(sub)
 
