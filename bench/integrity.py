@@ -223,6 +223,23 @@ def bench_promotion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                            times["changed_manifest_step"]) / median(times["changed_b2sum"])}}
 
 
+def process_env(p: Promotion) -> dict[str, str]:
+    """The timed ``xsbackup`` processes' environment: this state root, and bytecode
+    written and read as an installed package's is (``PYTHONDONTWRITEBYTECODE`` dropped,
+    as ``bench/resolver.py`` does; each variant runs once untimed first)."""
+    return {**{k: v for k, v in p.env.items() if k != "PYTHONDONTWRITEBYTECODE"},
+            "XSBACKUP_ROOT": str(p.root)}
+
+
+def variants(env: dict[str, str], baseline: str | None) -> dict[str, dict[str, str]]:
+    """The xsbackup code to time: this checkout, and with ``--baseline`` another source
+    tree (a ``git archive`` of an older commit) first on ``PYTHONPATH``, interleaved."""
+    out = {"": env}
+    if baseline:
+        out["_baseline"] = {**env, "PYTHONPATH": str(Path(baseline).resolve())}
+    return out
+
+
 def drop_caches(enabled: bool) -> None:
     os.sync()
     if enabled:
@@ -249,29 +266,39 @@ def bench_check(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             if f.is_file():
                 inodes.setdefault(st.st_ino, f)
     total = sum(f.stat().st_size for f in inodes.values())
-    env = {**p.env, "XSBACKUP_ROOT": str(p.root)}
+    envs = variants(process_env(p), args.baseline)
     times: dict[str, list[float]] = {"check_read_data": [], "b2sum_distinct_inodes": []}
+    times |= {f"check_read_data{v}": [] for v in envs}
+
+    def check_once(env: dict[str, str]) -> float:
+        t0 = time.perf_counter()
+        res = subprocess.run([XSBACKUP, "check", SN, "--read-data", "--json"],
+                             check=False, capture_output=True, env=env)
+        t = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise RuntimeError(f"check exited {res.returncode}: {res.stderr[-300:]!r}")
+        return t
+
+    for env in envs.values():
+        check_once(env)  # untimed: bytecode written, page cache warm
     for r in range(args.runs):
-        order = ("check", "b2sum") if r % 2 == 0 else ("b2sum", "check")
-        for case in order:
+        cases = [*envs, "b2sum"]
+        for case in cases if r % 2 == 0 else cases[::-1]:
             drop_caches(args.drop_caches)
-            if case == "check":
-                t0 = time.perf_counter()
-                res = subprocess.run([XSBACKUP, "check", SN, "--read-data", "--json"],
-                                     check=False, capture_output=True, env=env)
-                times["check_read_data"].append(time.perf_counter() - t0)
-                if res.returncode != 0:
-                    raise RuntimeError(f"check exited {res.returncode}: {res.stderr[-300:]!r}")
-            else:
+            if case == "b2sum":
                 times["b2sum_distinct_inodes"].append(b2sum(list(inodes.values())))
-        print(f"round {r + 1}: check {times['check_read_data'][-1]:.2f}s, b2sum "
+            else:
+                times[f"check_read_data{case}"].append(check_once(envs[case]))
+        base = f", baseline {times['check_read_data_baseline'][-1]:.2f}s" \
+            if args.baseline else ""
+        print(f"round {r + 1}: check {times['check_read_data'][-1]:.2f}s{base}, b2sum "
               f"{times['b2sum_distinct_inodes'][-1]:.2f}s", flush=True)
     mbs = {k: total / median(v) / 1e6 for k, v in times.items()}
+    ratios = {f"check{v}/b2sum_throughput": mbs[f"check_read_data{v}"] /
+              mbs["b2sum_distinct_inodes"] for v in envs}
     return {"tree": tree, "distinct_inodes": len(inodes), "distinct_bytes": total,
-            "page_cache_dropped": args.drop_caches, "timings": times,
-            "throughput_mb_s": mbs,
-            "ratios": {"check/b2sum_throughput": mbs["check_read_data"] /
-                       mbs["b2sum_distinct_inodes"]}}
+            "page_cache_dropped": args.drop_caches, "baseline": args.baseline,
+            "timings": times, "throughput_mb_s": mbs, "ratios": ratios}
 
 
 def bench_diff(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -289,17 +316,26 @@ def bench_diff(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     process_once(p)
     a, b = p.store.snapshot_ids(SN, VOLUME)
     da, db = (p.store.snapshots_dir(SN, VOLUME) / s for s in (a, b))
-    env = {**p.env, "XSBACKUP_ROOT": str(p.root)}
-    times: dict[str, list[float]] = {"xsbackup_diff": [], "diff_rq": [],
-                                     "xsbackup_diff_in_process": []}
-    same = True
-    for r in range(args.runs):
-        os.sync()
+    envs = variants(process_env(p), args.baseline)
+    times: dict[str, list[float]] = {"diff_rq": [], "xsbackup_diff_in_process": []}
+    times |= {f"xsbackup_diff{v}": [] for v in envs}
+
+    def diff_once(env: dict[str, str]) -> tuple[float, list[str]]:
         t0 = time.perf_counter()
         res = subprocess.run([XSBACKUP, "diff", SN, a, b, "--json"], capture_output=True,
                              env=env, check=True)
-        times["xsbackup_diff"].append(time.perf_counter() - t0)
-        ours = sorted(c["path"] for c in orjson.loads(res.stdout)["changes"])
+        t = time.perf_counter() - t0
+        return t, sorted(c["path"] for c in orjson.loads(res.stdout)["changes"])
+
+    for env in envs.values():
+        diff_once(env)  # untimed: bytecode written
+    same = True
+    for r in range(args.runs):
+        for v in (list(envs) if r % 2 == 0 else list(envs)[::-1]):
+            os.sync()
+            t, ours = diff_once(envs[v])
+            times[f"xsbackup_diff{v}"].append(t)
+            same = same and ours == changed
         os.sync()
         t0 = time.perf_counter()
         rq = subprocess.run(["diff", "-rq", str(da), str(db)], check=False,
@@ -307,19 +343,23 @@ def bench_diff(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         times["diff_rq"].append(time.perf_counter() - t0)
         theirs = sorted(line.split(" and ")[0].removeprefix(f"Files {da}/")
                         for line in rq.stdout.decode().splitlines())
-        same = same and ours == theirs == changed
+        same = same and theirs == changed
         from xsbackup.integrity import diff
 
         t, _ = timed(lambda: diff.diff(p.ctx, SN, a, b))
         times["xsbackup_diff_in_process"].append(t)
+        base = f", baseline {times['xsbackup_diff_baseline'][-1]:.3f}s" \
+            if args.baseline else ""
         print(f"round {r + 1}: xsbackup diff {times['xsbackup_diff'][-1]:.3f}s "
-              f"(in process {t:.3f}s), diff -rq {times['diff_rq'][-1]:.3f}s", flush=True)
+              f"(in process {t:.3f}s){base}, diff -rq {times['diff_rq'][-1]:.3f}s",
+              flush=True)
+    ratios = {f"xsbackup_diff{v}/diff_rq": median(times[f"xsbackup_diff{v}"]) /
+              median(times["diff_rq"]) for v in envs}
+    ratios["in_process/diff_rq"] = median(times["xsbackup_diff_in_process"]) / \
+        median(times["diff_rq"])
     return {"files": args.files, "changed": len(changed), "same_change_set": same,
-            "timings": times, "summary": {k: summary(v) for k, v in times.items()},
-            "ratios": {"xsbackup_diff/diff_rq": median(times["xsbackup_diff"]) /
-                       median(times["diff_rq"]),
-                       "in_process/diff_rq": median(times["xsbackup_diff_in_process"]) /
-                       median(times["diff_rq"])}}
+            "baseline": args.baseline, "timings": times,
+            "summary": {k: summary(v) for k, v in times.items()}, "ratios": ratios}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drop-caches", action="store_true",
                     help="drop the page cache before each C run (root)")
     ap.add_argument("--parts", default="ABCD", help="which parts to run (ABCD)")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also time C and D with the xsbackup package of the source tree "
+                         "DIR (e.g. a git archive of main), interleaved")
     run_args(ap, out="integrity.json", quiet_load=1.5, quiet_timeout=0)
     args = ap.parse_args(argv)
     exit_on_sigterm()
@@ -367,6 +410,11 @@ def print_table(r: dict[str, Any]) -> None:
     if "diff" in r:
         rows.append(("D xsbackup diff / diff -rq", r["diff"]["ratios"]["xsbackup_diff/diff_rq"],
                      TARGETS["diff_vs_diff_rq_max"], "<="))
+    for part, key, name in (("check", "check_baseline/b2sum_throughput", "C baseline"),
+                            ("diff", "xsbackup_diff_baseline/diff_rq", "D baseline")):
+        if key in r.get(part, {}).get("ratios", {}):
+            print(f"{name + ' (' + str(r[part]['baseline']) + ')':<44} "
+                  f"{r[part]['ratios'][key]:7.3f}")
     for name, value, target, sense in rows:
         ok = value <= target if sense == "<=" else value >= target
         print(f"{name:<44} {value:7.3f}  target {sense} {target}  {'met' if ok else 'NOT met'}")

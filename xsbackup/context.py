@@ -12,10 +12,11 @@ from __future__ import annotations
 from xsbackup.clients.registry import Registry
 from xsbackup.config import Settings
 from xsbackup.records import record
-from xsbackup.storage import open_backend
-from xsbackup.storage.base import Backend
-from xsbackup.storage.choice import effective
 from xsbackup.store import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from xsbackup.storage.base import Backend
 
 
 @record(frozen=True)
@@ -35,5 +36,9 @@ class Context:
     @property
     def storage(self) -> Backend:
         """The storage backend recorded in this state root (``storage.choice``), checked
-        against ``storage.backend``."""
+        against ``storage.backend``. (Imported here: a command that reads no snapshot
+        data through the backend, such as ``diff``, does not pay for it.)"""
+        from xsbackup.storage import open_backend
+        from xsbackup.storage.choice import effective
+
         return open_backend(effective(self.store, self.settings.storage.backend), self.store)

@@ -338,3 +338,55 @@ def test_reflink_promotion_reuses_digests_of_unchanged_files(server: Server,
     push()
     facts = push()
     assert (facts["hashed_files"], facts["reused"]) == (0, 13)
+
+
+def test_damage_kept_from_one_snapshot_to_the_next_is_found_in_each(
+        server: Server, tmp_path: Path) -> None:
+    """``check`` compares a snapshot again only where its walk or its manifest differs
+    from the snapshot checked before it (and parses a manifest with the same bytes as
+    the last one only once): a damaged path that the next snapshot shares unchanged (the
+    same file missing, the same foreign inode, the same unlisted inode linked into both)
+    must still be a finding in each, as checking each snapshot alone finds it."""
+    server.add_client(SN)
+    src = tmp_path / "src"
+    make_tree(src)
+    sids = []
+    for n in range(4):
+        if n < 3:
+            (src / f"new{n}.txt").write_bytes(b"n" * n)
+        r = local_push(server, SN, src)
+        assert r.returncode == 0, r.stderr
+        postprocess.run_once(server.ctx())
+        sids.append(server.store.snapshot_ids(SN, "documents")[-1])
+    assert len(set(sids)) == 4
+    manifests = server.store.volume_dir(SN, "documents") / "manifests"
+    assert (manifests / f"{sids[3]}.jsonl").read_bytes() == \
+        (manifests / f"{sids[2]}.jsonl").read_bytes()      # no change: the same manifest
+    s0, s1, s2, s3 = (snap(server, sid) for sid in sids)
+    for d in (s0, s1):
+        (d / "sub" / "f1.txt").unlink()                    # missing from two in a row
+    body = (s1 / "sub" / "f3.txt").read_bytes()
+    st = (s1 / "sub" / "f3.txt").stat()
+    for d in (s1, s2, s3):
+        (d / "sub" / "f3.txt").unlink()
+    (s1 / "sub" / "f3.txt").write_bytes(body)              # one foreign inode in three
+    os.utime(s1 / "sub" / "f3.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    for d in (s2, s3):
+        os.link(s1 / "sub" / "f3.txt", d / "sub" / "f3.txt")
+    (s0 / "stray").write_bytes(b"stray")                   # unlisted, in all four
+    for d in (s1, s2, s3):
+        os.link(s0 / "stray", d / "stray")
+
+    def kinds(report: check.Report) -> set[tuple[str, str, str]]:
+        return {(f.kind, f.snapshot, f.path) for f in report.findings}
+
+    whole = check.run(server.ctx(), SN, read_data=True)
+    alone: set[tuple[str, str, str]] = set()
+    for sid in sids:
+        alone |= kinds(check.run(server.ctx(), SN, snapshot=sid, read_data=True))
+    assert kinds(whole) == alone == {
+        ("missing", sids[0], "sub/f1.txt"), ("missing", sids[1], "sub/f1.txt"),
+        ("replaced", sids[1], "sub/f3.txt"), ("replaced", sids[2], "sub/f3.txt"),
+        ("replaced", sids[3], "sub/f3.txt"),
+        *(("unlisted", sid, "stray") for sid in sids)}
+    assert [f.snapshot for f in whole.findings] == sorted(f.snapshot for f in whole.findings)

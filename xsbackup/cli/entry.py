@@ -17,7 +17,9 @@ connection. This module imports only ``os``, ``sys`` and ``json`` at first:
   with the same error handling as the CLI's top-level group (``failure.report``);
 * ``status --json`` (the global options, then exactly those two words: what every
   ``fleet status`` and ``fleet collect`` runs on each server) is ``cli.status.document``,
-  the body of the click command, printed the same way; only what it needs is imported.
+  the body of the click command, printed the same way; only what it needs is imported;
+* so is ``diff SERIAL A B --json`` (``cli.diff_json``: the line it takes, and the
+  document the click command prints).
 """
 
 from __future__ import annotations
@@ -117,6 +119,25 @@ def run_status(options: Mapping[str, str]) -> int:
     return _reported(call)
 
 
+def run_diff(line: dict[str, object]) -> int:
+    """``xsbackup diff SERIAL A B --json``, as the click command runs it, without click
+    (``cli.diff_json``)."""
+    from xsbackup.cli import diff_json
+    from xsbackup.cli.output import emit_json
+
+    def call() -> int:
+        emit_json(diff_json.run(line))
+        return 0
+
+    try:
+        return _reported(call)
+    except (KeyboardInterrupt, EOFError):
+        sys.stderr.write("\naborted\n")
+        return 130
+    except BrokenPipeError:
+        os._exit(141)
+
+
 def quick_true(root: str, client: str, environ: Mapping[str, str]) -> bool:
     """Whether this is a connectivity check that the full dispatcher would answer 0:
     the command is ``true``, the state root is initialised, and the client's record
@@ -155,6 +176,12 @@ def main() -> None:
     status = status_args(argv)
     options = forced_args(argv) if status is None else None
     if status is None and options is None:
+        from xsbackup.cli import diff_json
+
+        line = diff_json.args(argv)
+        if line is not None:
+            os.umask(layout.SERVICE_UMASK)
+            _exit_now(run_diff(line))
         from xsbackup.cli.main import main as cli_main
 
         cli_main()

@@ -93,13 +93,14 @@ def diff(ctx: Context, serial: str, a: str, b: str, volume: str | None,
     from xsbackup.cli._common import size_text
     from xsbackup.integrity import diff as core
 
+    if as_json:  # the document cli.entry prints for this line without click
+        from xsbackup.cli.diff_json import document
+
+        emit_json(document(ctx, serial, a, b, volume))
+        return
     ctx.registry.get(serial)
     vol, sa, sb, changes = core.diff(ctx, serial, a, b, volume)
     counts = core.summary(changes)
-    if as_json:
-        emit_json({"client": serial, "volume": vol, "from": sa, "to": sb,
-                   "summary": counts, "changes": [c.as_dict() for c in changes]})
-        return
     for c in changes:
         sizes = {"added": size_text(c.size_b), "removed": size_text(c.size_a)}.get(
             c.kind, f"{size_text(c.size_a)} -> {size_text(c.size_b)}")

@@ -4,7 +4,10 @@
 (``content.stored_files``: directory descriptors, nothing followed, under the shared
 flock that keeps prune away) and its regular files compared with its manifest by path:
 a file gone (``missing``), another inode (``replaced``), another size (``size``) or mtime
-(``mtime``), a file the manifest does not list (``unlisted``). Then the content of the
+(``mtime``), a file the manifest does not list (``unlisted``). A snapshot after the
+first is compared again only where its walk (path and readdir inode) or its manifest's
+records differ from the snapshot checked before it, or where that one had a finding of a
+path: anywhere else every comparison would repeat the last. Then the content of the
 inodes chosen is read and hashed, each inode once however many snapshots share it, and
 compared with the manifest's digest (``content``; ``unreadable`` when reading fails),
 on ``HASH_THREADS`` threads. A finding about an inode names every
@@ -24,11 +27,13 @@ digests) and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import hashlib
 import os
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +49,8 @@ from xsbackup.snapshots.snapshot import since_ns
 from xsbackup.store import get_xattrs, set_xattrs
 
 PPM = 1_000_000
+O_NOATIME = getattr(os, "O_NOATIME", 0)
+HELD = 64  # snapshots held open while their files wait to be hashed
 HASH_THREADS = 2  # reading one file overlaps hashing another; more gain little on a disk
 Progress = Callable[[str], None]
 
@@ -82,41 +89,76 @@ def _in_window(pos: int, start: int, width: int) -> bool:
     return (pos - start) % PPM < width
 
 
-@dataclass
 class _Volume:
-    """What one volume's manifests say: each snapshot's records by path, and by inode
-    every snapshot whose manifest holds it (``sids``, built for the first finding)."""
+    """What one volume's manifests say, each read when first needed (so hashing starts
+    after the first snapshot's, not after all of them): each snapshot's records by path,
+    every line parsed once (``parsed``: a file kept from one snapshot to the next has the
+    same line, so the same record object), and by inode every snapshot whose manifest holds it
+    (``sids``, built for the first finding). A damaged manifest is a finding in
+    ``findings`` (the volume's own, before any snapshot's)."""
 
-    records: dict[str, dict[str, manifest.Record]] = field(default_factory=dict)
-    _sids: dict[int, list[str]] | None = None
-    stats: dict[int, tuple[int, int]] = field(default_factory=dict)  # inode: size, mtime
+    def __init__(self, ctx: Context, client: str, volume: str,
+                 findings: list[Finding]) -> None:
+        self.where = (ctx.storage, client, volume)
+        self.ids = resolve.snapshot_ids(ctx.store, client, volume)
+        self.findings = findings
+        self.records: dict[str, dict[str, manifest.Record] | None] = {}
+        self.parsed: dict[bytes, manifest.Record] = {}
+        self.stats: dict[int, tuple[int, int]] = {}  # inode: size, mtime
+        self._sids: dict[int, list[str]] | None = None
+        self._last: tuple[bytes, dict[str, manifest.Record] | None, str] = (b"", None, "")
+
+    def load(self, sid: str) -> dict[str, manifest.Record] | None:
+        """Snapshot ``sid``'s records by path; None without a (usable) manifest."""
+        if sid in self.records:
+            return self.records[sid]
+        storage, client, volume = self.where
+        records: dict[str, manifest.Record] | None = None
+        try:
+            data = manifest.read_bytes(storage, client, volume, sid)
+            if data is not None and data == self._last[0] and self._last[1] is not None:
+                records = self._last[1]  # a no-change snapshot's manifest: the same bytes
+            elif data is not None:
+                records = {r.path: r for r in manifest.parse_lines(data, self.parsed)}
+                self._last = (data, records, sid)
+        except manifest.ManifestError as e:
+            self.findings.append(Finding("manifest-damaged", client, volume, sid,
+                                         detail=str(e)))
+        self.records[sid] = records
+        return records
+
+    def load_all(self) -> None:
+        for sid in self.ids:
+            self.load(sid)
 
     def sids(self, inode: int) -> list[str]:
         if self._sids is None:
+            self.load_all()
             self._sids = defaultdict(list)
             for sid, records in self.records.items():
-                for r in records.values():
+                for r in (records or {}).values():
                     self._sids[r.inode].append(sid)
         return sorted(set(self._sids.get(inode, [])))
 
+    def changed_paths(self, sid: str, before: str) -> set[str]:
+        """The paths whose record differs between two snapshots' manifests (listed by
+        one only, or with another inode, size, mtime or digest): a set operation in C,
+        most records being the very same objects."""
+        return {path for path, _ in (self.records[sid] or {}).items() ^
+                (self.records[before] or {}).items()}
 
-def _load_volume(ctx: Context, client: str, volume: str, report: Report) -> _Volume:
-    """Every manifest of the volume; a line that several hold (a file kept from one
-    snapshot to the next) is parsed once."""
-    vol = _Volume()
-    cache: dict[bytes, manifest.Record] = {}
-    for sid in resolve.snapshot_ids(ctx.store, client, volume):
-        try:
-            data = manifest.read_bytes(ctx.storage, client, volume, sid)
-            records = None if data is None else manifest.parse_lines(data, cache)
-        except manifest.ManifestError as e:
-            report.findings.append(Finding("manifest-damaged", client, volume, sid,
-                                           detail=str(e)))
-            continue
-        if records is None:
-            continue
-        vol.records[sid] = {r.path: r for r in records}
-    return vol
+
+@dataclass
+class _Walked:
+    """The last snapshot checked against its manifest: what its walk found (by
+    directory, each regular file's readdir inode) and its paths with a finding of their
+    own. The next snapshot re-examines only a path whose inode or record differs from
+    this one's, or that had a finding: for any other, every comparison would give what
+    it gave here (a directory listed alike is passed over whole)."""
+
+    sid: str
+    dirs: dict[str, dict[str, int]]  # by directory: name -> inode
+    bad: set[str]
 
 
 def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | None = None,
@@ -138,21 +180,40 @@ def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | No
     def chosen(ino: int) -> bool:
         return width >= PPM or (width > 0 and _in_window(position(client, ino), start, width))
 
+    # Findings in order: each volume's structure and manifests, then each snapshot's
+    # (a content finding arrives when its file is hashed, maybe during a later snapshot;
+    # a damaged manifest is found when first read).
+    ordered: list[list[Finding]] = []
+    # A snapshot stays open (its shared flock held) until its queued files are hashed;
+    # at most HELD at once.
+    held = contextlib.ExitStack()
     hasher = _Hasher(HASH_THREADS)
     try:
         for vname in volumes:
-            report.findings += check_volume(ctx, client, vname)
-            vol = _load_volume(ctx, client, vname, report)
-            sids = [resolve.resolve(store, client, vname, snapshot)] if snapshot else \
-                resolve.snapshot_ids(store, client, vname)
+            head = check_volume(ctx, client, vname)
+            ordered.append(head)
+            vol = _Volume(ctx, client, vname, head)
+            sids = [resolve.resolve(store, client, vname, snapshot)] if snapshot else vol.ids
+            last: _Walked | None = None
             for sid in sids:
                 if progress is not None:
                     progress(f"{client}/{vname}/{sid}")
                 report.snapshots += 1
-                _check_snapshot(ctx, client, vname, sid, vol, report, seen, chosen, hasher)
-                hasher.drain()  # this snapshot's findings before the next one's
+                out: list[Finding] = []
+                ordered.append(out)
+                snap = held.enter_context(OpenSnapshot(store, client, vname, sid))
+                last = _check_snapshot(snap.fd, client, vname, sid, vol, report, seen,
+                                       chosen, hasher, last, out)
+                if report.snapshots % HELD == 0:
+                    hasher.drain()
+                    held.close()
+            vol.load_all()  # every damaged manifest is a finding, whichever was checked
     finally:
-        hasher.close()
+        try:
+            hasher.close()
+        finally:
+            held.close()
+            report.findings = [f for part in ordered for f in part]
     report.inodes = len(seen)
     _record(ctx, client, report, now(), (start, width) if rotate else None)
     LOG.info("client=%s check: %d snapshots, %d files, %d inodes read (%d bytes), %d "
@@ -165,41 +226,50 @@ def run(ctx: Context, client: str, volume: str | None = None, snapshot: str | No
 Done = Callable[[str | None, int], None]
 
 
+Work = list[tuple[int, str, list[tuple[str, int]]]]  # (snapshot fd, dir, [(name, size)])
+
+
 class _Hasher:
     """Reads and hashes files on a few threads (hashlib releases the GIL while it hashes),
-    so reading one file overlaps hashing another. Files go to the threads in batches
-    (``BATCH`` files or ``BATCH_BYTES``), so a small file costs no hand-over of its own.
-    Each result is handed to its callback in the calling thread, in submission order; a
-    file that cannot be read gives ``(None, 0)``. At most ``AHEAD`` batches are open."""
+    so reading one file overlaps hashing another, and the walk goes on meanwhile: a file
+    is queued as its directory below an open snapshot and its name, and the thread opens
+    it (``content.open_stored_dir``: nothing followed), so a queued file holds no
+    descriptor and the walk need not wait for the hashing. Files are opened without
+    updating their access time where the kernel allows it. Files go to the threads in
+    batches (``BATCH`` files or ``BATCH_BYTES``), so a small file costs no hand-over of
+    its own. Each result is handed to its callback in the calling thread, in submission
+    order; a file that cannot be read gives ``(None, 0)``. At most ``AHEAD`` batches
+    are open (the walk then waits)."""
 
-    AHEAD = 4
+    AHEAD = 4096
     BATCH = 32
     BATCH_BYTES = 16 << 20
 
     def __init__(self, threads: int) -> None:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="check")
         self.queue: deque[tuple[Future[list[tuple[str, int] | None]], list[Done]]] = deque()
-        self.fds: list[int] = []
+        self.work: Work = []
         self.dones: list[Done] = []
-        self.size = 0
+        self.files = self.size = 0
+        self.flags = [O_FILE | O_NOATIME]  # reading never touches a stored file's atime
 
-    def submit(self, name: str, dir_fd: int, size: int, done: Done) -> None:
-        try:
-            fd = os.open(name, O_FILE, dir_fd=dir_fd)
-        except OSError:
-            done(None, 0)
-            return
-        self.fds.append(fd)
-        self.dones.append(done)
-        self.size += size
-        if len(self.fds) >= self.BATCH or self.size >= self.BATCH_BYTES:
+    def submit(self, snap_fd: int, prefix: str, files: list[tuple[str, int, Done]]) -> None:
+        """Queue ``files`` (name, size, callback) of the directory ``prefix`` below the
+        open snapshot ``snap_fd``, which stays open until ``drain``."""
+        self.work.append((snap_fd, prefix, [(name, size) for name, size, _ in files]))
+        for _, size, done in files:
+            self.dones.append(done)
+            self.files += 1
+            self.size += size
+        if self.files >= self.BATCH or self.size >= self.BATCH_BYTES:
             self._send()
 
     def _send(self) -> None:
-        if self.fds:
-            self.queue.append((self.pool.submit(_hash_all, self.fds), self.dones))
-            self.fds, self.dones, self.size = [], [], 0
-        while len(self.queue) > self.AHEAD:
+        if self.work:
+            self.queue.append((self.pool.submit(_hash_all, self.work, self.flags),
+                               self.dones))
+            self.work, self.dones, self.files, self.size = [], [], 0, 0
+        while len(self.queue) > self.AHEAD or (self.queue and self.queue[0][0].done()):
             self._pop()
 
     def _pop(self) -> None:
@@ -220,86 +290,145 @@ class _Hasher:
         self.pool.shutdown()
 
 
-def _hash_all(fds: list[int]) -> list[tuple[str, int] | None]:
-    """Each file's (digest, bytes read), or None when it cannot be read; every descriptor
-    is closed. (A regular file's reads ignore the O_NONBLOCK it was opened with.)"""
+def _hash_all(work: Work, flags: list[int]) -> list[tuple[str, int] | None]:
+    """Each file's (digest, bytes read), or None when it cannot be read (or its
+    directory cannot be opened). ``flags[0]`` drops O_NOATIME for good when the kernel
+    refuses it (it needs the file's owner or CAP_FOWNER). (A regular file's reads ignore
+    the O_NONBLOCK it is opened with.)"""
     out: list[tuple[str, int] | None] = []
-    for fd in fds:
+    for snap_fd, prefix, files in work:
         try:
-            out.append(manifest.digest_fd(fd))
+            dir_fd = content.open_stored_dir(snap_fd, prefix)
         except OSError:
-            out.append(None)
+            out += [None] * len(files)
+            continue
+        try:
+            for name, _ in files:
+                out.append(_hash_one(name, dir_fd, flags))
         finally:
-            os.close(fd)
+            os.close(dir_fd)
     return out
 
 
-def _check_snapshot(ctx: Context, client: str, volume: str, sid: str, vol: _Volume,
+def _hash_one(name: str, dir_fd: int, flags: list[int]) -> tuple[str, int] | None:
+    try:
+        fd = os.open(name, flags[0], dir_fd=dir_fd)
+    except PermissionError as e:
+        if e.errno != errno.EPERM or flags[0] == O_FILE:
+            return None
+        flags[0] = O_FILE
+        return _hash_one(name, dir_fd, flags)
+    except OSError:
+        return None
+    try:
+        return manifest.digest_fd(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _check_snapshot(snap_fd: int, client: str, volume: str, sid: str, vol: _Volume,
                     report: Report, seen: set[int], chosen: Callable[[int], bool],
-                    hasher: _Hasher) -> None:
-    """Walk one snapshot against its manifest. A finding about a path (``missing``,
-    ``replaced``, ``unlisted``) names this snapshot; one about an inode (``size``,
-    ``mtime``, ``content``) is made once and names every snapshot holding the inode."""
-    listed = vol.records.get(sid)
-    found: set[str] = set()
+                    hasher: _Hasher, last: _Walked | None,
+                    out: list[Finding]) -> _Walked | None:
+    """Walk one snapshot against its manifest (after ``last``, the one checked before
+    it: only what differs from it is compared again). A finding about a path
+    (``missing``, ``replaced``, ``unlisted``) names this snapshot; one about an inode
+    (``size``, ``mtime``, ``content``) is made once and names every snapshot holding the
+    inode. Returns what the next snapshot needs (None without a manifest)."""
+    listed = vol.load(sid)
+    bad_paths: set[str] = set()
 
     def bad(kind: str, path: str, detail: str, inode: int | None = None) -> None:
         if inode is not None:
             if (volume, inode) in report.bad_inodes:
                 return
             report.bad_inodes.add((volume, inode))
+        else:
+            bad_paths.add(path)
         shared = vol.sids(inode) if inode is not None else [sid]
-        report.findings.append(Finding(kind, client, volume, sid, path, detail, shared))
+        out.append(Finding(kind, client, volume, sid, path, detail, shared))
 
+    before = last if listed is not None and last is not None and \
+        vol.records.get(last.sid) is not None else None
+    again: dict[str, list[str]] = {}  # by directory: names to compare whatever the walk
+    if before is not None:
+        for path in vol.changed_paths(sid, before.sid) | before.bad:
+            cut = path.rfind("/") + 1
+            again.setdefault(path[:cut], []).append(path[cut:])
     read = report.read_inodes
-    with OpenSnapshot(ctx.store, client, volume, sid) as snap:
-        for prefix, dir_fd, files in content.stored_dirs(snap.fd):
-            report.files += len(files)
-            if listed is None:
-                seen.update(e.inode() for e in files)
+    walked: dict[str, dict[str, int]] = {}  # by directory: name -> readdir's inode
+    files_walked = unlisted = 0
+    for prefix, dir_fd, here in content.stored_inodes(snap_fd):
+        walked[prefix] = here
+        files_walked += len(here)
+        seen.update(here.values())
+        if listed is None:
+            continue
+        todo: Iterable[str] = here
+        if before is not None:
+            last_here = before.dirs.get(prefix)
+            if last_here == here:  # the same names and inodes: in C
+                todo = set()
+            elif last_here is None:
+                todo = set(here)
+            else:
+                todo = {n for n, ino in here.items() if last_here.get(n) != ino}
+            todo.update(n for n in again.get(prefix, ()) if n in here)
+            todo = sorted(todo)
+        to_read: list[tuple[str, int, Done]] = []
+        for name in todo:
+            path = prefix + name
+            ino = here[name]
+            rec = listed.get(path)
+            if rec is None:
+                unlisted += 1
+                bad("unlisted", path, "a file the manifest does not list")
                 continue
-            for e in files:
-                path = prefix + e.name
-                ino = e.inode()  # readdir's; a stat only for an inode not met yet
-                seen.add(ino)
-                found.add(path)
-                rec = listed.get(path)
-                if rec is None:
-                    bad("unlisted", path, "a file the manifest does not list")
+            if rec.inode != ino:
+                bad("replaced", path, f"inode {ino}, the manifest says {rec.inode}")
+                continue
+            got = vol.stats.get(ino)  # a stat only for an inode not met yet
+            if got is None:
+                try:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    bad_paths.add(path)
                     continue
-                if rec.inode != ino:
-                    bad("replaced", path, f"inode {ino}, the manifest says {rec.inode}")
-                    continue
-                got = vol.stats.get(ino)
-                if got is None:
-                    try:
-                        st = e.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    got = vol.stats[ino] = (st.st_size, st.st_mtime_ns)
-                if rec.size != got[0]:
-                    bad("size", path, f"{got[0]} bytes, the manifest says {rec.size}", ino)
-                    continue
-                if rec.mtime_ns != got[1]:
-                    bad("mtime", path, "modified since the manifest was written", ino)
-                if (volume, ino) not in read and chosen(ino):
-                    read.add((volume, ino))
+                got = vol.stats[ino] = (st.st_size, st.st_mtime_ns)
+            if rec.size != got[0]:
+                bad("size", path, f"{got[0]} bytes, the manifest says {rec.size}", ino)
+                continue
+            if rec.mtime_ns != got[1]:
+                bad("mtime", path, "modified since the manifest was written", ino)
+            if (volume, ino) not in read and chosen(ino):
+                read.add((volume, ino))
 
-                    def done(digest: str | None, n: int, path: str = path,
-                             rec: manifest.Record = rec) -> None:
-                        report.inodes_read += 1
-                        report.bytes_read += n
-                        if digest is None:
-                            bad("unreadable", path, "the file cannot be read (I/O error?)",
-                                rec.inode)
-                        elif digest != rec.digest:
-                            bad("content", path, "content differs from its digest (blake2b "
-                                f"{digest[:16]}…, expected {rec.digest[:16]}…)", rec.inode)
+                def done(digest: str | None, n: int, path: str = path,
+                         rec: manifest.Record = rec) -> None:
+                    report.inodes_read += 1
+                    report.bytes_read += n
+                    if digest is None:
+                        bad("unreadable", path, "the file cannot be read (I/O error?)",
+                            rec.inode)
+                    elif digest != rec.digest:
+                        bad("content", path, "content differs from its digest (blake2b "
+                            f"{digest[:16]}…, expected {rec.digest[:16]}…)", rec.inode)
 
-                    hasher.submit(e.name, dir_fd, got[0], done)
-    if listed is not None:
-        for path in sorted(set(listed) - found):
+                to_read.append((name, got[0], done))
+        if to_read:
+            hasher.submit(snap_fd, prefix, to_read)
+    report.files += files_walked
+    if listed is None:
+        return None
+    # Every walked path the manifest does not list was compared (it is new, or was
+    # unlisted last time too), so when the counts agree, none is missing.
+    if files_walked - unlisted != len(listed):
+        found = {prefix + name for prefix, here in walked.items() for name in here}
+        for path in sorted(listed.keys() - found):
             bad("missing", path, "listed in the manifest, gone from the snapshot")
+    return _Walked(sid, walked, bad_paths)
 
 
 def _record(ctx: Context, client: str, report: Report, when: dt.datetime,

@@ -23,24 +23,27 @@ two manifest reads rather than reading every file twice.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from xsbackup.context import Context
 from xsbackup.integrity import content
 from xsbackup.restore import resolve
 from xsbackup.restore.access import (
+    ABSENT,
     O_DIR,
     FakeStat,
     OpenSnapshot,
+    fake_stat,
     fake_stat_at,
-    try_open_dir,
 )
-from xsbackup.snapshots import manifest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from xsbackup.snapshots import manifest
 
 KINDS = ("added", "removed", "modified", "metadata")
 TYPES = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
@@ -56,7 +59,8 @@ class Change:
     what: list[str] = field(default_factory=list)  # type, content, mode, owner, mtime
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"kind": self.kind, "path": self.path, "type": self.type,
+                "size_a": self.size_a, "size_b": self.size_b, "what": list(self.what)}
 
 
 READ_BUDGET = 64 << 20  # bytes diff compares by reading before it uses the manifests
@@ -77,6 +81,8 @@ class Side:
     @property
     def digests(self) -> dict[str, manifest.Record]:
         if self._digests is None:
+            from xsbackup.snapshots import manifest  # here: rarely needed (module doc)
+
             try:
                 records = manifest.read(self.ctx.storage, self.client, self.volume,
                                         self.sid) or []
@@ -110,19 +116,13 @@ def diff(ctx: Context, client: str, a: str, b: str, volume: str | None = None,
     return vol, sa, sb, changes
 
 
-@contextlib.contextmanager
-def _listing(fd: int | None) -> Iterator[tuple[int | None, dict[str, int]]]:
-    """A fresh descriptor of ``fd`` (our own directory offset; None for none) and its
-    entries' inode numbers by name (readdir's: no ``stat``)."""
+def _listing(fd: int | None) -> dict[str, int]:
+    """The entries of the directory ``fd`` (ours alone: opened by this walk, or the
+    snapshot's own) with their inode numbers (readdir's: no ``stat``)."""
     if fd is None:
-        yield None, {}
-        return
-    sub = os.open(".", O_DIR, dir_fd=fd)
-    try:
-        with os.scandir(sub) as it:
-            yield sub, {e.name: e.inode() for e in it}
-    finally:
-        os.close(sub)
+        return {}
+    with os.scandir(fd) as it:  # a duplicate descriptor, rewound when done
+        return {e.name: e.inode() for e in it}
 
 
 def _lstat(fd: int | None, name: str, listed: dict[str, int]) -> os.stat_result | None:
@@ -134,14 +134,35 @@ def _lstat(fd: int | None, name: str, listed: dict[str, int]) -> os.stat_result 
         return None
 
 
+def _view(fd: int | None, name: str,
+          st: os.stat_result | None) -> tuple[FakeStat | None, int | None]:
+    """The client's view of ``name`` (lstat ``st``) and, for a directory the client sent
+    as one, its descriptor (the caller closes it): a directory is opened first and its
+    record read through that descriptor (``try_open_dir``'s check, done once)."""
+    if fd is None or st is None:
+        return None, None
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            sub = os.open(name, O_DIR, dir_fd=fd)
+        except OSError as e:
+            if e.errno not in ABSENT:
+                raise
+        else:
+            try:
+                view = fake_stat(sub, st)
+            except BaseException:
+                os.close(sub)
+                raise
+            if stat.S_ISDIR(view.mode):
+                return view, sub
+            os.close(sub)
+            return view, None
+    return fake_stat_at(fd, name, st), None
+
+
 def _dir(fa: int | None, fb: int | None, prefix: str, side_a: Side, side_b: Side,
          budget: Budget) -> Iterator[Change]:
-    with _listing(fa) as (da, la), _listing(fb) as (db, lb):
-        yield from _entries(da, db, la, lb, prefix, side_a, side_b, budget)
-
-
-def _entries(fa: int | None, fb: int | None, la: dict[str, int], lb: dict[str, int],
-             prefix: str, side_a: Side, side_b: Side, budget: Budget) -> Iterator[Change]:
+    la, lb = _listing(fa), _listing(fb)
     # On one filesystem, one name with one inode is one inode object on both sides
     # (directories never are): nothing about it can differ. Set operations, in C.
     names = {n for n, _ in la.items() ^ lb.items()} if side_a.same_fs else \
@@ -152,27 +173,23 @@ def _entries(fa: int | None, fb: int | None, la: dict[str, int], lb: dict[str, i
         if sta is not None and stb is not None and sta.st_ino == stb.st_ino and \
                 sta.st_ctime_ns == stb.st_ctime_ns and not stat.S_ISDIR(sta.st_mode):
             continue  # (btrfs keeps inode numbers and ctimes: an inode not changed since)
-        va = fake_stat_at(fa, name, sta) if fa is not None and sta is not None else None
-        vb = fake_stat_at(fb, name, stb) if fb is not None and stb is not None else None
-        change = _compare(path, name, fa, fb, sta, stb, va, vb, side_a, side_b, budget)
-        if change is not None:
-            yield change
-        dir_a = va is not None and stat.S_ISDIR(va.mode)
-        dir_b = vb is not None and stat.S_ISDIR(vb.mode)
-        if dir_a or dir_b:
-            with _sub(name, fa if dir_a else None) as sa, \
-                    _sub(name, fb if dir_b else None) as sb:
-                yield from _dir(sa, sb, path + "/", side_a, side_b, budget)
-
-
-@contextlib.contextmanager
-def _sub(name: str, fd: int | None) -> Iterator[int | None]:
-    sub = try_open_dir(name, fd) if fd is not None else None
-    try:
-        yield sub
-    finally:
-        if sub is not None:
-            os.close(sub)
+        va, sub_a = _view(fa, name, sta)
+        try:
+            vb, sub_b = _view(fb, name, stb)
+            try:
+                change = _compare(path, name, fa, fb, sta, stb, va, vb, side_a, side_b,
+                                  budget)
+                if change is not None:
+                    yield change
+                if (va is not None and stat.S_ISDIR(va.mode)) or \
+                        (vb is not None and stat.S_ISDIR(vb.mode)):
+                    yield from _dir(sub_a, sub_b, path + "/", side_a, side_b, budget)
+            finally:
+                if sub_b is not None:
+                    os.close(sub_b)
+        finally:
+            if sub_a is not None:
+                os.close(sub_a)
 
 
 def _size(st: os.stat_result | None, view: FakeStat | None) -> int | None:
@@ -220,7 +237,7 @@ def _same_content(path: str, name: str, fa: int | None, fb: int | None,
         return False
     if 2 * sta.st_size <= budget.left:
         budget.left -= 2 * sta.st_size
-        return content.same_bytes(name, fa, fb)
+        return content.same_bytes(name, fa, fb, sta.st_size)
     return content.digest(path, name, fa, sta, side_a.digests) == \
         content.digest(path, name, fb, stb, side_b.digests)
 
