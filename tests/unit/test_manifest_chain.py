@@ -8,8 +8,15 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_manifest_merge import CLIENT, VOLUME, consistent, from_scratch, paths, \
-    plant, promote
+from tests.unit.test_manifest_merge import (
+    CLIENT,
+    VOLUME,
+    consistent,
+    from_scratch,
+    paths,
+    plant,
+    promote,
+)
 from xsbackup.snapshots import manifest
 from xsbackup.storage.hardlink import HardlinkBackend
 from xsbackup.store import Store, init_root

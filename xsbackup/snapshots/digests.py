@@ -12,6 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# Reading a file to hash it is not an access: no atime update (with relatime, the first
+# read after a change would otherwise write every file's inode). Allowed to the file's
+# owner (the service account writes what it stores) and to root; refused to others.
+O_NOATIME = getattr(os, "O_NOATIME", 0)
 HASH_THREADS = 2
 THREADS_FROM_BYTES = 8 << 20  # below this much content, threads only add overhead
 
@@ -40,9 +44,13 @@ def digest_fd(fd: int) -> tuple[str, int]:
 
 def digest_at(name: str, dir_fd: int | None = None) -> tuple[str, int]:
     """(hex digest, bytes read) of the file ``name`` (below ``dir_fd``), never following
-    a symlink in its last component. It is opened non-blocking, so a FIFO put in its
-    place fails to read rather than wait (a regular file reads as it always does)."""
-    fd = os.open(name, O_READ, dir_fd=dir_fd)
+    a symlink in its last component, nor updating its atime where the file's owner
+    reads. It is opened non-blocking, so a FIFO put in its place fails to read rather
+    than wait (a regular file reads as it always does)."""
+    try:
+        fd = os.open(name, O_READ | O_NOATIME, dir_fd=dir_fd)
+    except PermissionError:  # not the file's owner: O_NOATIME is refused (EPERM)
+        fd = os.open(name, O_READ, dir_fd=dir_fd)
     try:
         return digest_fd(fd)
     finally:
