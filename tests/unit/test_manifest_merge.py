@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xsbackup.snapshots import manifest
+from xsbackup.snapshots import manifest, manifest_lines
 from xsbackup.snapshots.snapshot import Changes, compute_stats
 from xsbackup.storage.hardlink import HardlinkBackend
 from xsbackup.store import Store, init_root
@@ -93,13 +93,13 @@ def test_keep_equals_a_manifest_built_from_scratch(
     kept = manifest.read_bytes(backend, CLIENT, VOLUME, SIDS[1])
     assert kept == from_scratch(new)
     assert stats.hashed_files == len(after) - len(links)
-    assert stats.how == ("linked" if len(links) == len(after) == len(before) else "merged")
+    assert stats.how == ("linked" if len(links) == len(after) == len(before) else "delta")
 
 
-def test_a_version_1_manifest_is_read_and_merged_never_linked(tmp_path: Path) -> None:
+def test_a_version_1_manifest_is_read_and_never_linked(tmp_path: Path) -> None:
     """Manifests written before version 2 name their snapshot in the header: still read,
-    and the next promotion writes a version 2 manifest of the same records rather than
-    linking a header that names another snapshot."""
+    and the next promotion writes a delta over it (which reads as a version 2 manifest
+    of the same records) rather than linking a header that names another snapshot."""
     import orjson
 
     store = Store(tmp_path / "state")
@@ -119,7 +119,7 @@ def test_a_version_1_manifest_is_read_and_merged_never_linked(tmp_path: Path) ->
     new = store.incoming_dir(CLIENT, VOLUME) / SIDS[1]
     plant(new, {"a": b"1", "d/b": b"22"}, {"a": old / "a", "d/b": old / "d" / "b"})
     stats = promote(backend, SIDS[1], new, old, SIDS[0])
-    assert (stats.how, stats.hashed_files) == ("merged", 0)
+    assert (stats.how, stats.hashed_files) == ("delta", 0)
     assert manifest.read_bytes(backend, CLIENT, VOLUME, SIDS[1]) == v2
 
 
@@ -143,5 +143,5 @@ def test_the_search_finds_every_place_in_a_large_manifest() -> None:
                   [p[:-1] + "0" for p in rng.sample(paths, 100)] + ["", "\U0010ffff"])
     at = body
     for k in keys:
-        at = manifest._seek(data, k, at)
+        at = manifest_lines.seek(data, k, at)
         assert at == starts[bisect.bisect_left(paths, k)], k

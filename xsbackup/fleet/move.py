@@ -189,7 +189,8 @@ class Move:
             snaps = [self._remote(f"{vol_src}/snapshots/./{sid}")
                      for sid in ([base] if base else []) + ids]
             dst, mf = f"{vol_dst}/snapshots/", f"{vol_dst}/manifests"
-            manifests = [self._remote(f"{vol_src}/manifests/./{sid}.jsonl") for sid in ids]
+            manifests = [self._remote(f"{vol_src}/manifests/./{sid}{suffix}") for sid in ids
+                         for suffix in (".jsonl", ".base")]  # a delta and its base
             body += [f"mkdir -p {shlex.quote(dst)} {shlex.quote(mf)}",
                      self._job("mf", self._rsync("-R", "--ignore-missing-args", *manifests,
                                                  f"{mf}/")),

@@ -8,64 +8,74 @@ snapshots against them; the ``manifest`` verb and the HTTP manifest show the dig
 already lists both trees, so it says which regular files are *kept* (the previous
 snapshot's very file at the same path: ``snapshot.Changes``), which are new, and which
 entries of the previous snapshot are gone. A kept file's record is the previous
-manifest's line, byte for byte (same path, inode, size, mtime and content), so ``keep``
-never parses those lines:
+manifest's, byte for byte (same path, inode, size, mtime and content), so ``keep``
+never reads those records:
 
 * nothing new and nothing gone: the new manifest *is* the previous one, and the backend
-  links it (``Backend.link_manifest``; a v2 manifest names no snapshot, so the bytes are
-  the same);
-* otherwise the previous body is cut where a path is gone and the new files' records
-  (their content read and hashed, on threads when there is much of it) are spliced in
-  at their sorted places, each place found by a search over the sorted lines that parses
-  only the lines it probes;
+  links it (``Backend.link_manifest``; v2 and v3 manifests name no snapshot);
+* otherwise a *delta* (v3) is written: the new files' records (their content read and
+  hashed, on threads when there is much of it) and the gone paths, resting on a whole
+  manifest (the previous one, or the one the previous delta rests on, which the backend
+  keeps beside it as its ``base`` part, so pruning the snapshot it came from never
+  breaks it). Chains are one delta deep: a delta on a delta is the two merged
+  (``compose``), and once it would list more than ``DELTA_FRACTION`` of its base's
+  records (and ``DELTA_MIN_LINES``), a whole manifest is written instead (``merge``:
+  the previous manifest's bytes with the changes spliced in);
 * without a usable previous manifest, or when the walk could not compare (``repair``),
   every record is built (``build``): a file reuses the digest of the previous manifest's
   record of its inode when that is sound (``_same_file``), the others are read.
+
+``read_bytes`` is the one reader: it resolves a delta into the whole manifest's bytes
+(its base with the changes spliced in, each place found by a search over the sorted
+lines that parses only the lines it probes), which ``parse_lines`` reads.
 
 **Format** (``docs/manifest.md``): UTF-8 text, one JSON object per line. The first line
 is the header ``{"format": "xsbackup-manifest", "version": 2, "algorithm":
 "blake2b-256", "files": N}`` (version 1 also named the snapshot; it is still read); then
 one line per regular file, sorted by path (code points): ``{"p": PATH, "i": INODE, "s":
 SIZE, "m": MTIME_NS, "d": HEX_DIGEST}``, where a path that is not valid UTF-8 is given as
-``"x": HEX_OF_ITS_BYTES`` instead of ``"p"``.
+``"x": HEX_OF_ITS_BYTES`` instead of ``"p"``. A delta's header has ``"version": 3`` and
+``"records": R, "gone": G``; then R record lines and G gone lines (``{"g": PATH}``, a
+directory's path ending in ``/``), each sorted (``manifest_lines``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
+from xsbackup.snapshots.digests import digest_all, digest_at, digest_fd, new_hash
+from xsbackup.snapshots.manifest_lines import (
+    ManifestError,
+    Record,
+    gone_line,
+    gone_path,
+    line,
+    load,
+    record,
+    record_at,
+    seek,
+    splice,
+)
 from xsbackup.snapshots.snapshot import Changes
 from xsbackup.storage.base import Backend
 
+__all__ = ["ManifestError", "Record", "digest_at", "digest_fd", "new_hash"]
+
 FORMAT = "xsbackup-manifest"
 VERSION = 2
-READABLE = (1, 2)
+DELTA = 3                   # a delta manifest: records and gone paths over its base
+WHOLE = (1, 2)
+READABLE = (1, 2, DELTA)
 ALGORITHM = "blake2b-256"
-O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-HASH_THREADS = 2            # hashlib releases the GIL while it hashes a large buffer
-THREADS_FROM_BYTES = 8 << 20  # below this much new content, threads only add overhead
-
-
-class ManifestError(ValueError):
-    """A manifest that is not one this module wrote (a line is damaged or missing)."""
-
-
-class Record(NamedTuple):
-    path: str     # relative to the snapshot; os.fsdecode form (surrogateescape)
-    inode: int
-    size: int
-    mtime_ns: int
-    digest: str   # hex BLAKE2b-256 of the content
+DELTA_FRACTION = 8          # a delta lists at most 1/8 of its base's records ...
+DELTA_MIN_LINES = 256       # ... or this many lines, whichever is more
 
 
 @dataclass
@@ -74,68 +84,13 @@ class BuildStats:
     reused: int = 0         # records (digests) taken from the previous snapshot's manifest
     hashed_files: int = 0   # files read and hashed
     hashed_bytes: int = 0   # bytes read and hashed
-    how: str = "built"      # linked (the previous manifest), merged (into it) or built
+    how: str = "built"      # linked, delta (over a base), merged (into it) or built
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-# ---- hashing -----------------------------------------------------------------------------
-
-
-def new_hash() -> hashlib.blake2b:
-    return hashlib.blake2b(digest_size=32)
-
-
-_BUFFERS = threading.local()  # one read buffer a thread, reused from file to file
-
-
-def digest_fd(fd: int) -> tuple[str, int]:
-    """(hex digest, bytes read) of the open file ``fd`` from its current offset."""
-    buf = getattr(_BUFFERS, "buf", None)
-    if buf is None:
-        buf = _BUFFERS.buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    h = new_hash()
-    n = 0
-    while True:
-        got = os.readv(fd, [buf])
-        if not got:
-            return h.hexdigest(), n
-        h.update(view[:got])
-        n += got
-
-
-def digest_at(name: str, dir_fd: int | None = None) -> tuple[str, int]:
-    """(hex digest, bytes read) of the file ``name`` (below ``dir_fd``), never following
-    a symlink in its last component."""
-    fd = os.open(name, O_READ, dir_fd=dir_fd)
-    try:
-        os.set_blocking(fd, True)
-        return digest_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def digest_all(paths: list[str], sizes: int) -> list[tuple[str, int]]:
-    """``digest_at`` of each path, in order; on ``HASH_THREADS`` threads when the files
-    hold ``THREADS_FROM_BYTES`` or more together (``sizes``)."""
-    if sizes < THREADS_FROM_BYTES or len(paths) < 2:
-        return [digest_at(p) for p in paths]
-    with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="manifest") as pool:
-        return list(pool.map(digest_at, paths))
-
-
-# ---- encoding ----------------------------------------------------------------------------
-
-
-def _line(r: Record) -> bytes:
-    try:
-        return orjson.dumps({"p": r.path, "i": r.inode, "s": r.size, "m": r.mtime_ns,
-                             "d": r.digest})
-    except orjson.JSONEncodeError:  # a name that is not UTF-8 (surrogate escapes)
-        return orjson.dumps({"x": os.fsencode(r.path).hex(), "i": r.inode, "s": r.size,
-                             "m": r.mtime_ns, "d": r.digest})
+# ---- encoding and reading ------------------------------------------------------------------
 
 
 def header(files: int) -> bytes:
@@ -145,65 +100,63 @@ def header(files: int) -> bytes:
 
 def encode(records: Iterable[Record]) -> bytes:
     rows = sorted(records)  # by path first: code points, a non-UTF-8 byte as its escape
-    return header(len(rows)) + b"".join(_line(r) + b"\n" for r in rows)
+    return header(len(rows)) + b"".join(line(r) + b"\n" for r in rows)
 
 
-def _header_of(raw: bytes) -> int:
-    """The number of records a header line announces; ManifestError if it is none."""
-    head = _load(raw, 1)
-    if head.get("format") != FORMAT or head.get("version") not in READABLE or \
+def _head(raw: bytes, versions: tuple[int, ...] = READABLE) -> dict[str, Any]:
+    """A header line's fields; ManifestError if it is none (of ``versions``)."""
+    head = load(raw, 1)
+    if head.get("format") != FORMAT or head.get("version") not in versions or \
             not isinstance(head.get("files"), int):
         raise ManifestError("line 1 is not an xsbackup manifest header")
-    return int(head["files"])
-
-
-def _record(row: dict[str, Any], lineno: int) -> Record:
-    try:
-        path = row["p"] if "p" in row else os.fsdecode(bytes.fromhex(row["x"]))
-        return Record(path, int(row["i"]), int(row["s"]), int(row["m"]), str(row["d"]))
-    except (KeyError, ValueError, TypeError):
-        raise ManifestError(f"line {lineno} is not a manifest record") from None
+    if head["version"] == DELTA and not (isinstance(head.get("records"), int) and
+                                         isinstance(head.get("gone"), int)):
+        raise ManifestError("line 1 is not an xsbackup manifest header")
+    return head
 
 
 def parse_lines(data: bytes, cache: dict[bytes, Record] | None = None) -> list[Record]:
-    """The records of a whole manifest's bytes. With ``cache``, a line already parsed
-    (the same bytes, as in the manifests of a volume's successive snapshots) is not
-    parsed again."""
+    """The records of a whole manifest's bytes (as ``read_bytes`` returns them). With
+    ``cache``, a line already parsed (the same bytes, as in the manifests of a volume's
+    successive snapshots) is not parsed again."""
     lines = data.split(b"\n")
     if lines[-1] != b"" or len(lines) < 2:
         raise ManifestError("the manifest does not end with a complete line")
-    want = _header_of(lines[0])
+    want = _head(lines[0], WHOLE)["files"]
     body = lines[1:-1]
     if len(body) != want:
         raise ManifestError(f"the header announces {want} files, the manifest lists "
                             f"{len(body)}")
     if cache is None:
-        return [_record(_load(raw, n), n) for n, raw in enumerate(body, start=2)]
+        return [record(load(raw, n), n) for n, raw in enumerate(body, start=2)]
     out = []
     for n, raw in enumerate(body, start=2):
         rec = cache.get(raw)
         if rec is None:
-            rec = cache[raw] = _record(_load(raw, n), n)
+            rec = cache[raw] = record(load(raw, n), n)
         out.append(rec)
     return out
 
 
-def _load(raw: bytes, lineno: int) -> dict[str, Any]:
-    try:
-        row = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ManifestError(f"line {lineno} is not JSON") from None
-    if not isinstance(row, dict):
-        raise ManifestError(f"line {lineno} is not a JSON object")
-    return row
-
-
-def read_bytes(storage: Backend, client: str, volume: str, sid: str) -> bytes | None:
-    fh = storage.open_manifest(client, volume, sid)
+def _read_part(storage: Backend, client: str, volume: str, sid: str,
+               part: str = "") -> bytes | None:
+    fh = storage.open_manifest(client, volume, sid, part)
     if fh is None:
         return None
     with fh:
         return fh.read()
+
+
+def read_bytes(storage: Backend, client: str, volume: str, sid: str) -> bytes | None:
+    """The snapshot's whole manifest (a delta resolved over its base); None when it has
+    none. ManifestError when a delta is damaged or its base is missing."""
+    data = _read_part(storage, client, volume, sid)
+    if data is None or not data.startswith(b'{"format":"xsbackup-manifest","version":3,'):
+        return data
+    base = _read_part(storage, client, volume, sid, "base")
+    if base is None:
+        raise ManifestError("the manifest is a delta and its base is missing")
+    return resolve(base, data)
 
 
 def read(storage: Backend, client: str, volume: str, sid: str) -> list[Record] | None:
@@ -213,44 +166,113 @@ def read(storage: Backend, client: str, volume: str, sid: str) -> list[Record] |
     return None if data is None else parse_lines(data)
 
 
+class Delta:
+    """A delta manifest's parts: its header's fields, its record lines and its gone
+    lines (each a ``bytes`` of whole lines, sorted), and the gone paths."""
+
+    def __init__(self, data: bytes) -> None:
+        end = data.find(b"\n")
+        if end < 0 or not data.endswith(b"\n"):
+            raise ManifestError("the manifest does not end with a complete line")
+        self.head = _head(data[:end], (DELTA,))
+        lines = data[end + 1:].split(b"\n")[:-1]
+        want = self.head["records"] + self.head["gone"]
+        if len(lines) != want:
+            raise ManifestError(f"the header announces {want} lines, the delta has "
+                                f"{len(lines)}")
+        n = self.n_records = self.head["records"]
+        self.n_gone = self.head["gone"]
+        cut = end + 1 + sum(len(raw) + 1 for raw in lines[:n])
+        self.records, self.gone = data[end + 1:cut], data[cut:]
+        self._lines = lines
+
+    def parse(self) -> tuple[list[str], list[str]]:
+        """The records' paths and the gone paths (ManifestError for a damaged line)."""
+        n, lines = self.n_records, self._lines
+        return ([record(load(raw, i), i).path for i, raw in enumerate(lines[:n], 2)],
+                [gone_path(load(raw, i), i) for i, raw in enumerate(lines[n:], n + 2)])
+
+
+def resolve(base: bytes, data: bytes) -> bytes:
+    """The whole manifest a delta ``data`` makes of the whole manifest ``base``: its
+    lines with the gone paths and the delta's paths cut out and the delta's records put
+    in. ManifestError if either is damaged or the count disagrees."""
+    delta = Delta(data)
+    paths, gone = delta.parse()
+    start = base.find(b"\n") + 1
+    if not start or not base.endswith(b"\n"):
+        raise ManifestError("the base of the delta does not end with a complete line")
+    count = _head(base[:start - 1], WHOLE)["files"]
+    raws = delta.records.split(b"\n")
+    pieces, cut = splice(base, start, gone + paths,
+                         [(p, raw + b"\n") for p, raw in zip(paths, raws, strict=False)])
+    files = delta.head["files"]
+    if count - cut + len(paths) != files:
+        raise ManifestError(f"the header announces {files} files, the delta over its base "
+                            f"makes {count - cut + len(paths)}")
+    return header(files) + b"".join(pieces)
+
+
 # ---- building ----------------------------------------------------------------------------
 
 
 class Previous:
-    """The previous snapshot's manifest, for ``keep`` and ``build``: its id, its header
-    line, how many records it announces, and (read when first needed) its bytes."""
+    """The previous snapshot's manifest, for ``keep`` and ``build``: its id, version and
+    header line, how many records it announces, a delta's bytes and its base's record
+    count, and (resolved when first needed) the whole manifest's bytes."""
 
     def __init__(self, storage: Backend, client: str, volume: str, sid: str, head: bytes,
-                 count: int) -> None:
-        self.sid, self.head, self.count = sid, head, count
+                 fields: dict[str, Any]) -> None:
+        self.sid, self.head, self.count = sid, head, int(fields["files"])
+        self.version = int(fields["version"])
+        self.delta = b""
+        self.base_count = self.count
         self._where = (storage, client, volume)
         self._data: bytes | None = None
 
     @property
-    def body(self) -> int:
-        return len(self.head)
+    def data(self) -> bytes:
+        """The whole manifest (b"" when it cannot be read: everything is then built)."""
+        if self._data is None:
+            try:
+                self._data = read_bytes(*self._where, self.sid) or b""
+            except ManifestError:
+                self._data = b""
+        return self._data
 
     @property
-    def data(self) -> bytes:
-        if self._data is None:
-            self._data = read_bytes(*self._where, self.sid) or b""
-        return self._data
+    def body(self) -> int:
+        """Where the records start in ``data``."""
+        return self.data.find(b"\n") + 1
 
 
 def previous(storage: Backend, client: str, volume: str, sid: str | None) -> Previous | None:
     """Snapshot ``sid``'s manifest; None when there is no such snapshot or manifest, or
-    its header is damaged (everything is then hashed)."""
+    its header (a delta's base's) is damaged (everything is then hashed)."""
     fh = storage.open_manifest(client, volume, sid) if sid is not None else None
     if fh is None or sid is None:
         return None
     with fh:
         head = fh.readline()
-    try:
-        count = _header_of(head)
-    except ManifestError:
+        try:
+            fields = _head(head)
+        except ManifestError:
+            return None
+        prev = Previous(storage, client, volume, sid, head, fields)
+        if prev.version == DELTA:
+            prev.delta = head + fh.read()
+    if not head.endswith(b"\n"):
         return None
-    return Previous(storage, client, volume, sid, head, count) if head.endswith(b"\n") \
-        else None
+    if prev.version == DELTA:
+        base = storage.open_manifest(client, volume, sid, "base")
+        if base is None:
+            return None
+        with base:
+            try:
+                prev.base_count = int(_head(base.readline(), WHOLE)["files"])
+            except ManifestError:
+                return None
+    return prev
 
 
 def keep(storage: Backend, client: str, volume: str, sid: str, tree: Path,
@@ -262,18 +284,63 @@ def keep(storage: Backend, client: str, volume: str, sid: str, tree: Path,
     holds."""
     origin = storage.copied_from(client, volume)
     if prev is not None and prev.count == changes.kept == changes.files and \
-            not changes.new and not changes.gone and prev.head == header(prev.count):
-        # (a v1 header names its snapshot: such a manifest is merged, not linked)
+            not changes.new and not changes.gone and \
+            (prev.version == DELTA or prev.head == header(prev.count)):
+        # (a v1 header names its snapshot: such a manifest is never linked)
         storage.link_manifest(client, volume, sid, prev.sid)
         return BuildStats(changes.files, changes.files, how="linked")
     data: bytes | None = None
+    stats = BuildStats(changes.files)
+    new: list[Record] | None = None
+    if prev is not None and origin is None:
+        new = _hash_new(tree, changes.new, stats)
+        got = delta(changes, prev, new, stats)
+        if got is not None:
+            storage.write_manifest(client, volume, sid, got[0], base=got[1])
+            return stats
     if prev is not None:
-        data, stats = merge(tree, changes, prev, origin)
+        data, stats = merge(tree, changes, prev, origin, new, stats)
     if data is None:
         files = changes.new if not changes.kept else list(_all_files(tree))
         data, stats = build(tree, files, prev, changes.same_fs, changes.since_ns, origin)
     storage.write_manifest(client, volume, sid, data)
     return stats
+
+
+def delta(changes: Changes, prev: Previous, new: list[Record],
+          stats: BuildStats) -> tuple[bytes, tuple[str, str]] | None:
+    """A delta manifest of the new records and the gone paths over ``prev``'s whole
+    manifest (over its base, merged with its own delta, when ``prev`` is a delta), and
+    the base it rests on; None when it would be too large (or ``prev``'s delta is
+    damaged): a whole manifest is written then."""
+    news = {r.path for r in new}
+    gone = sorted(g for g in changes.gone if g not in news)
+    adds = sorted((r.path, line(r) + b"\n") for r in new)
+    base = (prev.sid, "")
+    if prev.version == DELTA:
+        try:
+            old = Delta(prev.delta)
+        except ManifestError:
+            return None
+        kept, cut = splice(old.records, 0, gone + sorted(news), adds)
+        records = b"".join(kept)
+        n_records = old.n_records - cut + len(adds)
+        # a gone path replaces its own line and the lines below it (a directory's)
+        gone_lines, cut = splice(old.gone, 0, gone, [(g, gone_line(g) + b"\n") for g in gone])
+        gones = b"".join(gone_lines)
+        n_gone = old.n_gone - cut + len(gone)
+        base = (prev.sid, "base")
+    else:
+        records = b"".join(raw for _, raw in adds)
+        n_records = len(adds)
+        gones = b"".join(gone_line(g) + b"\n" for g in gone)
+        n_gone = len(gone)
+    if n_records + n_gone > max(DELTA_MIN_LINES, prev.base_count // DELTA_FRACTION):
+        return None
+    stats.how, stats.reused = "delta", changes.files - stats.hashed_files
+    head = orjson.dumps({"format": FORMAT, "version": DELTA, "algorithm": ALGORITHM,
+                         "files": changes.files, "records": n_records, "gone": n_gone})
+    return head + b"\n" + records + gones, base
 
 
 def _all_files(tree: Path) -> Iterator[tuple[str, os.stat_result]]:
@@ -311,119 +378,57 @@ def _unchanged_copy(origin: Path | None, rel: str, st: os.stat_result, rec: Reco
 def _hash_new(tree: Path, files: list[tuple[str, os.stat_result]],
               stats: BuildStats) -> list[Record]:
     files = sorted(files, key=lambda f: f[1].st_ino)  # inode order: nearer on disk
-    got = digest_all([str(tree / p) for p, _ in files], sum(st.st_size for _, st in files))
+    fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        got = digest_all([p for p, _ in files], sum(st.st_size for _, st in files), fd)
+    finally:
+        os.close(fd)
     stats.hashed_files += len(files)
     stats.hashed_bytes += sum(n for _, n in got)
     return [Record(p, st.st_ino, st.st_size, st.st_mtime_ns, d)
             for (p, st), (d, _) in zip(files, got, strict=True)]
 
 
-def merge(tree: Path, changes: Changes, prev: Previous,
-          origin: Path | None = None) -> tuple[bytes | None, BuildStats]:
-    """The previous manifest with the gone paths cut out and the new files' records
-    spliced in; (None, …) when the result would not list exactly the walk's files (the
-    caller then builds it whole). ``changes.gone`` names a file as its path, a directory
-    as its path and ``/`` (all that was below it)."""
-    stats = BuildStats(changes.files, how="merged")
-    data = prev.data
-    if not data.startswith(prev.head) or not data.endswith(b"\n"):
-        return None, stats
-    keys: dict[str, int] = {}
-    for g in changes.gone:
-        keys[g] = 0
-        if g.endswith("/"):
-            keys[g[:-1] + "0"] = 0  # "0" follows "/": the end of what was below g
-    for p, _ in changes.new:
-        keys[p] = 0
-    at = prev.body
-    for k in sorted(keys):  # sorted keys: each search starts where the last one ended
-        at = keys[k] = _seek(data, k, at)
+def _copies(data: bytes, start: int, changes: Changes, origin: Path) -> tuple[
+        list[Record], list[tuple[str, os.stat_result]]]:
+    """The new files whose previous record (at their path in ``data``) still holds by
+    ``_unchanged_copy``, as records; and the others."""
     copied, unknown = [], []
-    for p, st in changes.new:
-        rec = _record_at(data, keys[p]) if origin is not None else None
+    at = start
+    for p, st in sorted(changes.new, key=lambda f: f[0]):
+        at = seek(data, p, at)
+        rec = record_at(data, at)
         if rec is not None and _unchanged_copy(origin, p, st, rec, changes.since_ns):
             copied.append(Record(p, st.st_ino, st.st_size, st.st_mtime_ns, rec.digest))
         else:
             unknown.append((p, st))
-    new = copied + _hash_new(tree, unknown, stats)
-    cuts: list[tuple[int, int, str, bytes]] = []  # data[start:end] becomes the bytes
-    for g in changes.gone:
-        if g.endswith("/"):
-            cuts.append((keys[g], keys[g[:-1] + "0"], g, b""))
-        elif keys[g] < len(data) and _path_at(data, keys[g]) == g:
-            cuts.append((keys[g], data.index(b"\n", keys[g]) + 1, g, b""))
-    gone = set(changes.gone)
-    for r in new:
-        where = keys[r.path]
-        if r.path not in gone and where < len(data) and _path_at(data, where) == r.path:
-            return None, stats  # a new file the previous manifest lists: not a walk's find
-        cuts.append((where, where, r.path, _line(r) + b"\n"))
-    cuts.sort()
-    out = [header(changes.files)]
-    pos = prev.body
-    removed = 0
-    for start, end, _, inserted in cuts:
-        if start < pos:
-            return None, stats
-        out.append(data[pos:start])
-        out.append(inserted)
-        removed += data.count(b"\n", start, end)
-        pos = end
-    out.append(data[pos:])
-    if prev.count - removed + len(new) != changes.files:
+    return copied, unknown
+
+
+def merge(tree: Path, changes: Changes, prev: Previous, origin: Path | None = None,
+          new: list[Record] | None = None,
+          stats: BuildStats | None = None) -> tuple[bytes | None, BuildStats]:
+    """The previous manifest (whole) with the gone paths and the new files' paths cut
+    out and the new files' records (``new``, else read here) spliced in; (None, …) when
+    the result would not list exactly the walk's files (the caller then builds it
+    whole). ``changes.gone`` names a file as its path, a directory as its path and
+    ``/`` (all that was below it)."""
+    stats = stats or BuildStats(changes.files)
+    stats.how = "merged"
+    data = prev.data
+    start = prev.body
+    if not start or not data.endswith(b"\n"):
+        return None, stats
+    if new is None:
+        copied, unknown = ([], changes.new) if origin is None else \
+            _copies(data, start, changes, origin)
+        new = copied + _hash_new(tree, unknown, stats)
+    pieces, cut = splice(data, start, [*changes.gone, *(r.path for r in new)],
+                         [(r.path, line(r) + b"\n") for r in new])
+    if prev.count - cut + len(new) != changes.files:
         return None, stats
     stats.reused = changes.files - stats.hashed_files
-    return b"".join(out), stats
-
-
-def _record_at(data: bytes, at: int) -> Record | None:
-    """The record whose line starts at ``at``; None past the end or for a damaged line."""
-    if at >= len(data):
-        return None
-    end = data.index(b"\n", at)
-    try:
-        return _record(_load(data[at:end], 0), 0)
-    except ManifestError:
-        return None
-
-
-def _path_at(data: bytes, at: int) -> str:
-    """The path of the record line that starts at ``at``."""
-    rec = _record_at(data, at)
-    return "\U0010ffff" if rec is None else rec.path  # damage sorts last; merge's count
-    # check then fails
-
-
-def _line_start(data: bytes, lo: int, pos: int) -> int:
-    """The start of the line holding byte ``pos``, at least ``lo`` (a line start)."""
-    return max(lo, data.rfind(b"\n", lo, pos) + 1)
-
-
-def _seek(data: bytes, key: str, lo: int) -> int:
-    """The offset of the first record line at or after ``lo`` (a line start) whose path
-    is ``key`` or sorts after it (``len(data)`` if none): a galloping then binary search
-    over the sorted lines, parsing only the lines it probes."""
-    n = len(data)
-    if lo >= n or _path_at(data, lo) >= key:
-        return lo
-    hi, step = n, 1024  # the line at lo sorts before key; the answer is in (lo, hi]
-    while lo + step < n:
-        s = _line_start(data, lo, lo + step)
-        if s > lo:
-            if _path_at(data, s) >= key:
-                hi = s
-                break
-            lo = s
-        step *= 2
-    while True:
-        nxt = data.index(b"\n", lo) + 1
-        if nxt >= hi:
-            return hi
-        s = _line_start(data, nxt, (nxt + hi) // 2)
-        if _path_at(data, s) >= key:
-            hi = s
-        else:
-            lo = s
+    return header(changes.files) + b"".join(pieces), stats
 
 
 def _same_file(rec: Record, st: os.stat_result, same_fs: bool, since_ns: int) -> bool:

@@ -173,12 +173,18 @@ class Backend(Protocol):
 
     # ---- content manifests (the bytes are ``snapshots.manifest``'s; opaque here) -------
 
-    def write_manifest(self, client: str, volume: str, sid: str, data: bytes) -> None:
+    def write_manifest(self, client: str, volume: str, sid: str, data: bytes,
+                       base: tuple[str, str] | None = None) -> None:
         """Keep ``data`` as the content manifest of snapshot ``sid`` (visible, or still
         in ``incoming/`` about to be promoted): beside the snapshot, never inside its
         tree, durably (synced before returning), atomically (a reader sees none or all
         of it) and read-only from then on. A second call replaces it atomically; callers
-        only do so before the snapshot is visible, or when there was none."""
+        only do so before the snapshot is visible, or when there was none. With
+        ``base`` (a snapshot id and one of its parts, as ``open_manifest`` takes them),
+        the manifest rests on that file's bytes: they are kept, unchanged, as ``sid``'s
+        ``base`` part for as long as ``sid``'s manifest is, whatever becomes of the
+        snapshot they came from (the backend shares them where it can); without it,
+        ``sid``'s manifest has no base part."""
 
     def copied_from(self, client: str, volume: str) -> Path | None:
         """The persistent tree every new snapshot of the volume is a copy of (a mirror
@@ -188,12 +194,14 @@ class Backend(Protocol):
 
     def link_manifest(self, client: str, volume: str, sid: str, source: str) -> None:
         """Keep as the content manifest of ``sid`` the very bytes of ``source``'s (a
-        snapshot of the same volume that has one), as ``write_manifest`` would; sharing
-        them (a hardlink) where the backend can."""
+        snapshot of the same volume that has one), both parts, as ``write_manifest``
+        would; sharing them (a hardlink) where the backend can."""
 
-    def open_manifest(self, client: str, volume: str, sid: str) -> BinaryIO | None:
+    def open_manifest(self, client: str, volume: str, sid: str,
+                      part: str = "") -> BinaryIO | None:
         """The content manifest of ``sid`` opened for reading (the caller closes it),
-        or None when the snapshot has none."""
+        or None when the snapshot has none; with ``part="base"``, the base it rests on
+        (None when it rests on none)."""
 
     def manifest_ids(self, client: str, volume: str) -> list[str]:
         """The snapshot ids of the volume that have a content manifest kept, oldest

@@ -1,0 +1,67 @@
+"""Content digests for manifests (``snapshots.manifest``) and their checks: BLAKE2b-256
+(what ``b2sum -l 256`` prints), read into one reused buffer a thread, with few Python
+objects a file, on threads when there is enough data (``hashlib`` releases the GIL while
+it hashes a large buffer; for small files it would only add overhead)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# Reading a file to hash it is not an access: no atime update (with relatime, the first
+# read after a change would otherwise write every file's inode). Allowed to the file's
+# owner (the service account writes what it stores) and to root; refused to others.
+O_NOATIME = getattr(os, "O_NOATIME", 0)
+HASH_THREADS = 2
+THREADS_FROM_BYTES = 8 << 20  # below this much content, threads only add overhead
+
+
+def new_hash() -> hashlib.blake2b:
+    return hashlib.blake2b(digest_size=32)
+
+
+_BUFFERS = threading.local()  # one read buffer a thread, reused from file to file
+
+
+def digest_fd(fd: int) -> tuple[str, int]:
+    """(hex digest, bytes read) of the open file ``fd`` from its current offset."""
+    buf = getattr(_BUFFERS, "buf", None)
+    if buf is None:
+        buf = _BUFFERS.buf = bytearray(1 << 20)
+    got = os.readv(fd, [buf])
+    h = hashlib.blake2b(memoryview(buf)[:got], digest_size=32)
+    n = got
+    while got:
+        got = os.readv(fd, [buf])
+        h.update(memoryview(buf)[:got])
+        n += got
+    return h.hexdigest(), n
+
+
+def digest_at(name: str, dir_fd: int | None = None) -> tuple[str, int]:
+    """(hex digest, bytes read) of the file ``name`` (below ``dir_fd``), never following
+    a symlink in its last component, nor updating its atime where the file's owner
+    reads. It is opened non-blocking, so a FIFO put in its place fails to read rather
+    than wait (a regular file reads as it always does)."""
+    try:
+        fd = os.open(name, O_READ | O_NOATIME, dir_fd=dir_fd)
+    except PermissionError:  # not the file's owner: O_NOATIME is refused (EPERM)
+        fd = os.open(name, O_READ, dir_fd=dir_fd)
+    try:
+        return digest_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def digest_all(paths: list[str], sizes: int, dir_fd: int | None = None) -> list[tuple[str, int]]:
+    """``digest_at`` of each path (below ``dir_fd``), in order; on ``HASH_THREADS``
+    threads when the files hold ``THREADS_FROM_BYTES`` or more together (``sizes``)."""
+    one = partial(digest_at, dir_fd=dir_fd)
+    if sizes < THREADS_FROM_BYTES or len(paths) < 2:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="manifest") as pool:
+        return list(pool.map(one, paths))
