@@ -7,11 +7,12 @@ peers' host keys in ``<root>/fleet-known_hosts``). The steps, each safe to repea
 1. ``copying``: per volume, the snapshots not moved yet, oldest first, in one rsync
    stream into their final place on the target (``rsync -aHXX --numeric-ids``: every
    xattr, fake-super records too) with the last one already moved, so ``-H`` keeps what
-   they share with it and with each other; and their manifests. Then, at once, an rsync
-   dry run against the source (it must find no difference in entries, modes, owners,
-   sizes, mtimes, links or xattrs) and ``fleet verify-copy`` (``fleet.verify``: every
-   file's content against the source's manifest, each distinct inode read once); a
-   snapshot without a manifest is compared byte by byte (``rsync -c -n -i``). Only then
+   they share with it and with each other; and their manifests. While it copies, the
+   source digests those snapshots' metadata (``fleet tree-digest``: entries, modes,
+   owners, sizes, mtimes, links, xattrs); then ``fleet verify-copy`` walks the copy once
+   (``fleet.verify``): the same digests must come out, and every file's content must
+   match the source's manifest, each distinct inode read once; a snapshot without a
+   manifest is compared byte by byte (``rsync -c -n -i``). Only then
    does the journal record each. The client's record (``client.json``) waits
    on the target as ``client.json.moving``: not registered there.
 2. ``retiring``: the source disables the client (``clients disable``: its keys leave
@@ -177,29 +178,34 @@ class Move:
     def _copy_body(self, plan: list[tuple[str, list[str], str | None]]) -> list[str]:
         """Per volume, one ``rsync -aHXX`` stream of its snapshots to copy (with the last
         one already moved, so ``-H`` keeps what they share with it) and, beside it, one
-        of their manifests. Then two checks at once: an rsync dry run against the source
-        (entries, types, modes, owners, sizes, mtimes, links, xattrs) and ``fleet
-        verify-copy`` (every file's content against the manifest, each inode read
-        once); a snapshot without a manifest is compared byte by byte instead. Then
-        ``VERIFIED <volume> <id>`` for each, in order."""
+        of their manifests; meanwhile the source digests their metadata (``fleet
+        tree-digest``: its snapshots do not change). Then ``fleet verify-copy`` walks the
+        copy once: the same digests (entries, types, modes, owners, sizes, mtimes,
+        symlinks, hardlinks, xattrs) and every file's content against the manifest,
+        each inode read once; a snapshot without a manifest is compared byte by byte
+        instead (``rsync -c -n -i``). Then ``VERIFIED <volume> <id>`` for each, in
+        order."""
         body: list[str] = []
+        src = self.src_server
         for volume, ids, base in plan:
             vol_src, vol_dst = (f"{self.src_dir}/volumes/{volume}",
                                 f"{self.dst_dir}/volumes/{volume}")
-            snaps = [self._remote(f"{vol_src}/snapshots/./{sid}")
-                     for sid in ([base] if base else []) + ids]
+            walked = ([base] if base else []) + ids
+            snaps = [self._remote(f"{vol_src}/snapshots/./{sid}") for sid in walked]
             dst, mf = f"{vol_dst}/snapshots/", f"{vol_dst}/manifests"
             manifests = [self._remote(f"{vol_src}/manifests/./{sid}.jsonl") for sid in ids]
+            digest = shlex.join([src.command, "--root", src.root, "fleet", "tree-digest",
+                                 self.journal.serial, volume, *walked])
+            verify = shlex.join(["--bytes-checked", *(["--base", base] if base else []),
+                                 self.journal.serial, volume, *ids])
             body += [f"mkdir -p {shlex.quote(dst)} {shlex.quote(mf)}",
                      self._job("mf", self._rsync("-R", "--ignore-missing-args", *manifests,
                                                  f"{mf}/")),
+                     self._job("sums", f'eval "$rsh" {_twice(src.host)} {_twice(digest)}',
+                               stderr=False),
                      self._rsync("-R", "--delete", *snaps, dst),
-                     self._job("meta", self._rsync("-R", "--delete", "-n", "-i", *snaps, dst)),
-                     self._waited("mf"),
-                     f"ids=; for i in {' '.join(ids)}; do if test -s {shlex.quote(mf)}/"
-                     '"$i.jsonl"; then ids="$ids $i"; fi; done',
-                     f"{XSBACKUP} fleet verify-copy {self.journal.serial} {volume} $ids",
-                     self._checked("meta", volume)]
+                     self._waited("mf"), self._waited("sums"),
+                     f'{XSBACKUP} fleet verify-copy --digests "$m/sums" {verify}']
             for sid in ids:
                 bytes_check = self._job("bytes", self._rsync(
                     "--delete", "-c", "-n", "-i",
@@ -210,16 +216,18 @@ class Move:
         return body
 
     @staticmethod
-    def _job(name: str, command: str) -> str:
-        """``command`` run in the background: its output in ``$m/<name>``, its exit
-        status in ``$m/<name>.rc``, its process in ``$j_<name>``."""
-        return f'( ({command}) >"$m/{name}" 2>&1; echo $? >"$m/{name}.rc" ) & j_{name}=$!'
+    def _job(name: str, command: str, stderr: bool = True) -> str:
+        """``command`` run in the background: its output in ``$m/<name>`` (its errors
+        too, or with ``stderr`` false in ``$m/<name>.err``), its exit status in
+        ``$m/<name>.rc``, its process in ``$j_<name>``."""
+        err = "&1" if stderr else f'"$m/{name}.err"'
+        return f'( ({command}) >"$m/{name}" 2>{err}; echo $? >"$m/{name}.rc" ) & j_{name}=$!'
 
     @staticmethod
     def _waited(name: str) -> str:
         """Wait for the job ``name``: a failure ends the script with its last line."""
-        return (f'wait "$j_{name}"; if [ "$(cat "$m/{name}.rc")" != 0 ]; then tail -n 1 '
-                f'"$m/{name}" >&2; exit 3; fi')
+        return (f'wait "$j_{name}"; if [ "$(cat "$m/{name}.rc")" != 0 ]; then tail -q -n 1 '
+                f'"$m/{name}" "$m/{name}.err" 2>/dev/null | tail -n 1 >&2; exit 3; fi')
 
     @classmethod
     def _checked(cls, name: str, label: str) -> str:
