@@ -274,10 +274,10 @@ class Move:
         """Disable the client on the source and, unless the source holds a snapshot or
         transfer the journal has not verified, move the registration; else (no switch)
         the source's listing (``_listed``). One script on the target, through its SSH
-        connection to the source: ``clients disable`` there (its keys leave
-        ``authorized_keys``, its record stays: still registered there) with the listing
-        in the same session; then the source's ``clients remove``, and at once the
-        staged record's rename into place, so the client is registered nowhere only
+        connection to the source, one session there: ``clients disable`` (its keys leave
+        ``authorized_keys``, its record stays: still registered there), the listing,
+        and with nothing new ``clients remove``; then at once, here, the staged record's
+        rename into place, so the client is registered nowhere only
         between that command's end and the rename; then ``latest`` is set and
         ``authorized_keys`` rebuilt here. A client the source no longer knows (a switch
         cut short) is registered here all the same. The source command also sends the
@@ -287,25 +287,29 @@ class Move:
         src = self.src_server
         sn = shlex.quote(self.journal.serial)
         gone = ClientNotFound.exit_code
-        disable = (f"{shlex.join([src.command, '--root', src.root])} clients disable {sn} "
-                   f">/dev/null; r=$?; if [ $r = {gone} ]; then echo GONE; exit 0; fi; "
-                   f"if [ $r != 0 ]; then exit $r; fi; {self._find()}")
+        xsb = shlex.join([src.command, "--root", src.root])
         moved = "\n".join(f"./{v}/snapshots/{sid}"
                            for v, ids in self.journal.done.items() for sid in ids)
-        remove = shlex.join([src.command, "--root", src.root, "clients", "remove",
-                             self.journal.serial]) + f" >/dev/null; r=$?; {self.trash_command()}"
+        # On the source, one session: disable, list, and (nothing new) remove and trash.
+        on_source = "\n".join([
+            f"{xsb} clients disable {sn} >/dev/null; r=$?",
+            f"if [ $r != 0 ] && [ $r != {gone} ]; then exit $r; fi",
+            "if [ $r = 0 ]; then",
+            f"out=$({self._find()}) || exit 1",
+            f"t=$(mktemp) && printf '%s\\n' {shlex.quote(moved)} | LC_ALL=C sort >\"$t\"",
+            "new=$(printf '%s\\n' \"$out\" | LC_ALL=C sort | LC_ALL=C comm -23 - \"$t\"); "
+            "rm -f \"$t\"",
+            f"if [ -n \"$new\" ]; then printf '%s\\n' \"$out\"; exit {_NOT_SWITCHED}; fi",
+            f"{xsb} clients remove {sn} >/dev/null; r=$?",
+            "fi",
+            self.trash_command()])
         links = [f"ln -sfn snapshots/{ids[-1]} {d}/volumes/{v}/.latest.moving && "
                  f"mv -T {d}/volumes/{v}/.latest.moving {d}/volumes/{v}/latest"
                  for v, ids in self.journal.done.items() if ids]
         code, out = self.dst.sh(self._script([
-            f'out=$(eval "$rsh" {_twice(src.host)} {_twice(disable)})',
-            f"printf '%s\\n' {shlex.quote(moved)} | LC_ALL=C sort >\"$m/moved\"",
-            "new=$(printf '%s\\n' \"$out\" | LC_ALL=C sort | LC_ALL=C comm -23 - "
-            "\"$m/moved\")",
-            f'if [ "$out" != GONE ] && [ -n "$new" ]; then printf \'%s\\n\' "$out"; '
-            f"exit {_NOT_SWITCHED}; fi",
             *links, "r=0",
-            f'eval "$rsh" {_twice(src.host)} {_twice(remove)} || r=$?',
+            f'eval "$rsh" {_twice(src.host)} {_twice(on_source)} || r=$?',
+            f'if [ "$r" = {_NOT_SWITCHED} ]; then exit {_NOT_SWITCHED}; fi',
             f'if [ "$r" != 0 ] && [ "$r" != {gone} ]; then echo "the '
             'source\'s clients remove: exit $r" >&2; exit 3; fi',
             f"if test -e {d}/client.json.moving; then mv {d}/client.json.moving "
