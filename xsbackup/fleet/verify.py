@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from xsbackup.snapshots import manifest
@@ -144,10 +144,12 @@ def verify(storage: Backend, tree_of: Callable[[str], Path], client: str, volume
     tree = Tree()
     if base is not None:
         _compare(volume, base, tree, tree_of(base), expected)
-    known: dict[Key, str] = {}  # inode -> digest, hashed here
+    known: dict[Key, str] = {}  # inode -> the digest it must have (being hashed)
     cache: dict[bytes, manifest.Record] = {}  # a manifest line parsed once
     checked: dict[str, tuple[manifest.Record, Key]] = {}  # path -> the line checked there
+    hashing: list[tuple[str, list[tuple[str, str, Future[str]]]]] = []  # per snapshot
     with ThreadPoolExecutor(max_workers=workers) as pool:
+        # The next snapshot is walked while the threads hash this one's new inodes.
         for sid in ids:
             top = tree_of(sid)
             files = _compare(volume, sid, tree, top, expected)
@@ -161,7 +163,13 @@ def verify(storage: Backend, tree_of: Callable[[str], Path], client: str, volume
                     raise Differs(f"{volume}/{sid}: has no manifest")
                 without_manifest(sid)
                 continue
-            checked = _content(volume, sid, top, records, files, tree, known, checked, pool)
+            checked, new = _content(volume, sid, top, records, files, tree, known, checked)
+            hashing.append((sid, [(want, path, pool.submit(_digest, top / path))
+                                  for want, path in new]))
+        for sid, jobs in hashing:
+            for want, path, job in jobs:
+                if job.result() != want:
+                    raise Differs(f"{volume}/{sid}/{path}: content differs")
             done(sid)
 
 
@@ -179,11 +187,12 @@ def _compare(volume: str, sid: str, tree: Tree, top: Path,
 
 def _content(volume: str, sid: str, top: Path, records: list[manifest.Record],
              files: dict[str, Key], tree: Tree, known: dict[Key, str],
-             checked: dict[str, tuple[manifest.Record, Key]], pool: ThreadPoolExecutor
-             ) -> dict[str, tuple[manifest.Record, Key]]:
-    """One snapshot's records against its walk; what was checked, by path."""
+             checked: dict[str, tuple[manifest.Record, Key]]
+             ) -> tuple[dict[str, tuple[manifest.Record, Key]], list[tuple[str, str]]]:
+    """One snapshot's records against its walk: what was checked, by path, and the new
+    inodes to hash (the digest each must have, a path to it), now in ``known``."""
     now: dict[str, tuple[manifest.Record, Key]] = {}
-    expect: dict[Key, tuple[str, str]] = {}  # new inode -> (digest, path)
+    new: list[tuple[str, str]] = []
     for r in records:
         key = files.get(r.path)
         if key is None:
@@ -195,16 +204,10 @@ def _content(volume: str, sid: str, top: Path, records: list[manifest.Record],
             continue  # the same line on the same inode as in the snapshot before
         if tree.meta[key] != (r.size, r.mtime_ns):
             raise Differs(f"{volume}/{sid}/{r.path}: size or mtime differs")
-        have = known.get(key) or expect.get(key, (None,))[0]
+        have = known.get(key)
         if have is None:
-            expect[key] = (r.digest, r.path)
+            known[key] = r.digest
+            new.append((r.digest, r.path))
         elif have != r.digest:
             raise Differs(f"{volume}/{sid}/{r.path}: content differs")
-    keys = list(expect)
-    for key, got in zip(keys, pool.map(lambda k: _digest(top / expect[k][1]), keys),
-                        strict=True):
-        want, path = expect[key]
-        if got != want:
-            raise Differs(f"{volume}/{sid}/{path}: content differs")
-        known[key] = got
-    return now
+    return now, new
