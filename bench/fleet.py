@@ -12,15 +12,17 @@ reported with it.
 
 Part B, move. One client with ``--snapshots`` snapshots (10) of ``--files`` files (20,000;
 ``--change`` of them, 2 %, rewritten between snapshots), made by real ingest (rsync into
-the forced command, then the post-processor). Timed once each, interleaved over
-``--runs``: ``xsbackup fleet move-client`` from server a to server b (each run moves it
-back the other way, so every run moves the same history), against ``rsync -aH`` of the
-snapshots directory from one root into a fresh directory of the other (local, no ssh: the
-cost floor of copying the history with its sharing). Target: move at most 1.3 x rsync.
-The move also copies every xattr (the facts and fake-super records) and the manifests,
-goes through ssh, checks the copy (an rsync dry run against the source for metadata,
-every distinct inode's content against the source's manifests), and journals each
-snapshot.
+the forced command, then the post-processor). Over ``--runs``, each move is timed with
+``rsync -aH`` of the same snapshots directory from one root into a fresh directory of the
+other just before it (local, no ssh: the cost floor of copying the history with its
+sharing); every move goes the other way from the one before, so every move moves the
+same history. With ``--before XSBACKUP`` the code before a change moves it too, in every
+run (first in every other run). Target: move at most 1.3 x rsync. The move also copies
+every xattr (the facts and fake-super records) and the manifests, goes through ssh,
+checks the copy (the source's digests of its metadata, made while the copy runs, against
+the target's; every distinct inode's content against the source's manifests), and
+journals each snapshot. Both ends' CPU is reported too (``cpu``: the command's process
+tree and the sessions it caused on both sshds).
 
 Status also reports the CPU both sides spend (``cpu``): the fleet process's own, and
 every server's sessions (the sshd listeners' reaped children: sshd, the login shell
@@ -347,31 +349,28 @@ def part_move(base: Path, args: argparse.Namespace, admin: Path) -> dict[str, An
         cpus: dict[str, list[float]] = {"rsync_aH": [], "move_client": [],
                                         "move_client_before": []}
         sshds = [sshd for _, _, sshd in servers]
-        for _ in range(args.runs):
-            snaps = where[on] / "clients" / SN / "volumes" / "documents" / "snapshots"
-            dest = where[other] / "rsync-copy"
-            shutil.rmtree(dest, ignore_errors=True)
-            subprocess.run(["sync"], check=True)
-            wall, cpu, _ = timed_cpu(["rsync", "-aH", f"{snaps}/", f"{dest}/"], [])
-            copies.append(wall)
-            cpus["rsync_aH"].append(cpu)
-            shutil.rmtree(dest)
-            xsb(where[other], "prune", "--json")  # frees the previous run's trash/
-            subprocess.run(["sync"], check=True)
-            wall, cpu, remote = timed_cpu([XSBACKUP, "--root", str(journal_root), "fleet",
-                                           "--inventory", str(inv), "move-client", SN,
-                                           "--to", other], sshds)
-            moves.append(wall)
-            cpus["move_client"].append(cpu + remote)
-            on, other = other, on
-            if inv_old is not None:  # the code before, moving it back
-                xsb(where[other], "prune", "--json")
+        versions = [("move_client", XSBACKUP, inv, moves)]
+        if inv_old is not None:  # the code before: in every run too, first every other run
+            versions.append(("move_client_before", args.before, inv_old, olds))
+        for run in range(args.runs):
+            for label, command, inventory_file, walls in (versions[::-1] if run % 2
+                                                          else versions):
+                # The anchor beside each move: rsync -aH of the same snapshots directory.
+                snaps = where[on] / "clients" / SN / "volumes" / "documents" / "snapshots"
+                dest = where[other] / "rsync-copy"
+                shutil.rmtree(dest, ignore_errors=True)
                 subprocess.run(["sync"], check=True)
-                wall, cpu, remote = timed_cpu([args.before, "--root", str(journal_root),
-                                               "fleet", "--inventory", str(inv_old),
+                wall, cpu, _ = timed_cpu(["rsync", "-aH", f"{snaps}/", f"{dest}/"], [])
+                copies.append(wall)
+                cpus["rsync_aH"].append(cpu)
+                shutil.rmtree(dest)
+                xsb(where[other], "prune", "--json")  # frees the previous move's trash/
+                subprocess.run(["sync"], check=True)
+                wall, cpu, remote = timed_cpu([command, "--root", str(journal_root), "fleet",
+                                               "--inventory", str(inventory_file),
                                                "move-client", SN, "--to", other], sshds)
-                olds.append(wall)
-                cpus["move_client_before"].append(cpu + remote)
+                walls.append(wall)
+                cpus[label].append(cpu + remote)
                 on, other = other, on
         before = {"move_client_before": summary(olds),
                   "ratio_before_over_rsync": median(olds) / median(copies)} if olds else {}
