@@ -42,7 +42,7 @@ def test_the_client_stays_registered_on_the_source_until_the_switch(
         assert record["disabled"] is True  # no backup lands on the source meanwhile
 
         a.xsbackup("postprocess")
-        r = move(kit, "fleet-move-retired")  # every snapshot copied, not yet switched
+        r = move(kit, "fleet-move-retired")  # killed just before the switch
         assert r.returncode == -signal.SIGKILL, r.stderr
         assert registered_on(kit) == ["a"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, local_push
-from xsbackup.fleet.verify import Differs, verify
+from xsbackup.fleet.verify import Differs, digests, verify
 from xsbackup.snapshots import manifest
 
 pytestmark = pytest.mark.integration
@@ -80,3 +80,64 @@ def test_a_missing_file_or_manifest_is_a_difference(server: Server, tmp_path: Pa
     (server.store.volume_dir(SN, "documents") / "manifests" / f"{ids[1]}.jsonl").unlink()
     with pytest.raises(Differs, match=f"documents/{ids[1]}: has no manifest"):
         run(server, copy, ids[1:])
+
+
+def digests_of(snaps: Path, ids: list[str]) -> dict[str, str]:
+    return dict(digests(lambda sid: snaps / sid, ids))
+
+
+def test_the_sources_digests_find_every_metadata_difference(
+        server: Server, tmp_path: Path) -> None:
+    """The copy's walk against the source's digests: equal for an exact copy; a changed
+    mode, mtime or xattr, an extra entry or a hardlink lost each names the snapshot."""
+    ids, copy = two_snapshots(server, tmp_path)
+    source = digests_of(server.store.snapshots_dir(SN, "documents"), ids)
+    assert run_with(server, copy, ids, source) == ids
+    first, second = copy / ids[0], copy / ids[1]
+
+    def differs(sid: str) -> None:
+        with pytest.raises(Differs, match=f"documents/{sid}: its entries or metadata"):
+            run_with(server, copy, ids, source)
+
+    (first / "sub").chmod(0o700)
+    differs(ids[0])
+    (first / "sub").chmod((server.store.snapshots_dir(SN, "documents") / ids[0] / "sub")
+                          .stat().st_mode & 0o7777)
+    assert run_with(server, copy, ids, source) == ids
+    top = second.stat()
+
+    def restored() -> None:  # the snapshot directory's mtime, after its entries changed
+        os.utime(second, ns=(top.st_atime_ns, top.st_mtime_ns))
+
+    (second / "extra").write_text("not on the source\n")
+    restored()
+    differs(ids[1])
+    (second / "extra").unlink()
+    restored()
+    assert run_with(server, copy, ids, source) == ids
+    os.setxattr(second / "sub" / "note", "user.added", b"1")
+    differs(ids[1])
+    os.removexattr(second / "sub" / "note", "user.added")
+    same = second / "same"  # shared with the first snapshot: made its own inode
+    st = same.stat()
+    body = same.read_bytes()
+    same.unlink()
+    same.write_bytes(body)
+    for name in os.listxattr(first / "same"):  # the same xattrs, mode and mtime
+        os.setxattr(same, name, os.getxattr(first / "same", name))
+    os.chmod(same, st.st_mode & 0o7777)
+    os.utime(same, ns=(st.st_atime_ns, st.st_mtime_ns))
+    restored()
+    differs(ids[1])
+    same.unlink()
+    os.link(first / "same", same)
+    restored()
+    assert run_with(server, copy, ids, source) == ids
+
+
+def run_with(server: Server, copy: Path, ids: list[str], expected: dict[str, str]
+             ) -> list[str]:
+    done: list[str] = []
+    verify(server.ctx().storage, lambda sid: copy / sid, SN, "documents", ids, done.append,
+           expected=expected)
+    return done

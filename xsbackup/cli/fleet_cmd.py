@@ -269,24 +269,69 @@ def move_client(fl: Fleet, serial: str, target: str, as_json: bool) -> None:
 @click.argument("serial")
 @click.argument("volume")
 @click.argument("ids", nargs=-1)
+@click.option("--digests", "digests_file", type=click.Path(dir_okay=False),
+              help="The source's `fleet tree-digest` lines: each snapshot's metadata "
+                   "is compared too.")
+@click.option("--base", metavar="ID", help="The snapshot moved before IDS (walked first, "
+              "for the hardlinks IDS share with it; its digest is compared).")
+@click.option("--bytes-checked", is_flag=True, help="A snapshot without a manifest is "
+              "not a difference (prints BYTES VOLUME ID: the caller compares its bytes).")
 @pass_fleet
-def verify_copy(fl: Fleet, serial: str, volume: str, ids: tuple[str, ...]) -> None:
+def verify_copy(fl: Fleet, serial: str, volume: str, ids: tuple[str, ...],
+                digests_file: str | None, base: str | None, bytes_checked: bool) -> None:
     """Run by move-client on its target: check the copied snapshots IDS of SERIAL's
-    VOLUME against their manifests; prints CONTENT VOLUME ID for each that matches."""
+    VOLUME against their manifests (and the source's digests); prints CONTENT VOLUME ID
+    for each that matches."""
+    from pathlib import Path
+
     from xsbackup.context import Context
     from xsbackup.errors import MoveFailed
     from xsbackup.fleet.verify import Differs, verify
-    from xsbackup.store import SNAPSHOT_RE, check_client
+    from xsbackup.store import check_client
 
     check_client(serial)
-    for sid in ids:
-        if not SNAPSHOT_RE.fullmatch(sid):
-            raise click.BadParameter(f"not a snapshot id: {sid!r}", param_hint="IDS")
+    _snapshot_ids(ids if base is None else (base, *ids))
+    expected = None
+    if digests_file is not None:
+        expected = dict(line.split(" ", 1) for line in
+                        Path(digests_file).read_text().splitlines() if " " in line)
     ctx = Context.open(fl.settings)
     snaps = ctx.store.snapshots_dir(serial, volume)
     try:
         verify(ctx.storage, lambda sid: snaps / sid, serial, volume, ids,
-               lambda sid: click.echo(f"CONTENT {volume} {sid}"))
+               lambda sid: click.echo(f"CONTENT {volume} {sid}"), expected=expected,
+               base=base, without_manifest=(lambda sid: click.echo(f"BYTES {volume} {sid}"))
+               if bytes_checked else None)
     except Differs as e:
         click.echo(f"DIFFERS {e}")
-        raise MoveFailed(f"{e}: the copy differs from the source's manifest") from None
+        raise MoveFailed(f"{e}: the copy differs from the source") from None
+
+
+@fleet.command("tree-digest", hidden=True)
+@click.argument("serial")
+@click.argument("volume")
+@click.argument("ids", nargs=-1)
+@pass_fleet
+def tree_digest(fl: Fleet, serial: str, volume: str, ids: tuple[str, ...]) -> None:
+    """Run by move-client on its source while it copies: one line ID DIGEST for each
+    snapshot IDS of SERIAL's VOLUME (walked in that order), for verify-copy to compare."""
+    from xsbackup.errors import MoveFailed
+    from xsbackup.fleet.verify import Differs, digests
+    from xsbackup.store import Store, check_client
+
+    check_client(serial)
+    _snapshot_ids(ids)
+    snaps = Store(fl.settings.root).require().snapshots_dir(serial, volume)
+    try:
+        for sid, digest in digests(lambda sid: snaps / sid, ids):
+            click.echo(f"{sid} {digest}")
+    except Differs as e:
+        raise MoveFailed(f"{volume}/{e}") from None
+
+
+def _snapshot_ids(ids: tuple[str, ...]) -> None:
+    from xsbackup.store import SNAPSHOT_RE
+
+    for sid in ids:
+        if not SNAPSHOT_RE.fullmatch(sid):
+            raise click.BadParameter(f"not a snapshot id: {sid!r}", param_hint="IDS")

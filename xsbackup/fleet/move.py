@@ -7,22 +7,25 @@ peers' host keys in ``<root>/fleet-known_hosts``). The steps, each safe to repea
 1. ``copying``: per volume, the snapshots not moved yet, oldest first, in one rsync
    stream into their final place on the target (``rsync -aHXX --numeric-ids``: every
    xattr, fake-super records too) with the last one already moved, so ``-H`` keeps what
-   they share with it and with each other; and their manifests. Then, at once, an rsync
-   dry run against the source (it must find no difference in entries, modes, owners,
-   sizes, mtimes, links or xattrs) and ``fleet verify-copy`` (``fleet.verify``: every
-   file's content against the source's manifest, each distinct inode read once); a
-   snapshot without a manifest is compared byte by byte (``rsync -c -n -i``). Only then
+   they share with it and with each other; and their manifests. While it copies, the
+   source digests those snapshots' metadata (``fleet tree-digest``: entries, modes,
+   owners, sizes, mtimes, links, xattrs); then ``fleet verify-copy`` walks the copy once
+   (``fleet.verify``): the same digests must come out, and every file's content must
+   match the source's manifest, each distinct inode read once; a snapshot without a
+   manifest is compared byte by byte (``rsync -c -n -i``). Only then
    does the journal record each. The client's record (``client.json``) waits
    on the target as ``client.json.moving``: not registered there.
-2. ``retiring``: the source disables the client (``clients disable``: its keys leave
-   ``authorized_keys``, its record stays, so it is still registered there); what it
-   stored since is copied and verified too, and a transfer still waiting for the
-   source's post-processor stops the move (run it again later; the client stays
-   registered on the source meanwhile). Then the switch, one script on the target: the
-   source's ``clients remove`` through the target's SSH connection to it (the same
-   command sends the source's copy to its ``trash/``, which its next prune frees), and
-   at once the staged record's rename into ``client.json``; ``latest`` is set and
-   ``authorized_keys`` rebuilt there: the client now backs up there.
+2. ``retiring``: one script on the target, through its SSH connection to the source:
+   the source disables the client (``clients disable``: its keys leave
+   ``authorized_keys``, its record stays, so it is still registered there) and lists
+   what it holds in the same session. Whatever it stored since is copied and verified
+   too, and the script runs again; a transfer still waiting for the source's
+   post-processor stops the move (run it again later; the client stays registered on
+   the source meanwhile). With nothing new, the same script switches: the source's
+   ``clients remove`` (the same command sends the source's copy to its ``trash/``,
+   which its next prune frees), and at once the staged record's rename into
+   ``client.json``; ``latest`` is set and ``authorized_keys`` rebuilt there: the
+   client now backs up there.
 3. ``registered``: the journal is removed (a run resumed here sends the source's copy to
    its trash, if the switch did not get to it).
 
@@ -41,6 +44,7 @@ import os
 import shlex
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,7 @@ from xsbackup.store import (
 )
 
 Progress = Callable[[str], None]
+_NOT_SWITCHED = 75  # the switch script's exit: the source holds what the journal has not
 
 
 @dataclass
@@ -114,42 +119,29 @@ class Host:
 
 class Move:
     def __init__(self, inv: Inventory, journal: Journal, timeout: float,
-                 progress: Progress) -> None:
+                 progress: Progress, dst: Host | None = None) -> None:
         self.journal = journal
         self.src_server = inv.get(journal.source)
         self.dst_server = inv.get(journal.target)
         self.src = Host(self.src_server, timeout)
-        self.dst = Host(self.dst_server, timeout)
+        self.dst = dst or Host(self.dst_server, timeout)
         self.timeout = timeout
         self.progress = progress
         sn = journal.serial
         self.src_dir = f"{self.src_server.root}/clients/{sn}"
         self.dst_dir = f"{self.dst_server.root}/clients/{sn}"
 
-    def listing(self, first: str = "", what: str = "listing snapshots"
-                ) -> tuple[dict[str, list[str]], list[str]]:
-        """The source's snapshots per volume (oldest first) and its waiting transfers;
-        ``first``: a command the same session runs before (0 or ``ClientNotFound``'s
-        exit status, else the listing fails)."""
+    def listing(self) -> dict[str, list[str]]:
+        """The source's snapshots per volume (oldest first)."""
+        _, out = self.src.sh(self._find(), "listing snapshots")
+        return _listed(out)[0]
+
+    def _find(self) -> str:
+        """A source command: its snapshots and waiting transfers, one ``./V/snapshots/ID``
+        or ``./V/incoming/ID`` a line (nothing when the client has no volumes there)."""
         d = shlex.quote(f"{self.src_dir}/volumes")
-        before = (f"{first} >/dev/null; r=$?; if [ $r != 0 ] && [ $r != "
-                  f"{ClientNotFound.exit_code} ]; then exit $r; fi; ") if first else ""
-        _, out = self.src.sh(f"{before}test -d {d} || exit 0; cd {d} && find . -mindepth 3 "
-                             "-maxdepth 3 -type d \\( -path './*/snapshots/*' -o -path "
-                             "'./*/incoming/*' \\) -print", what)
-        snaps: dict[str, list[str]] = {}
-        waiting = []
-        for line in out.splitlines():
-            parts = line.split("/")
-            if len(parts) != 4 or not VOLUME_RE.fullmatch(parts[1]):
-                continue
-            if not SNAPSHOT_RE.fullmatch(parts[3]):
-                continue
-            if parts[2] == "snapshots":
-                snaps.setdefault(parts[1], []).append(parts[3])
-            else:
-                waiting.append(f"{parts[1]}/{parts[3]}")
-        return {v: sorted(ids, key=snapshot_sort_key) for v, ids in snaps.items()}, waiting
+        return (f"test -d {d} || exit 0; cd {d} && find . -mindepth 3 -maxdepth 3 -type d "
+                "\\( -path './*/snapshots/*' -o -path './*/incoming/*' \\) -print")
 
     def _rsync(self, *args: str) -> str:
         """An rsync command line of a ``_script``: through its connection to the source."""
@@ -177,30 +169,35 @@ class Move:
     def _copy_body(self, plan: list[tuple[str, list[str], str | None]]) -> list[str]:
         """Per volume, one ``rsync -aHXX`` stream of its snapshots to copy (with the last
         one already moved, so ``-H`` keeps what they share with it) and, beside it, one
-        of their manifests. Then two checks at once: an rsync dry run against the source
-        (entries, types, modes, owners, sizes, mtimes, links, xattrs) and ``fleet
-        verify-copy`` (every file's content against the manifest, each inode read
-        once); a snapshot without a manifest is compared byte by byte instead. Then
-        ``VERIFIED <volume> <id>`` for each, in order."""
+        of their manifests; meanwhile the source digests their metadata (``fleet
+        tree-digest``: its snapshots do not change). Then ``fleet verify-copy`` walks the
+        copy once: the same digests (entries, types, modes, owners, sizes, mtimes,
+        symlinks, hardlinks, xattrs) and every file's content against the manifest,
+        each inode read once; a snapshot without a manifest is compared byte by byte
+        instead (``rsync -c -n -i``). Then ``VERIFIED <volume> <id>`` for each, in
+        order."""
         body: list[str] = []
+        src = self.src_server
         for volume, ids, base in plan:
             vol_src, vol_dst = (f"{self.src_dir}/volumes/{volume}",
                                 f"{self.dst_dir}/volumes/{volume}")
-            snaps = [self._remote(f"{vol_src}/snapshots/./{sid}")
-                     for sid in ([base] if base else []) + ids]
+            walked = ([base] if base else []) + ids
+            snaps = [self._remote(f"{vol_src}/snapshots/./{sid}") for sid in walked]
             dst, mf = f"{vol_dst}/snapshots/", f"{vol_dst}/manifests"
             manifests = [self._remote(f"{vol_src}/manifests/./{sid}{suffix}") for sid in ids
                          for suffix in (".jsonl", ".base")]  # a delta and its base
+            digest = shlex.join([src.command, "--root", src.root, "fleet", "tree-digest",
+                                 self.journal.serial, volume, *walked])
+            verify = shlex.join(["--bytes-checked", *(["--base", base] if base else []),
+                                 self.journal.serial, volume, *ids])
             body += [f"mkdir -p {shlex.quote(dst)} {shlex.quote(mf)}",
                      self._job("mf", self._rsync("-R", "--ignore-missing-args", *manifests,
                                                  f"{mf}/")),
+                     self._job("sums", f'eval "$rsh" {_twice(src.host)} {_twice(digest)}',
+                               stderr=False),
                      self._rsync("-R", "--delete", *snaps, dst),
-                     self._job("meta", self._rsync("-R", "--delete", "-n", "-i", *snaps, dst)),
-                     self._waited("mf"),
-                     f"ids=; for i in {' '.join(ids)}; do if test -s {shlex.quote(mf)}/"
-                     '"$i.jsonl"; then ids="$ids $i"; fi; done',
-                     f"{XSBACKUP} fleet verify-copy {self.journal.serial} {volume} $ids",
-                     self._checked("meta", volume)]
+                     self._waited("mf"), self._waited("sums"),
+                     f'{XSBACKUP} fleet verify-copy --digests "$m/sums" {verify}']
             for sid in ids:
                 bytes_check = self._job("bytes", self._rsync(
                     "--delete", "-c", "-n", "-i",
@@ -211,16 +208,18 @@ class Move:
         return body
 
     @staticmethod
-    def _job(name: str, command: str) -> str:
-        """``command`` run in the background: its output in ``$m/<name>``, its exit
-        status in ``$m/<name>.rc``, its process in ``$j_<name>``."""
-        return f'( ({command}) >"$m/{name}" 2>&1; echo $? >"$m/{name}.rc" ) & j_{name}=$!'
+    def _job(name: str, command: str, stderr: bool = True) -> str:
+        """``command`` run in the background: its output in ``$m/<name>`` (its errors
+        too, or with ``stderr`` false in ``$m/<name>.err``), its exit status in
+        ``$m/<name>.rc``, its process in ``$j_<name>``."""
+        err = "&1" if stderr else f'"$m/{name}.err"'
+        return f'( ({command}) >"$m/{name}" 2>{err}; echo $? >"$m/{name}.rc" ) & j_{name}=$!'
 
     @staticmethod
     def _waited(name: str) -> str:
         """Wait for the job ``name``: a failure ends the script with its last line."""
-        return (f'wait "$j_{name}"; if [ "$(cat "$m/{name}.rc")" != 0 ]; then tail -n 1 '
-                f'"$m/{name}" >&2; exit 3; fi')
+        return (f'wait "$j_{name}"; if [ "$(cat "$m/{name}.rc")" != 0 ]; then tail -q -n 1 '
+                f'"$m/{name}" "$m/{name}.err" 2>/dev/null | tail -n 1 >&2; exit 3; fi')
 
     @classmethod
     def _checked(cls, name: str, label: str) -> str:
@@ -236,7 +235,7 @@ class Move:
         them; the journal records each as it is verified. ``stage``: the same script
         stages the record meanwhile (``staging``)."""
         if snaps is None:
-            snaps, _ = self.listing()
+            snaps = self.listing()
         total = sum(len(ids) for ids in snaps.values())
         plan: list[tuple[str, list[str], str | None]] = []
         for volume, ids in snaps.items():
@@ -272,30 +271,53 @@ class Move:
                 self._rsync(self._remote(f"{self.src_dir}/client.json"),
                             f"{self.dst_dir}/client.json.moving")]
 
-    def switch(self) -> None:
-        """The registration moves: one script on the target runs the source's ``clients
-        remove`` (through its SSH connection to the source) and at once renames the
-        staged record into place, so the client is registered nowhere only between that
-        command's end and the rename; then ``latest`` is set and ``authorized_keys``
-        rebuilt there. A client the source no longer knows (a switch cut short) is
-        registered here all the same. The source command also sends the source's copy
-        to its trash once the record is gone (the target's copy is verified by then)."""
+    def switch(self) -> tuple[dict[str, list[str]], list[str]] | None:
+        """Disable the client on the source and, unless the source holds a snapshot or
+        transfer the journal has not verified, move the registration; else (no switch)
+        the source's listing (``_listed``). One script on the target, through its SSH
+        connection to the source, one session there: ``clients disable`` (its keys leave
+        ``authorized_keys``, its record stays: still registered there), the listing,
+        and with nothing new ``clients remove``; then at once, here, the staged record's
+        rename into place, so the client is registered nowhere only
+        between that command's end and the rename; then ``latest`` is set and
+        ``authorized_keys`` rebuilt here. A client the source no longer knows (a switch
+        cut short) is registered here all the same. The source command also sends the
+        source's copy to its trash once the record is gone (the target's copy is
+        verified by then)."""
         d = shlex.quote(self.dst_dir)
         src = self.src_server
-        remove = shlex.join([src.command, "--root", src.root, "clients", "remove",
-                             self.journal.serial]) + f" >/dev/null; r=$?; {self.trash_command()}"
+        sn = shlex.quote(self.journal.serial)
+        gone = ClientNotFound.exit_code
+        xsb = shlex.join([src.command, "--root", src.root])
+        moved = "\n".join(f"./{v}/snapshots/{sid}"
+                           for v, ids in self.journal.done.items() for sid in ids)
+        # On the source, one session: disable, list, and (nothing new) remove and trash.
+        on_source = "\n".join([
+            f"{xsb} clients disable {sn} >/dev/null; r=$?",
+            f"if [ $r != 0 ] && [ $r != {gone} ]; then exit $r; fi",
+            "if [ $r = 0 ]; then",
+            f"out=$({self._find()}) || exit 1",
+            f"t=$(mktemp) && printf '%s\\n' {shlex.quote(moved)} | LC_ALL=C sort >\"$t\"",
+            "new=$(printf '%s\\n' \"$out\" | LC_ALL=C sort | LC_ALL=C comm -23 - \"$t\"); "
+            "rm -f \"$t\"",
+            f"if [ -n \"$new\" ]; then printf '%s\\n' \"$out\"; exit {_NOT_SWITCHED}; fi",
+            f"{xsb} clients remove {sn} >/dev/null; r=$?",
+            "fi",
+            self.trash_command()])
         links = [f"ln -sfn snapshots/{ids[-1]} {d}/volumes/{v}/.latest.moving && "
                  f"mv -T {d}/volumes/{v}/.latest.moving {d}/volumes/{v}/latest"
                  for v, ids in self.journal.done.items() if ids]
-        self.dst.sh(self._script([
+        code, out = self.dst.sh(self._script([
             *links, "r=0",
-            f'eval "$rsh" {_twice(src.host)} {_twice(remove)} || r=$?',
-            f'if [ "$r" != 0 ] && [ "$r" != {ClientNotFound.exit_code} ]; then echo "the '
+            f'eval "$rsh" {_twice(src.host)} {_twice(on_source)} || r=$?',
+            f'if [ "$r" = {_NOT_SWITCHED} ]; then exit {_NOT_SWITCHED}; fi',
+            f'if [ "$r" != 0 ] && [ "$r" != {gone} ]; then echo "the '
             'source\'s clients remove: exit $r" >&2; exit 3; fi',
             f"if test -e {d}/client.json.moving; then mv {d}/client.json.moving "
             f"{d}/client.json; fi",
             f"test -e {d}/client.json", f"{XSBACKUP} keys"]),
-            "switching the registration")
+            "switching the registration", ok=(0, _NOT_SWITCHED))
+        return _listed(out) if code == _NOT_SWITCHED else None
 
     def trash_command(self) -> str:
         """A source command: unless ``$r`` says ``clients remove`` failed (neither 0 nor
@@ -311,6 +333,24 @@ class Move:
     def close(self) -> None:
         self.src.close()
         self.dst.close()
+
+
+def _listed(out: str) -> tuple[dict[str, list[str]], list[str]]:
+    """``Move._find``'s lines: the snapshots per volume (oldest first) and the waiting
+    transfers (``V/ID``)."""
+    snaps: dict[str, list[str]] = {}
+    waiting = []
+    for line in out.splitlines():
+        parts = line.split("/")
+        if len(parts) != 4 or not VOLUME_RE.fullmatch(parts[1]):
+            continue
+        if not SNAPSHOT_RE.fullmatch(parts[3]):
+            continue
+        if parts[2] == "snapshots":
+            snaps.setdefault(parts[1], []).append(parts[3])
+        else:
+            waiting.append(f"{parts[1]}/{parts[3]}")
+    return {v: sorted(ids, key=snapshot_sort_key) for v, ids in snaps.items()}, waiting
 
 
 class _Verified:
@@ -377,25 +417,38 @@ def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
     if journal is not None and journal.target != target:
         raise MoveFailed(f"a move of {serial} to {journal.target} is under way; finish "
                          "it first (move-client again with --to " f"{journal.target})")
-    if journal is None:
-        source = find_source(inv, serial, timeout)
-        if source.name == inv.get(target).name:
-            raise MoveFailed(f"client {serial} is already on {target}")
-        journal = Journal(serial, source.name, target)
-    move = Move(inv, journal, timeout, progress)
+    dst = Host(inv.get(target), timeout)
     try:
-        if not journal_path.exists():
-            d = shlex.quote(move.dst_dir)
-            move.dst.sh(f"test ! -e {d}", f"{target} already holds data of {serial} "
-                        "(remove it there with clients remove --purge first)")
+        if journal is None:
+            journal = _fresh(inv, serial, dst, timeout)
             journal_dir.mkdir(mode=0o700, exist_ok=True)
             journal.save(journal_path)
+    except BaseException:
+        dst.close()
+        raise
+    move = Move(inv, journal, timeout, progress, dst)
+    try:
         _run(move, journal, journal_path)
     finally:
         move.close()
     os.unlink(journal_path)
     return {"serial": serial, "source": journal.source, "target": journal.target,
             "snapshots": {v: len(ids) for v, ids in journal.done.items()}}
+
+
+def _fresh(inv: Inventory, serial: str, dst: Host, timeout: float) -> Journal:
+    """A new move's journal: the one server the client is on (every server asked) and,
+    at the same time, the target's check that it holds nothing of the client yet."""
+    target = dst.server.name
+    d = shlex.quote(f"{dst.server.root}/clients/{serial}")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        empty = pool.submit(dst.sh, f"test ! -e {d}", f"{target} already holds data of "
+                            f"{serial} (remove it there with clients remove --purge first)")
+        source = find_source(inv, serial, timeout)
+        if source.name == target:
+            raise MoveFailed(f"client {serial} is already on {target}")
+        empty.result()
+    return Journal(serial, source.name, target)
 
 
 def _run(move: Move, journal: Journal, journal_path: Path) -> None:
@@ -408,18 +461,24 @@ def _run(move: Move, journal: Journal, journal_path: Path) -> None:
     if journal.phase == "retiring":
         # Disabled, the client stays registered on the source (its keys leave there)
         # until the switch; a move stopped before it leaves it there.
-        snaps, waiting = move.listing(f"{XSBACKUP} clients disable {shlex.quote(sn)}",
-                                      f"disabling {sn} on the source")
-        progress(f"{sn}: disabled on {journal.source} until the switch")
-        if waiting:
-            raise MoveFailed(f"{journal.source} has transfers of {sn} waiting for its "
-                             f"post-processor ({', '.join(waiting)}); run xsbackup "
-                             "postprocess there, then move-client again (the client "
-                             f"stays registered on {journal.source}, disabled; clients "
-                             "enable there gives up the move)")
-        move.copy_all(journal_path, snaps)
-        crash("fleet-move-retired")
-        move.switch()
+        while True:
+            crash("fleet-move-retired")
+            listed = move.switch()
+            if listed is None:
+                break
+            snaps, waiting = listed
+            progress(f"{sn}: disabled on {journal.source} until the switch")
+            if waiting:
+                raise MoveFailed(f"{journal.source} has transfers of {sn} waiting for its "
+                                 f"post-processor ({', '.join(waiting)}); run xsbackup "
+                                 "postprocess there, then move-client again (the client "
+                                 f"stays registered on {journal.source}, disabled; clients "
+                                 "enable there gives up the move)")
+            if all(set(ids) <= set(journal.done.get(v, ())) for v, ids in snaps.items()):
+                raise MoveFailed(f"{journal.source}: the listing of {sn} there is not the "
+                                 "snapshots moved, yet holds no new one; run move-client "
+                                 "again to resume")
+            move.copy_all(journal_path, snaps)
         journal.phase = "registered"
         journal.save(journal_path)
         progress(f"{sn}: registered on {journal.target}; the source copy on "

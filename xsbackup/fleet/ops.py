@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from xsbackup.fleet.inventory import FleetServer, Inventory
 from xsbackup.fleet.remote import XSBACKUP, Answer, parse_json, run_all
 
@@ -135,6 +133,9 @@ def prune(inv: Inventory, timeout: float, parallel: int | None,
 
 
 def _collect_answer(text: str) -> dict[str, Any]:
+    # Only ``collect`` parses an exposition: the other commands skip the parser's import.
+    from prometheus_client.parser import text_string_to_metric_families
+
     head, mark, tail = text.partition(f"\n{METRICS_MARK}\n")
     if not mark:
         raise ValueError("no metrics section")
