@@ -169,7 +169,8 @@ class Move:
         each inode read once; a snapshot without a manifest is compared byte by byte
         instead (``rsync -c -n -i``). Then ``VERIFIED <volume> <id>`` for each, in
         order."""
-        body: list[str] = []
+        # Owners are compared when rsync keeps them: this end (the receiver) is root.
+        body = ['owners=; if [ "$(id -u)" = 0 ]; then owners=--owners; fi']
         src = self.src_server
         for volume, ids, base in plan:
             vol_src, vol_dst = (f"{self.src_dir}/volumes/{volume}",
@@ -185,11 +186,11 @@ class Move:
             body += [f"mkdir -p {shlex.quote(dst)} {shlex.quote(mf)}",
                      self._job("mf", self._rsync("-R", "--ignore-missing-args", *manifests,
                                                  f"{mf}/")),
-                     self._job("sums", f'eval "$rsh" {_twice(src.host)} {_twice(digest)}',
-                               stderr=False),
+                     self._job("sums", f'eval "$rsh" {_twice(src.host)} {_twice(digest)} '
+                               "$owners", stderr=False),
                      self._rsync("-R", "--delete", *snaps, dst),
                      self._waited("mf"), self._waited("sums"),
-                     f'{XSBACKUP} fleet verify-copy --digests "$m/sums" {verify}']
+                     f'{XSBACKUP} fleet verify-copy --digests "$m/sums" $owners {verify}']
             for sid in ids:
                 bytes_check = self._job("bytes", self._rsync(
                     "--delete", "-c", "-n", "-i",
