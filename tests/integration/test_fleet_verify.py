@@ -135,9 +135,21 @@ def test_the_sources_digests_find_every_metadata_difference(
     assert run_with(server, copy, ids, source) == ids
 
 
-def run_with(server: Server, copy: Path, ids: list[str], expected: dict[str, str]
-             ) -> list[str]:
+def run_with(server: Server, copy: Path, ids: list[str], expected: dict[str, str],
+             owners: bool = True) -> list[str]:
     done: list[str] = []
     verify(server.ctx().storage, lambda sid: copy / sid, SN, "documents", ids, done.append,
-           expected=expected)
+           expected=expected, owners=owners)
     return done
+
+
+def test_owners_are_compared_only_when_asked(server: Server, tmp_path: Path) -> None:
+    """rsync keeps owners only when the receiving end runs as root: without ``owners``
+    (both sides), a copy owned by someone else is the same copy."""
+    ids, copy = two_snapshots(server, tmp_path)
+    snaps = server.store.snapshots_dir(SN, "documents")
+    os.lchown(copy / ids[1] / "sub", 12345, 12345)  # a directory: its own inode here
+    with pytest.raises(Differs, match=f"documents/{ids[1]}: its entries or metadata"):
+        run_with(server, copy, ids, digests_of(snaps, ids))
+    plain = dict(digests(lambda sid: snaps / sid, ids, owners=False))
+    assert run_with(server, copy, ids, plain, owners=False) == ids

@@ -274,11 +274,14 @@ def move_client(fl: Fleet, serial: str, target: str, as_json: bool) -> None:
                    "is compared too.")
 @click.option("--base", metavar="ID", help="The snapshot moved before IDS (walked first, "
               "for the hardlinks IDS share with it; its digest is compared).")
+@click.option("--owners", is_flag=True, help="Owners and groups are in the digests (the "
+              "target runs as root, so rsync keeps them).")
 @click.option("--bytes-checked", is_flag=True, help="A snapshot without a manifest is "
               "not a difference (prints BYTES VOLUME ID: the caller compares its bytes).")
 @pass_fleet
 def verify_copy(fl: Fleet, serial: str, volume: str, ids: tuple[str, ...],
-                digests_file: str | None, base: str | None, bytes_checked: bool) -> None:
+                digests_file: str | None, base: str | None, owners: bool,
+                bytes_checked: bool) -> None:
     """Run by move-client on its target: check the copied snapshots IDS of SERIAL's
     VOLUME against their manifests (and the source's digests); prints CONTENT VOLUME ID
     for each that matches."""
@@ -301,7 +304,7 @@ def verify_copy(fl: Fleet, serial: str, volume: str, ids: tuple[str, ...],
         verify(ctx.storage, lambda sid: snaps / sid, serial, volume, ids,
                lambda sid: click.echo(f"CONTENT {volume} {sid}"), expected=expected,
                base=base, without_manifest=(lambda sid: click.echo(f"BYTES {volume} {sid}"))
-               if bytes_checked else None)
+               if bytes_checked else None, owners=owners)
     except Differs as e:
         click.echo(f"DIFFERS {e}")
         raise MoveFailed(f"{e}: the copy differs from the source") from None
@@ -311,8 +314,11 @@ def verify_copy(fl: Fleet, serial: str, volume: str, ids: tuple[str, ...],
 @click.argument("serial")
 @click.argument("volume")
 @click.argument("ids", nargs=-1)
+@click.option("--owners", is_flag=True, help="Owners and groups are in the digests (the "
+              "target runs as root, so rsync keeps them).")
 @pass_fleet
-def tree_digest(fl: Fleet, serial: str, volume: str, ids: tuple[str, ...]) -> None:
+def tree_digest(fl: Fleet, serial: str, volume: str, ids: tuple[str, ...],
+                owners: bool) -> None:
     """Run by move-client on its source while it copies: one line ID DIGEST for each
     snapshot IDS of SERIAL's VOLUME (walked in that order), for verify-copy to compare."""
     from xsbackup.errors import MoveFailed
@@ -323,7 +329,7 @@ def tree_digest(fl: Fleet, serial: str, volume: str, ids: tuple[str, ...]) -> No
     _snapshot_ids(ids)
     snaps = Store(fl.settings.root).require().snapshots_dir(serial, volume)
     try:
-        for sid, digest in digests(lambda sid: snaps / sid, ids):
+        for sid, digest in digests(lambda sid: snaps / sid, ids, owners):
             click.echo(f"{sid} {digest}")
     except Differs as e:
         raise MoveFailed(f"{volume}/{e}") from None

@@ -53,15 +53,12 @@ import orjson
 
 from xsbackup.crashpoints import crash
 from xsbackup.errors import ClientNotFound, MoveFailed
-from xsbackup.fleet import ops
+from xsbackup.fleet import listing
 from xsbackup.fleet.inventory import FleetServer, Inventory
 from xsbackup.fleet.remote import XSBACKUP, ServerConnection, last_line, reason
 from xsbackup.store import (
-    SNAPSHOT_RE,
-    VOLUME_RE,
     atomic_write,
     check_client,
-    snapshot_sort_key,
 )
 
 Progress = Callable[[str], None]
@@ -134,14 +131,10 @@ class Move:
     def listing(self) -> dict[str, list[str]]:
         """The source's snapshots per volume (oldest first)."""
         _, out = self.src.sh(self._find(), "listing snapshots")
-        return _listed(out)[0]
+        return listing.listed(out)[0]
 
     def _find(self) -> str:
-        """A source command: its snapshots and waiting transfers, one ``./V/snapshots/ID``
-        or ``./V/incoming/ID`` a line (nothing when the client has no volumes there)."""
-        d = shlex.quote(f"{self.src_dir}/volumes")
-        return (f"test -d {d} || exit 0; cd {d} && find . -mindepth 3 -maxdepth 3 -type d "
-                "\\( -path './*/snapshots/*' -o -path './*/incoming/*' \\) -print")
+        return listing.find_command(shlex.quote(f"{self.src_dir}/volumes"))
 
     def _rsync(self, *args: str) -> str:
         """An rsync command line of a ``_script``: through its connection to the source."""
@@ -176,7 +169,8 @@ class Move:
         each inode read once; a snapshot without a manifest is compared byte by byte
         instead (``rsync -c -n -i``). Then ``VERIFIED <volume> <id>`` for each, in
         order."""
-        body: list[str] = []
+        # Owners are compared when rsync keeps them: this end (the receiver) is root.
+        body = ['owners=; if [ "$(id -u)" = 0 ]; then owners=--owners; fi']
         src = self.src_server
         for volume, ids, base in plan:
             vol_src, vol_dst = (f"{self.src_dir}/volumes/{volume}",
@@ -193,11 +187,11 @@ class Move:
             body += [f"mkdir -p {shlex.quote(dst)} {shlex.quote(mf)}",
                      self._job("mf", self._rsync("-R", "--ignore-missing-args", *manifests,
                                                  f"{mf}/")),
-                     self._job("sums", f'eval "$rsh" {_twice(src.host)} {_twice(digest)}',
-                               stderr=False),
+                     self._job("sums", f'eval "$rsh" {_twice(src.host)} {_twice(digest)} '
+                               "$owners", stderr=False),
                      self._rsync("-R", "--delete", *snaps, dst),
                      self._waited("mf"), self._waited("sums"),
-                     f'{XSBACKUP} fleet verify-copy --digests "$m/sums" {verify}']
+                     f'{XSBACKUP} fleet verify-copy --digests "$m/sums" $owners {verify}']
             for sid in ids:
                 bytes_check = self._job("bytes", self._rsync(
                     "--delete", "-c", "-n", "-i",
@@ -317,7 +311,7 @@ class Move:
             f"{d}/client.json; fi",
             f"test -e {d}/client.json", f"{XSBACKUP} keys"]),
             "switching the registration", ok=(0, _NOT_SWITCHED))
-        return _listed(out) if code == _NOT_SWITCHED else None
+        return listing.listed(out) if code == _NOT_SWITCHED else None
 
     def trash_command(self) -> str:
         """A source command: unless ``$r`` says ``clients remove`` failed (neither 0 nor
@@ -333,24 +327,6 @@ class Move:
     def close(self) -> None:
         self.src.close()
         self.dst.close()
-
-
-def _listed(out: str) -> tuple[dict[str, list[str]], list[str]]:
-    """``Move._find``'s lines: the snapshots per volume (oldest first) and the waiting
-    transfers (``V/ID``)."""
-    snaps: dict[str, list[str]] = {}
-    waiting = []
-    for line in out.splitlines():
-        parts = line.split("/")
-        if len(parts) != 4 or not VOLUME_RE.fullmatch(parts[1]):
-            continue
-        if not SNAPSHOT_RE.fullmatch(parts[3]):
-            continue
-        if parts[2] == "snapshots":
-            snaps.setdefault(parts[1], []).append(parts[3])
-        else:
-            waiting.append(f"{parts[1]}/{parts[3]}")
-    return {v: sorted(ids, key=snapshot_sort_key) for v, ids in snaps.items()}, waiting
 
 
 class _Verified:
@@ -392,22 +368,6 @@ def _twice(word: str) -> str:
     return shlex.quote(shlex.quote(word))
 
 
-def find_source(inv: Inventory, serial: str, timeout: float) -> FleetServer:
-    """The one server the client is registered on (every server must answer)."""
-    report = ops.status(inv, timeout, None)
-    failed = [f"{r['server']} ({r['error']})" for r in report["servers"] if not r["ok"]]
-    if failed:
-        raise MoveFailed(f"cannot tell where {serial} is registered: {', '.join(failed)} "
-                         "did not answer")
-    on = sorted({c["server"] for c in report["clients"] if c["serial"] == serial})
-    if not on:
-        raise ClientNotFound(f"client {serial} is registered on no fleet server")
-    if len(on) > 1:
-        raise MoveFailed(f"client {serial} is registered on {', '.join(on)}; remove all "
-                         "but one first")
-    return inv.get(on[0])
-
-
 def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
                 timeout: float, progress: Progress) -> dict[str, Any]:
     """Move ``serial``'s history to ``target`` (or finish the move under way)."""
@@ -418,9 +378,10 @@ def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
         raise MoveFailed(f"a move of {serial} to {journal.target} is under way; finish "
                          "it first (move-client again with --to " f"{journal.target})")
     dst = Host(inv.get(target), timeout)
+    snaps = None  # the source's snapshots, when known already
     try:
         if journal is None:
-            journal = _fresh(inv, serial, dst, timeout)
+            journal, snaps = _fresh(inv, serial, dst, timeout)
             journal_dir.mkdir(mode=0o700, exist_ok=True)
             journal.save(journal_path)
     except BaseException:
@@ -428,7 +389,7 @@ def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
         raise
     move = Move(inv, journal, timeout, progress, dst)
     try:
-        _run(move, journal, journal_path)
+        _run(move, journal, journal_path, snaps)
     finally:
         move.close()
     os.unlink(journal_path)
@@ -436,25 +397,28 @@ def move_client(inv: Inventory, serial: str, target: str, journal_dir: Path,
             "snapshots": {v: len(ids) for v, ids in journal.done.items()}}
 
 
-def _fresh(inv: Inventory, serial: str, dst: Host, timeout: float) -> Journal:
-    """A new move's journal: the one server the client is on (every server asked) and,
-    at the same time, the target's check that it holds nothing of the client yet."""
+def _fresh(inv: Inventory, serial: str, dst: Host, timeout: float
+           ) -> tuple[Journal, dict[str, list[str]]]:
+    """A new move's journal and the source's snapshots: the one server the client is on
+    (every server asked) and, at the same time, the target's check that it holds
+    nothing of the client yet."""
     target = dst.server.name
     d = shlex.quote(f"{dst.server.root}/clients/{serial}")
     with ThreadPoolExecutor(max_workers=1) as pool:
         empty = pool.submit(dst.sh, f"test ! -e {d}", f"{target} already holds data of "
                             f"{serial} (remove it there with clients remove --purge first)")
-        source = find_source(inv, serial, timeout)
+        source, snaps = listing.find_source(inv, serial, timeout)
         if source.name == target:
             raise MoveFailed(f"client {serial} is already on {target}")
         empty.result()
-    return Journal(serial, source.name, target)
+    return Journal(serial, source.name, target), snaps
 
 
-def _run(move: Move, journal: Journal, journal_path: Path) -> None:
+def _run(move: Move, journal: Journal, journal_path: Path,
+         snaps: dict[str, list[str]] | None) -> None:
     sn, progress = journal.serial, move.progress
     if journal.phase == "copying":
-        move.copy_all(journal_path, stage=True)
+        move.copy_all(journal_path, snaps, stage=True)
         crash("fleet-move-staged")
         journal.phase = "retiring"
         journal.save(journal_path)

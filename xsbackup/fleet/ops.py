@@ -45,7 +45,7 @@ def _status_rows(answers: Sequence[Answer]) -> tuple[list[dict[str, Any]],
     return servers, clients
 
 
-def _status_answer(text: str) -> dict[str, Any]:
+def status_answer(text: str) -> dict[str, Any]:
     data = parse_json(text)
     if not isinstance(data, dict) or not isinstance(data.get("clients"), list):
         raise ValueError("not a status document")
@@ -55,7 +55,7 @@ def _status_answer(text: str) -> dict[str, Any]:
 def status(inv: Inventory, timeout: float, parallel: int | None) -> dict[str, Any]:
     """``fleet status``: every server's disk and every client's row."""
     answers = run_all(inv.servers, _STATUS, timeout=timeout, parallel=parallel,
-                      parse=_status_answer)
+                      parse=status_answer)
     servers, clients = _status_rows(answers)
     return _report("status", answers, servers, clients=clients)
 
@@ -139,7 +139,7 @@ def _collect_answer(text: str) -> dict[str, Any]:
     head, mark, tail = text.partition(f"\n{METRICS_MARK}\n")
     if not mark:
         raise ValueError("no metrics section")
-    status_doc = _status_answer(head)
+    status_doc = status_answer(head)
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(tail):
         for sample in family.samples:

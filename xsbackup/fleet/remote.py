@@ -29,6 +29,8 @@ from xsbackup.fleet.inventory import FleetServer
 
 # The placeholder every fleet command line starts with: ``<command> --root <root>``.
 XSBACKUP = "{xsbackup}"
+# The placeholder for the server's state root (quoted), where a line needs its paths.
+ROOT = "{root}"
 
 
 @dataclass
@@ -65,7 +67,8 @@ class _TimedRemote(Remote):  # type: ignore[misc]
 
 class ServerConnection(Connection):  # type: ignore[misc]
     """A fabric ``Connection`` to one fleet server that puts that server's own
-    ``xsbackup --root ROOT`` where a command line says ``{xsbackup}``."""
+    ``xsbackup --root ROOT`` where a command line says ``{xsbackup}`` (and ``ROOT``
+    where it says ``{root}``)."""
 
     def __init__(self, server: FleetServer, timeout: float) -> None:
         kwargs: dict[str, Any] = {"banner_timeout": timeout, "auth_timeout": timeout,
@@ -84,7 +87,8 @@ class ServerConnection(Connection):  # type: ignore[misc]
         prefix = shlex.join([self.server.command, "--root", self.server.root])
         began = time.monotonic()
         try:
-            return super().run(command.replace(XSBACKUP, prefix), **kwargs)
+            return super().run(command.replace(XSBACKUP, prefix)
+                               .replace(ROOT, shlex.quote(self.server.root)), **kwargs)
         finally:
             self.seconds = time.monotonic() - began
 

@@ -58,9 +58,12 @@ def _enc(rel: str) -> bytes:
 
 class Tree:
     """One ordered walk over a volume's snapshots (each ``walk`` is the next snapshot):
-    their digests, and every regular file's inode, size and mtime."""
+    their digests, and every regular file's inode, size and mtime. ``owners``: the
+    digests include each entry's owner and group (rsync keeps them only when the
+    receiving end runs as root)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owners: bool = True) -> None:
+        self.owners = owners
         self.first: dict[Key, bytes] = {}          # inode -> its first name, "k/rel"
         self.meta: dict[Key, tuple[int, int]] = {}  # inode -> (size, mtime_ns)
         self.index = 0
@@ -76,8 +79,8 @@ class Tree:
         if not stat.S_ISDIR(st.st_mode):
             raise Differs(f"{top.name}: not a directory")
         dev = st.st_dev
-        h.update(b"d . %o %d %d %d%s\n" % (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
-                                           _xattrs(root)))
+        h.update(b"d . %o %s %d%s\n" % (st.st_mode, self._own(st), st.st_mtime_ns,
+                                        _xattrs(root)))
         stack = [(root, "")]
         while stack:
             path, rel = stack.pop()
@@ -93,8 +96,8 @@ class Tree:
                         st = e.stat(follow_symlinks=False)
                         first = self.first[key] = b"%d/%s" % (k, _enc(r))
                         self.meta[key] = (st.st_size, st.st_mtime_ns)
-                        h.update(b"f %s %o %d %d %d %d%s\n" % (
-                            _enc(r), st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                        h.update(b"f %s %o %s %d %d%s\n" % (
+                            _enc(r), st.st_mode, self._own(st), st.st_size,
                             st.st_mtime_ns, _xattrs(e.path)))
                     else:
                         h.update(b"f %s = %s\n" % (_enc(r), first))
@@ -108,15 +111,19 @@ class Tree:
                     what = b"l " + os.fsencode(os.readlink(e.path))
                 else:
                     what = b"o %d" % st.st_rdev
-                h.update(b"%s %s %o %d %d %d%s\n" % (what, _enc(r), st.st_mode, st.st_uid,
-                                                     st.st_gid, st.st_mtime_ns, _xattrs(e.path)))
+                h.update(b"%s %s %o %s %d%s\n" % (what, _enc(r), st.st_mode, self._own(st),
+                                                  st.st_mtime_ns, _xattrs(e.path)))
             stack.extend(reversed(subdirs))
         return h.hexdigest(), files
 
+    def _own(self, st: os.stat_result) -> bytes:
+        return b"%d:%d" % (st.st_uid, st.st_gid) if self.owners else b"-"
 
-def digests(tree_of: Callable[[str], Path], ids: Iterable[str]) -> Iterable[tuple[str, str]]:
+
+def digests(tree_of: Callable[[str], Path], ids: Iterable[str], owners: bool = True
+            ) -> Iterable[tuple[str, str]]:
     """(id, digest) of each snapshot of ``ids``, walked in that order (the source's side)."""
-    tree = Tree()
+    tree = Tree(owners)
     for sid in ids:
         try:
             yield sid, tree.walk(tree_of(sid))[0]
@@ -134,14 +141,16 @@ def _digest(path: Path) -> str:
 def verify(storage: Backend, tree_of: Callable[[str], Path], client: str, volume: str,
            ids: Iterable[str], done: Callable[[str], None], workers: int = 4, *,
            expected: Mapping[str, str] | None = None, base: str | None = None,
-           without_manifest: Callable[[str], None] | None = None) -> None:
+           without_manifest: Callable[[str], None] | None = None, owners: bool = True
+           ) -> None:
     """Check each snapshot of ``ids`` (in order) against its manifest, calling ``done``
     with its id once it matches; ``Differs`` at the first snapshot that does not.
 
     ``expected``: the source's digests (``digests`` over ``base`` then ``ids``), each
     snapshot's metadata compared too. ``without_manifest``: called with a snapshot that
-    has no manifest instead of failing (its caller compares its bytes)."""
-    tree = Tree()
+    has no manifest instead of failing (its caller compares its bytes). ``owners``: as
+    ``Tree``'s, the same on both sides."""
+    tree = Tree(owners)
     if base is not None:
         _compare(volume, base, tree, tree_of(base), expected)
     known: dict[Key, str] = {}  # inode -> the digest it must have (being hashed)
