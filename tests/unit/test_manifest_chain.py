@@ -12,14 +12,14 @@ from tests.unit.test_manifest_merge import (
     CLIENT,
     VOLUME,
     consistent,
+    evolve,
     from_scratch,
+    new_backend,
     paths,
     plant,
     promote,
 )
 from xsbackup.snapshots import manifest
-from xsbackup.storage.hardlink import HardlinkBackend
-from xsbackup.store import Store, init_root
 
 SIDS = [f"2026-01-0{d}T000000Z" for d in range(1, 6)]
 step = st.tuples(st.lists(st.sampled_from(["keep", "edit", "drop"]), min_size=12,
@@ -35,21 +35,13 @@ step = st.tuples(st.lists(st.sampled_from(["keep", "edit", "drop"]), min_size=12
 def test_every_manifest_of_a_pruned_chain_reads_as_built_from_scratch(
         tmp_path_factory: object, first: dict[str, bytes],
         steps: list[tuple[list[str], dict[str, bytes], int | None]]) -> None:
-    tmp = tmp_path_factory.mktemp("c")  # type: ignore[attr-defined]
-    store = Store(tmp / "state")
-    init_root(store.root)
-    backend = HardlinkBackend(store)
+    store, backend = new_backend(tmp_path_factory.mktemp("c"))  # type: ignore[attr-defined]
     snaps = store.snapshots_dir(CLIENT, VOLUME)
     state = consistent(first)
     plant(snaps / SIDS[0], state, {})
     promote(backend, SIDS[0], snaps / SIDS[0], None, None)
     for n, (fate, added, prune) in enumerate(steps, start=1):
-        after = {}
-        for (p, body), f in zip(sorted(state.items()), fate, strict=False):
-            if f != "drop":
-                after[p] = body + b"!" if f == "edit" else body
-        after = consistent({**{p: b for p, b in after.items()
-                               if not any(q.startswith(p + "/") for q in added)}, **added})
+        after = evolve(state, fate, added)
         ids = store.snapshot_ids(CLIENT, VOLUME)
         prev = snaps / ids[-1]
         links = {p: prev / p for p, b in after.items()

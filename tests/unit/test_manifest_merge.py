@@ -42,6 +42,25 @@ def plant(top: Path, files: dict[str, bytes], links: dict[str, Path]) -> None:
             where.write_bytes(body)
 
 
+def new_backend(tmp: Path) -> tuple[Store, HardlinkBackend]:
+    store = Store(tmp / "state")
+    init_root(store.root)
+    return store, HardlinkBackend(store)
+
+
+def evolve(before: dict[str, bytes], fate: list[str],
+           added: dict[str, bytes]) -> dict[str, bytes]:
+    """``before`` with each file (in path order) kept, edited or dropped as ``fate``
+    says, and ``added`` written over it (a file in the way of an added path's
+    directory goes)."""
+    after = {}
+    for (p, body), f in zip(sorted(before.items()), fate, strict=False):
+        if f != "drop":
+            after[p] = body + b"!" if f == "edit" else body
+    return consistent({**{p: b for p, b in after.items()
+                          if not any(q.startswith(p + "/") for q in added)}, **added})
+
+
 def promote(backend: HardlinkBackend, sid: str, tree: Path, prev: Path | None,
             prev_sid: str | None) -> manifest.BuildStats:
     changes = Changes()
@@ -67,10 +86,7 @@ def from_scratch(tree: Path) -> bytes:
 def test_keep_equals_a_manifest_built_from_scratch(
         tmp_path_factory: object, before: dict[str, bytes], fate: list[str],
         added: dict[str, bytes]) -> None:
-    tmp = tmp_path_factory.mktemp("m")  # type: ignore[attr-defined]
-    store = Store(tmp / "state")
-    init_root(store.root)
-    backend = HardlinkBackend(store)
+    store, backend = new_backend(tmp_path_factory.mktemp("m"))  # type: ignore[attr-defined]
     snaps = store.snapshots_dir(CLIENT, VOLUME)
     before = consistent(before)
     old = snaps / SIDS[0]
@@ -78,12 +94,7 @@ def test_keep_equals_a_manifest_built_from_scratch(
     first = promote(backend, SIDS[0], old, None, None)
     assert first.how == "built"
 
-    after = {}
-    for (p, body), f in zip(sorted(before.items()), fate, strict=False):
-        if f != "drop":
-            after[p] = body + b"!" if f == "edit" else body
-    after = consistent({**{p: b for p, b in after.items()
-                           if not any(q.startswith(p + "/") for q in added)}, **added})
+    after = evolve(before, fate, added)
     links = {p: old / p for p, b in after.items()
              if p in before and before[p] == b and p not in added}
     new = store.incoming_dir(CLIENT, VOLUME) / SIDS[1]

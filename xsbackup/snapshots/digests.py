@@ -9,7 +9,6 @@ import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 # Reading a file to hash it is not an access: no atime update (with relatime, the first
@@ -27,14 +26,20 @@ def new_hash() -> hashlib.blake2b:
 _BUFFERS = threading.local()  # one read buffer a thread, reused from file to file
 
 
-def digest_fd(fd: int) -> tuple[str, int]:
-    """(hex digest, bytes read) of the open file ``fd`` from its current offset."""
+def digest_fd(fd: int, size: int = -1) -> tuple[str, int]:
+    """(hex digest, bytes read) of the open file ``fd`` from its current offset. With
+    ``size`` (the regular file's size from its ``lstat``, smaller than the buffer), a
+    first read of exactly that many bytes is taken as the whole file without reading
+    on to the end (a file of an unfinished tree that nothing writes; a later ``check``
+    reads it whole)."""
     buf = getattr(_BUFFERS, "buf", None)
     if buf is None:
         buf = _BUFFERS.buf = bytearray(1 << 20)
     got = os.readv(fd, [buf])
     h = hashlib.blake2b(memoryview(buf)[:got], digest_size=32)
     n = got
+    if got == size < len(buf):
+        return h.hexdigest(), n
     while got:
         got = os.readv(fd, [buf])
         h.update(memoryview(buf)[:got])
@@ -42,7 +47,7 @@ def digest_fd(fd: int) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def digest_at(name: str, dir_fd: int | None = None) -> tuple[str, int]:
+def digest_at(name: str, dir_fd: int | None = None, size: int = -1) -> tuple[str, int]:
     """(hex digest, bytes read) of the file ``name`` (below ``dir_fd``), never following
     a symlink in its last component, nor updating its atime where the file's owner
     reads. It is opened non-blocking, so a FIFO put in its place fails to read rather
@@ -52,16 +57,17 @@ def digest_at(name: str, dir_fd: int | None = None) -> tuple[str, int]:
     except PermissionError:  # not the file's owner: O_NOATIME is refused (EPERM)
         fd = os.open(name, O_READ, dir_fd=dir_fd)
     try:
-        return digest_fd(fd)
+        return digest_fd(fd, size)
     finally:
         os.close(fd)
 
 
-def digest_all(paths: list[str], sizes: int, dir_fd: int | None = None) -> list[tuple[str, int]]:
-    """``digest_at`` of each path (below ``dir_fd``), in order; on ``HASH_THREADS``
-    threads when the files hold ``THREADS_FROM_BYTES`` or more together (``sizes``)."""
-    one = partial(digest_at, dir_fd=dir_fd)
-    if sizes < THREADS_FROM_BYTES or len(paths) < 2:
-        return [one(p) for p in paths]
+def digest_all(files: list[tuple[str, int]],
+               dir_fd: int | None = None) -> list[tuple[str, int]]:
+    """``digest_at`` of each ``(path below dir_fd, size)``, in order; on
+    ``HASH_THREADS`` threads when the files hold ``THREADS_FROM_BYTES`` or more
+    together."""
+    if sum(size for _, size in files) < THREADS_FROM_BYTES or len(files) < 2:
+        return [digest_at(name, dir_fd, size) for name, size in files]
     with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="manifest") as pool:
-        return list(pool.map(one, paths))
+        return list(pool.map(lambda f: digest_at(f[0], dir_fd, f[1]), files))

@@ -58,6 +58,7 @@ from xsbackup.snapshots.manifest_lines import (
     gone_path,
     line,
     load,
+    merge_lines,
     record,
     record_at,
     seek,
@@ -322,12 +323,10 @@ def delta(changes: Changes, prev: Previous, new: list[Record],
             old = Delta(prev.delta)
         except ManifestError:
             return None
-        kept, cut = splice(old.records, 0, gone + sorted(news), adds)
-        records = b"".join(kept)
+        records, cut = merge_lines(old.records, gone + sorted(news), adds)
         n_records = old.n_records - cut + len(adds)
         # a gone path replaces its own line and the lines below it (a directory's)
-        gone_lines, cut = splice(old.gone, 0, gone, [(g, gone_line(g) + b"\n") for g in gone])
-        gones = b"".join(gone_lines)
+        gones, cut = merge_lines(old.gone, gone, [(g, gone_line(g) + b"\n") for g in gone])
         n_gone = old.n_gone - cut + len(gone)
         base = (prev.sid, "base")
     else:
@@ -380,7 +379,7 @@ def _hash_new(tree: Path, files: list[tuple[str, os.stat_result]],
     files = sorted(files, key=lambda f: f[1].st_ino)  # inode order: nearer on disk
     fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        got = digest_all([p for p, _ in files], sum(st.st_size for _, st in files), fd)
+        got = digest_all([(p, st.st_size) for p, st in files], fd)
     finally:
         os.close(fd)
     stats.hashed_files += len(files)

@@ -88,9 +88,23 @@ def record_at(data: bytes, at: int) -> Record | None:
 def path_at(data: bytes, at: int) -> str:
     """The path of the line (a record or a gone path) that starts at ``at``; ``LAST``
     for a damaged line (a caller's count check then fails)."""
-    end = data.index(b"\n", at)
+    return line_path(data[at:data.index(b"\n", at)])
+
+
+def line_path(raw: bytes) -> str:
+    """The path of a record or gone line (without its newline); ``LAST`` if damaged. A
+    path without escapes is cut out of the line as it stands (a ``"`` in a path is
+    escaped, so the first ``","i":`` after ``{"p":"`` ends it); any other line is
+    parsed."""
+    if raw.startswith(b'{"p":"'):
+        stop = raw.find(b'","i":', 6)
+        if stop > 0 and raw.find(b"\\", 6, stop) < 0:
+            try:
+                return raw[6:stop].decode()
+            except UnicodeDecodeError:
+                return LAST
     try:
-        row = load(data[at:end], 0)
+        row = load(raw, 0)
         return record(row, 0).path if "d" in row else gone_path(row, 0)
     except ManifestError:
         return LAST
@@ -182,3 +196,21 @@ def splice(data: bytes, lo: int, remove: Iterable[str],
         cur = w
     out.append(data[cur:])
     return out, cut
+
+
+def merge_lines(data: bytes, remove: Iterable[str],
+                insert: list[tuple[str, bytes]]) -> tuple[bytes, int]:
+    """``splice`` done by reading every line of ``data`` (sorted lines, each ending in
+    ``\n``, none damaged): for a small ``data`` and about as many changes, cheaper
+    than a search per change. Returns the bytes and how many lines were cut."""
+    lines = data.split(b"\n")[:-1]
+    exact = {p for p in remove if not p.endswith("/")}
+    below = tuple(p for p in remove if p.endswith("/"))
+    out = {}
+    for raw in lines:
+        p = line_path(raw)
+        if p not in exact and not (below and p.startswith(below)):
+            out[p] = raw + b"\n"
+    cut = len(lines) - len(out)
+    out.update(insert)
+    return b"".join(out[p] for p in sorted(out)), cut
