@@ -314,8 +314,7 @@ def delta(changes: Changes, prev: Previous, new: list[Record],
     manifest (over its base, merged with its own delta, when ``prev`` is a delta), and
     the base it rests on; None when it would be too large (or ``prev``'s delta is
     damaged): a whole manifest is written then."""
-    news = {r.path for r in new}
-    gone = sorted(g for g in changes.gone if g not in news)
+    gone = sorted(changes.gone)
     adds = sorted((r.path, line(r) + b"\n") for r in new)
     base = (prev.sid, "")
     if prev.version == DELTA:
@@ -323,7 +322,7 @@ def delta(changes: Changes, prev: Previous, new: list[Record],
             old = Delta(prev.delta)
         except ManifestError:
             return None
-        records, cut = merge_lines(old.records, gone + sorted(news), adds)
+        records, cut = merge_lines(old.records, gone + [p for p, _ in adds], adds)
         n_records = old.n_records - cut + len(adds)
         # a gone path replaces its own line and the lines below it (a directory's)
         gones, cut = merge_lines(old.gone, gone, [(g, gone_line(g) + b"\n") for g in gone])

@@ -61,8 +61,9 @@ class Changes:
     files: int = 0          # regular files of the new tree
     kept: int = 0
     new: list[tuple[str, os.stat_result]] = field(default_factory=list)  # not kept
-    # Entries of the previous snapshot not kept: a file as its path, a directory as its
-    # path and "/" (everything that was below it).
+    # Entries of the previous snapshot not kept, but for a non-directory where a regular
+    # file of ``new`` is now (whose record replaces its own): a file as its path, a
+    # directory as its path and "/" (everything that was below it).
     gone: list[str] = field(default_factory=list)
 
 
@@ -142,9 +143,13 @@ def compute_stats(tree: Path, previous: Path | None, match: re.Pattern[str] | No
                     else:
                         st.new_files += 1
                         st.new_bytes += s.st_size
-                    if new is not None:
-                        new.append((base + e.name, s))
-                elif stat.S_ISLNK(mode):
+                    if new is not None and gone is not None:
+                        path = base + e.name
+                        new.append((path, s))
+                        if was is not None and was < 0:  # a directory there before
+                            gone.append(path + "/")
+                    continue  # a file there before: the new record replaces its own
+                if stat.S_ISLNK(mode):
                     st.symlinks += 1
                 else:
                     st.others += 1
