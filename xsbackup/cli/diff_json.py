@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from xsbackup.cli.entry import take_option
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -32,7 +34,7 @@ def args(argv: Sequence[str]) -> dict[str, Any] | None:
     found: dict[str, Any] = {}
     i = 0
     while i < len(words) and words[i] != "diff":
-        taken = _option(words, i, _GLOBAL, found)
+        taken = take_option(words, i, _GLOBAL, found)
         if taken is None:
             return None
         i = taken
@@ -47,7 +49,7 @@ def args(argv: Sequence[str]) -> dict[str, Any] | None:
             json_flag = True
             i += 1
         elif word.startswith("-"):
-            taken = _option(words, i, (_VOLUME,), found)
+            taken = take_option(words, i, (_VOLUME,), found)
             if taken is None:
                 return None
             i = taken
@@ -58,25 +60,6 @@ def args(argv: Sequence[str]) -> dict[str, Any] | None:
         return None
     found["serial"], found["a"], found["b"] = positional
     return found
-
-
-def _option(words: list[str], i: int, allowed: tuple[str, ...],
-            found: dict[str, Any]) -> int | None:
-    """Store ``--opt VALUE`` or ``--opt=VALUE`` at ``words[i]`` in ``found``; the index
-    after it, or None if it is not one of ``allowed`` given once with a plain value."""
-    name, eq, value = words[i].partition("=")
-    if name not in allowed or name in found:
-        return None
-    i += 1
-    if not eq:
-        if i >= len(words):
-            return None
-        value = words[i]
-        i += 1
-    if not value or value.startswith("-"):
-        return None  # click's own messages for these
-    found[name] = value
-    return i
 
 
 def document(ctx: Context, serial: str, a: str, b: str, volume: str | None) -> dict[str, Any]:

@@ -53,17 +53,10 @@ def forced_args(argv: Sequence[str]) -> dict[str, str] | None:
         if word == _COMMAND and allowed is _GLOBAL:
             allowed = (_CLIENT, _RESTORE_KEY)
             continue
-        name, eq, value = word.partition("=")
-        if name not in allowed or name in found:
+        taken = take_option(words, i - 1, allowed, found)
+        if taken is None:
             return None
-        if not eq:
-            if i >= len(words):
-                return None
-            value = words[i]
-            i += 1
-        if not value or value.startswith("-"):
-            return None  # click's own messages for these
-        found[name] = value
+        i = taken
     if allowed is _GLOBAL or _CLIENT not in found:
         return None
     return found
@@ -78,19 +71,31 @@ def status_args(argv: Sequence[str]) -> dict[str, str] | None:
     found: dict[str, str] = {}
     i, head = 0, words[:-2]
     while i < len(head):
-        name, eq, value = head[i].partition("=")
-        i += 1
-        if name not in _GLOBAL or name in found:
+        taken = take_option(head, i, _GLOBAL, found)
+        if taken is None:
             return None
-        if not eq:
-            if i >= len(head):
-                return None
-            value = head[i]
-            i += 1
-        if not value or value.startswith("-"):
-            return None
-        found[name] = value
+        i = taken
     return found
+
+
+def take_option(words: Sequence[str], i: int, allowed: Sequence[str],
+                found: dict[str, str]) -> int | None:
+    """Store ``--opt VALUE`` or ``--opt=VALUE`` at ``words[i]`` in ``found``; the index
+    after it, or None if it is not one of ``allowed`` given once with a plain value (the
+    one parser of the click-free lines: click gives its own messages for the rest)."""
+    name, eq, value = words[i].partition("=")
+    if name not in allowed or name in found:
+        return None
+    i += 1
+    if not eq:
+        if i >= len(words):
+            return None
+        value = words[i]
+        i += 1
+    if not value or value.startswith("-"):
+        return None
+    found[name] = value
+    return i
 
 
 def _reported(call: Callable[[], int]) -> int:
