@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xsbackup.cli.entry import take_option
+from xsbackup.cli.lines import take_option
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -28,6 +28,7 @@ import os
 import sys
 
 from xsbackup import layout
+from xsbackup.cli.lines import take_option
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,25 +78,6 @@ def status_args(argv: Sequence[str]) -> dict[str, str] | None:
         i = taken
     return found
 
-
-def take_option(words: Sequence[str], i: int, allowed: Sequence[str],
-                found: dict[str, str]) -> int | None:
-    """Store ``--opt VALUE`` or ``--opt=VALUE`` at ``words[i]`` in ``found``; the index
-    after it, or None if it is not one of ``allowed`` given once with a plain value (the
-    one parser of the click-free lines: click gives its own messages for the rest)."""
-    name, eq, value = words[i].partition("=")
-    if name not in allowed or name in found:
-        return None
-    i += 1
-    if not eq:
-        if i >= len(words):
-            return None
-        value = words[i]
-        i += 1
-    if not value or value.startswith("-"):
-        return None
-    found[name] = value
-    return i
 
 
 def _reported(call: Callable[[], int]) -> int:
