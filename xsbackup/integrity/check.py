@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import hashlib
 import os
 from collections import defaultdict, deque
@@ -43,13 +42,12 @@ from xsbackup.integrity import content
 from xsbackup.integrity.structure import Finding, check_volume
 from xsbackup.logs import LOG
 from xsbackup.restore import resolve
-from xsbackup.restore.access import O_FILE, OpenSnapshot
+from xsbackup.restore.access import OpenSnapshot
 from xsbackup.snapshots import manifest
 from xsbackup.snapshots.snapshot import since_ns
 from xsbackup.store import get_xattrs, set_xattrs
 
 PPM = 1_000_000
-O_NOATIME = getattr(os, "O_NOATIME", 0)
 HELD = 64  # snapshots held open while their files wait to be hashed
 HASH_THREADS = 2  # reading one file overlaps hashing another; more gain little on a disk
 Progress = Callable[[str], None]
@@ -251,7 +249,6 @@ class _Hasher:
         self.work: Work = []
         self.dones: list[Done] = []
         self.files = self.size = 0
-        self.flags = [O_FILE | O_NOATIME]  # reading never touches a stored file's atime
 
     def submit(self, snap_fd: int, prefix: str, files: list[tuple[str, int, Done]]) -> None:
         """Queue ``files`` (name, size, callback) of the directory ``prefix`` below the
@@ -266,7 +263,7 @@ class _Hasher:
 
     def _send(self) -> None:
         if self.work:
-            self.queue.append((self.pool.submit(_hash_all, self.work, self.flags),
+            self.queue.append((self.pool.submit(_hash_all, self.work),
                                self.dones))
             self.work, self.dones, self.files, self.size = [], [], 0, 0
         while len(self.queue) > self.AHEAD or (self.queue and self.queue[0][0].done()):
@@ -290,11 +287,10 @@ class _Hasher:
         self.pool.shutdown()
 
 
-def _hash_all(work: Work, flags: list[int]) -> list[tuple[str, int] | None]:
+def _hash_all(work: Work) -> list[tuple[str, int] | None]:
     """Each file's (digest, bytes read), or None when it cannot be read (or its
-    directory cannot be opened). ``flags[0]`` drops O_NOATIME for good when the kernel
-    refuses it (it needs the file's owner or CAP_FOWNER). (A regular file's reads ignore
-    the O_NONBLOCK it is opened with.)"""
+    directory cannot be opened); read as ``content.read_digest`` reads (no atime
+    written where the kernel allows it)."""
     out: list[tuple[str, int] | None] = []
     for snap_fd, prefix, files in work:
         try:
@@ -304,28 +300,17 @@ def _hash_all(work: Work, flags: list[int]) -> list[tuple[str, int] | None]:
             continue
         try:
             for name, _ in files:
-                out.append(_hash_one(name, dir_fd, flags))
+                out.append(_hash_one(name, dir_fd))
         finally:
             os.close(dir_fd)
     return out
 
 
-def _hash_one(name: str, dir_fd: int, flags: list[int]) -> tuple[str, int] | None:
+def _hash_one(name: str, dir_fd: int) -> tuple[str, int] | None:
     try:
-        fd = os.open(name, flags[0], dir_fd=dir_fd)
-    except PermissionError as e:
-        if e.errno != errno.EPERM or flags[0] == O_FILE:
-            return None
-        flags[0] = O_FILE
-        return _hash_one(name, dir_fd, flags)
+        return content.read_digest(name, dir_fd)
     except OSError:
         return None
-    try:
-        return manifest.digest_fd(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def _check_snapshot(snap_fd: int, client: str, volume: str, sid: str, vol: _Volume,

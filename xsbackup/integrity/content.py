@@ -16,15 +16,11 @@ if TYPE_CHECKING:
 
 
 def read_digest(name: str, dir_fd: int | None) -> tuple[str, int]:
-    """(hex BLAKE2b-256, bytes read) of the stored file ``name`` below ``dir_fd``."""
-    from xsbackup.snapshots import manifest  # here: hashlib and threads, not for diff's walk
+    """(hex BLAKE2b-256, bytes read) of the stored file ``name`` below ``dir_fd``
+    (``digests.digest_at``: never following a symlink, no atime written)."""
+    from xsbackup.snapshots import digests  # here: hashlib and threads, not for diff's walk
 
-    fd = os.open(name, O_FILE, dir_fd=dir_fd)
-    try:
-        os.set_blocking(fd, True)
-        return manifest.digest_fd(fd)
-    finally:
-        os.close(fd)
+    return digests.digest_at(name, dir_fd)
 
 
 def digest(path: str, name: str, dir_fd: int | None, st: os.stat_result,
