@@ -8,6 +8,7 @@ cannot reach it (``/root``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import secrets
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import xsbackup
 from tests.conftest import TEST_LIMITS, free_port, running_sshd
 from tests.integration.test_ingest_ssh import make_tree, same_content
 
@@ -41,12 +43,35 @@ def system_venv() -> Iterator[Path]:
     if probe.returncode != 0 or probe.stdout.strip() != str(sys.version_info[:2]):
         pytest.skip(f"needs {SYSTEM_PYTHON} of Python {sys.version_info[:2]}")
     base = Path(tempfile.mkdtemp(prefix="xsb-sysvenv-", dir="/tmp"))
+    mounts: list[Path] = []
     try:
         base.chmod(0o755)
         venv = base / "venv"
         subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
         site = next(venv.glob("lib/python3*/site-packages"))
         ours = sysconfig.get_paths()["purelib"]
+        package = Path(xsbackup.__file__).parent
+        if not (_open_to_others(Path(ours)) and _open_to_others(package)):
+            # The checkout (and the test venv in it) sits where the service account cannot
+            # reach, e.g. a clone in a 0700 ``mktemp -d``: show it the packages through a
+            # bind mount here, and this checkout's package as a copy ahead of them.
+            mounted = base / "purelib"
+            mounted.mkdir()
+            subprocess.run(["mount", "--bind", ours, str(mounted)], check=True)
+            mounts.append(mounted)
+            # Read-only, so nothing through it (this fixture's clean-up included) can touch
+            # the test venv.
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(mounted)], check=True)
+            ours = str(mounted)
+            skip = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(package, base / "src" / "xsbackup", ignore=skip)
+            for mapped in ("_kit", "_hooks"):  # top-level restore/ and hooks/ (pyproject)
+                spec = importlib.util.find_spec(f"xsbackup.{mapped}")
+                assert spec is not None
+                assert spec.submodule_search_locations
+                shutil.copytree(spec.submodule_search_locations[0],
+                                base / "src" / "xsbackup" / mapped, ignore=skip)
+            (site / "0-xsbackup-checkout.pth").write_text(f"{base / 'src'}\n")
         (site / "xsbackup-under-test.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
         for name, module in (("xsbackup", "xsbackup.cli.main"),
                              ("xsbackup-login", "xsbackup.cli.login")):
@@ -55,7 +80,18 @@ def system_venv() -> Iterator[Path]:
             script.chmod(0o755)
         yield venv
     finally:
-        shutil.rmtree(base)
+        for mounted in mounts:
+            subprocess.run(["umount", str(mounted)], check=True)
+        shutil.rmtree(base)  # only once unmounted: the test venv is behind the mount
+
+
+def _open_to_others(path: Path) -> bool:
+    """Whether an account that is neither the owner nor in the group can read ``path``:
+    every directory on the way searchable by others, and ``path`` readable."""
+    resolved = path.resolve()
+    if not resolved.stat().st_mode & 0o004:
+        return False
+    return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
 
 
 @dataclass
