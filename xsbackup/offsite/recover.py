@@ -21,7 +21,6 @@ snapshot that is not already in the store, oldest first, and records each as rep
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,9 +33,9 @@ from xsbackup.logs import LOG
 from xsbackup.offsite import state
 from xsbackup.offsite.restic import Restic, Snapshot
 from xsbackup.restore.access import FAKE_SUPER
-from xsbackup.restore.resolve import exists
+from xsbackup.restore.resolve import at_or_before, exists
 from xsbackup.snapshots import postprocess, queue
-from xsbackup.store import SNAPSHOT_RE, check_client, check_volume, snapshot_sort_key, snapshot_time
+from xsbackup.store import SNAPSHOT_RE, check_client, check_volume, snapshot_sort_key
 
 Progress = Callable[[str], None]
 
@@ -98,16 +97,10 @@ def resolve(listing: list[Snapshot], client: str, volume: str | None,
         if at not in found[volume]:
             raise SnapshotNotFound(f"no off-site snapshot {at} of {volume}")
         return volume, found[volume][at]
-    try:
-        when = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidName(f"{at[:80]!r} is neither a snapshot id nor an ISO time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    older = [i for i in ids if snapshot_time(i) <= when]
-    if not older:
+    chosen = at_or_before(ids, at)
+    if chosen is None:
         raise SnapshotNotFound(f"no off-site snapshot of {volume} at or before {at}")
-    return volume, found[volume][older[-1]]
+    return volume, found[volume][chosen]
 
 
 def _set_root(path: str, snap: Snapshot) -> None:

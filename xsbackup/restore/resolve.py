@@ -73,6 +73,16 @@ def resolve(store: Store, client: str, volume: str, at: str | None) -> str:
         raise SnapshotNotFound(f"no snapshot {at} of {volume}")
     if at.startswith(MINUTE):
         return _of_minute(ids, volume, at[len(MINUTE):])
+    found = at_or_before(ids, at)
+    if found is None:
+        raise SnapshotNotFound(f"no snapshot of {volume} at or before {at}")
+    return found
+
+
+def at_or_before(ids: list[str], at: str) -> str | None:
+    """The newest of ``ids`` (oldest first) taken at or before the ISO time ``at`` (UTC
+    unless it says otherwise); None if all are newer. The one reading of a time for local
+    and off-site snapshots."""
     try:
         when = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
     except ValueError:
@@ -80,9 +90,7 @@ def resolve(store: Store, client: str, volume: str, at: str | None) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     older = [i for i in ids if snapshot_time(i) <= when]
-    if not older:
-        raise SnapshotNotFound(f"no snapshot of {volume} at or before {at}")
-    return older[-1]
+    return older[-1] if older else None
 
 
 def _of_minute(ids: list[str], volume: str, minute: str) -> str:
