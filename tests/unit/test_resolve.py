@@ -174,3 +174,20 @@ def test_pick_volume(store: Store) -> None:
         resolve.pick_volume(store, "SN2", None)
     with pytest.raises(InvalidName):
         resolve.pick_volume(store, SN, "../x")
+
+
+def test_offsite_snapshot_at_a_time_is_the_newest_at_or_before_it() -> None:
+    """Off-site copies read a time by the same rule as local snapshots."""
+    from xsbackup.offsite.recover import resolve as offsite_resolve
+    from xsbackup.offsite.restic import Snapshot
+
+    ids = ["2026-01-01T100000Z", "2026-01-02T100000Z", "2026-01-03T100000Z"]
+    listing = [Snapshot(f"r{n}", f"r{n}", "2026-01-04T00:00:00Z", SN,
+                        (f"volume:{VOL}", f"snapshot:{sid}")) for n, sid in enumerate(ids)]
+    assert offsite_resolve(listing, SN, VOL, "2026-01-02T23:00:00")[1].id == "r1"
+    assert offsite_resolve(listing, SN, None, "2026-01-03T10:00:00+00:00")[1].id == "r2"
+    assert offsite_resolve(listing, SN, VOL, "2026-01-02T12:00:00+03:00")[1].id == "r0"
+    with pytest.raises(SnapshotNotFound, match=r"no off-site snapshot of \w+ at or before"):
+        offsite_resolve(listing, SN, VOL, "2025-12-31")
+    with pytest.raises(InvalidName, match="neither a snapshot id nor an ISO time"):
+        offsite_resolve(listing, SN, VOL, "yesterday")
