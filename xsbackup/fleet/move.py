@@ -56,6 +56,7 @@ from xsbackup.errors import ClientNotFound, MoveFailed
 from xsbackup.fleet import listing
 from xsbackup.fleet.inventory import FleetServer, Inventory
 from xsbackup.fleet.remote import XSBACKUP, ServerConnection, last_line, reason
+from xsbackup.storage.manifests import PART_SUFFIXES
 from xsbackup.store import (
     atomic_write,
     check_client,
@@ -179,7 +180,7 @@ class Move:
             snaps = [self._remote(f"{vol_src}/snapshots/./{sid}") for sid in walked]
             dst, mf = f"{vol_dst}/snapshots/", f"{vol_dst}/manifests"
             manifests = [self._remote(f"{vol_src}/manifests/./{sid}{suffix}") for sid in ids
-                         for suffix in (".jsonl", ".base")]  # a delta and its base
+                         for suffix in PART_SUFFIXES]  # a delta and its chain too
             digest = shlex.join([src.command, "--root", src.root, "fleet", "tree-digest",
                                  self.journal.serial, volume, *walked])
             verify = shlex.join(["--bytes-checked", *(["--base", base] if base else []),
