@@ -27,7 +27,7 @@ from tests.unit.test_manifest_merge import (
 from xsbackup.snapshots import manifest
 from xsbackup.storage.manifests import PART_SUFFIXES
 
-SIDS = [f"2026-01-{d:02d}T000000Z" for d in range(1, 13)]
+SIDS = [f"2026-01-{d:02d}T000000Z" for d in range(1, 29)]
 step = st.tuples(st.lists(st.sampled_from(["keep", "edit", "drop"]), min_size=12,
                           max_size=12),
                  st.dictionaries(paths, st.binary(max_size=8), max_size=4),
@@ -92,7 +92,7 @@ def test_a_chain_is_at_most_max_depth_deep_and_survives_pruning_its_middle(
     depth = manifest.MAX_DEPTH
     assert hows == ["built", *["delta"] * depth, "merged", "delta"]
     deepest = SIDS[depth]
-    assert len(files_of(store, deepest)) == depth + 1  # itself, its base and d1..d7
+    assert len(files_of(store, deepest)) == depth + 1  # itself, its base and d1 ..
     head = orjson.loads(manifest._read_part(backend, CLIENT, VOLUME, deepest).split(
         b"\n", 1)[0])  # type: ignore[union-attr]
     assert (head["version"], head["depth"], head["records"]) == (4, depth, 1)

@@ -43,7 +43,7 @@ EXACT_USAGE = "exact-usage"          # measure() gives exact exclusive bytes per
 
 # The parts a content manifest may rest on, in order (``Backend.write_manifest``): a
 # whole manifest (its base), then the deltas between it and the manifest itself.
-MANIFEST_CHAIN = ("base", *(f"d{i}" for i in range(1, 8)))
+MANIFEST_CHAIN = ("base", *(f"d{i}" for i in range(1, 16)))
 
 
 @record(frozen=True)
