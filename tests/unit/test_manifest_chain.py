@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -155,3 +156,32 @@ def test_a_store_of_version_3_deltas_is_read_and_a_chain_grows_on_it(
     assert backend.delete(CLIENT, VOLUME, SIDS[2]) == ""
     assert manifest.read_bytes(backend, CLIENT, VOLUME, SIDS[3]) == \
         from_scratch(snaps / SIDS[3])
+
+
+def test_a_chain_missing_a_part_reads_as_damaged_and_the_next_is_built_whole(
+        tmp_path: Path) -> None:
+    store, backend = new_backend(tmp_path)
+    snaps = store.snapshots_dir(CLIENT, VOLUME)
+    state = {"a": b"1", "b": b"2", "c": b"3"}
+    plant(snaps / SIDS[0], state, {})
+    promote(backend, SIDS[0], snaps / SIDS[0], None, None)
+    for n, edit in enumerate(["a", "b", "c"], start=1):
+        after = {**state, edit: state[edit] + b"!"}
+        prev = snaps / SIDS[n - 1]
+        new = store.incoming_dir(CLIENT, VOLUME) / SIDS[n]
+        plant(new, after, {p: prev / p for p, b in after.items() if state.get(p) == b})
+        assert promote(backend, SIDS[n], new, prev, SIDS[n - 1]).how == "delta"
+        backend.promote(CLIENT, VOLUME, SIDS[n])
+        state = after
+    (store.volume_dir(CLIENT, VOLUME) / "manifests" / f"{SIDS[3]}.d1").unlink()
+    with pytest.raises(manifest.ManifestError, match="d1 is missing"):
+        manifest.read_bytes(backend, CLIENT, VOLUME, SIDS[3])
+    after = {**state, "d": b"4"}
+    new = store.incoming_dir(CLIENT, VOLUME) / SIDS[4]
+    plant(new, after, {p: snaps / SIDS[3] / p for p in state})
+    stats = promote(backend, SIDS[4], new, snaps / SIDS[3], SIDS[3])
+    assert (stats.how, stats.hashed_files) == ("built", 4)
+    assert files_of(store, SIDS[4]) == {f"{SIDS[4]}.jsonl"}
+    backend.promote(CLIENT, VOLUME, SIDS[4])
+    assert manifest.read_bytes(backend, CLIENT, VOLUME, SIDS[4]) == \
+        from_scratch(snaps / SIDS[4])
