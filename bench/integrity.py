@@ -11,7 +11,10 @@ Four measurements, each side by side with its reference in the same run (interle
   ``manifest.keep``, which hashes and writes), plus what the walk spends for the manifest
   (``walk_bookkeeping``: the walk's CPU time with the manifest's bookkeeping less
   without, fastest of 5 interleaved pairs each), against ``b2sum -l 256`` of just those
-  files. Target: at most 1.1x.
+  files. Target: at most 1.1x. Then (``--chain``, informative) that many successive 1%
+  changes, each promoted over the last with nothing in between: the manifest step of
+  each against ``b2sum`` of its changed files, and how its manifest was written (its
+  chain's depth): a step should cost the same at every depth.
 * **C, check --read-data**: ``xsbackup check SN --read-data`` over a store of
   ``--check-snapshots`` snapshots of a ``--check-mb`` MB, ``--check-files`` file tree
   (each snapshot changes 1% of the files), against ``b2sum -l 256`` of every distinct
@@ -235,8 +238,10 @@ def bench_promotion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
               f"{times['without'][-1]:.3f}s; {len(changed)} changed: manifest step "
               f"{times['changed_manifest_step'][-1] * 1e3:.1f}ms, b2sum "
               f"{times['changed_b2sum'][-1] * 1e3:.1f}ms", flush=True)
+    chain = successive_changes(p, src, args, rng)
     return {"tree": tree, "timings": times, "summary": {k: summary(v) for k, v in
                                                           times.items()},
+            "chain": chain,
             "manifest_counts": counts, "changed_percent": args.changed,
             "manifest_step_parts": {k: summary(v) for k, v in BREAKDOWN.items()},
             "ratios": {"promotion_with/without": median(times["with"]) /
@@ -245,6 +250,37 @@ def bench_promotion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                        median(times["changed_b2sum"]),
                        "changed_manifest_step_alone/b2sum": median(
                            times["changed_manifest_step"]) / median(times["changed_b2sum"])}}
+
+
+def successive_changes(p: Promotion, src: Path, args: argparse.Namespace,
+                       rng: random.Random) -> dict[str, Any]:
+    """``args.chain`` successive ``args.changed`` percent changes, each promoted over the
+    one before (nothing rewrites a manifest in between, so deltas chain up): per step the
+    manifest step's time, ``b2sum`` of its changed files, and the manifest's header."""
+    import orjson
+
+    out: dict[str, list[Any]] = {"manifest_step": [], "b2sum": [], "how": [], "head": []}
+    for r in range(args.chain):
+        changed = change_files(src, args.changed, rng, 1_900_000_000 + r)
+        p.ingest()
+        os.sync()
+        with manifest_timer(p, out["manifest_step"]):
+            _, stats = process_once(p)
+        sid = p.store.latest_id(SN, VOLUME)
+        assert sid is not None
+        snap = p.store.snapshots_dir(SN, VOLUME) / sid
+        out["b2sum"].append(b2sum([snap / c for c in changed], settle=True))
+        out["how"].append(stats.get("how"))
+        with (p.store.volume_dir(SN, VOLUME) / "manifests" / f"{sid}.jsonl").open("rb") as fh:
+            head = orjson.loads(fh.readline())
+        out["head"].append({k: head.get(k) for k in ("version", "records", "gone", "depth",
+                                                      "lines")})
+        print(f"chain step {r + 1}: manifest step {out['manifest_step'][-1] * 1e3:.1f}ms "
+              f"({stats.get('how')}, {out['head'][-1]}), b2sum {out['b2sum'][-1] * 1e3:.1f}ms",
+              flush=True)
+    out["step/b2sum"] = [a / b for a, b in zip(out["manifest_step"], out["b2sum"],
+                                                strict=True)]
+    return out
 
 
 def process_env(p: Promotion) -> dict[str, str]:
@@ -391,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--changed", type=float, default=1.0, help="percent changed (B, D)")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--chain", type=int, default=8,
+                    help="successive changes promoted one over the other after B (0: none)")
     ap.add_argument("--check-files", type=int, default=20_000)
     ap.add_argument("--check-mb", type=int, default=1024)
     ap.add_argument("--check-snapshots", type=int, default=10)
@@ -439,6 +477,10 @@ def print_table(r: dict[str, Any]) -> None:
         if key in r.get(part, {}).get("ratios", {}):
             print(f"{name + ' (' + str(r[part]['baseline']) + ')':<44} "
                   f"{r[part]['ratios'][key]:7.3f}")
+    chain = r.get("promotion", {}).get("chain") or {}
+    if chain.get("step/b2sum"):
+        print(f"{'B successive changes, step/b2sum by depth':<44} "
+              + " ".join(f"{x:.2f}" for x in chain["step/b2sum"]))
     for name, value, target, sense in rows:
         ok = value <= target if sense == "<=" else value >= target
         print(f"{name:<44} {value:7.3f}  target {sense} {target}  {'met' if ok else 'NOT met'}")

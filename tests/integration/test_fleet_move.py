@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import XSBACKUP, Sshd, local_push
 from tests.fleet_kit import FleetKit, fleet_of
+from xsbackup.snapshots import manifest
 from xsbackup.store import Store, get_xattrs, init_root
 
 pytestmark = pytest.mark.integration
@@ -85,6 +86,11 @@ def test_move_client_killed_three_times_resumes_to_an_exact_copy(
         a.xsbackup("postprocess")  # ten waiting transfers, each linked to the one before
         before = history(a.store)
         assert len(before) == 10
+        # deltas chained (the ninth snapshot: base, d1 .. d7 beside it)
+        manifests = {sid: manifest.read_bytes(a.ctx().storage, SN, "documents", sid)
+                     for sid in before}
+        parts = os.listdir(a.store.volume_dir(SN, "documents") / "manifests")
+        assert f"{sorted(before)[8]}.d7" in parts
         source_du = du_total(kit, "a")
         facts = get_xattrs(a.store.client_dir(SN))
         assert facts["last_success"]
@@ -105,6 +111,8 @@ def test_move_client_killed_three_times_resumes_to_an_exact_copy(
 
         # The same ids, bytes, modes, mtimes and xattrs (facts, fake-super records).
         assert history(b.store) == before
+        assert {sid: manifest.read_bytes(b.ctx().storage, SN, "documents", sid)
+                for sid in before} == manifests  # every chain part came along
         assert b.store.latest_id(SN, "documents") == max(before)
         assert get_xattrs(b.store.client_dir(SN)) == facts
         # Sharing kept: not ten copies of the 300 kB file.

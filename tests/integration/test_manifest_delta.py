@@ -1,9 +1,10 @@
-"""Delta manifests (version 3) on real backups: a delta rests on a whole manifest kept
-beside it as its ``base`` part; one reader (``manifest.read_bytes``) resolves it into the
-very bytes a manifest built from scratch has; a delta over a delta is the two merged
-(chains stay one deep) and becomes a whole manifest once it grows; pruning the snapshot
-a base came from breaks nothing, on every backend; a crash between the delta's write and
-the facts is finished by the next run; and every reader agrees with a whole manifest."""
+"""Delta manifests (version 4) on real backups: a delta rests on a whole manifest and the
+deltas between, kept beside it as its ``base``, ``d1``, ... parts; one reader
+(``manifest.read_bytes``) resolves it into the very bytes a manifest built from scratch
+has; a delta over a delta holds only its own changes (a chain), and the chain becomes a
+whole manifest once it grows; pruning the snapshots a chain came from breaks nothing, on
+every backend; a crash between the delta's write and the facts is finished by the next
+run; and every reader agrees with a whole manifest."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from xsbackup.fleet import verify
 from xsbackup.integrity import check
 from xsbackup.snapshots import manifest, postprocess
 from xsbackup.snapshots.snapshot import read_facts
-from xsbackup.storage.manifests import BASE_SUFFIX, MANIFEST_SUFFIX
+from xsbackup.storage.manifests import PART_SUFFIXES
 
 pytestmark = pytest.mark.integration
 SN, VOL = "SHF00DELTA1", "documents"
@@ -64,9 +65,11 @@ def tree(src: Path, n: int) -> None:
         where.write_bytes(f"file {i}\n".encode() * (i % 7 + 1))
 
 
-def parts(server: Server, sid: str) -> tuple[Path, Path]:
+def parts(server: Server, sid: str) -> tuple[Path, ...]:
+    """The snapshot's manifest files: its own, its base, then d1, d2, ... (whether or
+    not they exist)."""
     d = server.store.volume_dir(SN, VOL) / "manifests"
-    return d / f"{sid}{MANIFEST_SUFFIX}", d / f"{sid}{BASE_SUFFIX}"
+    return tuple(d / f"{sid}{suffix}" for suffix in PART_SUFFIXES)
 
 
 @pytest.mark.parametrize("server", BACKENDS, indirect=True)
@@ -95,9 +98,12 @@ def test_a_chain_survives_pruning_its_base_on_every_backend(server: Server,
         # reflink snapshots share no inode, so their manifests are whole
         assert [f1["how"], f2["how"], f3["how"]] == ["delta", "linked", "delta"]
         assert f3["hashed_files"] == 2
-        _main, base = parts(server, s3)
-        assert base.stat().st_ino == parts(server, s0)[0].stat().st_ino  # one deep
+        _main, base, d1, d2 = parts(server, s3)[:4]
+        assert base.stat().st_ino == parts(server, s0)[0].stat().st_ino
+        assert d1.stat().st_ino == parts(server, s1)[0].stat().st_ino  # a chain
+        assert not d2.exists()
         assert parts(server, s2)[0].stat().st_ino == parts(server, s1)[0].stat().st_ino
+        assert b'"depth":2' in parts(server, s3)[0].read_bytes()
     agree(server)
     ctx = server.ctx()
     for sid in (s0, s1):  # the base's snapshot, then the first delta's
@@ -129,9 +135,9 @@ def test_a_growing_delta_is_compacted_into_a_whole_manifest(server: Server,
     edit(files[:10], b"few\n")
     s2, f2 = push(server, src)
     edit(files[10:20], b"few more\n")
-    s3, f3 = push(server, src)  # a delta over a delta: merged into one over s1
+    s3, f3 = push(server, src)  # a delta over a delta: a chain of two over s1
     edit(files[20:n - 20], b"most\n")
-    s4, f4 = push(server, src)  # the merged delta would be over the bound
+    s4, f4 = push(server, src)  # the chain's lines would be over the bound
     assert [f1["how"], f2["how"], f3["how"], f4["how"]] == ["merged", "delta", "delta",
                                                            "merged"]
     assert [f2["hashed_files"], f3["hashed_files"]] == [10, 10]
@@ -140,9 +146,12 @@ def test_a_growing_delta_is_compacted_into_a_whole_manifest(server: Server,
     for sid in (s2, s3):
         base = parts(server, sid)[1]
         assert base.stat().st_ino == parts(server, s1)[0].stat().st_ino
+    assert parts(server, s3)[2].stat().st_ino == parts(server, s2)[0].stat().st_ino
     head = parts(server, s3)[0].read_bytes().split(b"\n", 1)[0]
-    assert b'"version":3' in head
-    assert b'"records":20' in head
+    assert b'"version":4' in head
+    assert b'"records":10' in head  # its own changes only
+    assert b'"depth":2' in head
+    assert b'"lines":20' in head
     agree(server)
 
 
@@ -160,7 +169,7 @@ def test_a_crash_between_the_delta_and_the_facts_is_finished(server: Server,
                              capture_output=True, text=True, timeout=60)
     assert crashed.returncode == -9, crashed.stderr
     sid = server.store.incoming_ids(SN, VOL)[0]
-    main, base = parts(server, sid)
+    main, base = parts(server, sid)[:2]
     assert main.exists()
     assert base.exists()
     assert server.store.snapshot_ids(SN, VOL)[-1] != sid

@@ -178,14 +178,15 @@ class Move:
             walked = ([base] if base else []) + ids
             snaps = [self._remote(f"{vol_src}/snapshots/./{sid}") for sid in walked]
             dst, mf = f"{vol_dst}/snapshots/", f"{vol_dst}/manifests"
-            manifests = [self._remote(f"{vol_src}/manifests/./{sid}{suffix}") for sid in ids
-                         for suffix in (".jsonl", ".base")]  # a delta and its base
+            # each snapshot's manifest files: its own and its chain's (``.base``, ``.d1``..)
+            manifests = [*(f"--include=/{sid}.*" for sid in ids), "--exclude=*",
+                         self._remote(f"{vol_src}/manifests/")]
             digest = shlex.join([src.command, "--root", src.root, "fleet", "tree-digest",
                                  self.journal.serial, volume, *walked])
             verify = shlex.join(["--bytes-checked", *(["--base", base] if base else []),
                                  self.journal.serial, volume, *ids])
             body += [f"mkdir -p {shlex.quote(dst)} {shlex.quote(mf)}",
-                     self._job("mf", self._rsync("-R", "--ignore-missing-args", *manifests,
+                     self._job("mf", self._rsync("--ignore-missing-args", *manifests,
                                                  f"{mf}/")),
                      self._job("sums", f'eval "$rsh" {_twice(src.host)} {_twice(digest)} '
                                "$owners", stderr=False),

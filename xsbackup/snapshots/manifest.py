@@ -13,30 +13,35 @@ never reads those records:
 
 * nothing new and nothing gone: the new manifest *is* the previous one, and the backend
   links it (``Backend.link_manifest``; v2 and v3 manifests name no snapshot);
-* otherwise a *delta* (v3) is written: the new files' records (their content read and
-  hashed, on threads when there is much of it) and the gone paths, resting on a whole
-  manifest (the previous one, or the one the previous delta rests on, which the backend
-  keeps beside it as its ``base`` part, so pruning the snapshot it came from never
-  breaks it). Chains are one delta deep: a delta on a delta is the two merged
-  (``compose``), and once it would list more than ``DELTA_FRACTION`` of its base's
-  records (and ``DELTA_MIN_LINES``), a whole manifest is written instead (``merge``:
-  the previous manifest's bytes with the changes spliced in);
+* otherwise a *delta* (v4) is written: the new files' records (their content read and
+  hashed, on threads when there is much of it) and the gone paths, this promotion's
+  changes only, resting on the previous manifest: on the previous whole manifest, or,
+  when the previous one is a delta, on its chain and itself. The backend keeps every
+  file of the chain beside the new manifest (its ``base``, ``d1``, ... parts:
+  ``MANIFEST_CHAIN``), so pruning the snapshots they came from never breaks it. Once
+  the chain would be deeper than ``MAX_DEPTH`` deltas, or list more than
+  ``DELTA_FRACTION`` of its base's records (and ``DELTA_MIN_LINES``) in all, a whole
+  manifest is written instead (``merge``: the previous manifest's bytes with the
+  changes spliced in);
 * without a usable previous manifest, or when the walk could not compare (``repair``),
   every record is built (``build``): a file reuses the digest of the previous manifest's
   record of its inode when that is sound (``_same_file``), the others are read.
 
 ``read_bytes`` is the one reader: it resolves a delta into the whole manifest's bytes
-(its base with the changes spliced in, each place found by a search over the sorted
-lines that parses only the lines it probes), which ``parse_lines`` reads.
+(its chain's deltas composed, then spliced into its base, each place found by a search
+over the sorted lines that parses only the lines it probes), which ``parse_lines``
+reads.
 
 **Format** (``docs/manifest.md``): UTF-8 text, one JSON object per line. The first line
 is the header ``{"format": "xsbackup-manifest", "version": 2, "algorithm":
 "blake2b-256", "files": N}`` (version 1 also named the snapshot; it is still read); then
 one line per regular file, sorted by path (code points): ``{"p": PATH, "i": INODE, "s":
 SIZE, "m": MTIME_NS, "d": HEX_DIGEST}``, where a path that is not valid UTF-8 is given as
-``"x": HEX_OF_ITS_BYTES`` instead of ``"p"``. A delta's header has ``"version": 3`` and
-``"records": R, "gone": G``; then R record lines and G gone lines (``{"g": PATH}``, a
-directory's path ending in ``/``), each sorted (``manifest_lines``).
+``"x": HEX_OF_ITS_BYTES`` instead of ``"p"``. A delta's header has ``"version": 4``,
+``"records": R, "gone": G``, its place in its chain ``"depth": D`` and the chain's lines
+in all ``"lines": L``; then R record lines and G gone lines (``{"g": PATH}``, a
+directory's path ending in ``/``), each sorted (``manifest_lines``). A version 3 delta
+(written before chains: ``"depth"`` 1, over its base alone) is still read.
 """
 
 from __future__ import annotations
@@ -58,25 +63,28 @@ from xsbackup.snapshots.manifest_lines import (
     gone_path,
     line,
     load,
-    merge_lines,
     record,
     record_at,
     seek,
     splice,
 )
 from xsbackup.snapshots.snapshot import Changes
-from xsbackup.storage.base import Backend
+from xsbackup.storage.base import MANIFEST_CHAIN, Backend
 
 __all__ = ["ManifestError", "Record", "digest_at", "digest_fd", "new_hash"]
 
 FORMAT = "xsbackup-manifest"
 VERSION = 2
-DELTA = 3                   # a delta manifest: records and gone paths over its base
+MERGED = 3                  # a delta over its base alone (written before chains; read)
+DELTA = 4                   # a delta: records and gone paths over the manifest before it
+DELTAS = (MERGED, DELTA)
 WHOLE = (1, 2)
-READABLE = (1, 2, DELTA)
+READABLE = (*WHOLE, *DELTAS)
 ALGORITHM = "blake2b-256"
-DELTA_FRACTION = 8          # a delta lists at most 1/8 of its base's records ...
+MAX_DEPTH = len(MANIFEST_CHAIN)  # deltas a reader applies to a base, at most
+DELTA_FRACTION = 8          # a chain's deltas list at most 1/8 of its base's records ...
 DELTA_MIN_LINES = 256       # ... or this many lines, whichever is more
+_DELTA_HEADS = tuple(b'{"format":"%s","version":%d,' % (FORMAT.encode(), v) for v in DELTAS)
 
 
 @dataclass
@@ -110,8 +118,10 @@ def _head(raw: bytes, versions: tuple[int, ...] = READABLE) -> dict[str, Any]:
     if head.get("format") != FORMAT or head.get("version") not in versions or \
             not isinstance(head.get("files"), int):
         raise ManifestError("line 1 is not an xsbackup manifest header")
-    if head["version"] == DELTA and not (isinstance(head.get("records"), int) and
-                                         isinstance(head.get("gone"), int)):
+    if head["version"] in DELTAS and not (
+            isinstance(head.get("records"), int) and isinstance(head.get("gone"), int) and
+            (head["version"] == MERGED or (isinstance(head.get("lines"), int) and
+             isinstance(head.get("depth"), int) and 1 <= head["depth"] <= MAX_DEPTH))):
         raise ManifestError("line 1 is not an xsbackup manifest header")
     return head
 
@@ -149,15 +159,22 @@ def _read_part(storage: Backend, client: str, volume: str, sid: str,
 
 
 def read_bytes(storage: Backend, client: str, volume: str, sid: str) -> bytes | None:
-    """The snapshot's whole manifest (a delta resolved over its base); None when it has
-    none. ManifestError when a delta is damaged or its base is missing."""
+    """The snapshot's whole manifest (a delta resolved over its chain); None when it has
+    none. ManifestError when a delta is damaged or a file of its chain is missing."""
     data = _read_part(storage, client, volume, sid)
-    if data is None or not data.startswith(b'{"format":"xsbackup-manifest","version":3,'):
+    if data is None or not data.startswith(_DELTA_HEADS):
         return data
+    deltas = []
+    depth = int(_head(data[:data.find(b"\n")], DELTAS).get("depth", 1))
+    for part in MANIFEST_CHAIN[1:depth]:
+        below = _read_part(storage, client, volume, sid, part)
+        if below is None:
+            raise ManifestError(f"the manifest is a delta and its chain's {part} is missing")
+        deltas.append(below)
     base = _read_part(storage, client, volume, sid, "base")
     if base is None:
         raise ManifestError("the manifest is a delta and its base is missing")
-    return resolve(base, data)
+    return resolve(base, [*deltas, data])
 
 
 def read(storage: Backend, client: str, volume: str, sid: str) -> list[Record] | None:
@@ -168,49 +185,65 @@ def read(storage: Backend, client: str, volume: str, sid: str) -> list[Record] |
 
 
 class Delta:
-    """A delta manifest's parts: its header's fields, its record lines and its gone
-    lines (each a ``bytes`` of whole lines, sorted), and the gone paths."""
+    """A delta manifest's parts: its header's fields, its place in its chain (``depth``,
+    1 for a version 3 delta) and its lines (records, then gone paths)."""
 
     def __init__(self, data: bytes) -> None:
         end = data.find(b"\n")
         if end < 0 or not data.endswith(b"\n"):
             raise ManifestError("the manifest does not end with a complete line")
-        self.head = _head(data[:end], (DELTA,))
+        self.head = _head(data[:end], DELTAS)
+        self.depth = int(self.head.get("depth", 1))
         lines = data[end + 1:].split(b"\n")[:-1]
         want = self.head["records"] + self.head["gone"]
         if len(lines) != want:
             raise ManifestError(f"the header announces {want} lines, the delta has "
                                 f"{len(lines)}")
-        n = self.n_records = self.head["records"]
-        self.n_gone = self.head["gone"]
-        cut = end + 1 + sum(len(raw) + 1 for raw in lines[:n])
-        self.records, self.gone = data[end + 1:cut], data[cut:]
+        self.n_records = self.head["records"]
         self._lines = lines
 
-    def parse(self) -> tuple[list[str], list[str]]:
-        """The records' paths and the gone paths (ManifestError for a damaged line)."""
+    def parse(self) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """The records' (path, line) and the gone paths (ManifestError for a damaged
+        line)."""
         n, lines = self.n_records, self._lines
-        return ([record(load(raw, i), i).path for i, raw in enumerate(lines[:n], 2)],
+        return ([(record(load(raw, i), i).path, raw) for i, raw in enumerate(lines[:n], 2)],
                 [gone_path(load(raw, i), i) for i, raw in enumerate(lines[n:], n + 2)])
 
 
-def resolve(base: bytes, data: bytes) -> bytes:
-    """The whole manifest a delta ``data`` makes of the whole manifest ``base``: its
-    lines with the gone paths and the delta's paths cut out and the delta's records put
-    in. ManifestError if either is damaged or the count disagrees."""
-    delta = Delta(data)
-    paths, gone = delta.parse()
+def resolve(base: bytes, deltas: list[bytes]) -> bytes:
+    """The whole manifest a chain of ``deltas`` (the first over ``base``, each over the
+    one before) makes of the whole manifest ``base``. The deltas are composed first (a
+    later record or gone path replaces an earlier record of that path or below it);
+    then ``base``'s lines of every gone path and record path are cut out and the
+    records put in. ManifestError if any is damaged, out of place, or the count
+    disagrees."""
+    records: dict[str, bytes] = {}
+    gone: dict[str, None] = {}
+    files = 0
+    for depth, data in enumerate(deltas, start=1):
+        delta = Delta(data)
+        if delta.depth != depth:
+            raise ManifestError(f"part {depth} of the delta's chain is a delta of depth "
+                                f"{delta.depth}")
+        rows, paths = delta.parse()
+        dirs = tuple(g for g in paths if g.endswith("/"))
+        for g in paths:
+            records.pop(g, None)
+            gone[g] = None
+        if dirs and records:
+            records = {p: raw for p, raw in records.items() if not p.startswith(dirs)}
+        records.update(rows)
+        files = delta.head["files"]
     start = base.find(b"\n") + 1
     if not start or not base.endswith(b"\n"):
         raise ManifestError("the base of the delta does not end with a complete line")
     count = _head(base[:start - 1], WHOLE)["files"]
-    raws = delta.records.split(b"\n")
-    pieces, cut = splice(base, start, gone + paths,
-                         [(p, raw + b"\n") for p, raw in zip(paths, raws, strict=False)])
-    files = delta.head["files"]
-    if count - cut + len(paths) != files:
+    order = sorted(records)
+    pieces, cut = splice(base, start, [*gone, *order],
+                         [(p, records[p] + b"\n") for p in order])
+    if count - cut + len(order) != files:
         raise ManifestError(f"the header announces {files} files, the delta over its base "
-                            f"makes {count - cut + len(paths)}")
+                            f"makes {count - cut + len(order)}")
     return header(files) + b"".join(pieces)
 
 
@@ -219,14 +252,17 @@ def resolve(base: bytes, data: bytes) -> bytes:
 
 class Previous:
     """The previous snapshot's manifest, for ``keep`` and ``build``: its id, version and
-    header line, how many records it announces, a delta's bytes and its base's record
-    count, and (resolved when first needed) the whole manifest's bytes."""
+    header line, how many records it announces, a delta's place in its chain, its
+    chain's lines in all and its base's record count, and (resolved when first needed)
+    the whole manifest's bytes."""
 
     def __init__(self, storage: Backend, client: str, volume: str, sid: str, head: bytes,
                  fields: dict[str, Any]) -> None:
         self.sid, self.head, self.count = sid, head, int(fields["files"])
         self.version = int(fields["version"])
-        self.delta = b""
+        self.depth = 0 if self.version in WHOLE else int(fields.get("depth", 1))
+        self.lines = 0 if self.version in WHOLE else \
+            int(fields.get("lines", fields["records"] + fields["gone"]))
         self.base_count = self.count
         self._where = (storage, client, volume)
         self._data: bytes | None = None
@@ -260,11 +296,9 @@ def previous(storage: Backend, client: str, volume: str, sid: str | None) -> Pre
         except ManifestError:
             return None
         prev = Previous(storage, client, volume, sid, head, fields)
-        if prev.version == DELTA:
-            prev.delta = head + fh.read()
     if not head.endswith(b"\n"):
         return None
-    if prev.version == DELTA:
+    if prev.depth:
         base = storage.open_manifest(client, volume, sid, "base")
         if base is None:
             return None
@@ -286,7 +320,7 @@ def keep(storage: Backend, client: str, volume: str, sid: str, tree: Path,
     origin = storage.copied_from(client, volume)
     if prev is not None and prev.count == changes.kept == changes.files and \
             not changes.new and not changes.gone and \
-            (prev.version == DELTA or prev.head == header(prev.count)):
+            (prev.depth or prev.head == header(prev.count)):
         # (a v1 header names its snapshot: such a manifest is never linked)
         storage.link_manifest(client, volume, sid, prev.sid)
         return BuildStats(changes.files, changes.files, how="linked")
@@ -297,8 +331,11 @@ def keep(storage: Backend, client: str, volume: str, sid: str, tree: Path,
         new = _hash_new(tree, changes.new, stats)
         got = delta(changes, prev, new, stats)
         if got is not None:
-            storage.write_manifest(client, volume, sid, got[0], base=got[1])
-            return stats
+            try:
+                storage.write_manifest(client, volume, sid, got[0], chain=got[1])
+                return stats
+            except FileNotFoundError:  # a file of the previous chain is gone: whole
+                pass
     if prev is not None:
         data, stats = merge(tree, changes, prev, origin, new, stats)
     if data is None:
@@ -309,36 +346,26 @@ def keep(storage: Backend, client: str, volume: str, sid: str, tree: Path,
 
 
 def delta(changes: Changes, prev: Previous, new: list[Record],
-          stats: BuildStats) -> tuple[bytes, tuple[str, str]] | None:
-    """A delta manifest of the new records and the gone paths over ``prev``'s whole
-    manifest (over its base, merged with its own delta, when ``prev`` is a delta), and
-    the base it rests on; None when it would be too large (or ``prev``'s delta is
-    damaged): a whole manifest is written then."""
+          stats: BuildStats) -> tuple[bytes, list[tuple[str, str]]] | None:
+    """A delta manifest of the new records and the gone paths over ``prev``'s manifest,
+    and the chain it rests on (``prev``'s own chain and ``prev`` itself, or ``prev``
+    alone when it is whole); None when the chain would be deeper than ``MAX_DEPTH`` or
+    list more lines in all than ``DELTA_FRACTION`` of its base's records (and
+    ``DELTA_MIN_LINES``): a whole manifest is written then. O(this promotion's
+    changes): ``prev``'s deltas are neither read nor rewritten."""
     gone = sorted(changes.gone)
     adds = sorted((r.path, line(r) + b"\n") for r in new)
-    base = (prev.sid, "")
-    if prev.version == DELTA:
-        try:
-            old = Delta(prev.delta)
-        except ManifestError:
-            return None
-        records, cut = merge_lines(old.records, gone + [p for p, _ in adds], adds)
-        n_records = old.n_records - cut + len(adds)
-        # a gone path replaces its own line and the lines below it (a directory's)
-        gones, cut = merge_lines(old.gone, gone, [(g, gone_line(g) + b"\n") for g in gone])
-        n_gone = old.n_gone - cut + len(gone)
-        base = (prev.sid, "base")
-    else:
-        records = b"".join(raw for _, raw in adds)
-        n_records = len(adds)
-        gones = b"".join(gone_line(g) + b"\n" for g in gone)
-        n_gone = len(gone)
-    if n_records + n_gone > max(DELTA_MIN_LINES, prev.base_count // DELTA_FRACTION):
+    chain = [(prev.sid, part) for part in MANIFEST_CHAIN[:prev.depth]] + [(prev.sid, "")]
+    lines = prev.lines + len(adds) + len(gone)
+    if len(chain) > MAX_DEPTH or \
+            lines > max(DELTA_MIN_LINES, prev.base_count // DELTA_FRACTION):
         return None
     stats.how, stats.reused = "delta", changes.files - stats.hashed_files
     head = orjson.dumps({"format": FORMAT, "version": DELTA, "algorithm": ALGORITHM,
-                         "files": changes.files, "records": n_records, "gone": n_gone})
-    return head + b"\n" + records + gones, base
+                         "files": changes.files, "records": len(adds), "gone": len(gone),
+                         "depth": len(chain), "lines": lines})
+    return (head + b"\n" + b"".join(raw for _, raw in adds) +
+            b"".join(gone_line(g) + b"\n" for g in gone)), chain
 
 
 def _all_files(tree: Path) -> Iterator[tuple[str, os.stat_result]]:

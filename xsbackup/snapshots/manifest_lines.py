@@ -196,21 +196,3 @@ def splice(data: bytes, lo: int, remove: Iterable[str],
         cur = w
     out.append(data[cur:])
     return out, cut
-
-
-def merge_lines(data: bytes, remove: Iterable[str],
-                insert: list[tuple[str, bytes]]) -> tuple[bytes, int]:
-    """``splice`` done by reading every line of ``data`` (sorted lines, each ending in
-    ``\n``, none damaged): for a small ``data`` and about as many changes, cheaper
-    than a search per change. Returns the bytes and how many lines were cut."""
-    lines = data.split(b"\n")[:-1]
-    exact = {p for p in remove if not p.endswith("/")}
-    below = tuple(p for p in remove if p.endswith("/"))
-    out = {}
-    for raw in lines:
-        p = line_path(raw)
-        if p not in exact and not (below and p.startswith(below)):
-            out[p] = raw + b"\n"
-    cut = len(lines) - len(out)
-    out.update(insert)
-    return b"".join(out[p] for p in sorted(out)), cut

@@ -20,7 +20,7 @@ and returns the bytes; it never parses them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +40,10 @@ DEDUP_BLOCKS = "dedup-blocks"        # an unchanged block costs no space (copy-o
 RESUME = "resume"                    # an interrupted transfer's finished files are reused
 READ_ONLY = "read-only-snapshots"    # the filesystem itself refuses writes to a snapshot
 EXACT_USAGE = "exact-usage"          # measure() gives exact exclusive bytes per snapshot
+
+# The parts a content manifest may rest on, in order (``Backend.write_manifest``): a
+# whole manifest (its base), then the deltas between it and the manifest itself.
+MANIFEST_CHAIN = ("base", *(f"d{i}" for i in range(1, 16)))
 
 
 @record(frozen=True)
@@ -174,17 +178,20 @@ class Backend(Protocol):
     # ---- content manifests (the bytes are ``snapshots.manifest``'s; opaque here) -------
 
     def write_manifest(self, client: str, volume: str, sid: str, data: bytes,
-                       base: tuple[str, str] | None = None) -> None:
+                       chain: Sequence[tuple[str, str]] = ()) -> None:
         """Keep ``data`` as the content manifest of snapshot ``sid`` (visible, or still
         in ``incoming/`` about to be promoted): beside the snapshot, never inside its
         tree, durably (synced before returning), atomically (a reader sees none or all
         of it) and read-only from then on. A second call replaces it atomically; callers
         only do so before the snapshot is visible, or when there was none. With
-        ``base`` (a snapshot id and one of its parts, as ``open_manifest`` takes them),
-        the manifest rests on that file's bytes: they are kept, unchanged, as ``sid``'s
-        ``base`` part for as long as ``sid``'s manifest is, whatever becomes of the
-        snapshot they came from (the backend shares them where it can); without it,
-        ``sid``'s manifest has no base part."""
+        ``chain`` (at most ``len(MANIFEST_CHAIN)`` files, each a snapshot id and one of
+        its parts, as ``open_manifest`` takes them), the manifest rests on those files'
+        bytes: they are kept, unchanged, as ``sid``'s parts ``MANIFEST_CHAIN`` in order
+        (the first as ``base``) for as long as ``sid``'s manifest is, whatever becomes
+        of the snapshots they came from (the backend shares them where it can); they
+        are in place before ``data`` is. ``sid``'s manifest has no other part.
+        FileNotFoundError when a file of ``chain`` is missing (``data`` is then not
+        written)."""
 
     def copied_from(self, client: str, volume: str) -> Path | None:
         """The persistent tree every new snapshot of the volume is a copy of (a mirror
@@ -194,14 +201,15 @@ class Backend(Protocol):
 
     def link_manifest(self, client: str, volume: str, sid: str, source: str) -> None:
         """Keep as the content manifest of ``sid`` the very bytes of ``source``'s (a
-        snapshot of the same volume that has one), both parts, as ``write_manifest``
+        snapshot of the same volume that has one), every part, as ``write_manifest``
         would; sharing them (a hardlink) where the backend can."""
 
     def open_manifest(self, client: str, volume: str, sid: str,
                       part: str = "") -> BinaryIO | None:
         """The content manifest of ``sid`` opened for reading (the caller closes it),
-        or None when the snapshot has none; with ``part="base"``, the base it rests on
-        (None when it rests on none)."""
+        or None when the snapshot has none; with ``part`` one of ``MANIFEST_CHAIN``
+        (``"base"``, ``"d1"``, ...), that file of the chain it rests on (None when it
+        rests on none there)."""
 
     def manifest_ids(self, client: str, volume: str) -> list[str]:
         """The snapshot ids of the volume that have a content manifest kept, oldest
