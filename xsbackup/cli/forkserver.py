@@ -24,7 +24,7 @@ for one (``SIGCHLD`` reaps them). The child:
   dispatched), then answers its exit code;
 * ends its whole process group (rsync included) when the front goes away first (sshd,
   or the embedded SSH server, ended the forced command), as a signal to the forced
-  command process would have.
+  command process would have (``hang_up_with``).
 
 Nothing here chooses the state root, the configuration or the client: they come from the
 forced command's argument list (``authorized_keys``) and its environment, read as the
@@ -35,13 +35,14 @@ its parent (``serve``) is gone; the children it forked finish their requests.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import os
+import select
 import signal
 import socket
 import stat
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -52,8 +53,12 @@ from xsbackup import crashpoints, layout
 from xsbackup.cli import entry, failure, forced, forkclient
 from xsbackup.ingest import command, dispatch, upload
 from xsbackup.logs import LOG
+from xsbackup.restore import archive, resolve
+from xsbackup.storage import choice, hardlink
 
-PRELOADED = (failure, forced, dispatch, command, upload)  # what every connection runs
+PRELOADED = (failure, forced, dispatch, command, upload,  # what every connection runs
+             choice, hardlink,  # the default backend's
+             archive, resolve)  # the restore verbs' (list, archive, manifest)
 USAGE = "usage: python -m xsbackup.cli.forkserver --root STATE_ROOT"
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 BACKLOG = 256
@@ -200,14 +205,14 @@ def run_request(conn: socket.socket, root: str) -> int:
         os.close(fd)
     conn.sendall(forkclient.ACCEPTED + b"\n")
     conn.settimeout(None)
-    done = threading.Event()
-    threading.Thread(target=watch, args=(conn, done), daemon=True).start()
+    hang_up_with(conn)
     sys.argv = list(argv)
     crashpoints.rearm()
     time.tzset()
     os.umask(layout.SERVICE_UMASK)
     code = entry.forced_exit(lambda: run_forced(options))
-    done.set()
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETFL,
+                fcntl.fcntl(conn.fileno(), fcntl.F_GETFL) & ~os.O_ASYNC)
     with contextlib.suppress(OSError):
         conn.sendall(b"%s%d\n" % (forkclient.EXIT, code))
     return code
@@ -286,14 +291,17 @@ def same_root(root: str, requested: str) -> bool:
         return False
 
 
-def watch(conn: socket.socket, done: threading.Event) -> None:
-    """End this process group when the front goes away before the request ended."""
-    with contextlib.suppress(OSError):
-        while conn.recv(64):
-            pass
-    if not done.is_set():
-        os.killpg(0, signal.SIGTERM)
-
+def hang_up_with(conn: socket.socket) -> None:
+    """End this process group (rsync included) when the front's end of ``conn`` closes
+    before the request ended, as a signal to the forced command process would have. The
+    front sends nothing after its request, so ``conn`` becomes readable only then: the
+    kernel then sends SIGIO to the group (``O_ASYNC``), whose default action ends each
+    process; no thread waits for it."""
+    fd = conn.fileno()
+    fcntl.fcntl(fd, fcntl.F_SETOWN, -os.getpgrp())
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    if select.select([fd], [], [], 0)[0]:  # it closed before O_ASYNC was on
+        os.killpg(0, signal.SIGIO)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
