@@ -5,6 +5,7 @@ cannot take the connection, and no lock or zombie left when the forced command d
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import stat
@@ -106,6 +107,33 @@ def test_backup_and_restore_over_openssh_take_serves_fast_path(
         assert stop(served) == 0
     assert tree(out) == tree(src)
     assert not Path(layout.forked_socket(server.root)).exists()  # stopped with serve
+
+
+def test_the_embedded_ssh_servers_forced_command_takes_it_too(server: Server) -> None:
+    key = server.add_client(SN)
+    server.configure(f"[log]\n{DEBUG}")
+    served = start(server.root)
+    try:
+        wait_for(Path(layout.forked_socket(server.root)).exists)
+        r = subprocess.run([*shlex.split(served.ssh_cmd(key, SN)), "127.0.0.1", "list"],
+                           capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL, check=False)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "[]\n", "")
+        assert served_count(server) == 1
+    finally:
+        assert stop(served) == 0
+
+
+def test_forked_command_off_runs_each_forced_command_alone(server: Server) -> None:
+    server.add_client(SN)
+    server.configure(f"[server]\nforked_command = false\n[log]\n{DEBUG}")
+    served = start(server.root, "--no-ssh")
+    try:
+        assert forced(server, SN, "list") == (0, "[]\n", "")
+        assert served_count(server) == 0
+        assert not Path(layout.forked_socket(server.root)).exists()
+    finally:
+        assert stop(served) == 0
 
 
 CASES = {
