@@ -170,13 +170,13 @@ class XsbackupCase(Case):
 
 
 @contextlib.contextmanager
-def forked_server(root: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``cli.forkserver`` for ``root``, started as ``serve`` starts it (its interpreter, a
-    session of its own), until the block ends."""
+def forked_server(root: Path, exe: str = XSBACKUP) -> Iterator[subprocess.Popen[bytes]]:
+    """``cli.forkserver`` for ``root``, started as ``serve`` starts it (the interpreter of
+    the installation ``exe`` belongs to, a session of its own), until the block ends."""
     from xsbackup import layout
 
     sock = Path(layout.forked_socket(root))
-    proc = subprocess.Popen([str(Path(XSBACKUP).with_name("python")), "-m",
+    proc = subprocess.Popen([str(Path(exe).with_name("python")), "-m",
                              "xsbackup.cli.forkserver", "--root", str(root)],
                             stdin=subprocess.DEVNULL, start_new_session=True, env=_env())
     try:
@@ -439,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         alone_root = tmp / "xsroot-no-serve"
         alone_ak = xs_root(XSBACKUP, alone_root)
         stack.enter_context(forked_server(root))
+        result["config"]["forked"] = ["xsbackup"]
         also: dict[str, tuple[str, Path]] = {}
         for spec in args.also:
             name, _, exe = spec.partition("=")
@@ -475,6 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(alone)
         for name, (exe, other_root) in also.items():
             other_ak = xs_root(exe, other_root)
+            try:  # deployed, as "xsbackup"; an installation before it has none
+                stack.enter_context(forked_server(other_root, exe))
+                result["config"].setdefault("forked", []).append(name)
+            except RuntimeError:
+                print(f"{name}: no forced command server; its forced commands run alone",
+                      flush=True)
             c = XsbackupCase(stack.enter_context(Sshd(tmp / f"sshd-{name}", host_key,
                                                       other_ak)), key, src, other_root, exe)
             c.name = name
