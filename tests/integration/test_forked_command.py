@@ -198,6 +198,20 @@ def test_stale_socket_or_none_runs_the_command_alone(
     assert served_count(server) == 0
 
 
+def test_a_server_that_does_not_answer_is_not_waited_for(server: Server) -> None:
+    """A server that is there but never answers (stopped, overloaded): the forced command
+    gives up on it and runs alone, and the request never runs twice."""
+    server.add_client(SN)
+    sock = Path(layout.forked_socket(server.root))
+    sock.parent.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as mute:
+        mute.bind(str(sock))
+        mute.listen(8)  # connections wait in its backlog, never accepted
+        assert forced(server, "NOSUCH", UPLOAD) == \
+            (41, "", "xsbackup: unknown client NOSUCH\n")
+        assert forced(server, SN, "list") == (0, "[]\n", "")
+
+
 def test_a_peer_of_another_user_is_refused(server: Server,
                                            forkserver: subprocess.Popen[bytes]) -> None:
     """Only the service user's processes are served: a process of another user that
@@ -212,9 +226,7 @@ def test_a_peer_of_another_user_is_refused(server: Server,
         f"s.connect('/proc/self/fd/{fd}/forced.sock')\n"
         "body = b'/\\x004\\x00--root\\x00R\\x00ssh-command\\x00--client\\x00X'\n"
         "try:\n"
-        "    s.sendmsg([b'xsbackup-forced-1 %d\\n' % len(body) + body],\n"
-        "              [(socket.SOL_SOCKET, socket.SCM_RIGHTS,\n"
-        "                b''.join(i.to_bytes(4, sys.byteorder) for i in (0, 1, 2)))])\n"
+        "    s.sendall(b'xsbackup-forced-1 %d\\n' % len(body) + body)\n"
         "    answer = s.recv(64)\n"
         "except (BrokenPipeError, ConnectionResetError):\n"
         "    answer = b''\n"

@@ -24,8 +24,10 @@ def test_a_request_arrives_whole_with_its_descriptors() -> None:
     r, w = os.pipe()
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
-        send(a, forkclient.encode(argv, environ, b"/home/x"), [r, w, w])
-        got_argv, got_env, cwd, fds = forkserver.receive(b)
+        a.sendall(forkclient.encode(argv, environ, b"/home/x"))
+        got_argv, got_env, cwd = forkserver.receive(b)
+        send(a, forkclient.GO, [r, w, w])  # once the server said ok
+        fds = forkserver.descriptors(b)
     try:
         assert (got_argv, got_env, cwd) == (argv, environ, b"/home/x")
         assert len(fds) == 3
@@ -43,27 +45,26 @@ def test_a_request_arrives_whole_with_its_descriptors() -> None:
     (b"xsbackup-forced-1 5\n/\x009\x00a", "malformed request"),  # fewer arguments
     (b"xsbackup-forced-1 7\n/\x000\x00=x\x00", "malformed environment"),  # no name
 ], ids=["magic", "size", "argc", "env"])
-def test_anything_else_is_refused_and_its_descriptors_closed(data: bytes, why: str) -> None:
-    r, w = os.pipe()
+def test_anything_else_is_refused(data: bytes, why: str) -> None:
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
-        send(a, data, [r, r, r])
+        a.sendall(data)
         a.shutdown(socket.SHUT_WR)
-        before = set(os.listdir("/proc/self/fd"))
         with pytest.raises(ValueError, match=why):
             forkserver.receive(b)
-        assert set(os.listdir("/proc/self/fd")) <= before  # none of the three kept
-    os.close(r)
-    os.close(w)
 
 
-def test_two_descriptors_are_not_a_request() -> None:
+@pytest.mark.parametrize(("data", "count"), [(forkclient.GO, 2), (b"no\n", 3)],
+                         ids=["two-descriptors", "not-go"])
+def test_go_comes_with_three_descriptors(data: bytes, count: int) -> None:
     r, w = os.pipe()
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
-        send(a, forkclient.encode(["x"], {}, b"/"), [r, w])
-        with pytest.raises(ValueError, match="not three descriptors"):
-            forkserver.receive(b)
+        send(a, data, [r] * count)
+        before = set(os.listdir("/proc/self/fd"))
+        with pytest.raises(ValueError, match="not go with three descriptors"):
+            forkserver.descriptors(b)
+        assert set(os.listdir("/proc/self/fd")) <= before
     os.close(r)
     os.close(w)
 

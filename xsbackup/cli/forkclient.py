@@ -5,9 +5,10 @@ forced command needs, listening on ``<root>/run/forced.sock`` (``layout.forked_s
 ``cli.entry`` calls ``forward`` for a forced command line before it imports anything
 heavy. It connects with ``_socket`` alone (``socket.py`` imports ``enum``), checks that
 the server runs as this user, and sends what the forced command would have read itself:
-its argument list, its environment and its working directory, with its descriptors 0, 1
-and 2 (``SCM_RIGHTS``). The server forks a child that runs the very code the in-process
-path runs (``cli.entry.forced_exit``) on those descriptors and answers its exit code.
+its argument list, its environment and its working directory, then, once the server
+takes it, its descriptors 0, 1 and 2 (``SCM_RIGHTS``). The server forks a child that
+runs the very code the in-process path runs (``cli.entry.forced_exit``) on those
+descriptors and answers its exit code.
 
 ``forward`` returns only when the in-process path must run instead, which is then
 unchanged: no socket, nobody listening, a server of another user, or a server that says
@@ -17,9 +18,13 @@ and ``ServerError``'s exit code.
 
 The protocol (``MAGIC`` names its version): the request is ``MAGIC SP length LF`` and
 ``length`` bytes of NUL-separated fields (the working directory, the number of
-arguments, the arguments, then ``NAME=value`` for each environment variable), sent with
-the three descriptors; the server answers ``ok LF`` (running it) or ``no LF`` (run it
-yourself), then ``exit N LF``.
+arguments, the arguments, then ``NAME=value`` for each environment variable); the server
+answers ``ok LF`` (it will run it) or ``no LF`` (run it yourself); after ``ok`` the front
+sends ``go LF`` with the three descriptors, and the server runs it and answers ``exit N
+LF``. A front that has no answer within ``ANSWER_SECONDS`` (a stopped or overloaded
+server) closes the connection instead and runs the command itself: the server's child
+runs nothing without ``go``, so a command never runs twice, and no descriptor of the
+front's waits in a queue nobody reads (it would keep the client's stream open).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
 MAGIC = b"xsbackup-forced-1"
 ACCEPTED = b"ok"
 DECLINED = b"no"
+GO = b"go\n"  # the front's answer to ACCEPTED: it will not run the command itself
+ANSWER_SECONDS = 5.0  # a server that says neither ok nor no by then is not waited for
 EXIT = b"exit "
 MAX_REQUEST = 1 << 20  # an environment this large is not sshd's
 UCRED = 12  # struct ucred: pid, uid, gid as C ints
@@ -93,10 +100,13 @@ def forward(root: str, argv: Sequence[str]) -> None:
         sock.connect(address(layout.forked_socket(root), keep))
         accepted = peer_uid(sock) == os.geteuid()
         if accepted:
-            sock.sendmsg([encode(argv, dict(os.environb), os.getcwdb())],
-                         [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                           b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2)))])
+            sock.settimeout(ANSWER_SECONDS)
+            sock.sendall(encode(argv, dict(os.environb), os.getcwdb()))
             accepted = read_line(sock, pending) == ACCEPTED
+        if accepted:  # from here on the server runs it, and this process never
+            sock.settimeout(None)
+            sock.sendmsg([GO], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                 b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2)))])
     except OSError:
         accepted = False
     finally:

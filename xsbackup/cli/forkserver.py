@@ -12,11 +12,13 @@ For each connection from a process of its own user (``SO_PEERCRED``; any other i
 unanswered, so that process runs the command itself), it forks a child, and never waits
 for one (``SIGCHLD`` reaps them). The child:
 
-* takes the request: the forced command's argument list, environment, working directory
-  and descriptors 0, 1 and 2;
+* takes the request: the forced command's argument list, environment and working
+  directory;
 * answers ``no`` (the front then runs the command itself, as without ``serve``) unless
   the line is a forced command's (``entry.forced_args``) for this server's state root;
-* otherwise answers ``ok``, becomes what the forced command process would have been:
+* otherwise answers ``ok`` and, once the front says ``go`` with its descriptors 0, 1 and 2
+  (it has not given up waiting: ``forkclient.ANSWER_SECONDS``), becomes what the forced
+  command process would have been:
   its own session, the received descriptors as 0, 1 and 2, the received environment
   (``XSBACKUP_CRASH_AT`` included), the service umask, the default signal dispositions of
   a fresh interpreter; and runs the same call (``entry.forced_exit`` of
@@ -188,22 +190,24 @@ def run_request(conn: socket.socket, root: str) -> int:
     """Take the request from ``conn``, decline it or run it; the exit code."""
     conn.settimeout(REQUEST_TIMEOUT)
     try:
-        argv, environ, cwd, fds = receive(conn)
+        argv, environ, cwd = receive(conn)
     except (OSError, ValueError):
         return 0  # closed unanswered: the front runs the command itself
     options = None
     with contextlib.suppress(OSError):
         options = adopt(root, argv, environ, cwd)
     if options is None:
-        for fd in fds:
-            os.close(fd)
         with contextlib.suppress(OSError):
             conn.sendall(forkclient.DECLINED + b"\n")
         return 0
+    try:
+        conn.sendall(forkclient.ACCEPTED + b"\n")
+        fds = descriptors(conn)
+    except (OSError, ValueError):
+        return 0  # the front gave up waiting: it runs the command itself
     for i, fd in enumerate(fds):
         os.dup2(fd, i)
         os.close(fd)
-    conn.sendall(forkclient.ACCEPTED + b"\n")
     conn.settimeout(None)
     hang_up_with(conn)
     sys.argv = list(argv)
@@ -241,46 +245,52 @@ def adopt(root: str, argv: Sequence[str], environ: dict[bytes, bytes],
         else None
 
 
-def receive(conn: socket.socket) -> tuple[list[str], dict[bytes, bytes], bytes, list[int]]:
-    """The request on ``conn``: (argv, environment, working directory, descriptors).
-    ValueError for anything but exactly one well-formed request with three descriptors
-    (the descriptors are then closed)."""
-    data, ancillary, flags, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(FDS * 4))
+def descriptors(conn: socket.socket) -> list[int]:
+    """The front's ``go`` and the three descriptors it carries; ValueError for anything
+    else (the descriptors received are then closed)."""
+    data, ancillary, flags, _ = conn.recvmsg(len(forkclient.GO), socket.CMSG_SPACE(FDS * 4),
+                                             socket.MSG_WAITALL)
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds += [int.from_bytes(payload[i:i + 4], sys.byteorder)
                     for i in range(0, len(payload) - len(payload) % 4, 4)]
-    try:
-        if flags & socket.MSG_CTRUNC or len(fds) != FDS:
-            raise ValueError("not three descriptors")
-        while b"\n" not in data[:64]:
-            more = conn.recv(64)
-            if not more:
-                raise ValueError("truncated request")
-            data += more
-        head, _, body = data.partition(b"\n")
-        magic, _, size = head.partition(b" ")
-        if magic != forkclient.MAGIC or not size.isdigit() \
-                or int(size) > forkclient.MAX_REQUEST:
-            raise ValueError("not a forced command request")
-        while len(body) < int(size):
-            more = conn.recv(int(size) - len(body))
-            if not more:
-                raise ValueError("truncated request")
-            body += more
-        fields = body.split(b"\0")
-        if len(fields) < 2 or not fields[1].isdigit() or len(fields) < 2 + int(fields[1]):
-            raise ValueError("malformed request")
-        argc = int(fields[1])
-        environ = dict(item.partition(b"=")[::2] for item in fields[2 + argc:])
-        if b"" in environ:
-            raise ValueError("malformed environment")
-        return [os.fsdecode(a) for a in fields[2:2 + argc]], environ, fields[0], fds
-    except ValueError:
+    if data != forkclient.GO or flags & socket.MSG_CTRUNC or len(fds) != FDS:
         for fd in fds:
             os.close(fd)
-        raise
+        raise ValueError("not go with three descriptors")
+    return fds
+
+
+def receive(conn: socket.socket) -> tuple[list[str], dict[bytes, bytes], bytes]:
+    """The request on ``conn``: (argv, environment, working directory). ValueError for
+    anything but exactly one well-formed request."""
+    data = conn.recv(1 << 16)
+    while b"\n" not in data:
+        if len(data) > 64:
+            raise ValueError("not a forced command request")
+        more = conn.recv(64)
+        if not more:
+            raise ValueError("truncated request")
+        data += more
+    head, _, body = data.partition(b"\n")
+    magic, _, size = head.partition(b" ")
+    if magic != forkclient.MAGIC or not size.isdigit() \
+            or int(size) > forkclient.MAX_REQUEST:
+        raise ValueError("not a forced command request")
+    while len(body) < int(size):
+        more = conn.recv(int(size) - len(body))
+        if not more:
+            raise ValueError("truncated request")
+        body += more
+    fields = body.split(b"\0")
+    if len(fields) < 2 or not fields[1].isdigit() or len(fields) < 2 + int(fields[1]):
+        raise ValueError("malformed request")
+    argc = int(fields[1])
+    environ = dict(item.partition(b"=")[::2] for item in fields[2 + argc:])
+    if b"" in environ:
+        raise ValueError("malformed environment")
+    return [os.fsdecode(a) for a in fields[2:2 + argc]], environ, fields[0]
 
 
 def same_root(root: str, requested: str) -> bool:
