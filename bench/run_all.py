@@ -115,6 +115,19 @@ def ingest_rows(r: dict[str, Any]) -> list[Row]:
                         f"rrsync {instr['rrsync_true'] / 1e6:.1f} M "
                         f"(python -c pass {instr['python_c_pass'] / 1e6:.1f} M)",
                         ratio, "≤ 1x", ratio <= 1.0))
+    alone = med(cases, "xsbackup-no-serve")
+    if alone is not None:  # informative: the forced command without serve's server
+        raw = med(cases, "raw")
+        rows.append(Row("ingest", "no-change backup, xsbackup without serve (forced "
+                        "command alone)", _s(alone), f"raw rsync --link-dest {_s(raw)}",
+                        alone / raw if raw else None, "-", None))
+    request = r.get("request", {})
+    forked, no_serve = med(request, "xsbackup_list_forked"), med(request,
+                                                                 "xsbackup_list_no_serve")
+    if forked is not None and no_serve is not None:  # informative: one request's cost
+        rows.append(Row("ingest", "one forced command request (`list`), wall",
+                        f"forked {_ms(forked)}", f"alone {_ms(no_serve)}",
+                        forked / no_serve, "-", None))
     upload = r.get("upload_instructions", {}).get("xsbackup")
     if upload:  # diagnostic: the wrapper's own work per backup, load-independent
         rows.append(Row("ingest", "forced command of a no-change backup, instructions",

@@ -13,10 +13,16 @@ from __future__ import annotations
 import os
 import signal
 
-_CRASH_AT = os.environ.get("XSBACKUP_CRASH_AT", "")
+_ARMED = {"at": os.environ.get("XSBACKUP_CRASH_AT", "")}
 
 
 def crash(point: str) -> None:
     """Die at once with SIGKILL if ``XSBACKUP_CRASH_AT`` names ``point``."""
-    if point == _CRASH_AT:
+    if point == _ARMED["at"]:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rearm() -> None:
+    """Read ``XSBACKUP_CRASH_AT`` again: a process that took another one's environment
+    after import (``cli.forkserver``'s child) crashes where that one would have."""
+    _ARMED["at"] = os.environ.get("XSBACKUP_CRASH_AT", "")

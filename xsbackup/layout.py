@@ -22,6 +22,9 @@ CLIENT_RECORD = "client.json"  # clients/<SN>/client.json: the registry's record
 # The service's processes (serve, ssh-command, postprocess: ``cli.main``) create nothing
 # another user may read, nor their group write.
 SERVICE_UMASK = 0o027
+# serve's pre-loaded forced command server (cli.forkserver) listens here, in a directory
+# only the service user may enter; without it the forced command runs alone.
+FORKED_SOCKET = os.path.join("run", "forced.sock")
 
 
 def state_root(root: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> str:
@@ -40,3 +43,8 @@ def client_record(root: str | os.PathLike[str], serial: str) -> str:
     if not CLIENT_RE.fullmatch(serial):
         raise ValueError(f"invalid client serial {serial!r}")
     return os.path.join(root, "clients", serial, CLIENT_RECORD)
+
+
+def forked_socket(root: str | os.PathLike[str]) -> str:
+    """The unix socket of ``serve``'s forced command server for the state root ``root``."""
+    return os.path.join(root, FORKED_SOCKET)

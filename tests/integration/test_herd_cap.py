@@ -49,11 +49,26 @@ def arrive(root: Path, serial: str) -> tuple[int, str]:
     return r.returncode, r.stderr
 
 
-def test_the_cap_holds_across_http_and_the_forced_command(server: Server) -> None:
+def arrive_all(root: Path, answers: dict[str, tuple[int, str]]) -> dict[str, tuple[int, str]]:
+    """The granted clients and the first ``ARRIVING_REFUSED`` refused ones arrive by the
+    forced command: {serial: (exit code, stderr)}."""
+    granted = sorted(sn for sn, (status, _) in answers.items() if status == 200)
+    refused = sorted(sn for sn, (status, _) in answers.items() if status == 503)
+    arriving = granted + refused[:ARRIVING_REFUSED]
+    with ThreadPoolExecutor(max_workers=ARRIVING_AT_ONCE) as pool:
+        return dict(zip(arriving, pool.map(lambda sn: arrive(root, sn), arriving),
+                        strict=True))
+
+
+@pytest.mark.parametrize("forked", [False, True], ids=["alone", "forked"])
+def test_the_cap_holds_across_http_and_the_forced_command(server: Server,
+                                                          forked: bool) -> None:
+    """``forked``: the clients arrive while serve runs, so each forced command is a fork
+    of serve's pre-loaded server (``cli.forkserver``); otherwise after serve stopped."""
     # The forced command reads this file; serve's own load limit comes from its
     # environment (start(): out of reach), so only the HTTP window decides over HTTP.
     server.configure(f"[availability]\nwindow_count = {CAP}\nnew_per_window = {CLIENTS}\n"
-                     "[admission]\nmax_load = 0\n")
+                     "[admission]\nmax_load = 0\n[log]\nlevel = \"debug\"\n")
     registry = Registry(server.store)
     serials = [f"HERD{i:06d}" for i in range(CLIENTS)]
     for sn in serials:
@@ -63,8 +78,14 @@ def test_the_cap_holds_across_http_and_the_forced_command(server: Server) -> Non
         with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
             answers = dict(zip(serials, pool.map(lambda sn: ask(served.http_port, sn),
                                                  serials), strict=True))
+        if forked:
+            codes = arrive_all(server.root, answers)
     finally:
         assert stop(served) == 0
+    if not forked:
+        codes = arrive_all(server.root, answers)
+    log = (server.root / "log" / "xsbackup.log").read_text()
+    assert log.count("served by the forced command server") == (len(codes) if forked else 0)
     granted = {sn for sn, (status, _) in answers.items() if status == 200}
     refused = sorted(sn for sn, (status, _) in answers.items() if status == 503)
     assert len(granted) == CAP
@@ -72,10 +93,7 @@ def test_the_cap_holds_across_http_and_the_forced_command(server: Server) -> Non
     assert all(int(answers[sn][1]) >= 1 for sn in refused)  # each says when to come back
     assert len(os.listdir(server.root / "admissions")) == CAP
     # Then they arrive by SSH: the forced command sees the very grants HTTP made.
-    arriving = sorted(granted) + refused[:ARRIVING_REFUSED]
-    with ThreadPoolExecutor(max_workers=ARRIVING_AT_ONCE) as pool:
-        codes = dict(zip(arriving, pool.map(lambda sn: arrive(server.root, sn), arriving),
-                         strict=True))
+    assert set(codes) == granted | set(refused[:ARRIVING_REFUSED])
     admitted = {sn for sn, (code, err) in codes.items()
                 if code == SnapshotNotFound.exit_code and "has no snapshot" in err}
     load_refused = {sn for sn, (code, err) in codes.items()

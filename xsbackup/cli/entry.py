@@ -181,21 +181,48 @@ def main() -> None:
     import gc
 
     gc.disable()
+    if options is not None:
+        forward(options, argv, os.environ)
+    os._exit(forced_exit(lambda: run_status(status) if status is not None else
+                         run_forced(options or {}, os.environ)))
+
+
+def forward(options: Mapping[str, str], argv: Sequence[str],
+            environ: Mapping[str, str]) -> None:
+    """Unless the quick ``true`` answers it, have ``serve``'s pre-loaded server run this
+    forced command (``cli.forkclient``: it ends the process with the server's exit code);
+    returns when this process must run it itself."""
+    root = layout.state_root(options.get("--root"), environ)
+    if options.get(_RESTORE_KEY) is None and quick_true(root, options[_CLIENT], environ):
+        return
+    from xsbackup.cli.forkclient import forward as to_server
+
+    to_server(root, argv)
+
+
+def forced_exit(call: Callable[[], int]) -> int:
+    """``call()``'s exit code once everything written is flushed, as the forced command
+    ends with it: 130 when interrupted, 141 on a broken pipe. Shared by this process and
+    the child ``cli.forkserver`` forks for a connection."""
     try:
-        code = run_status(status) if status is not None else \
-            run_forced(options or {}, os.environ)
+        code = call()
     except (KeyboardInterrupt, EOFError):
         sys.stderr.write("\naborted\n")
         code = 130
     except BrokenPipeError:
-        os._exit(141)
-    _exit_now(code)
+        return 141
+    return _flushed(code)
 
 
 def _exit_now(code: int) -> None:
     """End the process with ``code`` once everything written is flushed, without
     unwinding the interpreter (nothing a forced command leaves needs it: the locks are
     descriptors the kernel releases, the files it wrote are already renamed in place)."""
+    os._exit(_flushed(code))
+
+
+def _flushed(code: int) -> int:
+    """``code`` once the logs and standard streams are flushed; 141 on a broken pipe."""
     logging = sys.modules.get("logging")  # never imported by a quick ``true``
     try:
         if logging is not None:
@@ -203,5 +230,5 @@ def _exit_now(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
     except BrokenPipeError:
-        os._exit(141)
-    os._exit(code)
+        return 141
+    return code

@@ -54,6 +54,10 @@ class ServerSettings:
                                 minimum=1)
     max_auth_failures: int = _key(10, "failed SSH logins per address per 5 minutes before "
                                   "that address is refused", minimum=1)
+    forked_command: bool = _key(True, "serve runs the pre-loaded forced command server "
+                                "(<root>/run/forced.sock): each SSH connection's forced "
+                                "command is a fork of it, without Python's start-up; "
+                                "off, or without serve, each runs alone")
 
     @property
     def startups(self) -> units.Startups:

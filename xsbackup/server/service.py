@@ -267,6 +267,10 @@ class Service:
             scheduler.wake("prune")
 
         signal.signal(signal.SIGHUP, on_reload)
+        from xsbackup.server.forked import ForkedCommand
+
+        forked = ForkedCommand(self.settings)
+        forked.start()
         for t in threads:
             t.start()
         banner = (f"xsbackup serving {s.root}: "
@@ -280,6 +284,7 @@ class Service:
             pass
         LOG.info("shutting down (signal %s): no new connections", got[0] if got else "?")
         http.close()
+        forked.stop()
         timeout = self.settings().server.shutdown_timeout
         if ssh is not None:
             ssh.close()
