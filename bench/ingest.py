@@ -232,15 +232,23 @@ class RawCase(Case):
 
 def local_link_dest_variants(src: Path, base: Path, runs: int) -> dict[str, Any]:
     """Diagnostic, no ssh: the same no-change ``rsync -a --fake-super`` with ``--link-dest``
-    spelled as the absolute path of the base or as ``/proc/self/fd/N`` of an open
-    descriptor of it (how the wrapper and rrsync pin the base)."""
+    spelled as the absolute path of the base, as ``/proc/self/fd/N`` of an open
+    descriptor of it (how the wrapper and rrsync pin the base), and as the path of a copy
+    of the base as deep below the bench's directory as the state root's layout puts a
+    snapshot (``clients/SN/volumes/V/snapshots/ID`` below ``local/`` as below
+    ``xsroot/``, against ``base``):
+    rsync 3.5 walks the base's path from ``/`` for every file it links."""
     first = base / "base"
+    deep = base / "clients" / SN / "volumes" / "documents" / "snapshots" / "base"
+    deep.parent.mkdir(parents=True)
     run_timed(["rsync", "-a", f"{src}/", f"{first}/"])
+    run_timed(["rsync", "-a", f"{src}/", f"{deep}/"])
     fd = os.open(first, os.O_RDONLY | os.O_DIRECTORY)
-    times: dict[str, list[float]] = {"abs_path": [], "proc_self_fd": []}
+    times: dict[str, list[float]] = {"abs_path": [], "proc_self_fd": [], "layout_depth": []}
     try:
         for i in range(runs + 1):
-            for k, arg in (("abs_path", str(first)), ("proc_self_fd", f"/proc/self/fd/{fd}")):
+            for k, arg in (("abs_path", str(first)), ("proc_self_fd", f"/proc/self/fd/{fd}"),
+                           ("layout_depth", str(deep))):
                 os.sync()
                 t0 = time.perf_counter()
                 subprocess.run(["rsync", "-a", "--fake-super", f"--link-dest={arg}",
@@ -252,6 +260,8 @@ def local_link_dest_variants(src: Path, base: Path, runs: int) -> dict[str, Any]
         os.close(fd)
     out: dict[str, Any] = {k: {**summary(v), "timings": v} for k, v in times.items()}
     out["ratio_proc_self_fd/abs_path"] = (median(times["proc_self_fd"])
+                                          / median(times["abs_path"]))
+    out["ratio_layout_depth/abs_path"] = (median(times["layout_depth"])
                                           / median(times["abs_path"]))
     return out
 
@@ -631,7 +641,8 @@ def print_table(r: dict[str, Any]) -> None:
         v = r["local_link_dest_variants"]
         print(f"local rsync --fake-super --link-dest, no ssh (median s): absolute path "
               f"{v['abs_path']['median']:.3f}, /proc/self/fd/N {v['proc_self_fd']['median']:.3f}"
-              f" ({v['ratio_proc_self_fd/abs_path']:.2f}x)")
+              f" ({v['ratio_proc_self_fd/abs_path']:.2f}x), at the layout's depth "
+              f"{v['layout_depth']['median']:.3f} ({v['ratio_layout_depth/abs_path']:.2f}x)")
     s = r["startup"]
     print("\nstart-up (median ms): "
           f"xsbackup ssh-command true {s['xsbackup_ssh_command_true']['median'] * 1e3:.1f}, "
