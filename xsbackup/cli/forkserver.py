@@ -158,15 +158,16 @@ def serve_forever(listener: socket.socket, root: str) -> int:
                 if os.fork() == 0:
                     child(listener, conn, root, defaults)
     except Stopped:
-        pass
+        return 0
     return 0
 
 
 def reap() -> None:
     """Collect every child that has ended."""
     with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] != 0:
-            pass
+        pid = -1
+        while pid:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
 
 
 def child(listener: socket.socket, conn: socket.socket, root: str,

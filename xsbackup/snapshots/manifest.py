@@ -46,6 +46,7 @@ directory's path ending in ``/``), each sorted (``manifest_lines``). A version 3
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -331,11 +332,10 @@ def keep(storage: Backend, client: str, volume: str, sid: str, tree: Path,
         new = _hash_new(tree, changes.new, stats)
         got = delta(changes, prev, new, stats)
         if got is not None:
-            try:
+            # A file of the previous chain gone (pruned meanwhile): a whole one instead.
+            with contextlib.suppress(FileNotFoundError):
                 storage.write_manifest(client, volume, sid, got[0], chain=got[1])
                 return stats
-            except FileNotFoundError:  # a file of the previous chain is gone: whole
-                pass
     if prev is not None:
         data, stats = merge(tree, changes, prev, origin, new, stats)
     if data is None:

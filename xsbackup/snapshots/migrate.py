@@ -102,10 +102,8 @@ def migrate(ctx: Context, to: str, progress: Progress | None = None) -> Report:
 
 def _begin(store: Store) -> dict[str, Any]:
     path = store.root / STATE
-    try:
+    with contextlib.suppress(FileNotFoundError):  # not begun yet: begin it
         return dict(orjson.loads(path.read_bytes()))
-    except FileNotFoundError:
-        pass
     state = {"to": "btrfs", "maintenance_was": store.maintenance_flag.exists()}
     atomic_write(path, orjson.dumps(state), mode=0o600)
     store.maintenance_flag.write_text("on\n")

@@ -27,6 +27,7 @@ immutable, and a neighbour's prune changes its exclusive size.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -102,10 +103,8 @@ def _lookup(ctx: Context, client: str, key: str, progress: MeasureProgress | Non
     if not refresh:
         data = _read(ctx.store, client)
         if data is not None and data.get("key") == key:
-            try:
+            with contextlib.suppress(KeyError, TypeError):  # a cache of another shape
                 return ClientUsage.from_dict(data["usage"]), False
-            except (KeyError, TypeError):
-                pass
     return ctx.storage.measure(client, progress), True
 
 
