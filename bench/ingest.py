@@ -272,6 +272,26 @@ def _env() -> dict[str, str]:
             if not k.startswith("XSBACKUP_") and k != "PYTHONDONTWRITEBYTECODE"}
 
 
+def interleaved(cmds: dict[str, list[str]], env: dict[str, str],
+                runs: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Each command timed ``runs`` times, the commands interleaved round by round after
+    two warm-up rounds: (timings by name, their summaries with the timings)."""
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(2):  # warm-up
+        for argv in cmds.values():
+            run_timed(argv, env)
+    for _ in range(runs):
+        for k, argv in cmds.items():
+            times[k].append(run_timed(argv, env))
+    return times, {k: {**summary(v), "timings": v} for k, v in times.items()}
+
+
+def instruction_counts(cmds: dict[str, list[str]], env: dict[str, str]) -> dict[str, int]:
+    """Each command's instruction count, where it can be counted."""
+    counted = {k: instruction_count(argv, env) for k, argv in cmds.items()}
+    return {k: v for k, v in counted.items() if v is not None}
+
+
 def startup_costs(root: Path, rr_dir: Path, runs: int,
                   also: dict[str, tuple[str, Path]] | None = None) -> dict[str, Any]:
     env = _env()
@@ -285,20 +305,12 @@ def startup_costs(root: Path, rr_dir: Path, runs: int,
     for name, (exe, other_root) in (also or {}).items():
         cmds[f"{name}_ssh_command_true"] = [exe, "--root", str(other_root), "ssh-command",
                                             "--client", SN]
-    times: dict[str, list[float]] = {k: [] for k in cmds}
-    for _ in range(2):  # warm-up
-        for argv in cmds.values():
-            run_timed(argv, env)
-    for _ in range(runs):
-        for k, argv in cmds.items():
-            times[k].append(run_timed(argv, env))
-    out: dict[str, Any] = {k: {**summary(v), "timings": v} for k, v in times.items()}
+    times, out = interleaved(cmds, env, runs)
     out["xsbackup_overhead_over_python"] = (median(times["xsbackup_ssh_command_true"])
                                             - median(times["python_c_pass"]))
     out["ratio_xsbackup_over_rrsync"] = (median(times["xsbackup_ssh_command_true"])
                                          / median(times["rrsync_true"]))
-    counted = {k: instruction_count(argv, env) for k, argv in cmds.items()}
-    instructions = {k: v for k, v in counted.items() if v is not None}
+    instructions = instruction_counts(cmds, env)
     if instructions:
         out["instructions"] = instructions
         out["instructions_ratio_xsbackup_over_rrsync"] = (
@@ -315,16 +327,8 @@ def request_costs(roots: dict[str, Path], runs: int) -> dict[str, Any]:
     env["SSH_ORIGINAL_COMMAND"] = "list --volume documents"
     cmds = {f"xsbackup_list_{name}": [XSBACKUP, "--root", str(root), "ssh-command",
                                       "--client", SN] for name, root in roots.items()}
-    times: dict[str, list[float]] = {k: [] for k in cmds}
-    for _ in range(2):  # warm-up
-        for argv in cmds.values():
-            run_timed(argv, env)
-    for _ in range(runs):
-        for k, argv in cmds.items():
-            times[k].append(run_timed(argv, env))
-    out: dict[str, Any] = {k: {**summary(v), "timings": v} for k, v in times.items()}
-    counted = {k: instruction_count(argv, env) for k, argv in cmds.items()}
-    instructions = {k: v for k, v in counted.items() if v is not None}
+    _, out = interleaved(cmds, env, runs)
+    instructions = instruction_counts(cmds, env)
     if instructions:
         out["instructions"] = instructions
     out["commands"] = {k: shlex.join(v) for k, v in cmds.items()}

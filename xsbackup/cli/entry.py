@@ -146,16 +146,13 @@ def quick_true(root: str, client: str, environ: Mapping[str, str]) -> bool:
 
 
 def run_forced(options: Mapping[str, str], environ: Mapping[str, str]) -> int:
-    """The forced command, as ``xsbackup ssh-command`` runs it, without click."""
-    client = options[_CLIENT]
-    restore_key = options.get(_RESTORE_KEY)  # its every use is checked by the dispatcher
-    if restore_key is None and \
-            quick_true(layout.state_root(options.get("--root"), environ), client, environ):
-        return 0
+    """The forced command, as ``xsbackup ssh-command`` runs it, without click (once
+    ``main`` has found that the quick ``true`` answer does not apply)."""
     from xsbackup.cli import forced
 
+    # A restore key's every use is checked by the dispatcher.
     return _reported(lambda: forced.run(options.get("--root"), options.get("--config"),
-                                        client, restore_key))
+                                        options[_CLIENT], options.get(_RESTORE_KEY)))
 
 
 def main() -> None:
@@ -182,22 +179,18 @@ def main() -> None:
 
     gc.disable()
     if options is not None:
-        forward(options, argv, os.environ)
+        # Answered here once (the record read once), whichever process runs the rest.
+        root = layout.state_root(options.get("--root"), os.environ)
+        if options.get(_RESTORE_KEY) is None and \
+                quick_true(root, options[_CLIENT], os.environ):
+            _exit_now(0)
+        # Have ``serve``'s pre-loaded server run it (``cli.forkclient``: it ends this
+        # process with the server's exit code); back here when this process must.
+        from xsbackup.cli.forkclient import forward
+
+        forward(root, argv)
     os._exit(forced_exit(lambda: run_status(status) if status is not None else
                          run_forced(options or {}, os.environ)))
-
-
-def forward(options: Mapping[str, str], argv: Sequence[str],
-            environ: Mapping[str, str]) -> None:
-    """Unless the quick ``true`` answers it, have ``serve``'s pre-loaded server run this
-    forced command (``cli.forkclient``: it ends the process with the server's exit code);
-    returns when this process must run it itself."""
-    root = layout.state_root(options.get("--root"), environ)
-    if options.get(_RESTORE_KEY) is None and quick_true(root, options[_CLIENT], environ):
-        return
-    from xsbackup.cli.forkclient import forward as to_server
-
-    to_server(root, argv)
 
 
 def forced_exit(call: Callable[[], int]) -> int:
