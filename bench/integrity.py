@@ -35,6 +35,8 @@ import argparse
 import contextlib
 import os
 import random
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -151,31 +153,85 @@ def manifest_timer(p: Promotion, into: list[float]) -> Iterator[None]:
         into.append(spent[0])
 
 
-def walk_bookkeeping(p: Promotion, snap: Path, reps: int = 5) -> tuple[float, float, float]:
+def walk_bookkeeping(p: Promotion, snap: Path, reps: int = 5) -> dict[str, float]:
     """What the walk spends on the manifest's behalf (``compute_stats`` with ``changes``,
-    less without), over a promoted snapshot and its previous one: B's step is timed apart
-    from the walk, so this is added to it. ``reps`` interleaved pairs. The bookkeeping is
-    CPU work (a few list appends per changed file; no I/O of its own), so it is measured
-    in the walking thread's CPU time, the difference of the fastest walk with it and the
-    fastest without: wall time of a 0.1-1 s walk on a shared machine swings by more than
-    B's whole budget. Returns that, the same in wall time, and the median of the pairs'
-    wall differences (last session's estimator); the last two are kept for comparison."""
+    less without), over a promoted snapshot and its previous one, timed: B's step is
+    timed apart from the walk, so this is added to it. ``reps`` interleaved pairs, the
+    walks' CPU time (the walking thread's) and wall time. The difference of two walks
+    of 0.4-0.8 s each swings by more than B's whole budget on a shared machine, so these
+    are kept for comparison only; ``walk_instructions`` is the estimator. Returns the
+    difference of the fastest CPU times (last session's estimator), the same in wall
+    time, the median of the pairs' wall differences (the one before), and the median
+    CPU time of a walk without the bookkeeping (``walk_instructions``' rate)."""
     from xsbackup.snapshots import postprocess
     from xsbackup.snapshots.snapshot import Changes, compute_stats, since_ns
 
     prev = postprocess.previous_snapshot(p.store, SN, VOLUME, snap.name)
     cpu: dict[bool, list[float]] = {True: [], False: []}
     wall: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(reps):
-        for bookkeeping in (True, False):
+    for r in range(reps):
+        for bookkeeping in ((True, False) if r % 2 == 0 else (False, True)):
             c0, t0 = time.thread_time(), time.perf_counter()
             compute_stats(snap, prev, changes=Changes(since_ns=since_ns(prev))
                           if bookkeeping else None)
             cpu[bookkeeping].append(time.thread_time() - c0)
             wall[bookkeeping].append(time.perf_counter() - t0)
-    return (max(0.0, min(cpu[True]) - min(cpu[False])),
-            max(0.0, min(wall[True]) - min(wall[False])),
-            max(0.0, median([a - b for a, b in zip(wall[True], wall[False], strict=True)])))
+    return {"cpu_fastest": max(0.0, min(cpu[True]) - min(cpu[False])),
+            "wall_fastest": max(0.0, min(wall[True]) - min(wall[False])),
+            "wall_median_of_pairs": max(0.0, median(
+                [a - b for a, b in zip(wall[True], wall[False], strict=True)])),
+            "walk_cpu": median(cpu[False])}
+
+
+WALK = """
+import sys
+from pathlib import Path
+from xsbackup.snapshots.snapshot import Changes, compute_stats, since_ns
+snap, prev, pad = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[4])
+padding = [str(i) * 3 for i in range(pad)]
+since = since_ns(prev)  # both ways: its first call imports _strptime
+for _ in range(int(sys.argv[5])):
+    compute_stats(snap, prev, changes=Changes(since_ns=since) if sys.argv[3] == "with"
+                  else None)
+"""
+
+
+def walk_instructions(p: Promotion, snap: Path, walk_cpu: float,
+                      pads: tuple[int, ...] = (0, 2000)) -> dict[str, Any] | None:
+    """B's walk bookkeeping by instruction count: the user-space instructions of one
+    ``compute_stats`` of ``snap`` against its previous snapshot with the manifest's
+    ``Changes`` and without, each less the same process walking nothing, under
+    callgrind with the hash seed fixed (a count repeats to the instruction). The
+    allocator makes a count move by about a million with the heap's layout, so it is
+    taken at each of ``pads`` (that many small objects allocated first) and the largest
+    difference kept. Turned into time at the walk's own rate, ``walk_cpu`` (its CPU
+    time, kernel included) over its instructions (user space only): an overestimate,
+    on purpose. None without valgrind."""
+    from xsbackup.snapshots import postprocess
+
+    if shutil.which("valgrind") is None:
+        return None
+    prev = postprocess.previous_snapshot(p.store, SN, VOLUME, snap.name)
+    assert prev is not None
+    env = {**os.environ, "PYTHONHASHSEED": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+    def count(mode: str, pad: int, walks: int) -> int:
+        res = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                              sys.executable, "-c", WALK, str(snap), str(prev), mode,
+                              str(pad), str(walks)], env=env, capture_output=True,
+                             text=True, check=True)
+        found = re.search(r"Collected : (\d+)", res.stderr)
+        if found is None:
+            raise RuntimeError(f"callgrind printed no count: {res.stderr[-300:]}")
+        return int(found.group(1))
+
+    walks = {str(pad): {mode: count(mode, pad, 1) - count(mode, pad, 0)
+                   for mode in ("with", "without")} for pad in pads}
+    extra = max(w["with"] - w["without"] for w in walks.values())
+    walk = min(w["without"] for w in walks.values())
+    return {"walks": walks, "instructions": extra, "walk_instructions": walk,
+            "seconds": max(0, extra) * walk_cpu / walk}
 
 
 def process_once(p: Promotion) -> tuple[float, dict[str, Any]]:
@@ -200,9 +256,11 @@ def bench_promotion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     times: dict[str, list[float]] = {"with": [], "without": [], "manifest_step_no_change": [],
                                      "changed_manifest_step": [], "changed_b2sum": [],
                                      "changed_walk_bookkeeping": [], "changed_added": [],
+                                     "changed_walk_bookkeeping_cpu_fastest": [],
                                      "changed_walk_bookkeeping_wall_fastest": [],
                                      "changed_walk_bookkeeping_wall_median_of_pairs": []}
     counts = []
+    counted: dict[str, Any] | None = None
     rng = random.Random(args.seed)
     for r in range(args.runs):
         order = ("with", "without") if r % 2 == 0 else ("without", "with")
@@ -228,10 +286,15 @@ def bench_promotion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         assert sid is not None
         snap = p.store.snapshots_dir(SN, VOLUME) / sid
         times["changed_b2sum"].append(b2sum([snap / c for c in changed], settle=True))
-        cpu, fastest, pairs = walk_bookkeeping(p, snap)
-        times["changed_walk_bookkeeping"].append(cpu)
-        times["changed_walk_bookkeeping_wall_fastest"].append(fastest)
-        times["changed_walk_bookkeeping_wall_median_of_pairs"].append(pairs)
+        walked = walk_bookkeeping(p, snap)
+        times["changed_walk_bookkeeping_cpu_fastest"].append(walked["cpu_fastest"])
+        times["changed_walk_bookkeeping_wall_fastest"].append(walked["wall_fastest"])
+        times["changed_walk_bookkeeping_wall_median_of_pairs"].append(
+            walked["wall_median_of_pairs"])
+        if r == 0:  # a count repeats: once, on the first round's 1% change
+            counted = walk_instructions(p, snap, walked["walk_cpu"])
+        times["changed_walk_bookkeeping"].append(
+            counted["seconds"] if counted is not None else walked["cpu_fastest"])
         times["changed_added"].append(times["changed_manifest_step"][-1] +
                                       times["changed_walk_bookkeeping"][-1])
         print(f"round {r + 1}: with {times['with'][-1]:.3f}s without "
@@ -242,6 +305,8 @@ def bench_promotion(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {"tree": tree, "timings": times, "summary": {k: summary(v) for k, v in
                                                           times.items()},
             "chain": chain,
+            "walk_bookkeeping_estimator": "instructions" if counted is not None else
+            "cpu_fastest", "walk_bookkeeping_instructions": counted,
             "manifest_counts": counts, "changed_percent": args.changed,
             "manifest_step_parts": {k: summary(v) for k, v in BREAKDOWN.items()},
             "ratios": {"promotion_with/without": median(times["with"]) /

@@ -49,14 +49,14 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from xsbackup.snapshots.digests import digest_all, digest_at, digest_fd, new_hash
+from xsbackup.snapshots.digests import digest_at, digest_fd, new_hash
+from xsbackup.snapshots.manifest_hash import BuildStats, all_files, hash_files, new_lines
 from xsbackup.snapshots.manifest_lines import (
     ManifestError,
     Record,
@@ -69,10 +69,10 @@ from xsbackup.snapshots.manifest_lines import (
     seek,
     splice,
 )
-from xsbackup.snapshots.snapshot import Changes
+from xsbackup.snapshots.snapshot import Changes, Lstat
 from xsbackup.storage.base import MANIFEST_CHAIN, Backend
 
-__all__ = ["ManifestError", "Record", "digest_at", "digest_fd", "new_hash"]
+__all__ = ["BuildStats", "ManifestError", "Record", "digest_at", "digest_fd", "new_hash"]
 
 FORMAT = "xsbackup-manifest"
 VERSION = 2
@@ -86,18 +86,6 @@ MAX_DEPTH = len(MANIFEST_CHAIN)  # deltas a reader applies to a base, at most
 DELTA_FRACTION = 8          # a chain's deltas list at most 1/8 of its base's records ...
 DELTA_MIN_LINES = 256       # ... or this many lines, whichever is more
 _DELTA_HEADS = tuple(b'{"format":"%s","version":%d,' % (FORMAT.encode(), v) for v in DELTAS)
-
-
-@dataclass
-class BuildStats:
-    files: int = 0          # regular files listed
-    reused: int = 0         # records (digests) taken from the previous snapshot's manifest
-    hashed_files: int = 0   # files read and hashed
-    hashed_bytes: int = 0   # bytes read and hashed
-    how: str = "built"      # linked, delta (over a base), merged (into it) or built
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---- encoding and reading ------------------------------------------------------------------
@@ -327,34 +315,34 @@ def keep(storage: Backend, client: str, volume: str, sid: str, tree: Path,
         return BuildStats(changes.files, changes.files, how="linked")
     data: bytes | None = None
     stats = BuildStats(changes.files)
-    new: list[Record] | None = None
+    adds: list[tuple[str, bytes]] | None = None
     if prev is not None and origin is None:
-        new = _hash_new(tree, changes.new, stats)
-        got = delta(changes, prev, new, stats)
+        adds = new_lines(tree, changes, stats)
+        got = delta(changes, prev, adds, stats)
         if got is not None:
             # A file of the previous chain gone (pruned meanwhile): a whole one instead.
             with contextlib.suppress(FileNotFoundError):
                 storage.write_manifest(client, volume, sid, got[0], chain=got[1])
                 return stats
     if prev is not None:
-        data, stats = merge(tree, changes, prev, origin, new, stats)
+        data, stats = merge(tree, changes, prev, origin, adds, stats)
     if data is None:
-        files = changes.new if not changes.kept else list(_all_files(tree))
+        files = changes.new_files() if not changes.kept else list(all_files(tree))
         data, stats = build(tree, files, prev, changes.same_fs, changes.since_ns, origin)
     storage.write_manifest(client, volume, sid, data)
     return stats
 
 
-def delta(changes: Changes, prev: Previous, new: list[Record],
+def delta(changes: Changes, prev: Previous, adds: list[tuple[str, bytes]],
           stats: BuildStats) -> tuple[bytes, list[tuple[str, str]]] | None:
-    """A delta manifest of the new records and the gone paths over ``prev``'s manifest,
+    """A delta manifest of the new records (``adds``: ``(path, line with its newline)``,
+    sorted by path) and the gone paths over ``prev``'s manifest,
     and the chain it rests on (``prev``'s own chain and ``prev`` itself, or ``prev``
     alone when it is whole); None when the chain would be deeper than ``MAX_DEPTH`` or
     list more lines in all than ``DELTA_FRACTION`` of its base's records (and
     ``DELTA_MIN_LINES``): a whole manifest is written then. O(this promotion's
     changes): ``prev``'s deltas are neither read nor rewritten."""
     gone = sorted(changes.gone)
-    adds = sorted((r.path, line(r) + b"\n") for r in new)
     chain = [(prev.sid, part) for part in MANIFEST_CHAIN[:prev.depth]] + [(prev.sid, "")]
     lines = prev.lines + len(adds) + len(gone)
     if len(chain) > MAX_DEPTH or \
@@ -368,20 +356,7 @@ def delta(changes: Changes, prev: Previous, new: list[Record],
             b"".join(gone_line(g) + b"\n" for g in gone)), chain
 
 
-def _all_files(tree: Path) -> Iterator[tuple[str, os.stat_result]]:
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        with os.scandir(tree / rel if rel else tree) as it:
-            for e in it:
-                path = f"{rel}/{e.name}" if rel else e.name
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(path)
-                elif e.is_file(follow_symlinks=False):
-                    yield path, e.stat(follow_symlinks=False)
-
-
-def _unchanged_copy(origin: Path | None, rel: str, st: os.stat_result, rec: Record | None,
+def _unchanged_copy(origin: Path | None, rel: str, st: Lstat, rec: Record | None,
                     since_ns: int) -> bool:
     """Whether ``rec`` (the previous manifest's record of path ``rel``) holds for the
     file ``rel`` (lstat ``st``) of a snapshot copied from ``origin``: the file at ``rel``
@@ -400,27 +375,13 @@ def _unchanged_copy(origin: Path | None, rel: str, st: os.stat_result, rec: Reco
         o.st_size == st.st_size and o.st_mtime_ns == st.st_mtime_ns
 
 
-def _hash_new(tree: Path, files: list[tuple[str, os.stat_result]],
-              stats: BuildStats) -> list[Record]:
-    files = sorted(files, key=lambda f: f[1].st_ino)  # inode order: nearer on disk
-    fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        got = digest_all([(p, st.st_size) for p, st in files], fd)
-    finally:
-        os.close(fd)
-    stats.hashed_files += len(files)
-    stats.hashed_bytes += sum(n for _, n in got)
-    return [Record(p, st.st_ino, st.st_size, st.st_mtime_ns, d)
-            for (p, st), (d, _) in zip(files, got, strict=True)]
-
-
 def _copies(data: bytes, start: int, changes: Changes, origin: Path) -> tuple[
-        list[Record], list[tuple[str, os.stat_result]]]:
+        list[Record], list[tuple[str, Lstat]]]:
     """The new files whose previous record (at their path in ``data``) still holds by
     ``_unchanged_copy``, as records; and the others."""
     copied, unknown = [], []
     at = start
-    for p, st in sorted(changes.new, key=lambda f: f[0]):
+    for p, st in sorted(changes.new_files(), key=lambda f: f[0]):
         at = seek(data, p, at)
         rec = record_at(data, at)
         if rec is not None and _unchanged_copy(origin, p, st, rec, changes.since_ns):
@@ -431,10 +392,11 @@ def _copies(data: bytes, start: int, changes: Changes, origin: Path) -> tuple[
 
 
 def merge(tree: Path, changes: Changes, prev: Previous, origin: Path | None = None,
-          new: list[Record] | None = None,
+          adds: list[tuple[str, bytes]] | None = None,
           stats: BuildStats | None = None) -> tuple[bytes | None, BuildStats]:
     """The previous manifest (whole) with the gone paths and the new files' paths cut
-    out and the new files' records (``new``, else read here) spliced in; (None, …) when
+    out and the new files' records (``adds``, as ``manifest_hash.new_lines`` gives them, else read
+    here) spliced in; (None, …) when
     the result would not list exactly the walk's files (the caller then builds it
     whole). ``changes.gone`` names a file as its path, a directory as its path and
     ``/`` (all that was below it)."""
@@ -444,19 +406,18 @@ def merge(tree: Path, changes: Changes, prev: Previous, origin: Path | None = No
     start = prev.body
     if not start or not data.endswith(b"\n"):
         return None, stats
-    if new is None:
-        copied, unknown = ([], changes.new) if origin is None else \
+    if adds is None:
+        copied, unknown = ([], changes.new_files()) if origin is None else \
             _copies(data, start, changes, origin)
-        new = copied + _hash_new(tree, unknown, stats)
-    pieces, cut = splice(data, start, [*changes.gone, *(r.path for r in new)],
-                         [(r.path, line(r) + b"\n") for r in new])
-    if prev.count - cut + len(new) != changes.files:
+        adds = [(r.path, line(r) + b"\n") for r in copied + hash_files(tree, unknown, stats)]
+    pieces, cut = splice(data, start, [*changes.gone, *(p for p, _ in adds)], adds)
+    if prev.count - cut + len(adds) != changes.files:
         return None, stats
     stats.reused = changes.files - stats.hashed_files
     return header(changes.files) + b"".join(pieces), stats
 
 
-def _same_file(rec: Record, st: os.stat_result, same_fs: bool, since_ns: int) -> bool:
+def _same_file(rec: Record, st: Lstat, same_fs: bool, since_ns: int) -> bool:
     """Whether ``rec`` (the previous manifest's record of this inode number) describes the
     file with lstat ``st``: same inode, size and mtime, and either the same filesystem
     (one inode object) or a ctime older than the previous snapshot (``Changes``)."""
@@ -464,7 +425,7 @@ def _same_file(rec: Record, st: os.stat_result, same_fs: bool, since_ns: int) ->
         rec.mtime_ns == st.st_mtime_ns and (same_fs or st.st_ctime_ns < since_ns)
 
 
-def build(tree: Path, files: Iterable[tuple[str, os.stat_result]], prev: Previous | None,
+def build(tree: Path, files: Iterable[tuple[str, Lstat]], prev: Previous | None,
           same_fs: bool, since_ns: int = 0,
           origin: Path | None = None) -> tuple[bytes, BuildStats]:
     """The whole manifest of ``tree`` from its regular files ``(relative path, lstat)``:
@@ -496,5 +457,5 @@ def build(tree: Path, files: Iterable[tuple[str, os.stat_result]], prev: Previou
             records.append(Record(rel, st.st_ino, st.st_size, st.st_mtime_ns, old.digest))
         else:
             unknown.append((rel, st))
-    records += _hash_new(tree, unknown, stats)
+    records += hash_files(tree, unknown, stats)
     return encode(records), stats

@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import re
 import stat
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -46,6 +48,19 @@ class Stats:
         return asdict(self)
 
 
+class FileStat(NamedTuple):
+    """What a manifest keeps of a regular file's lstat, named as ``os.stat_result``
+    names it (either serves ``snapshots.manifest``)."""
+
+    st_ino: int
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+
+
+Lstat = os.stat_result | FileStat  # a regular file's lstat, for a manifest
+
+
 @dataclass
 class Changes:
     """What ``compute_stats`` found of the new tree against the previous snapshot, for
@@ -54,17 +69,40 @@ class Changes:
     either the same filesystem (one inode object: the hardlink backend's link) or a
     ctime older than ``since_ns``, the previous snapshot's id time (the inode has not
     changed since before that snapshot was taken: a btrfs snapshot keeps inode numbers).
-    Its size, mtime and content are then the previous snapshot's."""
+    Its size, mtime and content are then the previous snapshot's.
+
+    The files that are not kept are held as their paths and, beside them, machine
+    integers (``FileStat``'s four, by pairs): the walk keeps no Python object of a
+    file's lstat. Keeping a thousand stat results (each some twenty integer objects)
+    alive through a walk that makes and frees a hundred thousand more costs the
+    allocator several million instructions; ``new_files`` makes them when they are
+    read."""
 
     since_ns: int = 0
     same_fs: bool = False   # the new tree and the previous snapshot share a filesystem
     files: int = 0          # regular files of the new tree
     kept: int = 0
-    new: list[tuple[str, os.stat_result]] = field(default_factory=list)  # not kept
+    new: list[str] = field(default_factory=list)  # not kept: their paths, walk order
+    ids: array[int] = field(default_factory=lambda: array("Q"))   # inode, size
+    times: array[int] = field(default_factory=lambda: array("q"))  # mtime, ctime (ns)
     # Entries of the previous snapshot not kept, but for a non-directory where a regular
     # file of ``new`` is now (whose record replaces its own): a file as its path, a
     # directory as its path and "/" (everything that was below it).
     gone: list[str] = field(default_factory=list)
+
+    def add(self, path: str, st: Lstat) -> None:
+        """Record ``path`` (lstat ``st``) as a regular file that is not kept."""
+        self.new.append(path)
+        self.ids.append(st.st_ino)
+        self.ids.append(st.st_size)
+        self.times.append(st.st_mtime_ns)
+        self.times.append(st.st_ctime_ns)
+
+    def new_files(self) -> list[tuple[str, Lstat]]:
+        """The files that are not kept, as ``(path, FileStat)``, in walk order."""
+        ids, times = self.ids, self.times
+        return [(p, FileStat(ids[k], ids[k + 1], times[k], times[k + 1]))
+                for p, k in zip(self.new, range(0, len(ids), 2), strict=True)]
 
 
 def since_ns(snapshot: Path | None) -> int:
@@ -109,7 +147,6 @@ def compute_stats(tree: Path, previous: Path | None, match: re.Pattern[str] | No
     except FileNotFoundError:
         same_fs = False
     since = changes.since_ns if changes is not None else 0
-    new = changes.new if changes is not None else None
     gone = changes.gone if changes is not None else None
     kept = 0
     stack = [""]
@@ -143,9 +180,9 @@ def compute_stats(tree: Path, previous: Path | None, match: re.Pattern[str] | No
                     else:
                         st.new_files += 1
                         st.new_bytes += s.st_size
-                    if new is not None and gone is not None:
+                    if changes is not None and gone is not None:
                         path = base + e.name
-                        new.append((path, s))
+                        changes.add(path, s)
                         if was is not None and was < 0:  # a directory there before
                             gone.append(path + "/")
                     continue  # a file there before: the new record replaces its own
