@@ -11,7 +11,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xsbackup.snapshots.manifest_lines import Record, line, load, record
+from xsbackup.snapshots.manifest_lines import Record, line, load, record, record_lines
 
 # Paths as the walk gives them: any text, and names that are not UTF-8 (os.fsdecode
 # turns such bytes into surrogate escapes).
@@ -39,3 +39,15 @@ def test_a_line_is_the_dicts_json_and_reads_back(path: str, inode: int, size: in
     raw = line(r)
     assert raw == by_dict(r)
     assert record(load(raw, 1), 1) == r
+
+
+@given(rows=st.lists(st.tuples(names, u64, u64, st.integers(min_value=-2**63,
+                                                            max_value=2**63 - 1),
+                               st.binary(min_size=32, max_size=32).map(bytes.hex)),
+                     max_size=8))
+def test_a_promotions_lines_are_the_same_lines(
+        rows: list[tuple[str, int, int, int, str]]) -> None:
+    """``record_lines`` (a promotion's freshly hashed files, in one loop) writes each
+    file's ``line`` and its newline."""
+    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 5
+    assert record_lines(*columns) == [by_dict(Record(*r)) + b"\n" for r in rows]

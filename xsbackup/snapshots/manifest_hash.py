@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from xsbackup.snapshots.digests import digest_all
-from xsbackup.snapshots.manifest_lines import Record, line_of
+from xsbackup.snapshots.manifest_lines import Record, record_lines
 from xsbackup.snapshots.snapshot import Changes, Lstat
 
 
@@ -71,12 +71,11 @@ def new_lines(tree: Path, changes: Changes, stats: BuildStats) -> list[tuple[str
     integers, with no record object made: a promotion's thousand changed files cost
     their reads and little more."""
     paths = changes.new
-    inodes, sizes = changes.ids[0::2], changes.ids[1::2]
-    mtimes = changes.times[0::2]
+    inodes, sizes = changes.ids[0::2].tolist(), changes.ids[1::2].tolist()
     order = sorted(range(len(paths)), key=inodes.__getitem__)
     got = _digests(tree, [(paths[k], sizes[k]) for k in order], stats)
-    nl = b"\n"
-    out = [(paths[k], line_of(paths[k], inodes[k], sizes[k], mtimes[k], d) + nl)
-           for k, (d, _) in zip(order, got, strict=True)]
-    out.sort()
-    return out
+    digests = [""] * len(paths)
+    for k, (d, _) in zip(order, got, strict=True):
+        digests[k] = d
+    lines = record_lines(paths, inodes, sizes, changes.times[0::2].tolist(), digests)
+    return sorted(zip(paths, lines, strict=True))

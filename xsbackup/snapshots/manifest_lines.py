@@ -11,7 +11,7 @@ everything below that directory."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -54,6 +54,20 @@ def line_of(path: str, inode: int, size: int, mtime_ns: int, digest: str) -> byt
     if digest.isascii() and digest.isalnum():
         return _LINE % (p, inode, size, mtime_ns, digest.encode())
     return orjson.dumps({"p": path, "i": inode, "s": size, "m": mtime_ns, "d": digest})
+
+
+def record_lines(paths: Sequence[str], inodes: Sequence[int], sizes: Sequence[int],
+                 mtimes: Sequence[int], digests: Sequence[str]) -> list[bytes]:
+    """``line_of`` of each file, each with its newline, for digests as ``hexdigest``
+    gives them (a promotion's freshly hashed files): one loop, no call a line."""
+    out = []
+    fmt, dumps = _LINE + b"\n", orjson.dumps
+    for p, i, s, m, d in zip(paths, inodes, sizes, mtimes, digests, strict=True):
+        try:
+            out.append(fmt % (dumps(p), i, s, m, d.encode()))
+        except orjson.JSONEncodeError:  # a name that is not UTF-8
+            out.append(line_of(p, i, s, m, d) + b"\n")
+    return out
 
 
 def gone_line(path: str) -> bytes:
