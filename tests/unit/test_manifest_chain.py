@@ -185,3 +185,24 @@ def test_a_chain_missing_a_part_reads_as_damaged_and_the_next_is_built_whole(
     backend.promote(CLIENT, VOLUME, SIDS[4])
     assert manifest.read_bytes(backend, CLIENT, VOLUME, SIDS[4]) == \
         from_scratch(snaps / SIDS[4])
+
+
+def test_parts_left_by_an_interrupted_promotion_are_replaced_or_removed(
+        tmp_path: Path) -> None:
+    """A promotion killed after linking its chain, then run again with a shorter chain:
+    the parts of the new chain replace what is there, and the old parts past its end
+    are removed (a manifest never has a part it does not rest on)."""
+    store, backend = new_backend(tmp_path)
+    (store.volume_dir(CLIENT, VOLUME) / "manifests").mkdir(parents=True)
+    for sid, body in ((SIDS[0], b"zero\n"), (SIDS[1], b"one\n")):
+        backend.write_manifest(CLIENT, VOLUME, sid, body)
+    sid = SIDS[2]
+    folder = store.volume_dir(CLIENT, VOLUME) / "manifests"
+    for suffix in PART_SUFFIXES[1:5]:  # base, d1, d2, d3 of the killed attempt
+        (folder / f"{sid}{suffix}").write_bytes(b"stale\n")
+    backend.write_manifest(CLIENT, VOLUME, sid, b"delta\n",
+                           chain=[(SIDS[0], ""), (SIDS[1], "")])
+    left = sorted(p.name for p in folder.iterdir() if p.name.startswith(sid))
+    assert left == [f"{sid}.base", f"{sid}.d1", f"{sid}.jsonl"]
+    assert (folder / f"{sid}.base").read_bytes() == b"zero\n"
+    assert (folder / f"{sid}.d1").read_bytes() == b"one\n"

@@ -13,6 +13,7 @@ main file and its chain are written and removed together."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,8 +82,10 @@ class ManifestFiles:
         chain parts (left by an interrupted promotion) removed."""
         for part, src in zip(MANIFEST_CHAIN, files, strict=False):
             self._link(src, self._manifest(client, volume, sid, part))
-        for part in MANIFEST_CHAIN[len(files):]:
-            self._manifest(client, volume, sid, part).unlink(missing_ok=True)
+        stem = str(self._manifest(client, volume, sid))[:-len(MANIFEST_SUFFIX)]
+        for suffix in PART_SUFFIXES[1 + len(files):]:  # (a promotion's: no Path each)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stem + suffix)
 
     @staticmethod
     def _link(src: Path, dst: Path) -> None:
