@@ -9,9 +9,10 @@ Four measurements, each side by side with its reference in the same run (interle
 * **B, 1% changed**: the manifest step's own time inside a real promotion where
   ``--changed`` percent of the files changed (timed by wrapping ``manifest.previous`` and
   ``manifest.keep``, which hashes and writes), plus what the walk spends for the manifest
-  (``walk_bookkeeping``: the walk's CPU time with the manifest's bookkeeping less
-  without, fastest of 5 interleaved pairs each), against ``b2sum -l 256`` of just those
-  files. Target: at most 1.1x. Then (``--chain``, informative) that many successive 1%
+  (``walk_instructions``: the instructions of a walk with the manifest's bookkeeping
+  less without, counted under callgrind, at the walk's own CPU time per instruction; the
+  CPU-time difference of the fastest walks, ``walk_bookkeeping``, when valgrind is
+  missing), against ``b2sum -l 256`` of just those files. Target: at most 1.1x. Then (``--chain``, informative) that many successive 1%
   changes, each promoted over the last with nothing in between: the manifest step of
   each against ``b2sum`` of its changed files, and how its manifest was written (its
   chain's depth): a step should cost the same at every depth.
