@@ -12,10 +12,11 @@ Four measurements, each side by side with its reference in the same run (interle
   (``walk_instructions``: the instructions of a walk with the manifest's bookkeeping
   less without, counted under callgrind, at the walk's own CPU time per instruction; the
   CPU-time difference of the fastest walks, ``walk_bookkeeping``, when valgrind is
-  missing), against ``b2sum -l 256`` of just those files. Target: at most 1.1x. Then (``--chain``, informative) that many successive 1%
-  changes, each promoted over the last with nothing in between: the manifest step of
-  each against ``b2sum`` of its changed files, and how its manifest was written (its
-  chain's depth): a step should cost the same at every depth.
+  missing), against ``b2sum -l 256`` of just those files. Target: at most 1.1x. Then
+  (``--chain``, informative) that many successive 1% changes, each promoted over the
+  last with nothing in between: the manifest step of each against ``b2sum`` of its
+  changed files, and how its manifest was written (its chain's depth): a step should
+  cost the same at every depth.
 * **C, check --read-data**: ``xsbackup check SN --read-data`` over a store of
   ``--check-snapshots`` snapshots of a ``--check-mb`` MB, ``--check-files`` file tree
   (each snapshot changes 1% of the files), against ``b2sum -l 256`` of every distinct
