@@ -385,7 +385,7 @@ class Transaction:
             return {sn: KeyEntry(bool(e["disabled"]), tuple((t, b) for t, b in e["keys"]))
                     for sn, e in raw.items()}
         except FileNotFoundError:
-            pass
+            LOG.debug("%s is missing: building it from the records", path)
         except (AttributeError, KeyError, TypeError, ValueError):
             LOG.warning("%s is unreadable: rebuilding it from the records", path)
         return {c.serial: c.key_entry() for c in self.registry.all()}

@@ -251,10 +251,8 @@ class _RawNameZipInfo(zipfile.ZipInfo):
     (what Info-ZIP does with such names), instead of failing the whole archive."""
 
     def _encodeFilenameFlags(self) -> tuple[bytes, int]:  # zipfile's own method name
-        try:
+        if self.filename.isascii():
             return self.filename.encode("ascii"), self.flag_bits
-        except UnicodeEncodeError:
-            pass
         try:
             return self.filename.encode("utf-8"), self.flag_bits | 0x800
         except UnicodeEncodeError:

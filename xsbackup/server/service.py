@@ -280,8 +280,9 @@ class Service:
         LOG.info("%s (started %s)", banner, dt.datetime.now(dt.UTC).isoformat())
         if ready is not None:
             ready(banner)
-        while not stop.wait(1.0):
-            pass
+        stopped = False
+        while not stopped:  # a second at a time: signal handlers run in between
+            stopped = stop.wait(1.0)
         LOG.info("shutting down (signal %s): no new connections", got[0] if got else "?")
         http.close()
         forked.stop()

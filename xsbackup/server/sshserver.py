@@ -436,13 +436,13 @@ def _pump_in(channel: paramiko.Channel, proc: procs.Popen[bytes]) -> None:
     if stdin is None:
         return
     try:
-        while True:
-            data = channel.recv(65536)
-            if not data:
-                break
-            stdin.write(data)
-    except (OSError, EOFError, paramiko.SSHException):
-        pass
+        # The client went away or the child stopped reading: either ends the input.
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            while True:
+                data = channel.recv(65536)
+                if not data:
+                    break
+                stdin.write(data)
     finally:
         with contextlib.suppress(OSError):
             stdin.close()
@@ -459,8 +459,9 @@ def _pump_out(stream: Any, send: Callable[[bytes], None]) -> None:
     except (OSError, EOFError, paramiko.SSHException):
         # The client went away: drain the child so it sees EPIPE, not a full pipe.
         with contextlib.suppress(OSError):
-            while os.read(fd, 65536):
-                pass
+            drained = False
+            while not drained:
+                drained = not os.read(fd, 65536)
     finally:
         with contextlib.suppress(OSError):
             stream.close()

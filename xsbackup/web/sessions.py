@@ -112,10 +112,10 @@ class SessionKeys:
             tmp = _admin_dir(store) / f".{KEY_FILE}.{secrets.token_hex(4)}.tmp"
             atomic_write(tmp, secrets.token_hex(32).encode() + b"\n", mode=0o600)
             try:
-                os.link(tmp, path)
-                LOG.info("web: made the session secret %s", path)
-            except FileExistsError:
-                pass
+                # Another process made it first: theirs is the one read below.
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+                    LOG.info("web: made the session secret %s", path)
             finally:
                 os.unlink(tmp)
         try:

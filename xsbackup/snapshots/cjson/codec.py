@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import re
 from collections.abc import Iterator
@@ -47,8 +48,8 @@ def decode(data: bytes, max_depth: int = DEFAULT_MAX_DEPTH, *, require_utf8: boo
         # bytes, non-UTF-8 strings and depth over 1024, which the token walk below takes.
         try:
             return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
+        except orjson.JSONDecodeError:  # what orjson refuses, the token walk takes
+            return _build(data)
     return _build(data)
 
 
@@ -194,10 +195,16 @@ def _sorted_members(obj: dict[Any, Any]) -> list[tuple[bytes, Any]]:
 
 
 def _utf8(text: str) -> bytes:
-    try:
+    if not text.isascii():
+        return _non_ascii_utf8(text)
+    return text.encode("ascii")
+
+
+def _non_ascii_utf8(text: str) -> bytes:
+    """``_utf8`` of a string with a character past ASCII: surrogate escapes become
+    their bytes when they spell no well-formed UTF-8."""
+    with contextlib.suppress(UnicodeEncodeError):  # a surrogate: checked below
         return text.encode("utf-8")
-    except UnicodeEncodeError:
-        pass
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError as exc:
