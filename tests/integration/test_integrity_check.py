@@ -19,7 +19,7 @@ from xsbackup.errors import DamageFound, StructureProblems
 from xsbackup.integrity import check
 from xsbackup.monitor import metrics, status
 from xsbackup.server.service import DailyCheck
-from xsbackup.snapshots import postprocess
+from xsbackup.snapshots import manifest, postprocess
 from xsbackup.snapshots.snapshot import read_facts
 from xsbackup.store import get_xattrs
 
@@ -390,3 +390,31 @@ def test_damage_kept_from_one_snapshot_to_the_next_is_found_in_each(
         ("replaced", sids[3], "sub/f3.txt"),
         *(("unlisted", sid, "stray") for sid in sids)}
     assert [f.snapshot for f in whole.findings] == sorted(f.snapshot for f in whole.findings)
+
+
+def test_files_dated_past_what_64_bits_of_nanoseconds_hold_are_promoted(
+        server: Server, sshd: Sshd, tmp_path: Path) -> None:
+    """A client's files dated after 2262 (past a signed 64-bit count of nanoseconds:
+    ext4 dates files up to 2446) or long before 1970, sent over sshd and changed in a
+    second backup: both promotions succeed, the manifest records each mtime exactly,
+    and ``check --read-data`` finds nothing."""
+    server.add_client(SN)
+    src = tmp_path / "src"
+    make_tree(src)
+    future, past = src / "sub" / "future.txt", src / "sub" / "past.txt"
+    dates = {future: 13_569_465_600 * 10**9 + 123, past: -2_000_000_000 * 10**9}
+    for p, ns in dates.items():
+        p.write_bytes(p.name.encode())
+        os.utime(p, ns=(ns, ns))
+    push_ssh(server, sshd, src)
+    for p, ns in dates.items():  # new content, new inodes: the delta lists them
+        p.write_bytes(p.name.encode() * 2)
+        os.utime(p, ns=(ns + 10**9, ns + 10**9))
+    sid = push_ssh(server, sshd, src)
+    records = {r.path: r for r in manifest.read(server.ctx().storage, SN, "documents", sid)
+               or []}
+    for p, ns in dates.items():
+        stored = snap(server, sid) / "sub" / p.name
+        assert records[f"sub/{p.name}"].mtime_ns == stored.lstat().st_mtime_ns == ns + 10**9
+    code, report = check_json(server, "--read-data")
+    assert (code, findings(report)) == (0, [])

@@ -77,5 +77,5 @@ def new_lines(tree: Path, changes: Changes, stats: BuildStats) -> list[tuple[str
     digests = [""] * len(paths)
     for k, (d, _) in zip(order, got, strict=True):
         digests[k] = d
-    lines = record_lines(paths, inodes, sizes, changes.times[0::2].tolist(), digests)
+    lines = record_lines(paths, inodes, sizes, changes.mtimes(), digests)
     return sorted(zip(paths, lines, strict=True))

@@ -59,6 +59,7 @@ class FileStat(NamedTuple):
 
 
 Lstat = os.stat_result | FileStat  # a regular file's lstat, for a manifest
+_NS_MIN, _NS_MAX = -(1 << 63), (1 << 63) - 1  # what ``Changes.times`` holds
 
 
 @dataclass
@@ -85,6 +86,9 @@ class Changes:
     new: list[str] = field(default_factory=list)  # not kept: their paths, walk order
     ids: array[int] = field(default_factory=lambda: array("Q"))   # inode, size
     times: array[int] = field(default_factory=lambda: array("q"))  # mtime, ctime (ns)
+    # Times past what 64 bits of nanoseconds hold (a client's file dated after 2262 or
+    # before 1677), by index in ``new``: (mtime, ctime); ``times`` holds zeros there.
+    wide: dict[int, tuple[int, int]] = field(default_factory=dict)
     # Entries of the previous snapshot not kept, but for a non-directory where a regular
     # file of ``new`` is now (whose record replaces its own): a file as its path, a
     # directory as its path and "/" (everything that was below it).
@@ -95,14 +99,28 @@ class Changes:
         self.new.append(path)
         self.ids.append(st.st_ino)
         self.ids.append(st.st_size)
-        self.times.append(st.st_mtime_ns)
-        self.times.append(st.st_ctime_ns)
+        m, c = st.st_mtime_ns, st.st_ctime_ns
+        if _NS_MIN <= m <= _NS_MAX and _NS_MIN <= c <= _NS_MAX:
+            self.times.append(m)
+            self.times.append(c)
+        else:
+            self.wide[len(self.new) - 1] = (m, c)
+            self.times.append(0)
+            self.times.append(0)
+
+    def mtimes(self) -> list[int]:
+        """The mtimes (ns) of the files that are not kept, in walk order."""
+        out = self.times[0::2].tolist()
+        for i, (m, _) in self.wide.items():
+            out[i] = m
+        return out
 
     def new_files(self) -> list[tuple[str, Lstat]]:
         """The files that are not kept, as ``(path, FileStat)``, in walk order."""
-        ids, times = self.ids, self.times
-        return [(p, FileStat(ids[k], ids[k + 1], times[k], times[k + 1]))
-                for p, k in zip(self.new, range(0, len(ids), 2), strict=True)]
+        ids, times, wide = self.ids, self.times, self.wide
+        return [(p, FileStat(ids[2 * i], ids[2 * i + 1],
+                             *wide.get(i, (times[2 * i], times[2 * i + 1]))))
+                for i, p in enumerate(self.new)]
 
 
 def since_ns(snapshot: Path | None) -> int:
