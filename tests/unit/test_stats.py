@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from xsbackup.snapshots.snapshot import Stats, compute_stats
+from xsbackup.snapshots.snapshot import Changes, FileStat, Stats, compute_stats
 
 
 def tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -59,3 +59,16 @@ def test_the_same_walk_finds_the_metadata_files(tmp_path: Path) -> None:
     assert sorted(found) == ["deep/er/z.metadata", "store/link.metadata",
                              "store/x.metadata", "top.cjson"]
     assert (st.files, st.symlinks) == (4, 1)
+
+
+def test_times_past_64_bits_of_nanoseconds_are_kept_aside() -> None:
+    """``Changes`` holds times as signed 64-bit nanoseconds; a file dated past that
+    (either time) is kept aside whole, and reads back exactly, beside ordinary ones."""
+    changes = Changes()
+    files = [("a", FileStat(1, 10, 5, 6)), ("far", FileStat(2, 20, 1 << 64, 7)),
+             ("odd", FileStat(3, 30, 8, -(1 << 63) - 1)), ("b", FileStat(4, 40, -9, 10))]
+    for path, st in files:
+        changes.add(path, st)
+    assert changes.new_files() == files
+    assert changes.mtimes() == [5, 1 << 64, 8, -9]
+    assert len(changes.times) == 2 * len(files)

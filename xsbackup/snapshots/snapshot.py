@@ -59,7 +59,6 @@ class FileStat(NamedTuple):
 
 
 Lstat = os.stat_result | FileStat  # a regular file's lstat, for a manifest
-_NS_MIN, _NS_MAX = -(1 << 63), (1 << 63) - 1  # what ``Changes.times`` holds
 
 
 @dataclass
@@ -86,8 +85,8 @@ class Changes:
     new: list[str] = field(default_factory=list)  # not kept: their paths, walk order
     ids: array[int] = field(default_factory=lambda: array("Q"))   # inode, size
     times: array[int] = field(default_factory=lambda: array("q"))  # mtime, ctime (ns)
-    # Times past what 64 bits of nanoseconds hold (a client's file dated after 2262 or
-    # before 1677), by index in ``new``: (mtime, ctime); ``times`` holds zeros there.
+    # Times past what ``times`` holds (64 bits of nanoseconds: a client's file dated
+    # after 2262 or before 1677), by index in ``new``: (mtime, ctime); zeros there.
     wide: dict[int, tuple[int, int]] = field(default_factory=dict)
     # Entries of the previous snapshot not kept, but for a non-directory where a regular
     # file of ``new`` is now (whose record replaces its own): a file as its path, a
@@ -99,14 +98,15 @@ class Changes:
         self.new.append(path)
         self.ids.append(st.st_ino)
         self.ids.append(st.st_size)
-        m, c = st.st_mtime_ns, st.st_ctime_ns
-        if _NS_MIN <= m <= _NS_MAX and _NS_MIN <= c <= _NS_MAX:
-            self.times.append(m)
-            self.times.append(c)
-        else:
-            self.wide[len(self.new) - 1] = (m, c)
-            self.times.append(0)
-            self.times.append(0)
+        times = self.times
+        try:
+            times.append(st.st_mtime_ns)
+            times.append(st.st_ctime_ns)
+        except OverflowError:  # kept aside (``wide``), the array's pair zeroed
+            i = len(self.new) - 1
+            del times[2 * i:]
+            times.extend((0, 0))
+            self.wide[i] = (st.st_mtime_ns, st.st_ctime_ns)
 
     def mtimes(self) -> list[int]:
         """The mtimes (ns) of the files that are not kept, in walk order."""
