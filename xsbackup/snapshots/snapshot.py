@@ -198,11 +198,10 @@ def compute_stats(tree: Path, previous: Path | None, match: re.Pattern[str] | No
                     else:
                         st.new_files += 1
                         st.new_bytes += s.st_size
-                    if changes is not None and gone is not None:
-                        path = base + e.name
-                        changes.add(path, s)
+                    if changes is not None:
+                        changes.add(base + e.name, s)
                         if was is not None and was < 0:  # a directory there before
-                            gone.append(path + "/")
+                            changes.gone.append(base + e.name + "/")
                     continue  # a file there before: the new record replaces its own
                 if stat.S_ISLNK(mode):
                     st.symlinks += 1
